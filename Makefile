@@ -1,0 +1,16 @@
+# The two commands a newcomer needs are `make local` and `make test`; both set up first.
+.PHONY: setup local test preview
+
+setup:
+	@bash scripts/setup.sh
+
+## Set up, then run the platform's main job locally: the offline preview of the dev stack.
+local: setup
+	.venv/bin/python -m infra.cli preview --stack dev --json build/inventory-dev.json
+
+## Set up, then run every test.
+test: setup
+	.venv/bin/python -m pytest
+
+preview: setup
+	.venv/bin/python -m infra.cli preview --stack $(or $(STACK),dev)

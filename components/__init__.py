@@ -1,0 +1,1 @@
+"""One ``pulumi.ComponentResource`` per concern of the platform; see each module's docstring."""

@@ -1,0 +1,198 @@
+"""Network: a VPC across 2-3 availability zones for EKS, RDS and load balancers.
+
+Creates, in dependency order: the VPC; an internet gateway; one public and one private
+subnet per AZ (tagged so the AWS Load Balancer Controller and Karpenter find them); NAT
+gateways (one for all AZs, or one per AZ); route tables; an S3 gateway endpoint (free, and
+keeps artifact traffic off the NAT); and the interface endpoints the profile asks for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+TOKEN = "mlops:network:Network"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkArgs:
+    cidr: str = "10.0.0.0/16"
+    """VPC block, /16 to /20. Private subnets get 1/8 of it per AZ, public ones 1/256 per AZ."""
+    az_count: int = 2
+    """Availability zones used (2 or 3)."""
+    nat_gateways: Literal["single", "perAz"] = "single"
+    """`single` shares one NAT gateway (cheaper, one AZ failure cuts egress); `perAz` is highly available."""
+    interface_endpoints: Sequence[str] = field(default_factory=tuple)
+    """AWS services (e.g. `ecr.api`, `sts`) reached through private interface endpoints."""
+    cluster_name: str
+    """EKS cluster that will use these subnets: written into the discovery tags."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.az_count not in (2, 3):
+            problems.append(f"az_count: got {self.az_count}, expected 2 or 3")
+        if self.nat_gateways not in ("single", "perAz"):
+            problems.append(f"nat_gateways: got {self.nat_gateways!r}, expected 'single' or 'perAz'")
+        prefix = ipaddress.IPv4Network(self.cidr).prefixlen
+        if not 16 <= prefix <= 20:
+            problems.append(f"cidr: got /{prefix}, expected /16 to /20")
+        if problems:
+            raise ValueError("invalid NetworkArgs: " + "; ".join(problems))
+
+
+def subnet_blocks(cidr: str, az_count: int) -> tuple[list[str], list[str]]:
+    """(private, public) blocks: large private subnets for pods, small public ones for LBs and NAT.
+
+    For a /16: private 10.0.0.0/19, 10.0.32.0/19, ...; public 10.0.224.0/24, 10.0.225.0/24, ...
+    """
+    vpc = ipaddress.IPv4Network(cidr)
+    eighths = list(vpc.subnets(prefixlen_diff=3))
+    private = [str(block) for block in eighths[:az_count]]
+    public = [str(block) for block in list(eighths[-1].subnets(prefixlen_diff=5))[:az_count]]
+    return private, public
+
+
+class Network(pulumi.ComponentResource):
+    vpc_id: pulumi.Output[str]
+    """The VPC's id."""
+    private_subnet_ids: pulumi.Output[list[str]]
+    """Subnets for nodes, pods, databases and internal load balancers, one per AZ."""
+    public_subnet_ids: pulumi.Output[list[str]]
+    """Subnets for internet-facing load balancers and NAT gateways, one per AZ."""
+    vpc_cidr: str
+    """The VPC's block, for security group rules."""
+    nat_gateway_count: int
+
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        zones = aws.get_availability_zones(state="available", opts=pulumi.InvokeOptions(parent=self)).names[: args.az_count]
+        if len(zones) < args.az_count:
+            raise ValueError(f"the region has {len(zones)} available zones; {args.az_count} requested")
+        private_blocks, public_blocks = subnet_blocks(args.cidr, args.az_count)
+        cluster_tag = f"kubernetes.io/cluster/{args.cluster_name}"
+
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc",
+            cidr_block=args.cidr,
+            enable_dns_hostnames=True,
+            enable_dns_support=True,
+            tags={"Name": f"{name}-vpc"},
+            opts=child,
+        )
+        # Lock down the default security group: nothing may use it by accident.
+        aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=vpc.id, ingress=[], egress=[], opts=child)
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": f"{name}-igw"}, opts=child)
+
+        public_subnets, private_subnets = [], []
+        for index, zone in enumerate(zones):
+            public_subnets.append(
+                aws.ec2.Subnet(
+                    f"{name}-public-{index}",
+                    vpc_id=vpc.id,
+                    cidr_block=public_blocks[index],
+                    availability_zone=zone,
+                    map_public_ip_on_launch=False,
+                    tags={"Name": f"{name}-public-{zone}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
+                    opts=child,
+                )
+            )
+            private_subnets.append(
+                aws.ec2.Subnet(
+                    f"{name}-private-{index}",
+                    vpc_id=vpc.id,
+                    cidr_block=private_blocks[index],
+                    availability_zone=zone,
+                    tags={
+                        "Name": f"{name}-private-{zone}",
+                        "kubernetes.io/role/internal-elb": "1",
+                        "karpenter.sh/discovery": args.cluster_name,
+                        cluster_tag: "shared",
+                    },
+                    opts=child,
+                )
+            )
+
+        public_rt = aws.ec2.RouteTable(
+            f"{name}-public-rt",
+            vpc_id=vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+            tags={"Name": f"{name}-public"},
+            opts=child,
+        )
+        for index, subnet in enumerate(public_subnets):
+            aws.ec2.RouteTableAssociation(f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child)
+
+        nat_count = 1 if args.nat_gateways == "single" else len(zones)
+        nats = []
+        for index in range(nat_count):
+            eip = aws.ec2.Eip(f"{name}-nat-eip-{index}", domain="vpc", tags={"Name": f"{name}-nat-{index}"}, opts=child)
+            nats.append(
+                aws.ec2.NatGateway(
+                    f"{name}-nat-{index}",
+                    allocation_id=eip.id,
+                    subnet_id=public_subnets[index].id,
+                    tags={"Name": f"{name}-nat-{index}"},
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+                )
+            )
+
+        private_rts = []
+        for index, subnet in enumerate(private_subnets):
+            nat = nats[index % nat_count]
+            route_table = aws.ec2.RouteTable(
+                f"{name}-private-rt-{index}",
+                vpc_id=vpc.id,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+                tags={"Name": f"{name}-private-{zones[index]}"},
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(f"{name}-private-rta-{index}", subnet_id=subnet.id, route_table_id=route_table.id, opts=child)
+            private_rts.append(route_table)
+
+        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
+        aws.ec2.VpcEndpoint(
+            f"{name}-s3",
+            vpc_id=vpc.id,
+            service_name=f"com.amazonaws.{region}.s3",
+            vpc_endpoint_type="Gateway",
+            route_table_ids=[rt.id for rt in private_rts],
+            tags={"Name": f"{name}-s3"},
+            opts=child,
+        )
+
+        if args.interface_endpoints:
+            endpoint_sg = aws.ec2.SecurityGroup(
+                f"{name}-endpoints-sg",
+                description="HTTPS from inside the VPC to AWS interface endpoints",
+                vpc_id=vpc.id,
+                ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[args.cidr])],
+                egress=[],
+                tags={"Name": f"{name}-endpoints"},
+                opts=child,
+            )
+            for service in args.interface_endpoints:
+                aws.ec2.VpcEndpoint(
+                    f"{name}-{service.replace('.', '-')}",
+                    vpc_id=vpc.id,
+                    service_name=f"com.amazonaws.{region}.{service}",
+                    vpc_endpoint_type="Interface",
+                    private_dns_enabled=True,
+                    subnet_ids=[s.id for s in private_subnets],
+                    security_group_ids=[endpoint_sg.id],
+                    tags={"Name": f"{name}-{service}"},
+                    opts=child,
+                )
+
+        self.vpc_id = vpc.id
+        self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private_subnets])
+        self.public_subnet_ids = pulumi.Output.all(*[s.id for s in public_subnets])
+        self.vpc_cidr = args.cidr
+        self.nat_gateway_count = nat_count
+        self.register_outputs(
+            {"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids, "public_subnet_ids": self.public_subnet_ids}
+        )

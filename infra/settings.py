@@ -1,0 +1,357 @@
+"""The one place that reads and validates stack configuration.
+
+A stack file (``stacks/Pulumi.<stack>.yaml``) selects a profile and overrides a few keys;
+``load_settings`` merges those overrides onto the profile's defaults and validates the whole
+result with one typed model *before any resource is declared*. Every problem is reported at
+once, naming the key as the user wrote it, the value found and what is allowed, e.g.::
+
+    mlops-platform:network.natGateways: got "three"; allowed: "single", "perAz"
+
+Secrets never pass through this model: they are read with ``pulumi.Config.require_secret``
+where they are used, so they stay encrypted in state and never appear in a preview.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from infra.profiles import PROFILES, deep_merge, profile_defaults
+
+CONFIG_NAMESPACE = "mlops-platform"
+PROFILE_NAMES = tuple(PROFILES)
+
+KUBERNETES_VERSIONS = ("1.33", "1.34", "1.35")
+"""EKS versions in standard support that this platform's pinned add-ons are tested with."""
+
+CPU_FAMILIES = ("t3", "m5", "m6i", "m7i", "c6i", "c7i", "r6i", "r7i")
+GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
+INSTANCE_SIZES = (
+    "medium", "large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge",
+)
+DB_INSTANCE_CLASSES = (
+    "db.t4g.micro", "db.t4g.small", "db.t4g.medium", "db.t4g.large",
+    "db.m6g.large", "db.m6g.xlarge", "db.m7g.large", "db.m7g.xlarge", "db.r6g.large", "db.r7g.large",
+)
+"""Graviton classes with known PostgreSQL prices (see infra/prices); add one with its price."""
+
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+"""The only values CloudWatch Logs accepts for a log group's retention."""
+
+_DURATION = re.compile(r"^\d+(s|m|h)$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_NAME = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
+
+
+def _cidr(value: str) -> str:
+    try:
+        network = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 CIDR block ({exc})") from None
+    return str(network)
+
+
+def _vpc_cidr(value: str) -> str:
+    network = ipaddress.IPv4Network(_cidr(value))
+    if not 16 <= network.prefixlen <= 20:
+        raise ValueError("the VPC block must be between /16 and /20 so each AZ gets a /19-/23 private subnet")
+    return str(network)
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    if len(set(values)) != len(values):
+        raise ValueError("entries must be unique")
+    return values
+
+
+def _matches(pattern: re.Pattern[str], what: str):
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"not {what}")
+        return value
+
+    return check
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Duration = Annotated[str, AfterValidator(_matches(_DURATION, "a duration such as 30s, 5m or 720h"))]
+Email = Annotated[str, AfterValidator(_matches(_EMAIL, "an email address"))]
+RoleArn = Annotated[str, AfterValidator(_matches(_ROLE_ARN, "an IAM role ARN (arn:aws:iam::123456789012:role/name)"))]
+
+
+class _Section(BaseModel):
+    """Base of every settings section: camelCase keys as in YAML, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,
+    )
+
+
+class NetworkSettings(_Section):
+    cidr: Annotated[str, AfterValidator(_vpc_cidr)]
+    """VPC address block; split into one /19-sized private and one /24-sized public subnet per AZ."""
+    az_count: int = Field(ge=2, le=3)
+    """Availability zones to spread subnets across (EKS needs at least two)."""
+    nat_gateways: Literal["single", "perAz"]
+    """`single`: one NAT for all private subnets (cheap, one AZ's outage cuts egress); `perAz`: one per AZ."""
+    interface_endpoints: Annotated[
+        list[Literal["ecr.api", "ecr.dkr", "sts", "logs", "ec2", "sqs", "ssm"]], AfterValidator(_unique)
+    ]
+    """Private interface endpoints; each keeps that traffic off the NAT at ~$7.30 per AZ a month."""
+
+
+class StorageSettings(_Section):
+    versioning: bool
+    """Keep old object versions (required in prod: protects models and datasets from overwrites)."""
+    force_destroy: bool
+    """Let `pulumi destroy` delete non-empty buckets (never in prod)."""
+    noncurrent_version_days: int = Field(ge=1, le=3650)
+    """Days an overwritten or deleted object version is kept before expiry."""
+    abort_incomplete_upload_days: int = Field(default=7, ge=1, le=365)
+    """Days before parts of an abandoned multipart upload are removed (they are billed while kept)."""
+    datasets_infrequent_access_days: int | None = Field(default=None, ge=30)
+    """Move dataset objects to STANDARD_IA after this many days; unset keeps them in STANDARD."""
+
+
+class RegistrySettings(_Section):
+    repositories: Annotated[
+        list[Annotated[str, AfterValidator(_matches(re.compile(r"^[a-z][a-z0-9-_/]{1,60}$"), "a repository name"))]],
+        AfterValidator(_unique),
+    ] = Field(min_length=1)
+    """One ECR repository per service image the platform builds."""
+    keep_images: int = Field(ge=1, le=1000)
+    """Tagged images kept per repository; older ones expire (untagged ones after a day)."""
+    force_delete: bool
+    """Let `pulumi destroy` delete repositories that still hold images (never in prod)."""
+
+
+class DatabaseSettings(_Section):
+    instance_class: Literal[DB_INSTANCE_CLASSES]  # type: ignore[valid-type]
+    """RDS instance class of the tracking server's PostgreSQL."""
+    multi_az: bool
+    """Synchronous standby in a second AZ (doubles instance and storage cost; required in prod)."""
+    allocated_storage_gb: int = Field(ge=20, le=65536)
+    backup_retention_days: int = Field(ge=0, le=35)
+    engine_version: Literal["16", "17"] = "17"
+    """PostgreSQL major version; minor versions upgrade automatically in the maintenance window."""
+
+
+class NodeGroupSettings(_Section):
+    instance_type: str = Field(pattern=r"^[a-z][a-z0-9]*\.[a-z0-9]+$")
+    min_size: int = Field(ge=1, le=10)
+    max_size: int = Field(ge=1, le=10)
+    desired_size: int = Field(ge=1, le=10)
+
+
+class CpuPoolSettings(_Section):
+    instance_families: Annotated[list[Literal[CPU_FAMILIES]], AfterValidator(_unique)] = Field(min_length=1)  # type: ignore[valid-type]
+    instance_sizes: Annotated[list[Literal[INSTANCE_SIZES]], AfterValidator(_unique)] = Field(min_length=1)  # type: ignore[valid-type]
+    capacity_types: Annotated[list[Literal["spot", "on-demand"]], AfterValidator(_unique)] = Field(min_length=1)
+    max_cpu: int = Field(ge=0, le=10000)
+    """Hard ceiling on vCPUs Karpenter may launch in this pool."""
+
+
+class GpuPoolSettings(_Section):
+    instance_families: Annotated[list[Literal[GPU_FAMILIES]], AfterValidator(_unique)] = Field(min_length=1)  # type: ignore[valid-type]
+    instance_sizes: Annotated[list[Literal[INSTANCE_SIZES]], AfterValidator(_unique)] = Field(min_length=1)  # type: ignore[valid-type]
+    capacity_type: Literal["spot", "on-demand"]
+    max_gpus: int = Field(ge=0, le=512)
+    """Hard ceiling on GPUs Karpenter may launch at once; 0 keeps the pool but never launches."""
+    consolidate_after: Duration
+    """Idle time after which an empty GPU node is removed (scale to zero)."""
+    expire_after: Duration
+    """Nodes are replaced after this age, so AMIs and drivers stay patched."""
+
+
+class ClusterSettings(_Section):
+    kubernetes_version: Literal[KUBERNETES_VERSIONS]  # type: ignore[valid-type]
+    endpoint_public_access: bool
+    """Expose the Kubernetes API endpoint publicly (to `publicAccessCidrs` only); never in prod."""
+    public_access_cidrs: list[Cidr] = Field(default_factory=list)
+    admin_role_arns: list[RoleArn]
+    """IAM roles granted cluster-admin through EKS access entries."""
+    log_types: Annotated[
+        list[Literal["api", "audit", "authenticator", "controllerManager", "scheduler"]], AfterValidator(_unique)
+    ]
+    log_retention_days: Literal[LOG_RETENTION_DAYS]  # type: ignore[valid-type]
+    system_node_group: NodeGroupSettings
+    cpu_pool: CpuPoolSettings
+    gpu_pool: GpuPoolSettings
+
+
+class BudgetSettings(_Section):
+    monthly_usd: float = Field(gt=0)
+    alert_threshold_percent: int = Field(ge=1, le=1000)
+    alert_emails: list[Email] = Field(min_length=1)
+    """Who is told when actual or forecast spend crosses the threshold."""
+
+
+class PlatformSettings(_Section):
+    """Everything one stack needs, validated. Built only by ``load_settings``."""
+
+    profile: Literal[PROFILE_NAMES]  # type: ignore[valid-type]
+    region: Annotated[str, AfterValidator(_matches(_REGION, "an AWS region such as us-east-1"))]
+    owner: str = Field(min_length=1, max_length=64)
+    name_prefix: Annotated[str, AfterValidator(_matches(_NAME, "3-20 characters of a-z, 0-9 and -"))]
+    """Prefix of every physical name (defaults to `mlops-<stack>`), so stacks sharing an account never clash."""
+    deletion_protection: bool
+    """Protect stateful resources (buckets, keys, registries, database) from deletion."""
+    network: NetworkSettings
+    storage: StorageSettings
+    registry: RegistrySettings
+    database: DatabaseSettings
+    cluster: ClusterSettings
+    budget: BudgetSettings
+
+    @property
+    def cluster_name(self) -> str:
+        """The EKS cluster's fixed name: subnets and security groups are tagged with it before it exists."""
+        return self.name_prefix
+
+
+class SettingsError(ValueError):
+    """Stack configuration is invalid; ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid stack settings:\n  " + "\n  ".join(problems))
+
+
+def load_settings(raw: Mapping[str, Any], *, stack: str, region: str | None) -> PlatformSettings:
+    """Validate a stack's config (keys without the ``mlops-platform:`` prefix) onto its profile.
+
+    Raises ``SettingsError`` listing every problem; nothing is declared before this returns.
+    """
+    raw = dict(raw)
+    profile = raw.pop("profile", None)
+    if profile not in PROFILES:
+        allowed = ", ".join(json.dumps(p) for p in PROFILE_NAMES)
+        got = "nothing" if profile is None else json.dumps(profile)
+        raise SettingsError([f"{CONFIG_NAMESPACE}:profile: got {got}; allowed: {allowed}"])
+    if region is None:
+        raise SettingsError(["aws:region: required (for example `pulumi config set aws:region us-east-1`)"])
+
+    merged = deep_merge(profile_defaults(profile), raw)
+    merged.update(profile=profile, region=region)
+    merged.setdefault("namePrefix", f"mlops-{stack}")
+    try:
+        settings = PlatformSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+    problems = _cross_field_problems(settings)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+# Prod invariants: (key as written in YAML, getter, required value). They cannot be relaxed by
+# a stack file; a team that truly needs a weaker prod must change this table in review.
+PROD_INVARIANTS: tuple[tuple[str, Any, Any], ...] = (
+    ("deletionProtection", lambda s: s.deletion_protection, True),
+    ("database.multiAz", lambda s: s.database.multi_az, True),
+    ("cluster.endpointPublicAccess", lambda s: s.cluster.endpoint_public_access, False),
+    ("storage.versioning", lambda s: s.storage.versioning, True),
+    ("storage.forceDestroy", lambda s: s.storage.force_destroy, False),
+    ("registry.forceDelete", lambda s: s.registry.force_delete, False),
+)
+
+
+def _cross_field_problems(s: PlatformSettings) -> list[str]:
+    """Rules that span several keys, checked after each key is individually valid."""
+    problems: list[str] = []
+
+    def add(key: str, message: str) -> None:
+        problems.append(f"{CONFIG_NAMESPACE}:{key}: {message}")
+
+    if s.profile == "prod":
+        for key, get, required in PROD_INVARIANTS:
+            if get(s) != required:
+                add(key, f"got {json.dumps(get(s))}; the prod profile requires {json.dumps(required)} (prod invariant)")
+        if s.database.backup_retention_days < 7:
+            add("database.backupRetentionDays", f"got {s.database.backup_retention_days}; the prod profile requires at least 7")
+
+    c = s.cluster
+    if c.endpoint_public_access and not c.public_access_cidrs:
+        add("cluster.publicAccessCidrs", "required when cluster.endpointPublicAccess is true (an allow-list of CIDRs)")
+    for cidr in c.public_access_cidrs:
+        if ipaddress.IPv4Network(cidr).prefixlen == 0:
+            add("cluster.publicAccessCidrs", f'got "{cidr}"; opening the API server to the whole internet is not allowed')
+    if not c.endpoint_public_access and c.public_access_cidrs:
+        add("cluster.publicAccessCidrs", "set, but cluster.endpointPublicAccess is false; remove it or enable public access")
+
+    ng = c.system_node_group
+    if ng.min_size > ng.max_size:
+        add("cluster.systemNodeGroup.minSize", f"got {ng.min_size}, above maxSize {ng.max_size}")
+    elif not ng.min_size <= ng.desired_size <= ng.max_size:
+        add("cluster.systemNodeGroup.desiredSize", f"got {ng.desired_size}; must lie between minSize {ng.min_size} and maxSize {ng.max_size}")
+
+    if s.database.multi_az and s.network.az_count < 2:
+        add("database.multiAz", "needs network.azCount of at least 2")
+    return problems
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    """Turn pydantic's errors into lines that name the YAML key, the value and what is allowed."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = [part for part in error["loc"] if not isinstance(part, str) or not part.startswith("function-")]
+        key = _key_path(loc)
+        value = error.get("input")
+        ctx = error.get("ctx") or {}
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc[:-1]))
+            lines.append(f"{CONFIG_NAMESPACE}:{key}: unknown key; allowed keys here: {allowed}")
+            continue
+        if kind == "missing":
+            lines.append(f"{CONFIG_NAMESPACE}:{key}: required")
+            continue
+        if kind == "literal_error":
+            expected = "allowed: " + ctx["expected"].replace("'", '"').replace(" or ", ", ")
+        elif kind in ("too_short", "string_too_short"):
+            count = ctx.get("min_length", 1)
+            unit = ("character", "characters") if kind == "string_too_short" else ("entry", "entries")
+            expected = f"expected at least {count} {unit[count != 1]}"
+        elif kind == "value_error":
+            expected = str(ctx.get("error", error["msg"]))
+        else:
+            expected = "expected " + re.sub(r"^(Input|Value) should (be|have) ", "", error["msg"])
+        lines.append(f"{CONFIG_NAMESPACE}:{key}: got {_show(value)}; {expected}")
+    return lines
+
+
+def _key_path(loc: list[Any]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _allowed_keys(loc: list[Any]) -> list[str]:
+    """The camelCase keys valid at ``loc`` (a path of YAML keys), for 'unknown key' messages."""
+    model: type[BaseModel] = PlatformSettings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next(f for name, f in model.model_fields.items() if to_camel(name) == part)
+        model = field.annotation  # type: ignore[assignment]
+    return sorted(to_camel(name) for name in model.model_fields)
+
+
+def _show(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return repr(value)
