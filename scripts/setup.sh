@@ -19,9 +19,11 @@ stamp=.venv/.setup-stamp
 wanted=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   echo "setup: installing pinned Python packages (requirements.lock); takes ~2 minutes the first time"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r requirements.lock
-  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+  # This workplace's pip config names local mirrors that may be absent; drop that noise only.
+  quiet_pip() { .venv/bin/python -m pip "$@" 2>&1 | { grep -v "is neither a file nor a directory" || true; }; }
+  quiet_pip install --quiet --upgrade pip
+  quiet_pip install --quiet -r requirements.lock
+  quiet_pip install --quiet --no-deps -e .   # the `mlops` command
   echo "$wanted" > "$stamp"
 fi
 
