@@ -79,6 +79,8 @@ class OfflineMocks(pulumi.runtime.Mocks):
                 "endpoint": f"{physical}.abc123.{region}.rds.amazonaws.com:5432",
                 "masterUserSecrets": [{"secretArn": f"arn:aws:secretsmanager:{region}:{ACCOUNT_ID}:secret:rds!{physical}"}],
             }
+        if typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            return {"latestVersion": 1}
         if typ == "aws:secretsmanager/secret:Secret":
             return {"arn": f"arn:aws:secretsmanager:{region}:{ACCOUNT_ID}:secret:{physical}"}
         if typ.startswith("aws:lb/loadBalancer") or typ.startswith("aws:alb/"):

@@ -25,9 +25,9 @@ _SHARED: dict[str, Any] = {
         "repositories": ["serving", "tracking", "drift"],
     },
     "cluster": {
-        "kubernetesVersion": "1.34",
+        "kubernetesVersion": "1.35",
         "adminRoleArns": [],
-        "systemNodeGroup": {"instanceType": "t3.large", "minSize": 2, "maxSize": 3, "desiredSize": 2},
+        "amiAlias": "al2023@latest",
         "cpuPool": {
             "instanceFamilies": ["m6i", "m7i", "c6i"],
             "instanceSizes": ["large", "xlarge", "2xlarge"],
@@ -55,6 +55,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "cluster": {
             "endpointPublicAccess": True,
+            "systemNodeGroup": {"instanceType": "t3.medium", "minSize": 2, "maxSize": 3, "desiredSize": 2},
+            "addonReplicas": 1,
             "logTypes": ["api", "audit"],
             "logRetentionDays": 7,
             "cpuPool": {"capacityTypes": ["spot", "on-demand"], "maxCpu": 32},
@@ -75,6 +77,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "cluster": {
             "endpointPublicAccess": False,
+            "systemNodeGroup": {"instanceType": "t3.large", "minSize": 2, "maxSize": 3, "desiredSize": 2},
+            "addonReplicas": 1,
             "logTypes": ["api", "audit", "authenticator"],
             "logRetentionDays": 30,
             "cpuPool": {"capacityTypes": ["spot", "on-demand"], "maxCpu": 64},
@@ -99,6 +103,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "cluster": {
             "endpointPublicAccess": False,
+            "systemNodeGroup": {"instanceType": "m6i.large", "minSize": 3, "maxSize": 6, "desiredSize": 3},
+            "addonReplicas": 2,
             "logTypes": ["api", "audit", "authenticator", "controllerManager", "scheduler"],
             "logRetentionDays": 90,
             "cpuPool": {"capacityTypes": ["on-demand"], "maxCpu": 256},

@@ -13,7 +13,10 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components.budget import Budget, BudgetArgs
+from components.cluster import Cluster, ClusterArgs
+from components.cluster_addons import ClusterAddons, ClusterAddonsArgs
 from components.network import Network, NetworkArgs
+from components.node_pools import GPU_RESOURCE, NodePools, NodePoolsArgs, PoolArgs
 from components.registry import Registry, RegistryArgs
 from components.storage import Storage, StorageArgs
 from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError, load_settings
@@ -47,7 +50,8 @@ def current_settings() -> PlatformSettings:
 
 def build(settings: PlatformSettings) -> None:
     """Declare every component of one environment."""
-    register_platform_tags(platform_tags(env=settings.profile, stack=pulumi.get_stack(), owner=settings.owner))
+    tags = platform_tags(env=settings.profile, stack=pulumi.get_stack(), owner=settings.owner)
+    register_platform_tags(tags)
     prefix = settings.name_prefix
     protect = settings.deletion_protection
 
@@ -83,6 +87,7 @@ def build(settings: PlatformSettings) -> None:
             protect=protect,
         ),
     )
+    cluster, node_pools = _compute(settings, network, tags)
     Budget(
         f"{prefix}-budget",
         BudgetArgs(
@@ -100,6 +105,82 @@ def build(settings: PlatformSettings) -> None:
     pulumi.export("datasetBucket", storage.bucket_names["datasets"])
     pulumi.export("dataKeyArn", storage.key_arn)
     pulumi.export("registryUrls", registry.repository_urls)
+    pulumi.export("clusterName", cluster.name)
+    pulumi.export("clusterEndpoint", cluster.endpoint)
+    pulumi.export("karpenterInterruptionQueue", node_pools.queue_name)
+
+
+def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str]) -> tuple[Cluster, NodePools]:
+    """The EKS cluster, its add-ons and the Karpenter pools; Kubernetes objects use the cluster's provider."""
+    c = settings.cluster
+    cluster = Cluster(
+        f"{settings.name_prefix}-cluster",
+        ClusterArgs(
+            cluster_name=settings.cluster_name,
+            kubernetes_version=c.kubernetes_version,
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            endpoint_public_access=c.endpoint_public_access,
+            public_access_cidrs=tuple(c.public_access_cidrs),
+            log_types=tuple(c.log_types),
+            log_retention_days=c.log_retention_days,
+            admin_role_arns=tuple(c.admin_role_arns),
+            system_instance_type=c.system_node_group.instance_type,
+            system_min_size=c.system_node_group.min_size,
+            system_max_size=c.system_node_group.max_size,
+            system_desired_size=c.system_node_group.desired_size,
+            deletion_protection=settings.deletion_protection,
+        ),
+    )
+    on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
+    ClusterAddons(
+        f"{settings.name_prefix}-addons",
+        ClusterAddonsArgs(
+            cluster_name=cluster.name,
+            vpc_id=network.vpc_id,
+            identity=cluster.identity,
+            depends_on=(cluster.system_node_group,),
+            replicas=c.addon_replicas,
+            ebs_csi_version=c.ebs_csi_version,
+        ),
+        opts=on_cluster,
+    )
+    node_pools = NodePools(
+        f"{settings.name_prefix}-pools",
+        NodePoolsArgs(
+            cluster_name=settings.cluster_name,
+            cluster_endpoint=cluster.endpoint,
+            cluster_security_group_id=cluster.security_group_id,
+            identity=cluster.identity,
+            node_role=cluster.node_role,
+            depends_on=(cluster.system_node_group,),
+            ami_alias=c.ami_alias,
+            node_tags={**tags, "component": "node-pools"},
+            replicas=c.addon_replicas,
+            cpu=PoolArgs(
+                instance_families=tuple(c.cpu_pool.instance_families),
+                instance_sizes=tuple(c.cpu_pool.instance_sizes),
+                capacity_types=tuple(c.cpu_pool.capacity_types),
+                limits={"cpu": str(c.cpu_pool.max_cpu)},
+                consolidation_policy="WhenEmptyOrUnderutilized",
+                consolidate_after="1m",
+                expire_after="720h",
+            ),
+            gpu=PoolArgs(
+                instance_families=tuple(c.gpu_pool.instance_families),
+                instance_sizes=tuple(c.gpu_pool.instance_sizes),
+                capacity_types=(c.gpu_pool.capacity_type,),
+                limits={GPU_RESOURCE: str(c.gpu_pool.max_gpus)},
+                # never evict a busy GPU node for bin-packing; remove it once it is empty
+                consolidation_policy="WhenEmpty",
+                consolidate_after=c.gpu_pool.consolidate_after,
+                expire_after=c.gpu_pool.expire_after,
+                root_volume_gi=100,
+            ),
+        ),
+        opts=on_cluster,
+    )
+    return cluster, node_pools
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ CONFIG_NAMESPACE = "mlops-platform"
 PROFILE_NAMES = tuple(PROFILES)
 
 KUBERNETES_VERSIONS = ("1.33", "1.34", "1.35")
-"""EKS versions in standard support that this platform's pinned add-ons are tested with."""
+"""EKS versions in standard support that the pinned add-ons support (Karpenter 1.11: 1.29-1.35)."""
 
 CPU_FAMILIES = ("t3", "m5", "m6i", "m7i", "c6i", "c7i", "r6i", "r7i")
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
@@ -176,6 +176,7 @@ class GpuPoolSettings(_Section):
 
 class ClusterSettings(_Section):
     kubernetes_version: Literal[KUBERNETES_VERSIONS]  # type: ignore[valid-type]
+    """EKS version, pinned; the add-on versions in components/versions.py are tested with these."""
     endpoint_public_access: bool
     """Expose the Kubernetes API endpoint publicly (to `publicAccessCidrs` only); never in prod."""
     public_access_cidrs: list[Cidr] = Field(default_factory=list)
@@ -186,6 +187,13 @@ class ClusterSettings(_Section):
     ]
     log_retention_days: Literal[LOG_RETENTION_DAYS]  # type: ignore[valid-type]
     system_node_group: NodeGroupSettings
+    """Managed, on-demand nodes for the add-ons (Karpenter must not run on nodes it manages)."""
+    addon_replicas: int = Field(ge=1, le=3)
+    """Replicas of Karpenter and the Load Balancer Controller."""
+    ami_alias: str = Field(pattern=r"^al2023@(latest|v\d{8})$")
+    """Karpenter EC2NodeClass AMI alias: `al2023@latest`, or a dated one such as `al2023@v20251117` to pin nodes."""
+    ebs_csi_version: str | None = Field(default=None, pattern=r"^v\d+\.\d+\.\d+-eksbuild\.\d+$")
+    """EBS CSI add-on version; unset takes AWS's default for the Kubernetes version."""
     cpu_pool: CpuPoolSettings
     gpu_pool: GpuPoolSettings
 

@@ -1,0 +1,31 @@
+"""Every chart and add-on version the platform deploys, pinned in one place.
+
+Upgrading one is a one-line change here, reviewed like any other, and visible in the
+offline preview. Check the compatibility notes before bumping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HelmChart:
+    chart: str
+    """Chart name, or a full `oci://` reference."""
+    version: str
+    repo: str | None = None
+    """Classic Helm repository URL; None for OCI charts."""
+
+
+KARPENTER_CRD = HelmChart(chart="oci://public.ecr.aws/karpenter/karpenter-crd", version="1.11.1")
+"""Karpenter's CRDs as their own release, so chart upgrades also upgrade the CRDs."""
+KARPENTER = HelmChart(chart="oci://public.ecr.aws/karpenter/karpenter", version="1.11.1")
+"""Karpenter 1.11 supports Kubernetes 1.29-1.35 (the `karpenter.sh/v1` API)."""
+NVIDIA_DEVICE_PLUGIN = HelmChart(chart="nvidia-device-plugin", version="0.18.2", repo="https://nvidia.github.io/k8s-device-plugin")
+AWS_LOAD_BALANCER_CONTROLLER = HelmChart(chart="aws-load-balancer-controller", version="1.14.0", repo="https://aws.github.io/eks-charts")
+"""Controller v2.14.0; provisions the ALBs/NLBs that Ingresses and Services ask for."""
+
+EBS_CSI_ADDON = "aws-ebs-csi-driver"
+"""EKS managed add-on; its version defaults to the one AWS marks default for the cluster's
+Kubernetes version, so it moves only when the cluster version does (override in settings)."""
