@@ -8,6 +8,7 @@ or by a real ``pulumi preview --json``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,145 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_inventory_file(path: str) -> Inventory:
+    return Inventory.read(Path(path))
+
+
+def _stack_budget_and_region(inventory: Inventory) -> tuple[float | None, str | None]:
+    """The stack's monthly budget and region from its stack file, when the repository has one."""
+    try:
+        settings = settings_for(load_stack_config(inventory.stack))
+    except StackFileError:
+        return None, None
+    return settings.budget.monthly_usd, settings.region
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from infra.cost import report
+    from infra.cost.estimate import estimate
+    from infra.cost.prices import PriceTable
+    from infra.cost.usage import UsageError, load_usage
+
+    if args.action == "refresh-prices":
+        return _refresh_prices(args)
+    table = PriceTable.load()
+    head = inventory_from_args(args)
+    budget, stack_region = _stack_budget_and_region(head)
+    budget = args.budget if args.budget is not None else budget
+    region = args.region or head.region or stack_region
+    if region is None:
+        raise CliError("the inventory names no region; pass --region")
+    try:
+        usage = load_usage(head.stack, Path(args.usage) if args.usage else None)
+    except UsageError as exc:
+        raise CliError(str(exc)) from None
+
+    def price(inventory: Inventory):
+        try:
+            return estimate(inventory, table=table, region=region, usage=usage)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+
+    head_estimate = price(head)
+    comparison = None
+    if args.compare:
+        comparison = report.compare(price(_load_inventory_file(args.compare)), head_estimate)
+
+    if args.format == "json":
+        print(json.dumps(comparison.to_json() if comparison else head_estimate.to_json(), indent=2))
+    elif args.format == "markdown":
+        from infra.cost.estimate import Estimate
+
+        print(report.render_markdown([comparison or report.compare(Estimate(head.stack, region, table.date), head_estimate)]), end="")
+    else:
+        print(report.render_table(head_estimate))
+        if comparison:
+            print(f"\ncompared with {args.compare}: {report.signed(comparison.delta)}/month "
+                  f"({len(comparison.changes)} changed line(s)); worst case {report.signed(comparison.worst_case_delta)}/month")
+            for change in comparison.changes:
+                print(f"  {change.status:8} {change.resource}: {change.item}  {report.money(change.before)} -> {report.money(change.after)}")
+
+    return _budget_gate(args, head_estimate, comparison, budget)
+
+
+def _budget_gate(args: argparse.Namespace, head, comparison, budget: float | None) -> int:
+    from infra.cost import report
+
+    failed = False
+    if args.fail_over_budget:
+        if budget is None:
+            raise CliError(f"no budget known for stack {head.stack}: pass --budget USD or add its stack file")
+        if head.baseline_monthly > budget:
+            print(f"error: stack {head.stack} is estimated at {report.money(head.baseline_monthly)}/month, over its budget of "
+                  f"{report.money(budget)} by {report.money(head.baseline_monthly - budget)}", file=sys.stderr)
+            failed = True
+        else:
+            print(f"budget: {report.money(head.baseline_monthly)} of {report.money(budget)}/month for stack {head.stack}", file=sys.stderr)
+    if args.max_increase is not None:
+        if comparison is None:
+            raise CliError("--max-increase needs --compare BASE")
+        if comparison.delta > args.max_increase:
+            print(f"error: this change adds {report.money(comparison.delta)}/month to stack {head.stack}, more than the allowed "
+                  f"{report.money(args.max_increase)}", file=sys.stderr)
+            failed = True
+    return EXIT_FINDINGS if failed else EXIT_OK
+
+
+def cmd_cost_comment(args: argparse.Namespace) -> int:
+    """One pull-request comment for every stack that has an inventory in HEAD_DIR."""
+    from infra.cost import report
+    from infra.cost.estimate import Estimate, estimate
+    from infra.cost.prices import PriceTable
+    from infra.cost.usage import load_usage
+
+    table = PriceTable.load()
+    base_dir, head_dir = Path(args.base_dir), Path(args.head_dir)
+    heads = sorted(head_dir.glob("*.json"))
+    if not heads:
+        raise CliError(f"no inventories (*.json) in {head_dir}")
+    comparisons = []
+    for head_path in heads:
+        head = Inventory.read(head_path)
+        _, stack_region = _stack_budget_and_region(head)
+        region = head.region or stack_region or "us-east-1"
+        usage = load_usage(head.stack)
+        head_estimate = estimate(head, table=table, region=region, usage=usage)
+        base_path = base_dir / head_path.name
+        base_estimate = (
+            estimate(Inventory.read(base_path), table=table, region=region, usage=usage)
+            if base_path.is_file()
+            else Estimate(stack=head.stack, region=region, price_date=table.date)  # a new stack: everything is added
+        )
+        comparisons.append(report.compare(base_estimate, head_estimate))
+    markdown = report.render_markdown(comparisons)
+    if args.output:
+        Path(args.output).write_text(markdown, encoding="utf-8")
+    else:
+        print(markdown, end="")
+    return EXIT_OK
+
+
+def _refresh_prices(args: argparse.Namespace) -> int:
+    import boto3
+    import botocore.exceptions
+
+    from infra.cost.prices import PRICES_PATH, PriceTable, refresh
+
+    table = PriceTable.load()
+    regions = args.refresh_region or table.regions
+    client = boto3.client("pricing", region_name="us-east-1")  # the Price List API lives in us-east-1 and ap-south-1
+    print(f"refreshing {len(regions)} region(s) from the AWS Price List API...")
+    try:
+        document, unchanged = refresh(client, table=table, regions=regions)
+    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.ClientError, botocore.exceptions.EndpointConnectionError) as exc:
+        raise CliError(f"cannot reach the AWS Price List API ({exc}); the price table was left unchanged") from None
+    output = Path(args.output) if args.output else PRICES_PATH
+    output.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {output} ({document['date']}); kept {len(unchanged)} entr{'y' if len(unchanged) == 1 else 'ies'} unchanged"
+          + (": " + ", ".join(unchanged[:10]) + (" ..." if len(unchanged) > 10 else "") if unchanged else ""))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlops",
@@ -105,6 +245,40 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--json", metavar="FILE", help="write the inventory (every resource with type, name, parent, inputs) to FILE")
     preview.add_argument("--counts-only", action="store_true", help="print only the counts by type")
     preview.set_defaults(handler=cmd_preview)
+
+    cost = commands.add_parser(
+        "cost",
+        help="estimate a stack's monthly cost, compare two inventories, gate on the budget",
+        description=(
+            "Price a stack's inventory with the shipped price table (infra/cost/prices.json) and the usage file "
+            "stacks/usage/<stack>.yaml. Prints each resource's monthly cost, hourly rate, quantity and assumption, the idle "
+            "baseline, and each Karpenter pool's worst case at its ceiling. `cost refresh-prices` rebuilds the price table "
+            "from the AWS Price List API (needs AWS credentials)."
+        ),
+    )
+    cost.add_argument("action", nargs="?", choices=["estimate", "refresh-prices"], default="estimate")
+    _add_source_arguments(cost)
+    cost.add_argument("--compare", metavar="BASE", help="inventory (or `pulumi preview --json`) of the base to diff against")
+    cost.add_argument("--format", choices=["table", "markdown", "json"], default="table", help="markdown is the pull-request comment")
+    cost.add_argument("--usage", metavar="FILE", help="usage assumptions (default: stacks/usage/<stack>.yaml, then built-in defaults)")
+    cost.add_argument("--region", help="price in this region (default: the stack's aws:region)")
+    cost.add_argument("--budget", type=float, metavar="USD", help="monthly budget (default: the stack's budget.monthlyUsd)")
+    cost.add_argument("--fail-over-budget", action="store_true", help="exit 1 when the idle baseline exceeds the budget")
+    cost.add_argument("--max-increase", type=float, metavar="USD", help="with --compare: exit 1 when the monthly increase exceeds USD")
+    cost.add_argument("--refresh-region", action="append", metavar="REGION", help="refresh-prices: only this region (repeatable)")
+    cost.add_argument("--output", metavar="FILE", help="refresh-prices: write the table here instead of infra/cost/prices.json")
+    cost.set_defaults(handler=cmd_cost)
+
+    comment = commands.add_parser(
+        "cost-comment",
+        help="the pull-request cost comment for every stack inventory in HEAD_DIR, diffed against BASE_DIR",
+        description="Reads <stack>.json inventories (or `pulumi preview --json` files) from both directories and prints "
+        "the markdown comment: the total monthly change first, then one collapsible table per stack.",
+    )
+    comment.add_argument("base_dir")
+    comment.add_argument("head_dir")
+    comment.add_argument("--output", metavar="FILE", help="write the markdown here instead of printing it")
+    comment.set_defaults(handler=cmd_cost_comment)
     return parser
 
 

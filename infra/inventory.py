@@ -10,6 +10,7 @@ Shape of an inventory file (``schema: mlops-platform/inventory@1``)::
       "schema": "mlops-platform/inventory@1",
       "project": "mlops-platform", "stack": "dev",
       "source": "offline" | "pulumi-preview",
+      "region": "us-east-1",                 # the stack's aws:region (null if unknown)
       "resources": [
         {
           "urn": "urn:pulumi:dev::mlops-platform::mlops:network:Network$aws:ec2/vpc:Vpc::mlops-dev-net-vpc",
@@ -104,6 +105,8 @@ class Inventory:
     source: str
     resources: list[Resource]
     outputs: dict[str, Any] = field(default_factory=dict)
+    region: str | None = None
+    """The stack's `aws:region`, when known (prices depend on it)."""
 
     # -- queries -------------------------------------------------------------------------
     def of_type(self, type_token: str) -> list[Resource]:
@@ -144,6 +147,7 @@ class Inventory:
             "project": self.project,
             "stack": self.stack,
             "source": self.source,
+            "region": self.region,
             "resources": [r.to_json() for r in self.resources],
             "outputs": self.outputs,
         }
@@ -166,6 +170,7 @@ class Inventory:
                 source=document.get("source", "offline"),
                 resources=[Resource.from_json(r) for r in document["resources"]],
                 outputs=document.get("outputs") or {},
+                region=document.get("region"),
             )
         if isinstance(document, dict) and isinstance(document.get("steps"), list):
             return from_pulumi_preview(document)
@@ -205,7 +210,8 @@ def from_pulumi_preview(document: dict[str, Any]) -> Inventory:
             resource.parent = None
     first = next(iter(resources), "urn:pulumi:unknown::unknown::x::y")
     stack, project = first.split("::")[0].removeprefix("urn:pulumi:"), first.split("::")[1]
-    return Inventory(project=project, stack=stack, source="pulumi-preview", resources=list(resources.values()))
+    region = (document.get("config") or {}).get("aws:region")
+    return Inventory(project=project, stack=stack, source="pulumi-preview", resources=list(resources.values()), region=region)
 
 
 def mask_secrets(value: Any) -> Any:

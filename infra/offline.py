@@ -181,7 +181,7 @@ def _run(program: Callable[[], None], project: str, stack: str, config: dict[str
     root = pulumi_settings.get_root_resource()
     _sync_await(run_pulumi_func(program))
     outputs = _resolve_exports(root.outputs if root is not None else {})
-    return Inventory(project=project, stack=stack, source="offline", resources=monitor.recorded, outputs=outputs)
+    return Inventory(project=project, stack=stack, source="offline", resources=monitor.recorded, outputs=outputs, region=region)
 
 
 def _resolve_exports(exports: dict[str, Any]) -> dict[str, Any]:

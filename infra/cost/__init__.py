@@ -1,0 +1,1 @@
+"""Monthly cost of an inventory: price table, usage assumptions, pricing rules and reports."""

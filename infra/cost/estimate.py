@@ -1,0 +1,371 @@
+"""Price an inventory: one or more lines per resource, each with its quantity and assumption.
+
+Three kinds of line:
+- `baseline`: what the stack costs while idle (control plane, system nodes, NAT, database,
+  storage at the usage file's volumes). The budget gate compares this total.
+- `worst-case`: what a Karpenter pool costs if it fills to its ceiling
+  (instances needed to reach the limit × the priciest allowed instance × 730 h). Shown next
+  to the baseline, never added to it.
+- `not-priced`: a resource type or instance type the table cannot price, with the reason.
+  Never silently zero.
+Resource types that cost nothing by themselves (IAM, route tables, Kubernetes objects that run
+on already-priced nodes...) are listed in FREE_TYPES with the reason, and produce no line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+from infra.cost import instances
+from infra.cost.prices import PriceTable
+from infra.inventory import Inventory, Resource
+
+BASELINE, WORST_CASE, NOT_PRICED = "baseline", "worst-case", "not-priced"
+
+FREE_TYPES: dict[str, str] = {
+    "aws:ec2/vpc:Vpc": "no charge",
+    "aws:ec2/subnet:Subnet": "no charge",
+    "aws:ec2/routeTable:RouteTable": "no charge",
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": "no charge",
+    "aws:ec2/internetGateway:InternetGateway": "no charge (data transfer out is usage)",
+    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": "no charge",
+    "aws:ec2/securityGroup:SecurityGroup": "no charge",
+    "aws:ec2/securityGroupRule:SecurityGroupRule": "no charge",
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": "no charge",
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": "no charge",
+    "aws:ec2/launchTemplate:LaunchTemplate": "no charge (its volumes are priced with the node group)",
+    "aws:iam/role:Role": "no charge",
+    "aws:iam/policy:Policy": "no charge",
+    "aws:iam/rolePolicy:RolePolicy": "no charge",
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": "no charge",
+    "aws:iam/openIdConnectProvider:OpenIdConnectProvider": "no charge",
+    "aws:kms/alias:Alias": "no charge",
+    "aws:s3/bucketOwnershipControls:BucketOwnershipControls": "configuration",
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": "configuration",
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": "configuration",
+    "aws:s3/bucketVersioning:BucketVersioning": "configuration (old versions count in the bucket's GB)",
+    "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": "configuration",
+    "aws:s3/bucketPolicy:BucketPolicy": "configuration",
+    "aws:ecr/lifecyclePolicy:LifecyclePolicy": "configuration",
+    "aws:eks/accessEntry:AccessEntry": "no charge",
+    "aws:eks/accessPolicyAssociation:AccessPolicyAssociation": "no charge",
+    "aws:eks/addon:Addon": "runs on nodes priced elsewhere",
+    "aws:sqs/queuePolicy:QueuePolicy": "configuration",
+    "aws:cloudwatch/eventRule:EventRule": "AWS service events on the default bus are free",
+    "aws:cloudwatch/eventTarget:EventTarget": "no charge",
+    "aws:budgets/budget:Budget": "the first two budgets of an account are free",
+    "aws:rds/subnetGroup:SubnetGroup": "no charge",
+    "aws:rds/parameterGroup:ParameterGroup": "no charge",
+    "aws:secretsmanager/secretVersion:SecretVersion": "priced with its secret",
+}
+FREE_PREFIXES: dict[str, str] = {
+    "mlops:": "a component groups resources priced individually",
+    "pulumi:providers:": "a Pulumi provider",
+    "random:": "generated in Pulumi, no cloud resource",
+    "kubernetes:": "a Kubernetes object runs on nodes priced elsewhere",
+}
+
+
+@dataclass
+class Line:
+    component: str
+    resource: str
+    type: str
+    urn: str
+    item: str
+    kind: str
+    quantity: float = 0.0
+    unit: str = ""
+    hourly: float | None = None
+    monthly: float | None = None
+    assumption: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Estimate:
+    stack: str
+    region: str
+    price_date: str
+    lines: list[Line] = field(default_factory=list)
+
+    @property
+    def baseline_monthly(self) -> float:
+        return round(sum(line.monthly or 0.0 for line in self.lines if line.kind == BASELINE), 2)
+
+    @property
+    def worst_case_monthly(self) -> float:
+        """Baseline plus every pool at its ceiling."""
+        return round(self.baseline_monthly + sum(line.monthly or 0.0 for line in self.lines if line.kind == WORST_CASE), 2)
+
+    @property
+    def not_priced(self) -> list[Line]:
+        return [line for line in self.lines if line.kind == NOT_PRICED]
+
+    def by_component(self) -> dict[str, list[Line]]:
+        groups: dict[str, list[Line]] = {}
+        for line in self.lines:
+            groups.setdefault(line.component, []).append(line)
+        return groups
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "region": self.region,
+            "priceDate": self.price_date,
+            "baselineMonthly": self.baseline_monthly,
+            "worstCaseMonthly": self.worst_case_monthly,
+            "notPriced": len(self.not_priced),
+            "lines": [line.to_json() for line in self.lines],
+        }
+
+
+class _Pricer:
+    """Turns resources into lines, with the table, region and usage of one stack."""
+
+    def __init__(self, inventory: Inventory, table: PriceTable, region: str, usage: dict[str, float]) -> None:
+        self.inventory, self.table, self.region, self.usage = inventory, table, region, usage
+        self.hours = table.hours_per_month
+        self.lines: list[Line] = []
+
+    def line(self, r: Resource, item: str, key: str, quantity: float, assumption: str, *, kind: str = BASELINE, per_hour: bool | None = None) -> None:
+        """Add a line priced `quantity` × the table's `key` (× hours for hourly prices)."""
+        component = self.inventory.component_of(r)
+        base = dict(component=component.name if component else "(stack)", resource=r.name, type=r.type, urn=r.urn, item=item)
+        price = self.table.get(self.region, key)
+        if price is None:
+            self.lines.append(Line(**base, kind=NOT_PRICED, quantity=quantity, assumption=f"no price for {key} in {self.region} (table of {self.table.date})"))
+            return
+        hourly_unit = price.unit == "hour" if per_hour is None else per_hour
+        if hourly_unit:
+            hourly = price.price * quantity
+            self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=round(hourly, 6), monthly=round(hourly * self.hours, 2), assumption=assumption))
+        else:
+            self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=None, monthly=round(price.price * quantity, 2), assumption=assumption))
+
+    def not_priced(self, r: Resource, item: str, reason: str) -> None:
+        component = self.inventory.component_of(r)
+        self.lines.append(
+            Line(component=component.name if component else "(stack)", resource=r.name, type=r.type, urn=r.urn, item=item, kind=NOT_PRICED, assumption=reason)
+        )
+
+
+# -- rules: one function per priced type ---------------------------------------------------
+
+def _eks_cluster(p: _Pricer, r: Resource) -> None:
+    support = (r.inputs.get("upgradePolicy") or {}).get("supportType", "EXTENDED")
+    if support != "STANDARD":
+        p.not_priced(r, "EKS control plane", "upgradePolicy.supportType is not STANDARD: extended support costs $0.60/h once the version ages out")
+    p.line(r, "EKS control plane (standard support)", "eks.cluster.standard", 1, "one cluster, 730 h")
+
+
+def _node_group(p: _Pricer, r: Resource) -> None:
+    scaling = r.inputs.get("scalingConfig") or {}
+    count = scaling.get("desiredSize", scaling.get("minSize", 1))
+    for instance_type in (r.inputs.get("instanceTypes") or ["t3.medium"])[:1]:
+        p.line(r, f"{count} × {instance_type} (on-demand)", f"ec2.instance.{instance_type}", count, f"desiredSize {count}, always on")
+    size, volume_type = _root_volume(p.inventory, r)
+    p.line(r, f"{count} × {size} GB {volume_type} root volumes", f"ebs.{volume_type}.storage", count * size, "root volume of each node")
+
+
+def _root_volume(inventory: Inventory, node_group: Resource) -> tuple[int, str]:
+    """Size and type of the node group's root disk: from its launch template when the component has one."""
+    component = inventory.component_of(node_group)
+    for candidate in inventory.descendants(component.urn) if component else []:
+        if candidate.type == "aws:ec2/launchTemplate:LaunchTemplate":
+            for mapping in candidate.inputs.get("blockDeviceMappings") or []:
+                ebs = mapping.get("ebs") or {}
+                if "volumeSize" in ebs:
+                    return int(ebs["volumeSize"]), ebs.get("volumeType", "gp3")
+    return int(node_group.inputs.get("diskSize", 20)), "gp2"
+
+
+def _karpenter_pool(p: _Pricer, r: Resource) -> None:
+    spec = r.inputs.get("spec") or {}
+    pool = (r.inputs.get("metadata") or {}).get("name", r.name)
+    limits = spec.get("limits") or {}
+    requirements = {q["key"]: q.get("values", []) for q in (spec.get("template") or {}).get("spec", {}).get("requirements", [])}
+    families = requirements.get("karpenter.k8s.aws/instance-family", [])
+    sizes = requirements.get("karpenter.k8s.aws/instance-size", [])
+    p.lines.append(
+        Line(
+            component=(p.inventory.component_of(r) or r).name, resource=r.name, type=r.type, urn=r.urn,
+            item=f"Karpenter pool `{pool}` while idle", kind=BASELINE, quantity=0, unit="nodes", hourly=0.0, monthly=0.0,
+            assumption="scales to zero: no nodes while nothing is pending",
+        )
+    )
+    if "nvidia.com/gpu" in limits:
+        limit, per_instance, what = int(limits["nvidia.com/gpu"]), instances.gpus, "GPUs"
+    elif "cpu" in limits:
+        limit, per_instance, what = int(str(limits["cpu"]).rstrip("m")), instances.vcpus, "vCPUs"
+    else:
+        p.not_priced(r, f"Karpenter pool `{pool}` worst case", "no cpu or nvidia.com/gpu limit: the pool has no ceiling")
+        return
+    candidates, unpriced = [], []
+    for family in families:
+        for size in sizes:
+            instance_type = f"{family}.{size}"
+            try:
+                capacity = per_instance(instance_type)
+            except KeyError:
+                continue
+            price = p.table.get(p.region, f"ec2.instance.{instance_type}")
+            if capacity <= 0:
+                continue
+            if price is None:
+                unpriced.append(instance_type)
+                continue
+            count = math.ceil(limit / capacity) if limit else 0
+            candidates.append((count * price.price, count, instance_type, price.price))
+    if not candidates:
+        p.not_priced(r, f"Karpenter pool `{pool}` worst case", f"no allowed instance type has a price: {', '.join(unpriced) or 'none allowed'}")
+        return
+    hourly, count, instance_type, unit_price = max(candidates)
+    note = f"ceiling {limit} {what} = {count} × {instance_type} at ${unit_price}/h on-demand, 730 h"
+    if unpriced:
+        note += f"; not priced, so not considered: {', '.join(unpriced)}"
+    p.line(r, f"Karpenter pool `{pool}` at its ceiling", f"ec2.instance.{instance_type}", count, note, kind=WORST_CASE)
+
+
+def _nat(p: _Pricer, r: Resource) -> None:
+    p.line(r, "NAT gateway hours", "vpc.nat.hour", 1, "one gateway, 730 h")
+    gb = p.usage["natGbPerGateway"]
+    p.line(r, f"NAT data processed ({gb:g} GB)", "vpc.nat.data", gb, "usage natGbPerGateway", per_hour=False)
+
+
+def _eip(p: _Pricer, r: Resource) -> None:
+    p.line(r, "public IPv4 address", "vpc.public-ipv4", 1, "every public IPv4 address is billed hourly")
+
+
+def _vpc_endpoint(p: _Pricer, r: Resource) -> None:
+    if r.inputs.get("vpcEndpointType", "Gateway") == "Gateway":
+        return  # gateway endpoints (S3, DynamoDB) are free
+    azs = len(r.inputs.get("subnetIds") or []) or 1
+    p.line(r, f"interface endpoint in {azs} AZs", "vpc.interface-endpoint.hour", azs, f"{azs} endpoint network interfaces, 730 h")
+    gb = p.usage["interfaceEndpointGbPerEndpoint"]
+    p.line(r, f"interface endpoint data ({gb:g} GB)", "vpc.interface-endpoint.data", gb, "usage interfaceEndpointGbPerEndpoint", per_hour=False)
+
+
+def _load_balancer(p: _Pricer, r: Resource, kind: str | None = None) -> None:
+    kind = kind or ("network" if r.inputs.get("loadBalancerType") == "network" else "application")
+    p.line(r, f"{kind} load balancer hours", f"elb.{kind}.hour", 1, "730 h")
+    lcu = p.usage["loadBalancerLcu"]
+    p.line(r, f"{kind} load balancer capacity ({lcu:g} LCU)", f"elb.{kind}.lcu", lcu, "usage loadBalancerLcu", per_hour=True)
+
+
+def _ingress(p: _Pricer, r: Resource) -> None:
+    spec = r.inputs.get("spec") or {}
+    annotations = (r.inputs.get("metadata") or {}).get("annotations") or {}
+    if spec.get("ingressClassName") == "alb" or annotations.get("kubernetes.io/ingress.class") == "alb":
+        if "alb.ingress.kubernetes.io/group.name" in annotations:
+            group = annotations["alb.ingress.kubernetes.io/group.name"]
+            sharing = [x for x in p.inventory.of_type(r.type) if ((x.inputs.get("metadata") or {}).get("annotations") or {}).get("alb.ingress.kubernetes.io/group.name") == group]
+            if sharing and sharing[0].urn != r.urn:
+                return  # an ingress group shares one ALB; price it once
+        _load_balancer(p, r, "application")
+
+
+def _service(p: _Pricer, r: Resource) -> None:
+    if (r.inputs.get("spec") or {}).get("type") == "LoadBalancer":
+        _load_balancer(p, r, "network")
+
+
+def _rds(p: _Pricer, r: Resource) -> None:
+    cls = r.inputs.get("instanceClass", "?")
+    multi = bool(r.inputs.get("multiAz"))
+    deployment = "multi-az" if multi else "single-az"
+    p.line(r, f"RDS PostgreSQL {cls} ({'Multi-AZ' if multi else 'Single-AZ'})", f"rds.instance.{cls}.{deployment}", 1, "730 h" + ("; Multi-AZ: primary + standby" if multi else ""))
+    gb = r.inputs.get("allocatedStorage", 20)
+    p.line(r, f"RDS storage {gb} GB gp3", f"rds.storage.gp3.{deployment}", gb, "allocated storage" + ("; Multi-AZ doubles it" if multi else ""), per_hour=False)
+
+
+def _bucket(p: _Pricer, r: Resource) -> None:
+    key = "s3DatasetsGb" if "dataset" in r.name else "s3ArtifactsGb"
+    gb = p.usage[key]
+    p.line(r, f"S3 Standard {gb:g} GB", "s3.standard.storage", gb, f"usage {key}", per_hour=False)
+
+
+def _ecr(p: _Pricer, r: Resource) -> None:
+    gb = p.usage["ecrGbPerRepository"]
+    p.line(r, f"ECR storage {gb:g} GB", "ecr.storage", gb, "usage ecrGbPerRepository", per_hour=False)
+
+
+def _kms(p: _Pricer, r: Resource) -> None:
+    p.line(r, "KMS customer managed key", "kms.key", 1, "one key", per_hour=False)
+
+
+def _secret(p: _Pricer, r: Resource) -> None:
+    p.line(r, "Secrets Manager secret", "secretsmanager.secret", 1, "one secret", per_hour=False)
+
+
+def _log_group(p: _Pricer, r: Resource) -> None:
+    gb = p.usage["logsGbPerLogGroup"]
+    p.line(r, f"CloudWatch Logs ingestion {gb:g} GB", "logs.ingestion", gb, "usage logsGbPerLogGroup", per_hour=False)
+    retention = r.inputs.get("retentionInDays") or 3653
+    stored = round(gb * min(retention, 365) / 30, 2)
+    p.line(r, f"CloudWatch Logs storage {stored:g} GB", "logs.storage", stored, f"{gb:g} GB/month kept {retention} days (compressed size not modelled)", per_hour=False)
+
+
+def _sqs(p: _Pricer, r: Resource) -> None:
+    billable = max(p.usage["sqsMillionRequests"] - 1, 0)
+    p.line(r, f"SQS requests beyond the free million ({billable:g} M)", "sqs.requests", billable, "usage sqsMillionRequests; first million free", per_hour=False)
+
+
+def _ebs_volume(p: _Pricer, r: Resource) -> None:
+    kind = r.inputs.get("type", "gp3")
+    p.line(r, f"EBS {kind} {r.inputs.get('size', 0)} GB", f"ebs.{kind}.storage", r.inputs.get("size", 0), "provisioned size", per_hour=False)
+
+
+def _sagemaker_mlflow(p: _Pricer, r: Resource) -> None:
+    size = str(r.inputs.get("trackingServerSize", "Small")).lower()
+    p.line(r, f"SageMaker managed MLflow ({size})", f"sagemaker.mlflow.{size}", 1, "730 h")
+
+
+RULES: dict[str, Callable[[_Pricer, Resource], None]] = {
+    "aws:eks/cluster:Cluster": _eks_cluster,
+    "aws:eks/nodeGroup:NodeGroup": _node_group,
+    "kubernetes:karpenter.sh/v1:NodePool": _karpenter_pool,
+    "aws:ec2/natGateway:NatGateway": _nat,
+    "aws:ec2/eip:Eip": _eip,
+    "aws:ec2/vpcEndpoint:VpcEndpoint": _vpc_endpoint,
+    "aws:lb/loadBalancer:LoadBalancer": _load_balancer,
+    "aws:alb/loadBalancer:LoadBalancer": _load_balancer,
+    "kubernetes:networking.k8s.io/v1:Ingress": _ingress,
+    "kubernetes:core/v1:Service": _service,
+    "aws:rds/instance:Instance": _rds,
+    "aws:s3/bucket:Bucket": _bucket,
+    "aws:ecr/repository:Repository": _ecr,
+    "aws:kms/key:Key": _kms,
+    "aws:secretsmanager/secret:Secret": _secret,
+    "aws:cloudwatch/logGroup:LogGroup": _log_group,
+    "aws:sqs/queue:Queue": _sqs,
+    "aws:ebs/volume:Volume": _ebs_volume,
+    "aws:sagemaker/mlflowTrackingServer:MlflowTrackingServer": _sagemaker_mlflow,
+}
+
+
+def free_reason(type_token: str) -> str | None:
+    if type_token in FREE_TYPES:
+        return FREE_TYPES[type_token]
+    return next((reason for prefix, reason in FREE_PREFIXES.items() if type_token.startswith(prefix)), None)
+
+
+def estimate(inventory: Inventory, *, table: PriceTable, region: str, usage: dict[str, float]) -> Estimate:
+    pricer = _Pricer(inventory, table, region, usage)
+    if region not in table.regions:
+        raise ValueError(f"no prices for region {region}; the table covers {', '.join(table.regions)} (run `cost refresh-prices --region {region}`)")
+    for resource in inventory.resources:
+        rule = RULES.get(resource.type)
+        if rule is not None:
+            rule(pricer, resource)
+        elif free_reason(resource.type) is None:
+            pricer.not_priced(resource, resource.type, f"no price rule for {resource.type}")
+    return Estimate(stack=inventory.stack, region=region, price_date=table.date, lines=pricer.lines)
+
+
+def priced_types() -> Iterable[str]:
+    return RULES.keys()
