@@ -224,6 +224,82 @@ def _refresh_prices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stack_config_for(args: argparse.Namespace, inventory: Inventory) -> StackConfig | None:
+    """The stack file behind an inventory (for waivers, settings), when the repository has it."""
+    if getattr(args, "stack_file", None):
+        return load_stack_file(Path(args.stack_file))
+    try:
+        return load_stack_config(inventory.stack)
+    except StackFileError:
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from infra.checks import Waiver, config_findings, run_checks
+    from infra.checks.rules import RULES
+
+    if args.list_rules:
+        for rule in sorted(RULES, key=lambda r: r.id):
+            print(f"{rule.id}  {rule.severity:6}  {rule.title}\n{'':20}fix: {rule.fix}")
+        return EXIT_OK
+    inventory = inventory_from_args(args)
+    config = _stack_config_for(args, inventory)
+    waivers: list[Waiver] = []
+    extra = []
+    if config is not None:
+        settings = settings_for(config)
+        waivers = [Waiver(w.rule, w.resource, w.reason) for w in settings.waivers]
+        extra = config_findings(config.values, config.secret_keys)
+    report = run_checks(inventory, waivers, extra)
+    if args.format == "json":
+        print(json.dumps({
+            "stack": report.stack,
+            "findings": [vars(f) for f in report.findings],
+            "waived": [{**vars(f), "reason": reason} for f, reason in report.waived],
+            "unusedWaivers": [vars(w) for w in report.unused_waivers],
+        }, indent=2))
+    else:
+        print(f"stack {inventory.stack}: {len(RULES) + 1} rules over {len(inventory.resources)} resources")
+        for f in report.findings:
+            print(f"  FAIL {f.rule} [{f.severity}] {f.resource}: {f.message}\n       fix: {f.fix}")
+        for f, reason in report.waived:
+            print(f"  WAIVED {f.rule} [{f.severity}] {f.resource}: {f.message}\n       reason: {reason}")
+        for w in report.unused_waivers:
+            print(f"  note: waiver {w.rule} for {w.resource} matches no finding; remove it")
+        print(f"{len(report.findings)} finding(s), {len(report.waived)} waived")
+    return EXIT_FINDINGS if report.failed else EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from infra.manifests import manifests, validate
+
+    inventory = inventory_from_args(args)
+    config = _stack_config_for(args, inventory)
+    version = args.kubernetes_version or (settings_for(config).cluster.kubernetes_version if config else None)
+    if version is None:
+        raise CliError("pass --kubernetes-version: the stack file is not available to read cluster.kubernetesVersion")
+    objects = manifests(inventory)
+    out = Path(args.out) if args.out else None
+    problems = 0
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    for manifest in objects:
+        name = manifest.get("metadata", {}).get("name", "unnamed")
+        namespace = manifest.get("metadata", {}).get("namespace", "")
+        errors = validate(manifest, version)
+        problems += len(errors)
+        label = f"{manifest['apiVersion']}/{manifest['kind']} {namespace + '/' if namespace else ''}{name}"
+        print(f"  {'ok  ' if not errors else 'FAIL'} {label}" + "".join(f"\n       {e}" for e in errors))
+        if out:
+            filename = f"{manifest['kind'].lower()}-{namespace + '-' if namespace else ''}{name}.yaml"
+            (out / filename).write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
+    print(f"{len(objects)} Kubernetes object(s) validated against Kubernetes {version}" + (f", written to {out}" if out else "") + f": {problems} problem(s)")
+    print("Helm releases are listed by `preview`; their charts are rendered by Helm at deploy time, not here.")
+    return EXIT_FINDINGS if problems else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlops",
@@ -279,6 +355,26 @@ def build_parser() -> argparse.ArgumentParser:
     comment.add_argument("head_dir")
     comment.add_argument("--output", metavar="FILE", help="write the markdown here instead of printing it")
     comment.set_defaults(handler=cmd_cost_comment)
+
+    check = commands.add_parser(
+        "check",
+        help="run the security and reliability rules over a stack; exit 1 on any unwaived finding",
+        description="Every rule has a stable ID, a severity and a fix; a stack waives a rule for one named resource with a "
+        "reason under `mlops-platform:waivers`. The same rules run in `pulumi preview --policy-pack policy`.",
+    )
+    _add_source_arguments(check)
+    check.add_argument("--format", choices=["table", "json"], default="table")
+    check.add_argument("--list-rules", action="store_true", help="print every rule with its ID, severity and fix")
+    check.set_defaults(handler=cmd_check)
+
+    render = commands.add_parser(
+        "render",
+        help="write every Kubernetes object the stack declares as YAML, validated against the cluster version's schemas",
+    )
+    _add_source_arguments(render)
+    render.add_argument("--out", metavar="DIR", help="write one YAML file per object here")
+    render.add_argument("--kubernetes-version", help="validate against this version (default: the stack's cluster.kubernetesVersion)")
+    render.set_defaults(handler=cmd_render)
     return parser
 
 

@@ -205,6 +205,15 @@ class BudgetSettings(_Section):
     """Who is told when actual or forecast spend crosses the threshold."""
 
 
+class WaiverSettings(_Section):
+    rule: str = Field(pattern=r"^MLOPS-[A-Z0-9]+-\d{3}$")
+    """The rule ID waived (see the README's rule list)."""
+    resource: str = Field(min_length=1)
+    """The logical name of the one resource it is waived for, as `check` prints it."""
+    reason: str = Field(min_length=15)
+    """Why this is acceptable, for the reviewer: shown in every `check` output."""
+
+
 class PlatformSettings(_Section):
     """Everything one stack needs, validated. Built only by ``load_settings``."""
 
@@ -221,6 +230,8 @@ class PlatformSettings(_Section):
     database: DatabaseSettings
     cluster: ClusterSettings
     budget: BudgetSettings
+    waivers: list[WaiverSettings] = Field(default_factory=list)
+    """Reviewed exceptions to the checks: one rule, one resource, a reason."""
 
     @property
     def cluster_name(self) -> str:
@@ -305,6 +316,11 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
     elif not ng.min_size <= ng.desired_size <= ng.max_size:
         add("cluster.systemNodeGroup.desiredSize", f"got {ng.desired_size}; must lie between minSize {ng.min_size} and maxSize {ng.max_size}")
 
+    from infra.checks.rules import rule_by_id  # the rule list, without a settings import cycle
+
+    for index, waiver in enumerate(s.waivers):
+        if rule_by_id(waiver.rule) is None:
+            add(f"waivers[{index}].rule", f'got "{waiver.rule}"; no such rule (see `python -m infra.cli check --list-rules`)')
     if s.database.multi_az and s.network.az_count < 2:
         add("database.multiAz", "needs network.azCount of at least 2")
     return problems
