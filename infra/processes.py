@@ -1,0 +1,93 @@
+"""Local servers for tests and the local demo: each in its own process group, on a free
+loopback port, stopped with its whole group (`mlflow server` forks workers of its own)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM the whole group, then SIGKILL what is left after `timeout` seconds."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def start(name: str, command: Sequence[str], *, url: str, log_dir: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Server:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    handle = open(log, "wb")
+    process = subprocess.Popen(
+        list(command), stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True
+    )
+    handle.close()
+    return Server(name=name, process=process, url=url, log=log)
+
+
+def wait_http(server: Server, path: str = "/", *, timeout: float = 60, ok_statuses: tuple[int, ...] = (200,)) -> None:
+    """Poll until `path` answers one of `ok_statuses`; raise with the server's log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.tail()}")
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=2) as response:
+                if response.status in ok_statuses:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok_statuses:
+                return
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.25)
+    raise RuntimeError(f"{server.name} not ready at {server.url}{path} after {timeout:.0f}s ({last}):\n{server.tail()}")
+
+
+def start_moto(log_dir: Path) -> Server:
+    """A local S3 endpoint (moto's server) on a free loopback port."""
+    import sys
+
+    port = free_port()
+    server = start("moto", [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)], url=f"http://{LOOPBACK}:{port}", log_dir=log_dir)
+    wait_http(server, "/", timeout=30)
+    return server

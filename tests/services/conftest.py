@@ -1,0 +1,86 @@
+"""Real local servers for service tests: moto S3 and the platform's tracking server."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from infra.processes import LOOPBACK, Server, free_port, start, start_moto, wait_http
+from infra.stackfile import REPO_ROOT
+
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+BUCKET = "artifacts"
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+@dataclass
+class Tracking:
+    server: Server
+    url: str
+    username: str
+    password: str
+    moto_url: str
+
+
+def tracking_env(tmp: Path, port: int, moto_url: str, password: str) -> dict[str, str]:
+    return {
+        **AWS_ENV,
+        "MLFLOW_S3_ENDPOINT_URL": moto_url,
+        "TRACKING_BACKEND_STORE_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "TRACKING_AUTH_DATABASE_URI": f"sqlite:///{tmp / 'auth.db'}",
+        "TRACKING_ARTIFACTS_DESTINATION": f"s3://{BUCKET}/mlflow",
+        "TRACKING_HOST": LOOPBACK,
+        "TRACKING_PORT": str(port),
+        "TRACKING_WORKERS": "1",
+        "TRACKING_ALLOWED_HOSTS": f"{LOOPBACK}:{port},localhost:{port}",
+        "TRACKING_ADMIN_PASSWORD": password,
+        "TRACKING_FLASK_SECRET_KEY": secrets.token_urlsafe(32),
+    }
+
+
+@pytest.fixture(scope="session")
+def tracking(moto, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracking")
+    port = free_port()
+    password = secrets.token_urlsafe(18)
+    server = start(
+        "tracking",
+        [sys.executable, "-m", "services.tracking.entrypoint", "serve"],
+        url=f"http://{LOOPBACK}:{port}",
+        log_dir=tmp,
+        env=tracking_env(tmp, port, moto.url, password),
+        cwd=REPO_ROOT,
+    )
+    try:
+        wait_http(server, "/health", timeout=90)
+    except RuntimeError:
+        server.stop()
+        raise
+    yield Tracking(server=server, url=server.url, username="admin", password=password, moto_url=moto.url)
+    server.stop()
+
+
+@pytest.fixture
+def as_admin(tracking, monkeypatch):
+    """The MLflow client in this process talks to the local server as admin."""
+    import mlflow
+
+    for key, value in {**AWS_ENV, "MLFLOW_TRACKING_URI": tracking.url, "MLFLOW_TRACKING_USERNAME": tracking.username,
+                       "MLFLOW_TRACKING_PASSWORD": tracking.password}.items():
+        monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(tracking.url)
+    yield tracking
+    mlflow.set_tracking_uri(None)
