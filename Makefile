@@ -4,9 +4,11 @@
 setup:
 	@bash scripts/setup.sh
 
-## Set up, then run the platform's main job locally: the offline preview of the dev stack.
+## Set up, then run the platform's main job locally: the offline preview of the dev stack,
+## then the service plane on loopback (S3, tracking server, example model) until Ctrl-C.
 local: setup
-	.venv/bin/python -m infra.cli preview --stack dev --json build/inventory-dev.json
+	.venv/bin/python -m infra.cli preview --stack dev --counts-only --json build/inventory-dev.json
+	.venv/bin/python -m infra.cli local
 
 ## Set up, then run every test.
 test: setup

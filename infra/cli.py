@@ -300,6 +300,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if problems else EXIT_OK
 
 
+def cmd_local(args: argparse.Namespace) -> int:
+    from infra.local import run
+
+    try:
+        run(Path(args.workdir), once=args.once)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlops",
@@ -375,6 +385,17 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", metavar="DIR", help="write one YAML file per object here")
     render.add_argument("--kubernetes-version", help="validate against this version (default: the stack's cluster.kubernetesVersion)")
     render.set_defaults(handler=cmd_render)
+
+    local = commands.add_parser(
+        "local",
+        help="run the service plane on this machine (loopback only): S3, tracking server, example model",
+        description="Starts a moto S3 endpoint and the tracking server (basic auth, generated admin password) on free "
+        "127.0.0.1 ports, trains the example model, registers it and points `champion` at it, prints the URLs, and "
+        "keeps running until Ctrl-C (or stops at once with --once).",
+    )
+    local.add_argument("--workdir", default="build/local", help="databases, logs and the admin password (default: build/local)")
+    local.add_argument("--once", action="store_true", help="stop everything after the demo instead of waiting for Ctrl-C")
+    local.set_defaults(handler=cmd_local)
     return parser
 
 

@@ -24,6 +24,7 @@ _SHARED: dict[str, Any] = {
     "registry": {
         "repositories": ["serving", "tracking", "drift"],
     },
+    "tracking": {"mode": "selfHosted", "imageTag": "3.17.2-1", "exposure": "internalAlb"},
     "cluster": {
         "kubernetesVersion": "1.35",
         "adminRoleArns": [],
@@ -62,6 +63,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "cpuPool": {"capacityTypes": ["spot", "on-demand"], "maxCpu": 32},
             "gpuPool": {"capacityType": "spot", "maxGpus": 2},
         },
+        "tracking": {"replicas": 1},
         "budget": {"monthlyUsd": 400, "alertThresholdPercent": 80},
     },
     "staging": {
@@ -84,6 +86,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "cpuPool": {"capacityTypes": ["spot", "on-demand"], "maxCpu": 64},
             "gpuPool": {"capacityType": "spot", "maxGpus": 4},
         },
+        "tracking": {"replicas": 2},
         "budget": {"monthlyUsd": 1500, "alertThresholdPercent": 80},
     },
     "prod": {
@@ -110,6 +113,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "cpuPool": {"capacityTypes": ["on-demand"], "maxCpu": 256},
             "gpuPool": {"capacityType": "on-demand", "maxGpus": 16},
         },
+        "tracking": {"replicas": 2},
         "budget": {"monthlyUsd": 8000, "alertThresholdPercent": 90},
     },
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
+import pulumi_aws as aws
 from pulumi.runtime import config as runtime_config
 
 from components.budget import Budget, BudgetArgs
@@ -19,6 +20,7 @@ from components.network import Network, NetworkArgs
 from components.node_pools import GPU_RESOURCE, NodePools, NodePoolsArgs, PoolArgs
 from components.registry import Registry, RegistryArgs
 from components.storage import Storage, StorageArgs
+from components.tracking import DatabaseArgs, TrackingServer, TrackingServerArgs
 from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError, load_settings
 from infra.tagging import platform_tags, register_platform_tags
 
@@ -87,7 +89,8 @@ def build(settings: PlatformSettings) -> None:
             protect=protect,
         ),
     )
-    cluster, node_pools = _compute(settings, network, tags)
+    cluster, node_pools, addons = _compute(settings, network, tags)
+    tracking = _tracking(settings, network, storage, cluster, addons)
     Budget(
         f"{prefix}-budget",
         BudgetArgs(
@@ -108,9 +111,53 @@ def build(settings: PlatformSettings) -> None:
     pulumi.export("clusterName", cluster.name)
     pulumi.export("clusterEndpoint", cluster.endpoint)
     pulumi.export("karpenterInterruptionQueue", node_pools.queue_name)
+    pulumi.export("trackingUrl", tracking.url)
+    if tracking.admin_secret_arn is not None:
+        pulumi.export("trackingAdminSecretArn", tracking.admin_secret_arn)
 
 
-def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str]) -> tuple[Cluster, NodePools]:
+def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons) -> TrackingServer:
+    t, db = settings.tracking, settings.database
+    return TrackingServer(
+        f"{settings.name_prefix}-tracking",
+        TrackingServerArgs(
+            mode=t.mode,
+            artifact_bucket=storage.bucket_names["artifacts"],
+            artifact_bucket_arn=storage.bucket_arns["artifacts"],
+            kms_key_arn=storage.key_arn,
+            vpc_id=network.vpc_id,
+            vpc_cidr=network.vpc_cidr,
+            subnet_ids=network.private_subnet_ids,
+            cluster_security_group_id=cluster.security_group_id,
+            identity=cluster.identity,
+            image=_image_reference(settings, "tracking", t.image_tag),
+            replicas=t.replicas,
+            database=DatabaseArgs(
+                instance_class=db.instance_class,
+                multi_az=db.multi_az,
+                allocated_storage_gb=db.allocated_storage_gb,
+                backup_retention_days=db.backup_retention_days,
+                engine_version=db.engine_version,
+            ),
+            exposure=t.exposure,
+            certificate_arn=t.certificate_arn,
+            allowed_hosts=tuple(t.allowed_hosts),
+            protect=settings.deletion_protection,
+            load_balancer_controller=addons.load_balancer_controller,
+            managed_size=t.managed_size,
+        ),
+        opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
+    )
+
+
+def _image_reference(settings: PlatformSettings, repository: str, tag: str) -> str:
+    """`<account>.dkr.ecr.<region>.amazonaws.com/<prefix>/<repo>:<tag>`, known before the registry exists,
+    so the image string is plain (it names the migration Job)."""
+    account = aws.get_caller_identity().account_id
+    return f"{account}.dkr.ecr.{settings.region}.amazonaws.com/{settings.name_prefix}/{repository}:{tag}"
+
+
+def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str]) -> tuple[Cluster, NodePools, ClusterAddons]:
     """The EKS cluster, its add-ons and the Karpenter pools; Kubernetes objects use the cluster's provider."""
     c = settings.cluster
     cluster = Cluster(
@@ -133,7 +180,7 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str])
         ),
     )
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
-    ClusterAddons(
+    addons = ClusterAddons(
         f"{settings.name_prefix}-addons",
         ClusterAddonsArgs(
             cluster_name=cluster.name,
@@ -180,7 +227,7 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str])
         ),
         opts=on_cluster,
     )
-    return cluster, node_pools
+    return cluster, node_pools, addons
 
 
 def main() -> None:

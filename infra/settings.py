@@ -198,6 +198,21 @@ class ClusterSettings(_Section):
     gpu_pool: GpuPoolSettings
 
 
+class TrackingServerSettings(_Section):
+    mode: Literal["selfHosted", "managed"]
+    """`selfHosted`: MLflow on the cluster with RDS PostgreSQL; `managed`: SageMaker's managed MLflow."""
+    replicas: int = Field(ge=1, le=5)
+    image_tag: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    """Tag of the `tracking` image in the platform registry (built from services/tracking); never `latest`."""
+    exposure: Literal["internalAlb", "clusterOnly"]
+    """`internalAlb`: reachable inside the VPC (VPN, peered networks); `clusterOnly`: a ClusterIP Service."""
+    certificate_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$")
+    """ACM certificate for HTTPS on the internal ALB."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """DNS names clients use for the server (e.g. mlflow.internal.example.com)."""
+    managed_size: Literal["Small", "Medium", "Large"] = "Small"
+
+
 class BudgetSettings(_Section):
     monthly_usd: float = Field(gt=0)
     alert_threshold_percent: int = Field(ge=1, le=1000)
@@ -229,6 +244,7 @@ class PlatformSettings(_Section):
     registry: RegistrySettings
     database: DatabaseSettings
     cluster: ClusterSettings
+    tracking: TrackingServerSettings
     budget: BudgetSettings
     waivers: list[WaiverSettings] = Field(default_factory=list)
     """Reviewed exceptions to the checks: one rule, one resource, a reason."""
@@ -321,6 +337,8 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
     for index, waiver in enumerate(s.waivers):
         if rule_by_id(waiver.rule) is None:
             add(f"waivers[{index}].rule", f'got "{waiver.rule}"; no such rule (see `python -m infra.cli check --list-rules`)')
+    if s.tracking.image_tag == "latest":
+        add("tracking.imageTag", 'got "latest"; pin a version (for example 3.17.2-1)')
     if s.database.multi_az and s.network.az_count < 2:
         add("database.multiAz", "needs network.azCount of at least 2")
     return problems

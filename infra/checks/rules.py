@@ -382,6 +382,7 @@ def _network_policy(inv: Inventory):
 
 _SECRET_NAME = re.compile(r"(password|passwd|secret|token|api[_-]?key|webhook|private[_-]?key)", re.IGNORECASE)
 _NOT_SECRET_VALUES = {"", "[secret]", "offline-secret-placeholder"}
+_REFERENCE_SUFFIXES = ("_ARN", "_ARNS", "_FILE", "_PATH", "_NAME", "_REF")
 
 
 @rule("MLOPS-SEC-001", HIGH, "no secret is set in plain text", "keep it in Secrets Manager (or `pulumi config set --secret`) and reference it")
@@ -389,7 +390,10 @@ def _plain_secrets(inv: Inventory):
     for r, pod in workloads(inv):
         for container in _containers(pod):
             for env in container.get("env") or []:
-                if _SECRET_NAME.search(str(env.get("name", ""))) and "value" in env and str(env["value"]) not in _NOT_SECRET_VALUES:
+                name, value = str(env.get("name", "")), str(env.get("value", ""))
+                if name.endswith(_REFERENCE_SUFFIXES) or value.startswith("arn:"):
+                    continue  # where the secret lives, not the secret
+                if _SECRET_NAME.search(name) and "value" in env and value not in _NOT_SECRET_VALUES:
                     yield r, f"env {env['name']} holds a literal value"
     for r in inv.of_type("kubernetes:helm.sh/v3:Release"):
         for path, value in _leaves(r.inputs.get("values") or {}):

@@ -279,6 +279,8 @@ def _rds(p: _Pricer, r: Resource) -> None:
     multi = bool(r.inputs.get("multiAz"))
     deployment = "multi-az" if multi else "single-az"
     p.line(r, f"RDS PostgreSQL {cls} ({'Multi-AZ' if multi else 'Single-AZ'})", f"rds.instance.{cls}.{deployment}", 1, "730 h" + ("; Multi-AZ: primary + standby" if multi else ""))
+    if r.inputs.get("manageMasterUserPassword"):
+        p.line(r, "Secrets Manager secret of the master password", "secretsmanager.secret", 1, "RDS keeps the generated password in Secrets Manager", per_hour=False)
     gb = r.inputs.get("allocatedStorage", 20)
     p.line(r, f"RDS storage {gb} GB gp3", f"rds.storage.gp3.{deployment}", gb, "allocated storage" + ("; Multi-AZ doubles it" if multi else ""), per_hour=False)
 

@@ -91,7 +91,12 @@ def test_secrets_encryption_logging_and_standard_support(stack_inventories, stac
 def test_every_workload_role_trusts_only_its_own_service_account(stack_inventories, stack):
     inventory = stack_inventories[stack]
     federated = [r for r in inventory.of_type("aws:iam/role:Role") if "Federated" in r.inputs["assumeRolePolicy"]]
-    expected = {"-karpenter": "kube-system:karpenter", "-lbc": "kube-system:aws-load-balancer-controller", "-ebs-csi": "kube-system:ebs-csi-controller-sa"}
+    expected = {
+        "-karpenter": "kube-system:karpenter",
+        "-lbc": "kube-system:aws-load-balancer-controller",
+        "-ebs-csi": "kube-system:ebs-csi-controller-sa",
+        "-tracking-workload": "mlflow:mlflow-tracking",
+    }
     assert len(federated) == len(expected)
     for role in federated:
         (statement,) = json.loads(role.inputs["assumeRolePolicy"])["Statement"]

@@ -308,3 +308,11 @@ def test_cost_review_script_prices_only_the_stack_a_change_touches(tmp_path):
     nat = price("vpc.nat.hour") * HOURS + DEFAULT_USAGE["natGbPerGateway"] * price("vpc.nat.data") + price("vpc.public-ipv4") * HOURS
     assert f"will increase by **${nat:,.2f}/month**" in comment
     assert "| dev |" in comment and "| prod |" not in comment
+
+
+def test_readme_states_the_current_dev_idle_cost(stack_inventories):
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    stated = int(re.search(r"dev stack idles at about \$(\d+)/month", readme).group(1))
+    assert abs(stated - est(stack_inventories["dev"]).baseline_monthly) < 1.0

@@ -1,0 +1,385 @@
+"""TrackingServer: MLflow experiment tracking and model registry, self-hosted or managed.
+
+Self-hosted (default), in dependency order: the database's subnet group, security group
+(PostgreSQL only from the cluster's security group) and parameter group (TLS required); an
+encrypted RDS PostgreSQL instance whose master password RDS generates and keeps in Secrets
+Manager; the admin password and Flask secret key, generated here and kept in Secrets
+Manager; the workload role (read/write its own artifact prefix, read its three secrets); the
+namespace (restricted Pod Security), service account, migration Job, Deployment, Service,
+PodDisruptionBudget and NetworkPolicy; and an internal ALB Ingress.
+
+The migration Job is named after the image, so a new server version runs `migrate` first,
+and the Deployment depends on it: Pulumi waits for the Job to finish before rolling out.
+
+Managed (`tracking.mode: managed`): a SageMaker MLflow tracking server with its own role on
+the same artifact prefix. Same outputs, no database or Deployment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components.identity import OidcIdentity, workload_role
+from components.k8s_workload import (
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, resources,
+    restricted_namespace_labels, zone_spread,
+)
+
+TOKEN = "mlops:tracking:TrackingServer"
+NAMESPACE = "mlflow"
+SERVICE_ACCOUNT = "mlflow-tracking"
+PORT = 5000
+APP_LABELS = {"app.kubernetes.io/name": "mlflow-tracking", "app.kubernetes.io/part-of": "mlops-platform"}
+CLIENT_NAMESPACE_LABEL = "mlops.platform/tracking-client"
+"""Namespaces with this label set to "true" may reach the tracking server (serving, jobs)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseArgs:
+    instance_class: str = "db.t4g.micro"
+    multi_az: bool = False
+    allocated_storage_gb: int = 20
+    backup_retention_days: int = 7
+    engine_version: str = "17"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingServerArgs:
+    mode: Literal["selfHosted", "managed"] = "selfHosted"
+    artifact_bucket: pulumi.Input[str]
+    artifact_bucket_arn: pulumi.Input[str]
+    artifact_prefix: str = "mlflow"
+    """The server owns `s3://<bucket>/<prefix>/` and nothing else of the bucket."""
+    kms_key_arn: pulumi.Input[str]
+    """Data key: database storage, its secrets, and the bucket's SSE-KMS."""
+    vpc_id: pulumi.Input[str] = ""
+    vpc_cidr: str = "10.0.0.0/16"
+    subnet_ids: pulumi.Input[Sequence[str]] = ()
+    cluster_security_group_id: pulumi.Input[str] = ""
+    identity: OidcIdentity | None = None
+    image: str = ""
+    """Tracking image, pinned by tag or digest (built from services/tracking/Dockerfile)."""
+    replicas: int = 1
+    database: DatabaseArgs = field(default_factory=DatabaseArgs)
+    exposure: Literal["internalAlb", "clusterOnly"] = "internalAlb"
+    certificate_arn: str | None = None
+    """ACM certificate for an HTTPS listener on the internal ALB; without it the ALB listens on HTTP 80 inside the VPC."""
+    allowed_hosts: Sequence[str] = ()
+    """Extra Host headers the server accepts (an internal DNS name for the ALB, say)."""
+    protect: bool = False
+    """Deletion protection on the database, `protect` on it and its secrets (prod)."""
+    load_balancer_controller: pulumi.Resource | None = None
+    """The Ingress depends on it, so destroy removes the ALB while the controller still runs."""
+    managed_size: Literal["Small", "Medium", "Large"] = "Small"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mode not in ("selfHosted", "managed"):
+            problems.append(f"mode: got {self.mode!r}, expected 'selfHosted' or 'managed'")
+        if self.mode == "selfHosted":
+            if self.identity is None:
+                problems.append("identity: required for the self-hosted server's workload role")
+            if not self.image or self.image.endswith(":latest") or (":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image):
+                problems.append(f"image: got {self.image!r}, expected an image pinned by tag or digest")
+            if not 1 <= self.replicas <= 5:
+                problems.append(f"replicas: got {self.replicas}, expected 1 to 5")
+        if problems:
+            raise ValueError("invalid TrackingServerArgs: " + "; ".join(problems))
+
+
+def artifact_policy(bucket_arn: str, prefix: str, kms_key_arn: str, secret_arns: Sequence[str]) -> str:
+    """Read and write only `<prefix>/` of the bucket, use the data key, read the server's secrets."""
+    statements = [
+        {"Sid": "ObjectsUnderPrefix", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": f"{bucket_arn}/{prefix}/*"},
+        {"Sid": "ListPrefix", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn, "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}},
+        {"Sid": "BucketKey", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": kms_key_arn},
+    ]
+    if secret_arns:
+        statements.append({"Sid": "OwnSecrets", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": list(secret_arns)})
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+class TrackingServer(pulumi.ComponentResource):
+    url: pulumi.Output[str]
+    """Where clients send `MLFLOW_TRACKING_URI`."""
+    admin_secret_arn: pulumi.Output[str] | None
+    """Secrets Manager secret holding the `admin` password (self-hosted)."""
+    database: aws.rds.Instance | None
+
+    def __init__(self, name: str, args: TrackingServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, None, opts)
+        self.database = None
+        self.admin_secret_arn = None
+        if args.mode == "managed":
+            self.url = self._managed(name, args)
+        else:
+            self.url = self._self_hosted(name, args)
+        self.register_outputs({"url": self.url, "admin_secret_arn": self.admin_secret_arn})
+
+    # -- managed ----------------------------------------------------------------------------
+    def _managed(self, name: str, args: TrackingServerArgs) -> pulumi.Output[str]:
+        role = aws.iam.Role(
+            f"{name}-sagemaker",
+            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        aws.iam.RolePolicy(
+            f"{name}-sagemaker-artifacts",
+            role=role.id,
+            policy=pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn).apply(lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], [])),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        server = aws.sagemaker.MlflowTrackingServer(
+            f"{name}-managed",
+            tracking_server_name=name,
+            artifact_store_uri=pulumi.Output.concat("s3://", args.artifact_bucket, "/", args.artifact_prefix),
+            role_arn=role.arn,
+            tracking_server_size=args.managed_size,
+            automatic_model_registration=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return server.tracking_server_url
+
+    # -- self-hosted ------------------------------------------------------------------------
+    def _self_hosted(self, name: str, args: TrackingServerArgs) -> pulumi.Output[str]:
+        child = pulumi.ResourceOptions(parent=self)
+        stateful = pulumi.ResourceOptions(parent=self, protect=args.protect)
+        db = args.database
+
+        subnet_group = aws.rds.SubnetGroup(f"{name}-db-subnets", subnet_ids=args.subnet_ids, opts=child)
+        db_sg = aws.ec2.SecurityGroup(
+            f"{name}-db-sg",
+            description="PostgreSQL of the tracking server: only from the cluster",
+            vpc_id=args.vpc_id,
+            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=5432, to_port=5432, security_groups=[args.cluster_security_group_id])],
+            egress=[],
+            opts=child,
+        )
+        parameters = aws.rds.ParameterGroup(
+            f"{name}-db-params",
+            family=f"postgres{db.engine_version}",
+            parameters=[aws.rds.ParameterGroupParameterArgs(name="rds.force_ssl", value="1")],
+            opts=child,
+        )
+        self.database = aws.rds.Instance(
+            f"{name}-db",
+            engine="postgres",
+            engine_version=db.engine_version,
+            instance_class=db.instance_class,
+            allocated_storage=db.allocated_storage_gb,
+            max_allocated_storage=db.allocated_storage_gb * 5,
+            storage_type="gp3",
+            storage_encrypted=True,
+            kms_key_id=args.kms_key_arn,
+            db_name="mlflow",
+            username="mlflow",
+            manage_master_user_password=True,  # RDS generates it, keeps and rotates it in Secrets Manager
+            master_user_secret_kms_key_id=args.kms_key_arn,
+            multi_az=db.multi_az,
+            backup_retention_period=db.backup_retention_days,
+            deletion_protection=args.protect,
+            skip_final_snapshot=not args.protect,
+            final_snapshot_identifier=f"{name}-final" if args.protect else None,
+            copy_tags_to_snapshot=True,
+            publicly_accessible=False,
+            db_subnet_group_name=subnet_group.name,
+            vpc_security_group_ids=[db_sg.id],
+            parameter_group_name=parameters.name,
+            auto_minor_version_upgrade=True,
+            opts=stateful,
+        )
+        db_secret_arn = self.database.master_user_secrets.apply(lambda s: s[0].secret_arn)
+
+        admin_password = random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child)
+        flask_key = random.RandomPassword(f"{name}-flask-key", length=48, special=False, opts=child)
+        secrets_ = {}
+        for role_name, generated in (("admin-password", admin_password), ("flask-secret-key", flask_key)):
+            secret = aws.secretsmanager.Secret(
+                f"{name}-{role_name}-secret",
+                description=f"MLflow tracking server {role_name}",
+                kms_key_id=args.kms_key_arn,
+                recovery_window_in_days=30 if args.protect else 7,
+                opts=stateful,
+            )
+            aws.secretsmanager.SecretVersion(f"{name}-{role_name}-value", secret_id=secret.id, secret_string=generated.result, opts=child)
+            secrets_[role_name] = secret
+        self.admin_secret_arn = secrets_["admin-password"].arn
+
+        assert args.identity is not None
+        role = workload_role(
+            f"{name}-workload",
+            identity=args.identity,
+            namespace=NAMESPACE,
+            service_account=SERVICE_ACCOUNT,
+            policy=pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn, db_secret_arn, secrets_["admin-password"].arn, secrets_["flask-secret-key"].arn).apply(
+                lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], a[2:])
+            ),
+            parent=self,
+        )
+
+        namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": NAMESPACE, "labels": restricted_namespace_labels()}, opts=child)
+        in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
+        k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata={"name": SERVICE_ACCOUNT, "namespace": NAMESPACE, "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+            automount_service_account_token=False,
+            opts=in_namespace,
+        )
+
+        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
+        database_uri = pulumi.Output.concat("postgresql://{user}:{password}@", self.database.address, ":5432/")
+        # Host headers (DNS-rebinding guard): service names, the internal ALB's AWS name, and
+        # IP literals of the VPC (kubelet probes and ALB health checks address pods by IP).
+        vpc_ips = ".".join(args.vpc_cidr.split(".")[:2]) + ".*"
+        hosts = ",".join([
+            "localhost", f"mlflow-tracking.{NAMESPACE}.svc", f"mlflow-tracking.{NAMESPACE}.svc.cluster.local",
+            f"internal-*.{region}.elb.amazonaws.com", vpc_ips, *args.allowed_hosts,
+        ])
+        settings_env = {
+            "TRACKING_BACKEND_STORE_URI": pulumi.Output.concat(database_uri, "mlflow?sslmode=require"),
+            "TRACKING_AUTH_DATABASE_URI": pulumi.Output.concat(database_uri, "mlflow_auth?sslmode=require"),
+            "TRACKING_DATABASE_SECRET_ARN": db_secret_arn,
+            "TRACKING_ADMIN_PASSWORD_SECRET_ARN": secrets_["admin-password"].arn,
+            "TRACKING_FLASK_SECRET_KEY_SECRET_ARN": secrets_["flask-secret-key"].arn,
+            "TRACKING_ARTIFACTS_DESTINATION": pulumi.Output.concat("s3://", args.artifact_bucket, "/", args.artifact_prefix),
+            "TRACKING_HOST": "0.0.0.0",
+            "TRACKING_PORT": str(PORT),
+            "TRACKING_WORKERS": "2",
+            "TRACKING_ALLOWED_HOSTS": hosts,
+            "TRACKING_REGION": region,
+            "AWS_REGION": region,
+        }
+        pod_common = {
+            "serviceAccountName": SERVICE_ACCOUNT,
+            "automountServiceAccountToken": True,  # IRSA's projected token rides on it
+            "securityContext": POD_SECURITY_CONTEXT,
+            "volumes": [TMP_VOLUME],
+        }
+
+        # Named after the image: a new version gets a new Job, which must complete first.
+        migration_name = "mlflow-migrate-" + hashlib.sha256(args.image.encode()).hexdigest()[:8]
+        migration = k8s.batch.v1.Job(
+            f"{name}-migrate",
+            metadata={"name": migration_name, "namespace": NAMESPACE, "labels": APP_LABELS},
+            spec={
+                "backoffLimit": 2,
+                "template": {
+                    "metadata": {"labels": {**APP_LABELS, "app.kubernetes.io/component": "migrate"}},
+                    "spec": {
+                        **pod_common,
+                        "restartPolicy": "Never",
+                        "containers": [{
+                            "name": "migrate", "image": args.image, "args": ["migrate"], "env": env_list(settings_env),
+                            "resources": resources("100m", "512Mi"), "securityContext": CONTAINER_SECURITY_CONTEXT, "volumeMounts": [TMP_MOUNT],
+                        }],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[namespace, self.database], delete_before_replace=True),
+        )
+
+        server_labels = {**APP_LABELS, "app.kubernetes.io/component": "server"}
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-server",
+            metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "labels": server_labels},
+            spec={
+                "replicas": args.replicas,
+                "selector": {"matchLabels": server_labels},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": server_labels},
+                    "spec": {
+                        **pod_common,
+                        "topologySpreadConstraints": zone_spread(server_labels),
+                        "containers": [{
+                            "name": "mlflow",
+                            "image": args.image,
+                            "args": ["serve"],
+                            "ports": [{"name": "http", "containerPort": PORT}],
+                            "env": env_list(settings_env),
+                            "resources": resources("250m", "1Gi"),
+                            "readinessProbe": http_probe("/health", PORT, period=10),
+                            "livenessProbe": http_probe("/health", PORT, period=20, failures=6, initial_delay=30),
+                            "securityContext": CONTAINER_SECURITY_CONTEXT,
+                            "volumeMounts": [TMP_MOUNT],
+                        }],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[migration]),
+        )
+        service = k8s.core.v1.Service(
+            f"{name}-svc",
+            metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "labels": server_labels},
+            spec={"selector": server_labels, "ports": [{"name": "http", "port": 80, "targetPort": PORT}]},
+            opts=in_namespace,
+        )
+        disruption = {"minAvailable": 1} if args.replicas > 1 else {"maxUnavailable": 1}
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata={"name": "mlflow-tracking", "namespace": NAMESPACE},
+            spec={**disruption, "selector": {"matchLabels": server_labels}},
+            opts=in_namespace,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata={"name": "mlflow-tracking", "namespace": NAMESPACE},
+            spec={
+                "podSelector": {"matchLabels": APP_LABELS},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{
+                    "from": [
+                        {"namespaceSelector": {"matchLabels": {CLIENT_NAMESPACE_LABEL: "true"}}},
+                        {"ipBlock": {"cidr": args.vpc_cidr}},  # the internal ALB forwards from inside the VPC
+                    ],
+                    "ports": [{"protocol": "TCP", "port": PORT}],
+                }],
+                "egress": [
+                    {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                    {"to": [{"ipBlock": {"cidr": args.vpc_cidr}}], "ports": [{"protocol": "TCP", "port": 5432}]},
+                    {"ports": [{"protocol": "TCP", "port": 443}]},  # S3, STS, Secrets Manager
+                ],
+            },
+            opts=in_namespace,
+        )
+        cluster_url = pulumi.Output.from_input(f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local")
+        if args.exposure == "clusterOnly":
+            return cluster_url
+
+        listen = '[{"HTTPS": 443}]' if args.certificate_arn else '[{"HTTP": 80}]'
+        annotations = {
+            "alb.ingress.kubernetes.io/scheme": "internal",
+            "alb.ingress.kubernetes.io/target-type": "ip",
+            "alb.ingress.kubernetes.io/listen-ports": listen,
+            "alb.ingress.kubernetes.io/healthcheck-path": "/health",
+            "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        }
+        if args.certificate_arn:
+            annotations["alb.ingress.kubernetes.io/certificate-arn"] = args.certificate_arn
+        ingress = k8s.networking.v1.Ingress(
+            f"{name}-ingress",
+            metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "annotations": annotations},
+            spec={
+                "ingressClassName": "alb",
+                "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "mlflow-tracking", "port": {"number": 80}}}}]}}],
+            },
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[service, deployment, *([args.load_balancer_controller] if args.load_balancer_controller else [])]
+            ),
+        )
+        scheme = "https" if args.certificate_arn else "http"
+        return ingress.status.apply(
+            lambda status: f"{scheme}://{status.load_balancer.ingress[0].hostname}"
+            if status and status.load_balancer and status.load_balancer.ingress
+            else f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local"
+        )

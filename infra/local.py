@@ -1,0 +1,144 @@
+"""The platform's service plane on this machine, on loopback only.
+
+Starts, each in its own process group on a free 127.0.0.1 port: a moto S3 endpoint (the
+artifact bucket), the tracking server from `services/tracking` (sqlite backend, basic auth
+with a generated admin password, artifacts proxied into the moto bucket); then trains the
+example model, registers it and points `champion` at it. Ctrl-C (or the end of `--once`)
+stops everything, whole process groups included.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+
+from infra.processes import LOOPBACK, Server, free_port, start, start_moto, wait_http
+from infra.stackfile import REPO_ROOT
+
+BUCKET = "mlops-local-artifacts"
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@dataclass
+class LocalPlane:
+    workdir: Path
+    servers: dict[str, Server] = field(default_factory=dict)
+    admin_password: str = ""
+    model_name: str = "diabetes"
+    model_version: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tracking_url(self) -> str:
+        return self.servers["tracking"].url
+
+    def client_env(self) -> dict[str, str]:
+        """What an MLflow client needs to talk to the local server as admin."""
+        return {
+            **AWS_ENV,
+            "MLFLOW_TRACKING_URI": self.tracking_url,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": self.admin_password,
+        }
+
+
+def say(message: str) -> None:
+    print(f"[local] {message}", flush=True)
+
+
+def start_tracking(plane: LocalPlane, moto: Server) -> Server:
+    port = free_port()
+    # The auth database keeps the admin user of an earlier run, with that run's password.
+    password_file = plane.workdir / "admin-password"
+    if password_file.is_file() and (plane.workdir / "mlflow-auth.db").is_file():
+        plane.admin_password = password_file.read_text().strip()
+    else:
+        plane.admin_password = secrets.token_urlsafe(18)
+        password_file.write_text(plane.admin_password + "\n")
+        password_file.chmod(0o600)
+    env = {
+        **AWS_ENV,
+        "MLFLOW_S3_ENDPOINT_URL": moto.url,
+        "TRACKING_BACKEND_STORE_URI": f"sqlite:///{plane.workdir / 'mlflow.db'}",
+        "TRACKING_AUTH_DATABASE_URI": f"sqlite:///{plane.workdir / 'mlflow-auth.db'}",
+        "TRACKING_ARTIFACTS_DESTINATION": f"s3://{BUCKET}/mlflow",
+        "TRACKING_HOST": LOOPBACK,
+        "TRACKING_PORT": str(port),
+        "TRACKING_WORKERS": "1",
+        "TRACKING_ALLOWED_HOSTS": f"{LOOPBACK}:{port},localhost:{port}",
+        "TRACKING_CORS_ALLOWED_ORIGINS": f"http://{LOOPBACK}:{port},http://localhost:{port}",
+        "TRACKING_ADMIN_PASSWORD": plane.admin_password,
+        "TRACKING_FLASK_SECRET_KEY": secrets.token_urlsafe(32),
+    }
+    server = start(
+        "tracking", [sys.executable, "-m", "services.tracking.entrypoint", "serve"],
+        url=f"http://{LOOPBACK}:{port}", log_dir=plane.workdir, env=env, cwd=REPO_ROOT,
+    )
+    wait_http(server, "/health", timeout=120)
+    return server
+
+
+def register_example(plane: LocalPlane) -> None:
+    """Train, log, register and alias the example model, as a data scientist would."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.train", "--model", plane.model_name, "--alias", "champion"],
+        cwd=REPO_ROOT, env={**os.environ, **plane.client_env()}, capture_output=True, text=True, timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"example training failed:\n{result.stdout}\n{result.stderr}")
+    line = result.stdout.strip().splitlines()[-1]
+    plane.model_version = line.split(" version ")[1].split()[0]
+    say(line)
+
+
+def run(workdir: Path, *, once: bool) -> LocalPlane:
+    workdir.mkdir(parents=True, exist_ok=True)
+    plane = LocalPlane(workdir=workdir)
+    with ExitStack() as stack:
+        say("starting S3 (moto) on loopback")
+        moto = start_moto(workdir)
+        stack.callback(moto.stop)
+        plane.servers["s3"] = moto
+        boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local").create_bucket(Bucket=BUCKET)
+
+        say("starting the tracking server (MLflow, basic auth, artifacts in S3)")
+        tracking = start_tracking(plane, moto)
+        stack.callback(tracking.stop)
+        plane.servers["tracking"] = tracking
+
+        say("training the example model and registering it as @champion")
+        register_example(plane)
+
+        print_summary(plane)
+        if not once:
+            say("running; press Ctrl-C to stop everything")
+            try:
+                while all(s.process.poll() is None for s in plane.servers.values()):
+                    time.sleep(1)
+                dead = [s for s in plane.servers.values() if s.process.poll() is not None]
+                for server in dead:
+                    say(f"{server.name} exited with {server.process.returncode}; its log: {server.log}")
+            except KeyboardInterrupt:
+                print()
+        say("stopping")
+    return plane
+
+
+def print_summary(plane: LocalPlane) -> None:
+    print()
+    print("  tracking server   " + plane.tracking_url + "   (user admin, password in " + str(plane.workdir / "admin-password") + ")")
+    print("  S3 (moto)         " + plane.servers["s3"].url + f"   bucket {BUCKET}")
+    print(f"  model             models:/{plane.model_name}@champion -> version {plane.model_version}")
+    for note in plane.notes:
+        print("  " + note)
+    print(f"  logs              {plane.workdir}/*.log")
+    print()

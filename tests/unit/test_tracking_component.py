@@ -1,0 +1,137 @@
+"""The TrackingServer component under mocks: database, secrets, workload role, rollout order, managed mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.tracking import TrackingServerArgs
+from infra.offline import run_offline
+from infra.program import main as program
+from infra.stackfile import load_stack_config
+
+RDS = "aws:rds/instance:Instance"
+
+
+def db(inventory):
+    (instance,) = inventory.of_type(RDS)
+    return instance
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_database_is_encrypted_private_and_reachable_only_from_the_cluster(stack_inventories, stack):
+    inventory = stack_inventories[stack]
+    instance = db(inventory).inputs
+    assert instance["storageEncrypted"] is True and instance["kmsKeyId"].startswith("arn:aws:kms:")
+    assert instance["publiclyAccessible"] is False
+    assert instance["manageMasterUserPassword"] is True and "password" not in instance  # RDS keeps it in Secrets Manager
+    (sg,) = [g for g in inventory.of_type("aws:ec2/securityGroup:SecurityGroup") if g.name.endswith("-tracking-db-sg")]
+    (rule,) = sg.inputs["ingress"]
+    assert rule["fromPort"] == rule["toPort"] == 5432 and "cidrBlocks" not in rule
+    (source,) = rule["securityGroups"]
+    assert source.startswith("sg-") and source.endswith("-cluster")  # the EKS cluster security group (offline id)
+    (subnets,) = inventory.of_type("aws:rds/subnetGroup:SubnetGroup")
+    assert all("private" in s for s in subnets.inputs["subnetIds"])
+    (params,) = inventory.of_type("aws:rds/parameterGroup:ParameterGroup")
+    assert any(p["name"] == "rds.force_ssl" and p["value"] == "1" for p in params.inputs["parameters"])
+
+
+def test_database_protection_and_multi_az_follow_the_profile(stack_inventories):
+    prod, dev = db(stack_inventories["prod"]), db(stack_inventories["dev"])
+    assert prod.protect and prod.inputs["deletionProtection"] is True and prod.inputs["multiAz"] is True
+    assert prod.inputs["skipFinalSnapshot"] is False and prod.inputs["finalSnapshotIdentifier"]
+    assert prod.inputs["backupRetentionPeriod"] >= 7
+    assert not dev.protect and dev.inputs["deletionProtection"] is False and dev.inputs["skipFinalSnapshot"] is True
+
+
+def test_generated_secrets_are_kms_encrypted_and_never_in_plain_text(stack_inventories):
+    inventory = stack_inventories["dev"]
+    secrets = [s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if "-tracking-" in s.name]
+    assert len(secrets) == 2 and all(s.inputs["kmsKeyId"].startswith("arn:aws:kms:") for s in secrets)
+    for version in inventory.of_type("aws:secretsmanager/secretVersion:SecretVersion"):
+        assert version.inputs["secretString"] == "[secret]"
+    text = json.dumps([r.inputs for r in inventory.resources])
+    assert "offline-random-value" not in text  # the mock's generated value never leaks into the inventory
+
+
+def test_workload_role_reads_and_writes_only_its_bucket_prefix(stack_inventories):
+    inventory = stack_inventories["dev"]
+    (policy,) = [p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name.endswith("-tracking-workload-policy")]
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    bucket = inventory.outputs["artifactBucket"]
+    s3 = [s for s in statements if any(str(a).startswith("s3:") for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))]
+    objects = next(s for s in s3 if s["Sid"] == "ObjectsUnderPrefix")
+    assert objects["Resource"] == f"arn:aws:s3:::{bucket}/mlflow/*"
+    listing = next(s for s in s3 if s["Sid"] == "ListPrefix")
+    assert listing["Resource"] == f"arn:aws:s3:::{bucket}" and listing["Condition"] == {"StringLike": {"s3:prefix": ["mlflow/*", "mlflow"]}}
+    assert len(s3) == 2
+    secrets = next(s for s in statements if s["Sid"] == "OwnSecrets")
+    assert len(secrets["Resource"]) == 3 and all(r.startswith("arn:aws:secretsmanager:") for r in secrets["Resource"])
+
+
+def test_migration_job_precedes_the_deployment(stack_inventories):
+    inventory = stack_inventories["dev"]
+    (job,) = inventory.of_type("kubernetes:batch/v1:Job")
+    (deployment,) = [d for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")]
+    assert job.urn in deployment.depends_on
+    assert db(inventory).urn in job.depends_on
+    assert job.inputs["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    assert job.inputs["spec"]["template"]["spec"]["containers"][0]["image"] == deployment.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+def test_a_new_image_gets_a_new_migration_job():
+    def job_name(tag):
+        config = load_stack_config("dev")
+        runtime = config.runtime_config()
+        runtime["mlops-platform:tracking"] = json.dumps({"imageTag": tag})
+        inventory = run_offline(program, project=config.project, stack="dev", config=runtime)
+        return inventory.of_type("kubernetes:batch/v1:Job")[0].inputs["metadata"]["name"]
+
+    assert job_name("3.17.2-1") != job_name("3.17.2-2")
+
+
+def test_server_pods_are_locked_down_and_exposed_on_an_internal_alb(stack_inventories):
+    inventory = stack_inventories["prod"]
+    (deployment,) = [d for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")]
+    spec = deployment.inputs["spec"]
+    assert spec["replicas"] == 2
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and container["securityContext"]["runAsNonRoot"] is True
+    assert container["image"].endswith("/mlops-prod/tracking:3.17.2-1")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TRACKING_BACKEND_STORE_URI"].endswith("/mlflow?sslmode=require") and "{password}" in env["TRACKING_BACKEND_STORE_URI"]
+    (ingress,) = inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+    assert ingress.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/scheme"] == "internal"
+    lbc = next(r for r in inventory.of_type("kubernetes:helm.sh/v3:Release") if r.name.endswith("aws-load-balancer-controller"))
+    assert lbc.urn in ingress.depends_on  # destroy removes the ALB while the controller runs
+    (pdb,) = inventory.of_type("kubernetes:policy/v1:PodDisruptionBudget")
+    assert pdb.inputs["spec"]["minAvailable"] == 1
+    (namespace,) = [n for n in inventory.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "mlflow"]
+    assert namespace.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_managed_mode_declares_no_database_or_deployment_and_keeps_the_outputs():
+    config = load_stack_config("dev")
+    runtime = config.runtime_config()
+    runtime["mlops-platform:tracking"] = json.dumps({"mode": "managed"})
+    inventory = run_offline(program, project=config.project, stack="dev", config=runtime)
+    assert inventory.of_type(RDS) == []
+    assert [d for d in inventory.of_type("kubernetes:apps/v1:Deployment")] == []
+    (server,) = inventory.of_type("aws:sagemaker/mlflowTrackingServer:MlflowTrackingServer")
+    assert server.inputs["artifactStoreUri"].startswith("s3://") and server.inputs["artifactStoreUri"].endswith("/mlflow")
+    assert "trackingUrl" in inventory.outputs
+    from infra.checks import run_checks
+    from infra.cost.estimate import estimate
+    from infra.cost.prices import PriceTable
+    from infra.cost.usage import DEFAULT_USAGE
+
+    assert run_checks(inventory).findings == []
+    lines = estimate(inventory, table=PriceTable.load(), region="us-east-1", usage=dict(DEFAULT_USAGE)).lines
+    assert any(line.item.startswith("SageMaker managed MLflow") and line.monthly for line in lines)
+
+
+@pytest.mark.parametrize("image", ["repo/tracking:latest", "repo/tracking", ""])
+def test_unpinned_images_are_rejected(image):
+    with pytest.raises(ValueError, match="image"):
+        TrackingServerArgs(artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k", identity=object(), image=image)  # type: ignore[arg-type]
