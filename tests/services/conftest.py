@@ -84,3 +84,28 @@ def as_admin(tracking, monkeypatch):
     mlflow.set_tracking_uri(tracking.url)
     yield tracking
     mlflow.set_tracking_uri(None)
+
+
+def start_serving(tracking: Tracking, model_name: str, log_dir: Path, **settings: str) -> Server:
+    """The model server from services/serving on a free loopback port, serving `<model_name>@champion`."""
+    port = free_port()
+    env = {
+        **AWS_ENV,
+        "MLFLOW_TRACKING_URI": tracking.url,
+        "MLFLOW_TRACKING_USERNAME": tracking.username,
+        "MLFLOW_TRACKING_PASSWORD": tracking.password,
+        "MLFLOW_S3_ENDPOINT_URL": tracking.moto_url,
+        "SERVING_MODEL_NAME": model_name,
+        "SERVING_HOST": LOOPBACK,
+        "SERVING_PORT": str(port),
+        "SERVING_WORKERS": "1",
+        "SERVING_ENDPOINT": model_name,
+        **{f"SERVING_{k.upper()}": v for k, v in settings.items()},
+    }
+    server = start(f"serving-{model_name}", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{port}", log_dir=log_dir, env=env, cwd=REPO_ROOT)
+    try:
+        wait_http(server, "/readyz", timeout=120)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
