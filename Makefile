@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make local` and `make test`; both set up first.
-.PHONY: setup local test preview
+.PHONY: setup local test preview bench
 
 setup:
 	@bash scripts/setup.sh
@@ -16,3 +16,7 @@ test: setup
 
 preview: setup
 	.venv/bin/python -m infra.cli preview --stack $(or $(STACK),dev)
+
+## Benchmark: this model server against `mlflow models serve` (wrk, loopback).
+bench: setup
+	.venv/bin/python -m benchmarks.serving
