@@ -144,6 +144,8 @@ def load_balancer_controller_policy() -> str:
 class ClusterAddons(pulumi.ComponentResource):
     load_balancer_controller: k8s.helm.v3.Release
     """Depend on this from anything that creates a load balancer (see module docstring)."""
+    monitoring_crds: k8s.helm.v3.Release
+    """Depend on this from anything that declares a ServiceMonitor or PrometheusRule."""
 
     def __init__(self, name: str, args: ClusterAddonsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TOKEN, name, None, opts)
@@ -175,6 +177,17 @@ class ClusterAddons(pulumi.ComponentResource):
                 # Do not silently take over every `type: LoadBalancer` Service in the cluster.
                 "enableServiceMutatorWebhook": False,
             },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+        )
+
+        crds = versions.PROMETHEUS_OPERATOR_CRDS
+        self.monitoring_crds = k8s.helm.v3.Release(
+            f"{name}-prometheus-operator-crds",
+            name="prometheus-operator-crds",
+            chart=crds.chart,
+            version=crds.version,
+            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=crds.repo),
+            namespace="kube-system",
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
 

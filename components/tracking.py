@@ -79,6 +79,10 @@ class TrackingServerArgs:
     load_balancer_controller: pulumi.Resource | None = None
     """The Ingress depends on it, so destroy removes the ALB while the controller still runs."""
     managed_size: Literal["Small", "Medium", "Large"] = "Small"
+    ingress_group: str = "internal"
+    """ALB ingress group shared with the model endpoints: one internal load balancer for all of them."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    """Where the server pods run (dev pins them to the system nodes so no pool node is needed)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -112,17 +116,23 @@ class TrackingServer(pulumi.ComponentResource):
     """Where clients send `MLFLOW_TRACKING_URI`."""
     admin_secret_arn: pulumi.Output[str] | None
     """Secrets Manager secret holding the `admin` password (self-hosted)."""
+    reader_secret_arn: pulumi.Output[str] | None
+    """Secrets Manager secret of the read-only `serving` user model servers log in as (self-hosted)."""
+    cluster_url: str
+    """The in-cluster URL (model servers use it)."""
     database: aws.rds.Instance | None
 
     def __init__(self, name: str, args: TrackingServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TOKEN, name, None, opts)
         self.database = None
         self.admin_secret_arn = None
+        self.reader_secret_arn = None
+        self.cluster_url = f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local"
         if args.mode == "managed":
             self.url = self._managed(name, args)
         else:
             self.url = self._self_hosted(name, args)
-        self.register_outputs({"url": self.url, "admin_secret_arn": self.admin_secret_arn})
+        self.register_outputs({"url": self.url, "admin_secret_arn": self.admin_secret_arn, "reader_secret_arn": self.reader_secret_arn})
 
     # -- managed ----------------------------------------------------------------------------
     def _managed(self, name: str, args: TrackingServerArgs) -> pulumi.Output[str]:
@@ -201,8 +211,9 @@ class TrackingServer(pulumi.ComponentResource):
 
         admin_password = random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child)
         flask_key = random.RandomPassword(f"{name}-flask-key", length=48, special=False, opts=child)
+        reader_password = random.RandomPassword(f"{name}-reader-password", length=32, special=False, opts=child)
         secrets_ = {}
-        for role_name, generated in (("admin-password", admin_password), ("flask-secret-key", flask_key)):
+        for role_name, generated in (("admin-password", admin_password), ("flask-secret-key", flask_key), ("reader-password", reader_password)):
             secret = aws.secretsmanager.Secret(
                 f"{name}-{role_name}-secret",
                 description=f"MLflow tracking server {role_name}",
@@ -213,6 +224,7 @@ class TrackingServer(pulumi.ComponentResource):
             aws.secretsmanager.SecretVersion(f"{name}-{role_name}-value", secret_id=secret.id, secret_string=generated.result, opts=child)
             secrets_[role_name] = secret
         self.admin_secret_arn = secrets_["admin-password"].arn
+        self.reader_secret_arn = secrets_["reader-password"].arn
 
         assert args.identity is not None
         role = workload_role(
@@ -220,7 +232,10 @@ class TrackingServer(pulumi.ComponentResource):
             identity=args.identity,
             namespace=NAMESPACE,
             service_account=SERVICE_ACCOUNT,
-            policy=pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn, db_secret_arn, secrets_["admin-password"].arn, secrets_["flask-secret-key"].arn).apply(
+            policy=pulumi.Output.all(
+                args.artifact_bucket_arn, args.kms_key_arn, db_secret_arn,
+                secrets_["admin-password"].arn, secrets_["flask-secret-key"].arn, secrets_["reader-password"].arn,
+            ).apply(
                 lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], a[2:])
             ),
             parent=self,
@@ -257,8 +272,11 @@ class TrackingServer(pulumi.ComponentResource):
             "TRACKING_ALLOWED_HOSTS": hosts,
             "TRACKING_REGION": region,
             "AWS_REGION": region,
+            "TRACKING_READER_PASSWORD_SECRET_ARN": secrets_["reader-password"].arn,
+            "TRACKING_SERVER_URL": f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local",
         }
         pod_common = {
+            **({"nodeSelector": dict(args.node_selector)} if args.node_selector else {}),
             "serviceAccountName": SERVICE_ACCOUNT,
             "automountServiceAccountToken": True,  # IRSA's projected token rides on it
             "securityContext": POD_SECURITY_CONTEXT,
@@ -317,6 +335,26 @@ class TrackingServer(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[migration]),
         )
+        # The read-only user model servers log in as; runs once the new server version is up.
+        k8s.batch.v1.Job(
+            f"{name}-ensure-reader",
+            metadata={"name": "mlflow-ensure-reader-" + hashlib.sha256(args.image.encode()).hexdigest()[:8], "namespace": NAMESPACE, "labels": APP_LABELS},
+            spec={
+                "backoffLimit": 6,
+                "template": {
+                    "metadata": {"labels": {**APP_LABELS, "app.kubernetes.io/component": "ensure-reader"}},
+                    "spec": {
+                        **pod_common,
+                        "restartPolicy": "Never",
+                        "containers": [{
+                            "name": "ensure-reader", "image": args.image, "args": ["ensure-user"], "env": env_list(settings_env),
+                            "resources": resources("50m", "256Mi"), "securityContext": CONTAINER_SECURITY_CONTEXT, "volumeMounts": [TMP_MOUNT],
+                        }],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment], delete_before_replace=True),
+        )
         service = k8s.core.v1.Service(
             f"{name}-svc",
             metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "labels": server_labels},
@@ -342,11 +380,16 @@ class TrackingServer(pulumi.ComponentResource):
                         {"ipBlock": {"cidr": args.vpc_cidr}},  # the internal ALB forwards from inside the VPC
                     ],
                     "ports": [{"protocol": "TCP", "port": PORT}],
+                }, {
+                    # the ensure-reader Job calls the server from inside the namespace
+                    "from": [{"podSelector": {"matchLabels": APP_LABELS}}],
+                    "ports": [{"protocol": "TCP", "port": PORT}],
                 }],
                 "egress": [
                     {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                      "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
                     {"to": [{"ipBlock": {"cidr": args.vpc_cidr}}], "ports": [{"protocol": "TCP", "port": 5432}]},
+                    {"to": [{"podSelector": {"matchLabels": APP_LABELS}}], "ports": [{"protocol": "TCP", "port": PORT}]},
                     {"ports": [{"protocol": "TCP", "port": 443}]},  # S3, STS, Secrets Manager
                 ],
             },
@@ -363,6 +406,9 @@ class TrackingServer(pulumi.ComponentResource):
             "alb.ingress.kubernetes.io/listen-ports": listen,
             "alb.ingress.kubernetes.io/healthcheck-path": "/health",
             "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
+            "alb.ingress.kubernetes.io/group.name": args.ingress_group,
+            # the catch-all "/" rule is evaluated after every endpoint's path
+            "alb.ingress.kubernetes.io/group.order": "1000",
         }
         if args.certificate_arn:
             annotations["alb.ingress.kubernetes.io/certificate-arn"] = args.certificate_arn

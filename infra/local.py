@@ -2,8 +2,9 @@
 
 Starts, each in its own process group on a free 127.0.0.1 port: a moto S3 endpoint (the
 artifact bucket), the tracking server from `services/tracking` (sqlite backend, basic auth
-with a generated admin password, artifacts proxied into the moto bucket); then trains the
-example model, registers it and points `champion` at it. Ctrl-C (or the end of `--once`)
+with a generated admin password, artifacts proxied into the moto bucket); trains the
+example model, registers it and points `champion` at it; starts the model server from
+`services/serving` on `models:/diabetes@champion` and sends it a sample request. Ctrl-C (or the end of `--once`)
 stops everything, whole process groups included.
 """
 
@@ -100,6 +101,44 @@ def register_example(plane: LocalPlane) -> None:
     say(line)
 
 
+def start_serving(plane: LocalPlane, moto: Server) -> Server:
+    port = free_port()
+    env = {
+        **plane.client_env(),
+        "MLFLOW_S3_ENDPOINT_URL": moto.url,
+        "SERVING_MODEL_NAME": plane.model_name,
+        "SERVING_MODEL_ALIAS": "champion",
+        "SERVING_ENDPOINT": plane.model_name,
+        "SERVING_HOST": LOOPBACK,
+        "SERVING_PORT": str(port),
+        "SERVING_POLL_SECONDS": "5",
+        "SERVING_CAPTURE_FRACTION": "1.0",
+        "SERVING_CAPTURE_BUCKET": BUCKET,
+        "SERVING_CAPTURE_FLUSH_SECONDS": "5",
+        "SERVING_S3_ENDPOINT_URL": moto.url,
+    }
+    server = start("serving", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{port}", log_dir=plane.workdir, env=env, cwd=REPO_ROOT)
+    wait_http(server, "/readyz", timeout=120)
+    return server
+
+
+def sample_request(plane: LocalPlane) -> str:
+    """Score two rows of held-out data, as a client would; returns a one-line summary."""
+    import json
+    import urllib.request
+
+    from examples.train import training_data
+
+    _, x_test, _, _ = training_data()
+    rows = x_test.head(2)
+    body = json.dumps({"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}).encode()
+    request = urllib.request.Request(plane.servers["serving"].url + "/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+        version = response.headers["x-model-version"]
+    return f"POST /invocations (2 rows) -> {answer['predictions']} from version {version}"
+
+
 def run(workdir: Path, *, once: bool) -> LocalPlane:
     workdir.mkdir(parents=True, exist_ok=True)
     plane = LocalPlane(workdir=workdir)
@@ -117,6 +156,12 @@ def run(workdir: Path, *, once: bool) -> LocalPlane:
 
         say("training the example model and registering it as @champion")
         register_example(plane)
+
+        say("starting the model server on models:/diabetes@champion")
+        serving = start_serving(plane, moto)
+        stack.callback(serving.stop)
+        plane.servers["serving"] = serving
+        plane.notes.append("sample request    " + sample_request(plane))
 
         print_summary(plane)
         if not once:
@@ -138,6 +183,9 @@ def print_summary(plane: LocalPlane) -> None:
     print("  tracking server   " + plane.tracking_url + "   (user admin, password in " + str(plane.workdir / "admin-password") + ")")
     print("  S3 (moto)         " + plane.servers["s3"].url + f"   bucket {BUCKET}")
     print(f"  model             models:/{plane.model_name}@champion -> version {plane.model_version}")
+    if "serving" in plane.servers:
+        url = plane.servers["serving"].url
+        print(f"  model server      {url}/invocations   ({url}/metrics, {url}/readyz)")
     for note in plane.notes:
         print("  " + note)
     print(f"  logs              {plane.workdir}/*.log")

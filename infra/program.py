@@ -14,11 +14,12 @@ import pulumi_aws as aws
 from pulumi.runtime import config as runtime_config
 
 from components.budget import Budget, BudgetArgs
-from components.cluster import Cluster, ClusterArgs
+from components.cluster import SYSTEM_POOL_LABEL, Cluster, ClusterArgs
 from components.cluster_addons import ClusterAddons, ClusterAddonsArgs
 from components.network import Network, NetworkArgs
 from components.node_pools import GPU_RESOURCE, NodePools, NodePoolsArgs, PoolArgs
 from components.registry import Registry, RegistryArgs
+from components.serving import CanaryArgs, ServingEndpoint, ServingEndpointArgs, ServingPlane
 from components.storage import Storage, StorageArgs
 from components.tracking import DatabaseArgs, TrackingServer, TrackingServerArgs
 from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError, load_settings
@@ -91,6 +92,7 @@ def build(settings: PlatformSettings) -> None:
     )
     cluster, node_pools, addons = _compute(settings, network, tags)
     tracking = _tracking(settings, network, storage, cluster, addons)
+    endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking)
     Budget(
         f"{prefix}-budget",
         BudgetArgs(
@@ -114,6 +116,52 @@ def build(settings: PlatformSettings) -> None:
     pulumi.export("trackingUrl", tracking.url)
     if tracking.admin_secret_arn is not None:
         pulumi.export("trackingAdminSecretArn", tracking.admin_secret_arn)
+    pulumi.export("endpointPaths", {e.endpoint: e.url_path for e in endpoints})
+
+
+def _serving(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
+             node_pools: NodePools, tracking: TrackingServer) -> list[ServingEndpoint]:
+    if not settings.endpoints:
+        return []
+    on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
+    plane = ServingPlane(f"{settings.name_prefix}-serving", opts=on_cluster)
+    endpoints = []
+    for e in settings.endpoints:
+        endpoint = ServingEndpoint(
+            f"{settings.name_prefix}-ep-{e.name}",
+            ServingEndpointArgs(
+                endpoint=e.name,
+                model=e.model,
+                alias=e.alias,
+                image=_image_reference(settings, "serving", e.image_tag),
+                min_replicas=e.replicas.min,
+                max_replicas=e.replicas.max,
+                cpu=e.cpu,
+                memory=e.memory,
+                gpu=e.gpu,
+                autoscaling_metric=e.autoscaling.metric,
+                autoscaling_target=e.autoscaling.target,
+                canary=CanaryArgs(alias=e.canary.alias, weight=e.canary.weight) if e.canary else None,
+                capture_fraction=e.capture_fraction,
+                artifact_bucket=storage.bucket_names["artifacts"],
+                artifact_bucket_arn=storage.bucket_arns["artifacts"],
+                kms_key_arn=storage.key_arn,
+                tracking_url=tracking.cluster_url,
+                tracking_reader_secret_arn=tracking.reader_secret_arn,
+                identity=cluster.identity,
+                vpc_cidr=network.vpc_cidr,
+                gpu_node_selector=node_pools.gpu_node_selector,
+                gpu_toleration=node_pools.gpu_toleration,
+                ingress_group=f"{settings.name_prefix}-internal",
+                node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+                load_balancer_controller=addons.load_balancer_controller,
+                monitoring_crds=addons.monitoring_crds,
+            ),
+            opts=pulumi.ResourceOptions(parent=plane, depends_on=[plane.namespace]),
+        )
+        endpoint.endpoint = e.name
+        endpoints.append(endpoint)
+    return endpoints
 
 
 def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons) -> TrackingServer:
@@ -145,6 +193,8 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
             protect=settings.deletion_protection,
             load_balancer_controller=addons.load_balancer_controller,
             managed_size=t.managed_size,
+            ingress_group=f"{settings.name_prefix}-internal",
+            node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
         ),
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
     )

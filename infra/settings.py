@@ -188,6 +188,9 @@ class ClusterSettings(_Section):
     log_retention_days: Literal[LOG_RETENTION_DAYS]  # type: ignore[valid-type]
     system_node_group: NodeGroupSettings
     """Managed, on-demand nodes for the add-ons (Karpenter must not run on nodes it manages)."""
+    workload_placement: Literal["systemNodes", "pools"]
+    """Where the tracking server and CPU endpoints run: `systemNodes` (dev: the always-on system nodes
+    have room, so an idle stack launches no pool node) or `pools` (Karpenter's CPU pool)."""
     addon_replicas: int = Field(ge=1, le=3)
     """Replicas of Karpenter and the Load Balancer Controller."""
     ami_alias: str = Field(pattern=r"^al2023@(latest|v\d{8})$")
@@ -211,6 +214,45 @@ class TrackingServerSettings(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)
     """DNS names clients use for the server (e.g. mlflow.internal.example.com)."""
     managed_size: Literal["Small", "Medium", "Large"] = "Small"
+
+
+class ReplicaRange(_Section):
+    min: int = Field(ge=1, le=100)
+    max: int = Field(ge=1, le=100)
+
+
+class AutoscalingSettings(_Section):
+    metric: Literal["cpu", "rps"] = "cpu"
+    """`cpu`: average CPU utilisation of the pods; `rps`: requests per second per pod (served by the
+    monitoring stack's Prometheus adapter as the `serving_requests_per_second` pods metric)."""
+    target: int = Field(default=70, ge=1, le=100000)
+    """Percent of the CPU request for `cpu`; requests per second per pod for `rps`."""
+
+
+class CanarySettings(_Section):
+    alias: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    """Registered-model alias the canary serves (e.g. `challenger`)."""
+    weight: int = Field(ge=1, le=99)
+    """Percent of traffic sent to the canary; the stable version gets the rest."""
+
+
+class EndpointSettings(_Section):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+    model: str = Field(min_length=1)
+    """Registered model name in the tracking server."""
+    alias: str = Field(default="champion", pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    replicas: ReplicaRange = Field(default_factory=lambda: ReplicaRange(min=1, max=3))
+    cpu: str = Field(default="500m", pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
+    memory: str = Field(default="1Gi", pattern=r"^[0-9]+(Mi|Gi)$")
+    gpu: int = Field(default=0, ge=0, le=8)
+    """GPUs per pod; above zero the pods land on the GPU pool."""
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    canary: CanarySettings | None = None
+    capture_fraction: float = Field(default=0.05, ge=0, le=1)
+    """Share of requests and predictions captured to S3 for drift analysis."""
+    image_tag: str = Field(default="0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    latency_objective_ms: int = Field(default=250, ge=1)
+    """p99 latency objective; the monitoring alert fires above it."""
 
 
 class BudgetSettings(_Section):
@@ -245,6 +287,8 @@ class PlatformSettings(_Section):
     database: DatabaseSettings
     cluster: ClusterSettings
     tracking: TrackingServerSettings
+    endpoints: list[EndpointSettings] = Field(default_factory=list)
+    """Model endpoints this stack serves."""
     budget: BudgetSettings
     waivers: list[WaiverSettings] = Field(default_factory=list)
     """Reviewed exceptions to the checks: one rule, one resource, a reason."""
@@ -337,6 +381,22 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
     for index, waiver in enumerate(s.waivers):
         if rule_by_id(waiver.rule) is None:
             add(f"waivers[{index}].rule", f'got "{waiver.rule}"; no such rule (see `python -m infra.cli check --list-rules`)')
+    names = [e.name for e in s.endpoints]
+    for index, endpoint in enumerate(s.endpoints):
+        key = f"endpoints[{index}]"
+        if names.count(endpoint.name) > 1:
+            add(f"{key}.name", f'got "{endpoint.name}" twice; endpoint names must be unique')
+        if endpoint.replicas.min > endpoint.replicas.max:
+            add(f"{key}.replicas.min", f"got {endpoint.replicas.min}, above replicas.max {endpoint.replicas.max}")
+        if endpoint.gpu and endpoint.gpu * endpoint.replicas.min > s.cluster.gpu_pool.max_gpus:
+            add(f"{key}.gpu", f"needs {endpoint.gpu * endpoint.replicas.min} GPUs at minimum replicas; cluster.gpuPool.maxGpus is {s.cluster.gpu_pool.max_gpus}")
+        if endpoint.canary and endpoint.canary.alias == endpoint.alias:
+            add(f"{key}.canary.alias", f'got "{endpoint.canary.alias}", the same alias as the stable version')
+        if endpoint.image_tag == "latest":
+            add(f"{key}.imageTag", 'got "latest"; pin a version')
+    if s.endpoints and s.tracking.mode == "managed":
+        add("endpoints", "model endpoints read models from the self-hosted tracking server; set tracking.mode: selfHosted "
+            "(managed MLflow needs SigV4 clients, not supported by the model server yet)")
     if s.tracking.image_tag == "latest":
         add("tracking.imageTag", 'got "latest"; pin a version (for example 3.17.2-1)')
     if s.database.multi_az and s.network.az_count < 2:

@@ -191,13 +191,6 @@ def _karpenter_pool(p: _Pricer, r: Resource) -> None:
     requirements = {q["key"]: q.get("values", []) for q in (spec.get("template") or {}).get("spec", {}).get("requirements", [])}
     families = requirements.get("karpenter.k8s.aws/instance-family", [])
     sizes = requirements.get("karpenter.k8s.aws/instance-size", [])
-    p.lines.append(
-        Line(
-            component=(p.inventory.component_of(r) or r).name, resource=r.name, type=r.type, urn=r.urn,
-            item=f"Karpenter pool `{pool}` while idle", kind=BASELINE, quantity=0, unit="nodes", hourly=0.0, monthly=0.0,
-            assumption="scales to zero: no nodes while nothing is pending",
-        )
-    )
     if "nvidia.com/gpu" in limits:
         limit, per_instance, what = int(limits["nvidia.com/gpu"]), instances.gpus, "GPUs"
     elif "cpu" in limits:
@@ -224,11 +217,55 @@ def _karpenter_pool(p: _Pricer, r: Resource) -> None:
     if not candidates:
         p.not_priced(r, f"Karpenter pool `{pool}` worst case", f"no allowed instance type has a price: {', '.join(unpriced) or 'none allowed'}")
         return
+    _pool_floor(p, r, pool, what, per_instance, candidates)
     hourly, count, instance_type, unit_price = max(candidates)
     note = f"ceiling {limit} {what} = {count} × {instance_type} at ${unit_price}/h on-demand, 730 h"
     if unpriced:
         note += f"; not priced, so not considered: {', '.join(unpriced)}"
     p.line(r, f"Karpenter pool `{pool}` at its ceiling", f"ec2.instance.{instance_type}", count, note, kind=WORST_CASE)
+
+
+def _pool_floor(p: _Pricer, r: Resource, pool: str, what: str, per_instance: Callable[[str], int], candidates: list) -> None:
+    """The idle line of a pool: nothing, or the nodes the stack's always-on pods need there."""
+    demand, pods = workload_demand(p.inventory, pool, "gpu" if what == "GPUs" else "cpu")
+    component = p.inventory.component_of(r)
+    base = dict(component=component.name if component else "(stack)", resource=r.name, type=r.type, urn=r.urn)
+    if demand <= 0:
+        p.lines.append(Line(**base, item=f"Karpenter pool `{pool}` while idle", kind=BASELINE, quantity=0, unit="nodes", hourly=0.0, monthly=0.0,
+                            assumption="scales to zero: no pod of the stack needs this pool while idle"))
+        return
+    # the allowed instance type that covers the demand most cheaply (Karpenter bin-packs the same way)
+    _, count, instance_type, unit_price = min((math.ceil(demand / per_instance(t)) * price, math.ceil(demand / per_instance(t)), t, price) for _, _, t, price in candidates)
+    p.line(r, f"Karpenter pool `{pool}` floor for always-on pods", f"ec2.instance.{instance_type}", count,
+           f"{demand:g} {what} requested by {pods} pod(s) at minimum replicas = {count} × {instance_type} (${unit_price}/h on-demand)")
+
+
+def _cpu_quantity(value: Any) -> float:
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def workload_demand(inventory: Inventory, pool: str, resource: str) -> tuple[float, int]:
+    """CPUs (or GPUs) requested on `pool` by the stack's Deployments at their minimum replicas.
+
+    A pod pinned to another pool (`mlops.platform/pool`) does not count; an unpinned pod is
+    assumed to need the CPU pool. The HPA's minReplicas wins over `spec.replicas`."""
+    minimums = {}
+    for hpa in inventory.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
+        target = (hpa.inputs.get("spec") or {}).get("scaleTargetRef") or {}
+        minimums[((hpa.inputs.get("metadata") or {}).get("namespace"), target.get("name"))] = (hpa.inputs.get("spec") or {}).get("minReplicas", 1)
+    demand, pods = 0.0, 0
+    for d in inventory.of_type("kubernetes:apps/v1:Deployment") + inventory.of_type("kubernetes:apps/v1:StatefulSet"):
+        metadata, spec = d.inputs.get("metadata") or {}, d.inputs.get("spec") or {}
+        pod = (spec.get("template") or {}).get("spec") or {}
+        if (pod.get("nodeSelector") or {}).get("mlops.platform/pool", "cpu") != pool:
+            continue
+        replicas = minimums.get((metadata.get("namespace"), metadata.get("name")), spec.get("replicas", 1))
+        for container in pod.get("containers") or []:
+            requests = (container.get("resources") or {}).get("requests") or {}
+            demand += replicas * (_cpu_quantity(requests.get("cpu", 0)) if resource == "cpu" else float(requests.get("nvidia.com/gpu", 0)))
+        pods += replicas
+    return round(demand, 3), pods
 
 
 def _nat(p: _Pricer, r: Resource) -> None:

@@ -60,6 +60,7 @@ class ServingApp:
         self._predictions = metrics.PREDICTIONS.labels(endpoint)
         self._inflight = metrics.INFLIGHT.labels(endpoint)
         self._ok = metrics.REQUESTS.labels(endpoint, "200")
+        self._prefix = settings.path_prefix
 
     # -- ASGI ------------------------------------------------------------------------------
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -69,6 +70,8 @@ class ServingApp:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
+        if self._prefix and path.startswith(self._prefix):
+            path = path[len(self._prefix):] or "/"
         if path in ("/invocations", "/predict"):
             if method != "POST":
                 await self._error(send, RequestError(405, "METHOD_NOT_ALLOWED", f"{path} takes POST"))
@@ -260,7 +263,22 @@ def _pyfunc_predict(model: LoadedModel, frame: Any) -> Any:
         raise RequestError(400, "BAD_REQUEST", exc.message) from None
 
 
+def tracking_credentials(settings: ServingSettings) -> None:
+    """Log in to the tracking server as the platform's read-only user, with the password from Secrets Manager."""
+    import os
+
+    if not (settings.tracking_username and settings.tracking_password_secret_arn):
+        return
+    import boto3
+
+    secret = boto3.client("secretsmanager", region_name=settings.region).get_secret_value(SecretId=settings.tracking_password_secret_arn)
+    os.environ["MLFLOW_TRACKING_USERNAME"] = settings.tracking_username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = secret["SecretString"]
+
+
 def create_app() -> ServingApp:
     """Factory for uvicorn (each worker process builds its own app from the environment)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return ServingApp(ServingSettings())
+    settings = ServingSettings()
+    tracking_credentials(settings)
+    return ServingApp(settings)

@@ -48,6 +48,12 @@ class ServingSettings(BaseSettings):
     capture_flush_seconds: float = Field(default=30.0, gt=0)
     s3_endpoint_url: str | None = None
     """Only for local runs against moto; on AWS the default endpoint is used."""
+    path_prefix: str = Field(default="", pattern=r"^(/[a-z0-9-]+)?$")
+    """Also answer under this prefix (`/<endpoint>/invocations`), for a load balancer routing by path."""
+    tracking_username: str | None = None
+    tracking_password_secret_arn: str | None = None
+    """Secrets Manager secret with the tracking server password of `tracking_username` (read at start)."""
+    region: str | None = None
     drain_seconds: float = Field(default=20.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
 

@@ -4,7 +4,8 @@
 config to a temporary file (the root file system is read-only), and replaces itself with
 `mlflow server --app-name basic-auth --serve-artifacts ...`. `migrate` runs
 `mlflow db upgrade` and creates the auth database when it does not exist; the platform runs
-it as a Kubernetes Job that must finish before a new server version rolls out.
+it as a Kubernetes Job that must finish before a new server version rolls out. `ensure-user`
+creates the read-only user model servers log in as (a Job after the server is up).
 """
 
 from __future__ import annotations
@@ -123,12 +124,36 @@ def migrate(settings: TrackingSettings) -> None:
     print("tracking: migrations done")
 
 
+def ensure_user(settings: TrackingSettings) -> None:
+    """Create the read-only user model servers log in as, or reset its password to the stored one."""
+    from mlflow.exceptions import RestException
+    from mlflow.server.auth.client import AuthServiceClient
+
+    admin_password, _ = resolve_secrets(settings)
+    password = settings.reader_password.get_secret_value() if settings.reader_password else None
+    if password is None and settings.reader_password_secret_arn:
+        password = _secret(settings.reader_password_secret_arn, settings.region)
+    if not password or len(password) < 16:
+        raise StartupError("no reader password of 16+ characters: set TRACKING_READER_PASSWORD or TRACKING_READER_PASSWORD_SECRET_ARN")
+    os.environ["MLFLOW_TRACKING_USERNAME"] = settings.admin_username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = admin_password
+    client = AuthServiceClient(settings.server_url)
+    try:
+        client.create_user(settings.reader_username, password)
+        print(f"tracking: created user {settings.reader_username}")
+    except RestException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        client.update_user_password(settings.reader_username, password)
+        print(f"tracking: user {settings.reader_username} exists; password synchronised")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tracking", description="MLflow tracking server of the platform")
-    parser.add_argument("command", choices=["serve", "migrate"])
+    parser.add_argument("command", choices=["serve", "migrate", "ensure-user"])
     args = parser.parse_args(argv)
     settings = TrackingSettings()
-    serve(settings) if args.command == "serve" else migrate(settings)
+    {"serve": serve, "migrate": migrate, "ensure-user": ensure_user}[args.command](settings)
 
 
 if __name__ == "__main__":

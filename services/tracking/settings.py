@@ -36,6 +36,12 @@ class TrackingSettings(BaseSettings):
     admin_password_secret_arn: str | None = None
     flask_secret_key: SecretStr | None = None
     flask_secret_key_secret_arn: str | None = None
+    reader_username: str = "serving"
+    """The read-only user model servers log in as (`ensure-user` creates it)."""
+    reader_password: SecretStr | None = None
+    reader_password_secret_arn: str | None = None
+    server_url: str = "http://127.0.0.1:5000"
+    """Where `ensure-user` reaches the running server."""
     default_permission: str = "READ"
     """What every authenticated user may do on experiments and models they did not create."""
     region: str | None = None

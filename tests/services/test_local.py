@@ -17,9 +17,10 @@ def test_local_plane_registers_champion_and_stops_cleanly(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "models:/diabetes@champion -> version 1" in result.stdout
+    assert "sample request    POST /invocations (2 rows) -> [" in result.stdout and "from version 1" in result.stdout
     assert (tmp_path / "admin-password").stat().st_mode & 0o077 == 0  # only the owner may read it
     urls = re.findall(r"http://127\.0\.0\.1:(\d+)", result.stdout)
-    assert len(urls) >= 2
+    assert len(urls) >= 3
     for port in urls:
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open after --once"

@@ -59,6 +59,7 @@ def server(tracking, registered, tmp_path_factory):
     server = start_serving(
         tracking, MODEL, tmp_path_factory.mktemp("serving"),
         workers="2", capture_fraction="1.0", capture_bucket=BUCKET, capture_flush_seconds="1", s3_endpoint_url=tracking.moto_url,
+        path_prefix=f"/{MODEL}",
     )
     yield server
     server.stop()
@@ -114,6 +115,12 @@ def test_each_bad_input_gets_its_4xx_and_the_server_keeps_serving(server, rows, 
     assert answer["error_code"]
     ok, _, _ = post(server, {"dataframe_records": rows.head(1).to_dict(orient="records")})
     assert ok == 200
+
+
+def test_the_load_balancer_path_prefix_is_served_too(server, rows):
+    status, answer, _ = post(server, {"dataframe_records": rows.head(2).to_dict(orient="records")}, path=f"/{MODEL}/invocations")
+    assert status == 200 and len(answer["predictions"]) == 2
+    assert get(server, f"/{MODEL}/readyz")[0] == 200
 
 
 def test_health_ready_and_unknown_routes(server):

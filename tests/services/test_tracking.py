@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.error
@@ -103,3 +104,34 @@ def test_server_command_enables_auth_proxying_and_host_checks():
     assert "--serve-artifacts" in command and command[command.index("--artifacts-destination") + 1] == "s3://b/p"
     assert command[command.index("--allowed-hosts") + 1] == "mlflow.internal"
     assert "database_uri = postgresql://u:p%%40x@db" in auth_config(settings, "postgresql://u:p%40x@db")
+
+
+def test_ensure_user_creates_the_read_only_serving_user_idempotently(tracking, tmp_path):
+    import base64
+    import os
+    import secrets
+
+    reader = secrets.token_urlsafe(18)
+    env = {**os.environ, **tracking_env(tmp_path, free_port(), tracking.moto_url, tracking.password),
+           "TRACKING_SERVER_URL": tracking.url, "TRACKING_READER_PASSWORD": reader}
+    for _ in range(2):  # the second run finds the user and keeps it in sync
+        result = run_entrypoint("ensure-user", env)
+        assert result.returncode == 0, result.stderr
+    auth = base64.b64encode(f"serving:{reader}".encode()).decode()
+    ok = urllib.request.Request(f"{tracking.url}/api/2.0/mlflow/registered-models/search?max_results=1", headers={"Authorization": "Basic " + auth})
+    with urllib.request.urlopen(ok, timeout=10) as response:
+        assert response.status == 200
+    def call(user, password, path, payload, method="POST"):
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request = urllib.request.Request(f"{tracking.url}/api/2.0/mlflow/{path}", data=json.dumps(payload).encode(), method=method,
+                                         headers={"Authorization": "Basic " + token, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert call("admin", tracking.password, "registered-models/create", {"name": "admins-model"}) == 200
+    # the serving user reads everything but cannot change a model it did not create
+    assert call("serving", reader, "registered-models/update", {"name": "admins-model", "description": "x"}, method="PATCH") == 403
+    assert call("serving", reader, "registered-models/delete", {"name": "admins-model"}, method="DELETE") == 403

@@ -97,6 +97,8 @@ def test_every_workload_role_trusts_only_its_own_service_account(stack_inventori
         "-ebs-csi": "kube-system:ebs-csi-controller-sa",
         "-tracking-workload": "mlflow:mlflow-tracking",
     }
+    settings = settings_of(stack)
+    expected.update({f"-ep-{e.name}-workload": f"serving:{e.name}" for e in settings.endpoints})
     assert len(federated) == len(expected)
     for role in federated:
         (statement,) = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
@@ -172,7 +174,7 @@ def test_chart_versions_are_pinned(stack_inventories):
     from components import versions
 
     releases = stack_inventories["prod"].of_type(RELEASE)
-    assert len(releases) == 4
+    assert len(releases) == 5
     pinned = {c.version for c in vars(versions).values() if isinstance(c, versions.HelmChart)}
     for chart in releases:
         assert chart.inputs["version"] in pinned, chart.name

@@ -48,7 +48,7 @@ def test_database_protection_and_multi_az_follow_the_profile(stack_inventories):
 def test_generated_secrets_are_kms_encrypted_and_never_in_plain_text(stack_inventories):
     inventory = stack_inventories["dev"]
     secrets = [s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if "-tracking-" in s.name]
-    assert len(secrets) == 2 and all(s.inputs["kmsKeyId"].startswith("arn:aws:kms:") for s in secrets)
+    assert len(secrets) == 3 and all(s.inputs["kmsKeyId"].startswith("arn:aws:kms:") for s in secrets)
     for version in inventory.of_type("aws:secretsmanager/secretVersion:SecretVersion"):
         assert version.inputs["secretString"] == "[secret]"
     text = json.dumps([r.inputs for r in inventory.resources])
@@ -67,14 +67,16 @@ def test_workload_role_reads_and_writes_only_its_bucket_prefix(stack_inventories
     assert listing["Resource"] == f"arn:aws:s3:::{bucket}" and listing["Condition"] == {"StringLike": {"s3:prefix": ["mlflow/*", "mlflow"]}}
     assert len(s3) == 2
     secrets = next(s for s in statements if s["Sid"] == "OwnSecrets")
-    assert len(secrets["Resource"]) == 3 and all(r.startswith("arn:aws:secretsmanager:") for r in secrets["Resource"])
+    assert len(secrets["Resource"]) == 4 and all(r.startswith("arn:aws:secretsmanager:") for r in secrets["Resource"])
 
 
 def test_migration_job_precedes_the_deployment(stack_inventories):
     inventory = stack_inventories["dev"]
-    (job,) = inventory.of_type("kubernetes:batch/v1:Job")
+    (job,) = [j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-migrate")]
     (deployment,) = [d for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")]
     assert job.urn in deployment.depends_on
+    (reader,) = [j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-ensure-reader")]
+    assert deployment.urn in reader.depends_on  # the reader user is created once the server runs
     assert db(inventory).urn in job.depends_on
     assert job.inputs["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
     assert job.inputs["spec"]["template"]["spec"]["containers"][0]["image"] == deployment.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -86,7 +88,7 @@ def test_a_new_image_gets_a_new_migration_job():
         runtime = config.runtime_config()
         runtime["mlops-platform:tracking"] = json.dumps({"imageTag": tag})
         inventory = run_offline(program, project=config.project, stack="dev", config=runtime)
-        return inventory.of_type("kubernetes:batch/v1:Job")[0].inputs["metadata"]["name"]
+        return next(j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-migrate")).inputs["metadata"]["name"]
 
     assert job_name("3.17.2-1") != job_name("3.17.2-2")
 
@@ -101,11 +103,11 @@ def test_server_pods_are_locked_down_and_exposed_on_an_internal_alb(stack_invent
     assert container["image"].endswith("/mlops-prod/tracking:3.17.2-1")
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TRACKING_BACKEND_STORE_URI"].endswith("/mlflow?sslmode=require") and "{password}" in env["TRACKING_BACKEND_STORE_URI"]
-    (ingress,) = inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+    (ingress,) = [i for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") if i.name.endswith("-tracking-ingress")]
     assert ingress.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/scheme"] == "internal"
     lbc = next(r for r in inventory.of_type("kubernetes:helm.sh/v3:Release") if r.name.endswith("aws-load-balancer-controller"))
     assert lbc.urn in ingress.depends_on  # destroy removes the ALB while the controller runs
-    (pdb,) = inventory.of_type("kubernetes:policy/v1:PodDisruptionBudget")
+    (pdb,) = [p for p in inventory.of_type("kubernetes:policy/v1:PodDisruptionBudget") if p.name.endswith("-tracking-pdb")]
     assert pdb.inputs["spec"]["minAvailable"] == 1
     (namespace,) = [n for n in inventory.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "mlflow"]
     assert namespace.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -115,6 +117,7 @@ def test_managed_mode_declares_no_database_or_deployment_and_keeps_the_outputs()
     config = load_stack_config("dev")
     runtime = config.runtime_config()
     runtime["mlops-platform:tracking"] = json.dumps({"mode": "managed"})
+    runtime["mlops-platform:endpoints"] = "[]"  # endpoints need the self-hosted server
     inventory = run_offline(program, project=config.project, stack="dev", config=runtime)
     assert inventory.of_type(RDS) == []
     assert [d for d in inventory.of_type("kubernetes:apps/v1:Deployment")] == []

@@ -1,0 +1,307 @@
+"""Serving: model endpoints on the cluster, each serving `models:/<model>@<alias>`.
+
+`ServingPlane` owns the `serving` namespace (restricted Pod Security, allowed to reach the
+tracking server) and one `ServingEndpoint` per endpoint of the stack file. An endpoint is,
+in dependency order: its workload role (write its own capture prefix, read the tracking
+reader's password; models come through the tracking server, so no S3 read); a service
+account; a stable Deployment (and, with a canary, a second Deployment serving the canary
+alias); a Service per Deployment; a HorizontalPodAutoscaler on the stable Deployment (CPU or
+requests per second); PodDisruptionBudgets; a NetworkPolicy; a ServiceMonitor; and a path on
+the shared internal ALB (`/<endpoint>/invocations`), weighted between stable and canary.
+
+Promote a canary: point the stable alias at the canary's version
+(`client.set_registered_model_alias(model, "champion", v)`); the stable pods load it within
+`poll_seconds`, no redeploy; then remove `canary` from the stack file. Roll back: remove
+`canary` from the stack file (all traffic returns to stable on `pulumi up`), or point the
+canary alias back at the stable version (immediate, no deploy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Sequence
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from components.identity import OidcIdentity, workload_role
+from components.k8s_workload import (
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, resources,
+    restricted_namespace_labels, zone_spread,
+)
+from components.tracking import CLIENT_NAMESPACE_LABEL
+
+PLANE_TOKEN = "mlops:k8s:ServingPlane"
+ENDPOINT_TOKEN = "mlops:k8s:ServingEndpoint"
+NAMESPACE = "serving"
+PORT = 8080
+MONITORING_NAMESPACE_LABEL = "mlops.platform/monitoring"
+"""Namespaces with this label set to "true" (the monitoring stack's) may scrape /metrics."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CanaryArgs:
+    alias: str
+    weight: int
+    """Percent of requests to the canary (1-99); the stable Deployment gets 100 - weight."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingEndpointArgs:
+    endpoint: str
+    model: str
+    alias: str = "champion"
+    image: str
+    min_replicas: int = 1
+    max_replicas: int = 3
+    cpu: str = "500m"
+    memory: str = "1Gi"
+    gpu: int = 0
+    autoscaling_metric: Literal["cpu", "rps"] = "cpu"
+    autoscaling_target: int = 70
+    canary: CanaryArgs | None = None
+    capture_fraction: float = 0.05
+    artifact_bucket: pulumi.Input[str]
+    artifact_bucket_arn: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+    tracking_url: str
+    """In-cluster URL of the tracking server."""
+    tracking_reader_secret_arn: pulumi.Input[str]
+    identity: OidcIdentity
+    vpc_cidr: str
+    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
+    gpu_toleration: Mapping[str, str] = field(default_factory=dict)
+    ingress_group: str = "internal"
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    """Where CPU pods run when not on the Karpenter CPU pool (dev: the system nodes)."""
+    load_balancer_controller: pulumi.Resource | None = None
+    monitoring_crds: pulumi.Resource | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            problems.append(f"replicas: expected 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
+        if self.canary is not None and not 1 <= self.canary.weight <= 99:
+            problems.append(f"canary.weight: got {self.canary.weight}, expected 1 to 99")
+        if self.image.endswith(":latest") or ":" not in self.image.rsplit("/", 1)[-1]:
+            problems.append(f"image: got {self.image!r}, expected a pinned tag")
+        if problems:
+            raise ValueError(f"invalid ServingEndpointArgs for {self.endpoint}: " + "; ".join(problems))
+
+    @property
+    def workers(self) -> int:
+        """Worker processes per pod: one per requested CPU (at least one)."""
+        cpu = float(self.cpu[:-1]) / 1000 if self.cpu.endswith("m") else float(self.cpu)
+        return max(1, math.floor(cpu))
+
+
+def endpoint_policy(bucket_arn: str, capture_prefix: str, kms_key_arn: str, reader_secret_arn: str) -> str:
+    """Write captured records under the endpoint's own prefix; read the tracking reader's password."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "WriteOwnCaptures", "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket_arn}/{capture_prefix}/*"},
+        {"Sid": "BucketKey", "Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": kms_key_arn},
+        {"Sid": "TrackingReader", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": reader_secret_arn},
+    ]})
+
+
+class ServingPlane(pulumi.ComponentResource):
+    """The namespace every endpoint lives in."""
+
+    namespace: k8s.core.v1.Namespace
+
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(PLANE_TOKEN, name, None, opts)
+        self.namespace = k8s.core.v1.Namespace(
+            f"{name}-ns",
+            metadata={"name": NAMESPACE, "labels": restricted_namespace_labels({CLIENT_NAMESPACE_LABEL: "true"})},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({"namespace": NAMESPACE})
+
+
+class ServingEndpoint(pulumi.ComponentResource):
+    url_path: str
+    """Path on the serving ALB: `/<endpoint>/invocations`."""
+    deployments: dict[str, k8s.apps.v1.Deployment]
+
+    def __init__(self, name: str, args: ServingEndpointArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(ENDPOINT_TOKEN, name, None, opts)
+        ep = args.endpoint
+        capture_prefix = f"captures/{ep}"
+        role = workload_role(
+            f"{name}-workload",
+            identity=args.identity,
+            namespace=NAMESPACE,
+            service_account=ep,
+            policy=pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn, args.tracking_reader_secret_arn).apply(
+                lambda a: endpoint_policy(a[0], capture_prefix, a[1], a[2])
+            ),
+            parent=self,
+        )
+        child = pulumi.ResourceOptions(parent=self)
+        k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata={"name": ep, "namespace": NAMESPACE, "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+            automount_service_account_token=False,
+            opts=child,
+        )
+
+        tracks = {"stable": args.alias}
+        if args.canary is not None:
+            tracks["canary"] = args.canary.alias
+        self.deployments, services = {}, {}
+        for track, alias in tracks.items():
+            labels = {"app.kubernetes.io/name": ep, "app.kubernetes.io/part-of": "mlops-serving", "mlops.platform/track": track}
+            replicas = args.min_replicas if track == "stable" else 1
+            self.deployments[track] = self._deployment(name, args, track, alias, labels, replicas, capture_prefix)
+            services[track] = k8s.core.v1.Service(
+                f"{name}-{track}-svc",
+                metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE, "labels": labels},
+                spec={"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": PORT}]},
+                opts=child,
+            )
+            disruption = {"minAvailable": 1} if replicas > 1 else {"maxUnavailable": 1}
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-{track}-pdb",
+                metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE},
+                spec={**disruption, "selector": {"matchLabels": labels}},
+                opts=child,
+            )
+
+        metric = (
+            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": args.autoscaling_target}}}
+            if args.autoscaling_metric == "cpu"
+            else {"type": "Pods", "pods": {"metric": {"name": "serving_requests_per_second"}, "target": {"type": "AverageValue", "averageValue": str(args.autoscaling_target)}}}
+        )
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata={"name": ep, "namespace": NAMESPACE},
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{ep}-stable"},
+                "minReplicas": args.min_replicas,
+                "maxReplicas": args.max_replicas,
+                "metrics": [metric],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.deployments["stable"]]),
+        )
+
+        selector = {"app.kubernetes.io/name": ep}
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata={"name": ep, "namespace": NAMESPACE},
+            spec={
+                "podSelector": {"matchLabels": selector},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{
+                    "from": [
+                        {"ipBlock": {"cidr": args.vpc_cidr}},  # the internal ALB (ip targets)
+                        {"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}},  # Prometheus
+                    ],
+                    "ports": [{"protocol": "TCP", "port": PORT}],
+                }],
+                "egress": [
+                    {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                    {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlflow"}}}], "ports": [{"protocol": "TCP", "port": 5000}]},
+                    {"ports": [{"protocol": "TCP", "port": 443}]},  # S3 (captures), STS, Secrets Manager
+                ],
+            },
+            opts=child,
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-monitor",
+            api_version="monitoring.coreos.com/v1",
+            kind="ServiceMonitor",
+            metadata={"name": ep, "namespace": NAMESPACE, "labels": {"mlops.platform/scrape": "true"}},
+            spec={
+                "selector": {"matchLabels": selector},
+                "namespaceSelector": {"matchNames": [NAMESPACE]},
+                "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*services.values(), *([args.monitoring_crds] if args.monitoring_crds else [])]),
+        )
+
+        self.url_path = f"/{ep}/invocations"
+        annotations = {
+            "alb.ingress.kubernetes.io/scheme": "internal",
+            "alb.ingress.kubernetes.io/target-type": "ip",
+            "alb.ingress.kubernetes.io/group.name": args.ingress_group,  # one ALB for every endpoint
+            "alb.ingress.kubernetes.io/healthcheck-path": "/readyz",
+            "alb.ingress.kubernetes.io/listen-ports": '[{"HTTP": 80}]',
+        }
+        if args.canary is not None:
+            weights = [
+                {"serviceName": f"{ep}-stable", "servicePort": 80, "weight": 100 - args.canary.weight},
+                {"serviceName": f"{ep}-canary", "servicePort": 80, "weight": args.canary.weight},
+            ]
+            annotations[f"alb.ingress.kubernetes.io/actions.{ep}-weighted"] = json.dumps({"type": "forward", "forwardConfig": {"targetGroups": weights}})
+            backend = {"service": {"name": f"{ep}-weighted", "port": {"name": "use-annotation"}}}
+        else:
+            backend = {"service": {"name": f"{ep}-stable", "port": {"number": 80}}}
+        k8s.networking.v1.Ingress(
+            f"{name}-ingress",
+            metadata={"name": ep, "namespace": NAMESPACE, "annotations": annotations},
+            spec={"ingressClassName": "alb", "rules": [{"http": {"paths": [{"path": f"/{ep}/", "pathType": "Prefix", "backend": backend}]}}]},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*services.values(), *([args.load_balancer_controller] if args.load_balancer_controller else [])]),
+        )
+        self.register_outputs({"url_path": self.url_path, "role_arn": role.arn})
+
+    def _deployment(self, name: str, args: ServingEndpointArgs, track: str, alias: str, labels: dict, replicas: int, capture_prefix: str) -> k8s.apps.v1.Deployment:
+        ep = args.endpoint
+        env = {
+            "SERVING_MODEL_NAME": args.model,
+            "SERVING_MODEL_ALIAS": alias,
+            "SERVING_ENDPOINT": ep,
+            "SERVING_HOST": "0.0.0.0",
+            "SERVING_PORT": str(PORT),
+            "SERVING_WORKERS": str(args.workers),
+            "SERVING_PATH_PREFIX": f"/{ep}",
+            "SERVING_CAPTURE_FRACTION": str(args.capture_fraction),
+            "SERVING_CAPTURE_BUCKET": args.artifact_bucket,
+            "SERVING_CAPTURE_PREFIX": "captures",
+            "SERVING_TRACKING_USERNAME": "serving",
+            "SERVING_TRACKING_PASSWORD_SECRET_ARN": args.tracking_reader_secret_arn,
+            "MLFLOW_TRACKING_URI": args.tracking_url,
+        }
+        pod_spec: dict = {
+            "serviceAccountName": ep,
+            "automountServiceAccountToken": True,  # IRSA's projected token
+            "securityContext": POD_SECURITY_CONTEXT,
+            "terminationGracePeriodSeconds": 30,
+            "topologySpreadConstraints": zone_spread(labels),
+            "volumes": [TMP_VOLUME],
+            "containers": [{
+                "name": "server",
+                "image": args.image,
+                "ports": [{"name": "http", "containerPort": PORT}],
+                "env": env_list(env),
+                "resources": resources(args.cpu, args.memory, gpus=args.gpu),
+                "readinessProbe": http_probe("/readyz", PORT, period=5),
+                "livenessProbe": http_probe("/healthz", PORT, period=10, initial_delay=10),
+                "startupProbe": http_probe("/readyz", PORT, period=5, failures=60),  # model download may take minutes
+                "securityContext": CONTAINER_SECURITY_CONTEXT,
+                "volumeMounts": [TMP_MOUNT],
+            }],
+        }
+        if args.gpu:
+            pod_spec["nodeSelector"] = dict(args.gpu_node_selector)
+            pod_spec["tolerations"] = [dict(args.gpu_toleration)]
+        elif args.node_selector:
+            pod_spec["nodeSelector"] = dict(args.node_selector)
+        spec: dict = {
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        }
+        if track == "canary":
+            spec["replicas"] = replicas  # the stable Deployment's replicas belong to its HPA
+        return k8s.apps.v1.Deployment(
+            f"{name}-{track}",
+            metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE, "labels": labels},
+            spec=spec,
+            opts=pulumi.ResourceOptions(parent=self),
+        )

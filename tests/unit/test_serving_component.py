@@ -1,0 +1,129 @@
+"""ServingEndpoint under mocks: resources per settings, GPU placement, pod security, canary weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.settings import SettingsError, load_settings
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+
+
+def endpoint_objects(inventory, endpoint):
+    return [r for r in inventory.resources if f"-ep-{endpoint}" in r.name]
+
+
+def of(objects, type_token):
+    return [r for r in objects if r.type == type_token]
+
+
+def test_dev_endpoint_follows_its_settings(stack_inventories):
+    objects = endpoint_objects(stack_inventories["dev"], "diabetes")
+    (deployment,) = of(objects, DEPLOYMENT)
+    container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["SERVING_MODEL_NAME"] == "diabetes" and env["SERVING_MODEL_ALIAS"] == "champion"
+    assert env["SERVING_CAPTURE_FRACTION"] == "0.1" and env["SERVING_PATH_PREFIX"] == "/diabetes"
+    assert env["SERVING_TRACKING_PASSWORD_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
+    assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
+    assert container["image"].endswith("/mlops-dev/serving:0.1.0")
+    assert deployment.inputs["spec"]["template"]["spec"]["nodeSelector"] == {"mlops.platform/pool": "system"}  # dev: no pool node at idle
+    (hpa,) = of(objects, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (1, 2)
+    assert hpa.inputs["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert len(of(objects, "kubernetes:policy/v1:PodDisruptionBudget")) == 1
+    assert len(of(objects, "kubernetes:networking.k8s.io/v1:NetworkPolicy")) == 1
+    (monitor,) = of(objects, "kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
+    assert monitor.inputs["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_pods_are_locked_down(stack_inventories, stack):
+    deployments = [d for d in stack_inventories[stack].of_type(DEPLOYMENT) if "-ep-" in d.name]
+    assert deployments
+    for deployment in deployments:
+        pod = deployment.inputs["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        context = pod["containers"][0]["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"] and context["runAsUser"] != 0
+        assert {p for p in ("readinessProbe", "livenessProbe", "startupProbe")} <= set(pod["containers"][0])
+
+
+def test_gpu_endpoints_land_on_the_gpu_pool(stack_inventories):
+    objects = endpoint_objects(stack_inventories["prod"], "reranker")
+    for deployment in of(objects, DEPLOYMENT):
+        pod = deployment.inputs["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"mlops.platform/pool": "gpu"}
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+        resources = pod["containers"][0]["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1"
+    cpu_only = of(endpoint_objects(stack_inventories["prod"], "diabetes"), DEPLOYMENT)[0].inputs["spec"]["template"]["spec"]
+    assert "tolerations" not in cpu_only and "nvidia.com/gpu" not in cpu_only["containers"][0]["resources"]["requests"]
+
+
+@pytest.mark.parametrize(("stack", "endpoint", "weight"), [("staging", "diabetes", 10), ("prod", "reranker", 5)])
+def test_canary_weights_add_up_and_each_track_serves_its_alias(stack_inventories, stack, endpoint, weight):
+    objects = endpoint_objects(stack_inventories[stack], endpoint)
+    (ingress,) = of(objects, "kubernetes:networking.k8s.io/v1:Ingress")
+    action = json.loads(ingress.inputs["metadata"]["annotations"][f"alb.ingress.kubernetes.io/actions.{endpoint}-weighted"])
+    groups = {g["serviceName"]: g["weight"] for g in action["forwardConfig"]["targetGroups"]}
+    assert groups == {f"{endpoint}-stable": 100 - weight, f"{endpoint}-canary": weight}
+    assert sum(groups.values()) == 100
+    aliases = {}
+    for deployment in of(objects, DEPLOYMENT):
+        env = {e["name"]: e["value"] for e in deployment.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
+        aliases[deployment.inputs["metadata"]["labels"]["mlops.platform/track"]] = env["SERVING_MODEL_ALIAS"]
+    assert aliases == {"stable": "champion", "canary": "challenger"}
+    backend = ingress.inputs["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{endpoint}-weighted", "port": {"name": "use-annotation"}}
+
+
+def test_endpoints_share_one_internal_alb_with_the_tracking_server(stack_inventories):
+    ingresses = stack_inventories["prod"].of_type("kubernetes:networking.k8s.io/v1:Ingress")
+    assert len(ingresses) == 3
+    groups = {i.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/group.name"] for i in ingresses}
+    assert groups == {"mlops-prod-internal"}
+    assert all(i.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/scheme"] == "internal" for i in ingresses)
+
+
+def test_endpoint_role_writes_only_its_capture_prefix(stack_inventories):
+    inventory = stack_inventories["dev"]
+    (policy,) = [p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name.endswith("-ep-diabetes-workload-policy")]
+    statements = {s["Sid"]: s for s in json.loads(policy.inputs["policy"])["Statement"]}
+    assert statements["WriteOwnCaptures"]["Action"] == "s3:PutObject"
+    assert statements["WriteOwnCaptures"]["Resource"].endswith("/captures/diabetes/*")
+    assert not any("s3:GetObject" in json.dumps(s) for s in statements.values())  # models come through the tracking server
+
+
+BASE = {"profile": "dev", "budget": {"alertEmails": ["a@example.com"]}, "cluster": {"publicAccessCidrs": ["203.0.113.0/24"]}}
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "message"),
+    [
+        ([{"name": "ab", "model": "m"}, {"name": "ab", "model": "n"}], 'endpoints[1].name: got "ab" twice'),
+        ([{"name": "ab", "model": "m", "replicas": {"min": 3, "max": 2}}], "endpoints[0].replicas.min: got 3, above replicas.max 2"),
+        ([{"name": "ab", "model": "m", "gpu": 2, "replicas": {"min": 2, "max": 2}}], "endpoints[0].gpu: needs 4 GPUs at minimum replicas; cluster.gpuPool.maxGpus is 2"),
+        ([{"name": "ab", "model": "m", "canary": {"alias": "champion", "weight": 10}}], "endpoints[0].canary.alias: got \"champion\""),
+        ([{"name": "ab", "model": "m", "canary": {"alias": "c", "weight": 100}}], "endpoints[0].canary.weight: got 100"),
+        ([{"name": "Bad_Name", "model": "m"}], 'endpoints[0].name: got "Bad_Name"'),
+        ([{"name": "ab", "model": "m", "autoscaling": {"metric": "memory"}}], 'endpoints[0].autoscaling.metric: got "memory"; allowed: "cpu", "rps"'),
+        ([{"name": "ab", "model": "m", "imageTag": "latest"}], 'endpoints[0].imageTag: got "latest"'),
+    ],
+)
+def test_bad_endpoint_settings_fail_before_anything_is_declared(endpoints, message):
+    with pytest.raises(SettingsError) as info:
+        load_settings({**BASE, "endpoints": endpoints}, stack="dev", region="us-east-1")
+    assert any(message in p for p in info.value.problems), info.value.problems
+
+
+def test_pool_floor_counts_always_on_pods(stack_inventories):
+    from infra.cost.estimate import workload_demand
+
+    assert workload_demand(stack_inventories["dev"], "cpu", "cpu") == (0.0, 0)  # dev pins them to the system nodes
+    cpus, pods = workload_demand(stack_inventories["prod"], "cpu", "cpu")
+    assert cpus == pytest.approx(3 * 2 + 2 * 0.25) and pods == 5
+    assert workload_demand(stack_inventories["prod"], "gpu", "gpu") == (2.0, 2)  # reranker stable + canary
