@@ -5,7 +5,8 @@
 
 Uses scikit-learn's bundled diabetes data (no download). The model is logged with its
 signature, an input example and explicit pip requirements (dependency inference takes
-seconds and guesses wrong), so the model server can validate requests against it.
+seconds and guesses wrong), so the model server can validate requests against it, and with
+the training data's per-feature reference statistics for drift (services/serving/drift.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from mlflow.models import infer_signature
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import train_test_split
+
+from services.serving.drift import reference_statistics
 
 SKLEARN_REQUIREMENT = "scikit-learn==1.9.1"
 
@@ -52,6 +55,8 @@ def train_and_register(model_name: str, *, alias: str = "champion", alpha: float
             input_example=x_train.head(3),
             pip_requirements=[SKLEARN_REQUIREMENT],
             registered_model_name=model_name,
+            # reference statistics travel with the version: the model server measures drift against them
+            metadata={"drift_reference": reference_statistics(x_train)},
         )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(model_name, alias, version)

@@ -91,3 +91,33 @@ def start_moto(log_dir: Path) -> Server:
     server = start("moto", [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)], url=f"http://{LOOPBACK}:{port}", log_dir=log_dir)
     wait_http(server, "/", timeout=30)
     return server
+
+
+def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path | None = None, scrape_interval: str = "2s") -> Server:
+    """A real Prometheus (Debian's `prometheus`) on a free loopback port, scraping `targets`
+    (job name -> host:port) and evaluating `rules_file`."""
+    import shutil
+
+    import yaml
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("prometheus is not installed: `make setup` installs Debian's prometheus package (as root)")
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()],
+    }
+    if rules_file is not None:
+        config["rule_files"] = [str(rules_file)]
+    config_path = log_dir / "prometheus.yml"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config))
+    server = start(
+        "prometheus",
+        [binary, f"--config.file={config_path}", f"--storage.tsdb.path={log_dir / 'prometheus-data'}",
+         f"--web.listen-address={LOOPBACK}:{port}", "--storage.tsdb.retention.time=1d"],
+        url=f"http://{LOOPBACK}:{port}", log_dir=log_dir,
+    )
+    wait_http(server, "/-/ready", timeout=60)
+    return server

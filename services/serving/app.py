@@ -26,6 +26,7 @@ import orjson
 from services.serving import metrics
 from services.serving.batching import MicroBatcher
 from services.serving.capture import CaptureWriter
+from services.serving.drift import DriftWindow
 from services.serving.inputs import InputError, parse_rows, to_frame
 from services.serving.model import LoadedModel, load_version, resolve_alias
 from services.serving.settings import ServingSettings
@@ -54,6 +55,7 @@ class ServingApp:
             )
         self.tasks: list[asyncio.Task] = []
         self._failed_version: str | None = None
+        self.drift: DriftWindow | None = None
         endpoint = settings.endpoint
         self._latency = metrics.LATENCY.labels(endpoint)
         self._rows = metrics.REQUEST_ROWS.labels(endpoint)
@@ -164,6 +166,8 @@ class ServingApp:
             except InputError as exc:
                 raise RequestError(400, "BAD_REQUEST", str(exc)) from None
             self._rows.observe(matrix.shape[0])
+            if self.drift is not None:
+                self.drift.add(matrix)
             output = await self.batcher.predict(model, matrix)
             predictions = output.tolist()
             columns = model.schema.names
@@ -208,7 +212,7 @@ class ServingApp:
     async def startup(self) -> None:
         metrics.MODEL_READY.labels(self.settings.endpoint).set(0)
         await self.refresh()
-        self.tasks = [asyncio.create_task(self.batcher.run()), asyncio.create_task(self.watch())]
+        self.tasks = [asyncio.create_task(self.batcher.run()), asyncio.create_task(self.watch()), asyncio.create_task(self.report_drift())]
         if self.capture is not None:
             self.tasks.append(asyncio.create_task(self.capture.run()))
 
@@ -217,6 +221,15 @@ class ServingApp:
             task.cancel()
         if self.capture is not None and self.capture.buffered:
             await self.capture.flush()
+
+    async def report_drift(self) -> None:
+        """Publish each feature's PSI over the live window every `drift_interval_seconds`."""
+        gauge = metrics.DRIFT
+        while True:
+            await asyncio.sleep(self.settings.drift_interval_seconds)
+            if self.drift is not None:
+                for feature, score in self.drift.scores().items():
+                    gauge.labels(self.settings.endpoint, feature).set(score)
 
     async def watch(self) -> None:
         while True:
@@ -245,6 +258,12 @@ class ServingApp:
                       f"still serving version {current.version}" if current else "no model served yet", exc)
             return
         self.model = loaded  # one reference swap: in-flight requests keep the model they started with
+        # a new version brings its own training reference: start a fresh window
+        self.drift = (
+            DriftWindow(loaded.drift_reference, loaded.schema.names, self.settings.drift_window, self.settings.drift_min_rows)
+            if loaded.drift_reference and loaded.schema is not None and loaded.batchable
+            else None
+        )
         self._failed_version = None
         metrics.MODEL_VERSION.labels(endpoint, name, version).set(1)
         if current is not None:

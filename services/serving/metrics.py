@@ -26,6 +26,8 @@ LOAD_FAILURES = Counter("serving_model_load_failures_total", "Versions that fail
 SWAPS = Counter("serving_model_swaps_total", "Times a new version replaced the served one", ["endpoint"])
 CAPTURED = Counter("serving_captured_records_total", "Request/prediction records written for drift analysis", ["endpoint"])
 CAPTURE_FAILURES = Counter("serving_capture_failures_total", "Capture batches that could not be written", ["endpoint"])
+DRIFT = Gauge("serving_feature_drift_psi", "Population stability index of each feature over the live window vs. the training data",
+              ["endpoint", "feature"], multiprocess_mode="livemax")
 INFLIGHT = Gauge("serving_inflight_requests", "Requests being answered", ["endpoint"], multiprocess_mode="livesum")
 
 

@@ -33,6 +33,8 @@ class LoadedModel:
     schema: Schema | None
     matrix_predict: Callable[[np.ndarray], np.ndarray] | None
     """Set for the fast path: predicts a (rows, columns) float64 matrix."""
+    drift_reference: dict | None = None
+    """Training-data statistics stored with the version (MLmodel metadata `drift_reference`)."""
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -56,7 +58,9 @@ def load_version(name: str, version: str, run_id: str = "") -> LoadedModel:
         if hasattr(estimator, "predict"):
             matrix_predict = estimator.predict
     log.info("loaded %s version %s in %.2fs (%s path)", name, version, time.perf_counter() - started, "fast" if matrix_predict else "pyfunc")
-    return LoadedModel(name=name, version=version, run_id=run_id, pyfunc=pyfunc, schema=schema, matrix_predict=matrix_predict)
+    reference = (pyfunc.metadata.metadata or {}).get("drift_reference")
+    return LoadedModel(name=name, version=version, run_id=run_id, pyfunc=pyfunc, schema=schema, matrix_predict=matrix_predict,
+                       drift_reference=reference if isinstance(reference, dict) else None)
 
 
 def _column_schema(pyfunc: Any) -> Schema | None:

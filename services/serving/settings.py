@@ -54,6 +54,11 @@ class ServingSettings(BaseSettings):
     tracking_password_secret_arn: str | None = None
     """Secrets Manager secret with the tracking server password of `tracking_username` (read at start)."""
     region: str | None = None
+    drift_window: int = Field(default=1000, ge=10)
+    """Live rows compared with the training data's reference statistics."""
+    drift_min_rows: int = Field(default=200, ge=1)
+    """No drift score is reported until the window holds this many rows."""
+    drift_interval_seconds: float = Field(default=15.0, gt=0)
     drain_seconds: float = Field(default=20.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
 
