@@ -1,5 +1,6 @@
 """ClusterAddons: the AWS Load Balancer Controller and the EBS CSI driver, each with its own role.
 
+The EBS CSI driver also gets an encrypted gp3 StorageClass, `gp3-encrypted`.
 The Load Balancer Controller turns Ingresses into ALBs (the serving canary uses its
 weighted target groups) and Services into NLBs. Its role may change only load balancers,
 target groups and security groups it tagged `elbv2.k8s.aws/cluster` itself. The EBS CSI
@@ -144,8 +145,8 @@ def load_balancer_controller_policy() -> str:
 class ClusterAddons(pulumi.ComponentResource):
     load_balancer_controller: k8s.helm.v3.Release
     """Depend on this from anything that creates a load balancer (see module docstring)."""
-    monitoring_crds: k8s.helm.v3.Release
-    """Depend on this from anything that declares a ServiceMonitor or PrometheusRule."""
+    storage_class: str
+    """Name of the encrypted gp3 StorageClass volumes should use."""
 
     def __init__(self, name: str, args: ClusterAddonsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TOKEN, name, None, opts)
@@ -180,17 +181,6 @@ class ClusterAddons(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
 
-        crds = versions.PROMETHEUS_OPERATOR_CRDS
-        self.monitoring_crds = k8s.helm.v3.Release(
-            f"{name}-prometheus-operator-crds",
-            name="prometheus-operator-crds",
-            chart=crds.chart,
-            version=crds.version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=crds.repo),
-            namespace="kube-system",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
-        )
-
         ebs_role = workload_role(
             f"{name}-ebs-csi",
             identity=args.identity,
@@ -199,7 +189,7 @@ class ClusterAddons(pulumi.ComponentResource):
             managed_policy_arns=(EBS_CSI_POLICY,),
             parent=self,
         )
-        aws.eks.Addon(
+        ebs_addon = aws.eks.Addon(
             f"{name}-ebs-csi",
             cluster_name=args.cluster_name,
             addon_name=versions.EBS_CSI_ADDON,
@@ -208,5 +198,16 @@ class ClusterAddons(pulumi.ComponentResource):
             resolve_conflicts_on_create="OVERWRITE",
             resolve_conflicts_on_update="PRESERVE",
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+        )
+        self.storage_class = "gp3-encrypted"
+        k8s.storage.v1.StorageClass(
+            f"{name}-gp3",
+            metadata={"name": self.storage_class},
+            provisioner="ebs.csi.aws.com",
+            parameters={"type": "gp3", "encrypted": "true"},
+            volume_binding_mode="WaitForFirstConsumer",  # in the zone of the pod that needs it
+            allow_volume_expansion=True,
+            reclaim_policy="Delete",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[ebs_addon]),
         )
         self.register_outputs({"load_balancer_controller_role_arn": lbc_role.arn, "ebs_csi_role_arn": ebs_role.arn})

@@ -38,8 +38,7 @@ PLANE_TOKEN = "mlops:k8s:ServingPlane"
 ENDPOINT_TOKEN = "mlops:k8s:ServingEndpoint"
 NAMESPACE = "serving"
 PORT = 8080
-MONITORING_NAMESPACE_LABEL = "mlops.platform/monitoring"
-"""Namespaces with this label set to "true" (the monitoring stack's) may scrape /metrics."""
+from components.monitoring import MONITORING_NAMESPACE_LABEL  # noqa: E402 - the namespace allowed to scrape /metrics
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,9 +26,10 @@ NVIDIA_DEVICE_PLUGIN = HelmChart(chart="nvidia-device-plugin", version="0.18.2",
 AWS_LOAD_BALANCER_CONTROLLER = HelmChart(chart="aws-load-balancer-controller", version="1.14.0", repo="https://aws.github.io/eks-charts")
 """Controller v2.14.0; provisions the ALBs/NLBs that Ingresses and Services ask for."""
 
-PROMETHEUS_OPERATOR_CRDS = HelmChart(chart="prometheus-operator-crds", version="26.0.0", repo="https://prometheus-community.github.io/helm-charts")
-"""ServiceMonitor/PrometheusRule CRDs (operator v0.88), installed with the cluster so endpoints
-can declare their ServiceMonitors before (or without) the monitoring stack."""
+KUBE_PROMETHEUS_STACK = HelmChart(chart="kube-prometheus-stack", version="88.2.0", repo="https://prometheus-community.github.io/helm-charts")
+"""Prometheus, Alertmanager, Grafana, kube-state-metrics, node-exporter and the operator CRDs."""
+DCGM_EXPORTER = HelmChart(chart="dcgm-exporter", version="4.8.3", repo="https://nvidia.github.io/dcgm-exporter/helm-charts")
+"""NVIDIA GPU metrics (DCGM_FI_DEV_*), on GPU nodes only."""
 
 EBS_CSI_ADDON = "aws-ebs-csi-driver"
 """EKS managed add-on; its version defaults to the one AWS marks default for the cluster's

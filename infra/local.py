@@ -4,7 +4,8 @@ Starts, each in its own process group on a free 127.0.0.1 port: a moto S3 endpoi
 artifact bucket), the tracking server from `services/tracking` (sqlite backend, basic auth
 with a generated admin password, artifacts proxied into the moto bucket); trains the
 example model, registers it and points `champion` at it; starts the model server from
-`services/serving` on `models:/diabetes@champion` and sends it a sample request. Ctrl-C (or the end of `--once`)
+`services/serving` on `models:/diabetes@champion` and sends it a sample request; and starts
+a real Prometheus (Debian's) scraping the model server with the platform's alert rules. Ctrl-C (or the end of `--once`)
 stops everything, whole process groups included.
 """
 
@@ -139,6 +140,16 @@ def sample_request(plane: LocalPlane) -> str:
     return f"POST /invocations (2 rows) -> {answer['predictions']} from version {version}"
 
 
+def start_local_prometheus(plane: LocalPlane) -> Server:
+    from components.alerts import AlertThresholds, EndpointObjective, rule_groups, rules_file
+    from infra.processes import start_prometheus
+
+    rules = plane.workdir / "rules.yaml"
+    rules.write_text(rules_file(rule_groups(AlertThresholds(), [EndpointObjective(plane.model_name, 250)])))
+    target = plane.servers["serving"].url.removeprefix("http://")
+    return start_prometheus(plane.workdir / "prometheus", {"serving": target}, rules_file=rules, scrape_interval="5s")
+
+
 def run(workdir: Path, *, once: bool) -> LocalPlane:
     workdir.mkdir(parents=True, exist_ok=True)
     plane = LocalPlane(workdir=workdir)
@@ -163,6 +174,11 @@ def run(workdir: Path, *, once: bool) -> LocalPlane:
         plane.servers["serving"] = serving
         plane.notes.append("sample request    " + sample_request(plane))
 
+        say("starting Prometheus, scraping the model server, with the platform's alert rules")
+        prometheus = start_local_prometheus(plane)
+        stack.callback(prometheus.stop)
+        plane.servers["prometheus"] = prometheus
+
         print_summary(plane)
         if not once:
             say("running; press Ctrl-C to stop everything")
@@ -186,6 +202,9 @@ def print_summary(plane: LocalPlane) -> None:
     if "serving" in plane.servers:
         url = plane.servers["serving"].url
         print(f"  model server      {url}/invocations   ({url}/metrics, {url}/readyz)")
+    if "prometheus" in plane.servers:
+        url = plane.servers["prometheus"].url
+        print(f"  prometheus        {url}/graph   (alerts: {url}/alerts; try serving_feature_drift_psi)")
     for note in plane.notes:
         print("  " + note)
     print(f"  logs              {plane.workdir}/*.log")

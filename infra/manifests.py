@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from infra.inventory import Inventory, Resource
+from infra.inventory import SECRET, Inventory, Resource
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "components" / "schemas"
 
@@ -32,6 +32,12 @@ def manifest_of(resource: Resource) -> dict[str, Any]:
     group_version, kind = resource.type.removeprefix("kubernetes:").rsplit(":", 1)
     api_version = group_version.removeprefix("core/")
     body = {k: v for k, v in resource.inputs.items() if k not in ("apiVersion", "kind")}
+    masked = [k for k, v in body.items() if v == SECRET]
+    if masked:  # a Pulumi secret as a whole (a Secret's data): render it empty, and say so
+        for key in masked:
+            body[key] = {}
+        metadata = body.setdefault("metadata", {})
+        metadata["annotations"] = {**(metadata.get("annotations") or {}), "mlops.platform/redacted": ",".join(masked)}
     return {"apiVersion": api_version, "kind": kind, **body}
 
 

@@ -65,6 +65,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "gpuPool": {"capacityType": "spot", "maxGpus": 2},
         },
         "tracking": {"replicas": 1},
+        "monitoring": {"retentionDays": 7, "storageGb": 20},
         "budget": {"monthlyUsd": 400, "alertThresholdPercent": 80},
     },
     "staging": {
@@ -89,6 +90,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "gpuPool": {"capacityType": "spot", "maxGpus": 4},
         },
         "tracking": {"replicas": 2},
+        "monitoring": {"retentionDays": 15, "storageGb": 50},
         "budget": {"monthlyUsd": 1500, "alertThresholdPercent": 80},
     },
     "prod": {
@@ -117,6 +119,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "gpuPool": {"capacityType": "on-demand", "maxGpus": 16},
         },
         "tracking": {"replicas": 2},
+        "monitoring": {"retentionDays": 30, "storageGb": 200},
         "budget": {"monthlyUsd": 8000, "alertThresholdPercent": 90},
     },
 }

@@ -16,6 +16,8 @@ from pulumi.runtime import config as runtime_config
 from components.budget import Budget, BudgetArgs
 from components.cluster import SYSTEM_POOL_LABEL, Cluster, ClusterArgs
 from components.cluster_addons import ClusterAddons, ClusterAddonsArgs
+from components.alerts import AlertThresholds, EndpointObjective
+from components.monitoring import Monitoring, MonitoringArgs
 from components.network import Network, NetworkArgs
 from components.node_pools import GPU_RESOURCE, NodePools, NodePoolsArgs, PoolArgs
 from components.registry import Registry, RegistryArgs
@@ -92,7 +94,8 @@ def build(settings: PlatformSettings) -> None:
     )
     cluster, node_pools, addons = _compute(settings, network, tags)
     tracking = _tracking(settings, network, storage, cluster, addons)
-    endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking)
+    monitoring = _monitoring(settings, storage, cluster, node_pools)
+    endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring)
     Budget(
         f"{prefix}-budget",
         BudgetArgs(
@@ -119,8 +122,32 @@ def build(settings: PlatformSettings) -> None:
     pulumi.export("endpointPaths", {e.endpoint: e.url_path for e in endpoints})
 
 
+def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools) -> Monitoring:
+    m, a = settings.monitoring, settings.monitoring.alerts
+    webhook = pulumi.Config(CONFIG_NAMESPACE).get_secret("alertSlackWebhook")
+    return Monitoring(
+        f"{settings.name_prefix}-monitoring",
+        MonitoringArgs(
+            retention_days=m.retention_days,
+            storage_gb=m.storage_gb,
+            kms_key_arn=storage.key_arn,
+            slack_webhook=webhook,
+            slack_channel=m.slack_channel,
+            thresholds=AlertThresholds(error_ratio=a.error_ratio, gpu_idle_minutes=a.gpu_idle_minutes, gpu_pending_minutes=a.gpu_pending_minutes,
+                                       drift_psi=a.drift_psi, drift_minutes=a.drift_minutes),
+            endpoints=[EndpointObjective(e.name, e.latency_objective_ms) for e in settings.endpoints],
+            gpu_node_selector=node_pools.gpu_node_selector,
+            gpu_toleration=node_pools.gpu_toleration,
+            node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+            protect_secrets=settings.deletion_protection,
+            depends_on=(cluster.system_node_group,),
+        ),
+        opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
+    )
+
+
 def _serving(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
-             node_pools: NodePools, tracking: TrackingServer) -> list[ServingEndpoint]:
+             node_pools: NodePools, tracking: TrackingServer, monitoring: Monitoring) -> list[ServingEndpoint]:
     if not settings.endpoints:
         return []
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
@@ -155,7 +182,7 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
                 ingress_group=f"{settings.name_prefix}-internal",
                 node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
                 load_balancer_controller=addons.load_balancer_controller,
-                monitoring_crds=addons.monitoring_crds,
+                monitoring_crds=monitoring.release,
             ),
             opts=pulumi.ResourceOptions(parent=plane, depends_on=[plane.namespace]),
         )

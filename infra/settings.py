@@ -24,6 +24,8 @@ from pydantic.alias_generators import to_camel
 from infra.profiles import PROFILES, deep_merge, profile_defaults
 
 CONFIG_NAMESPACE = "mlops-platform"
+SECRET_KEYS = ("alertSlackWebhook",)
+"""Keys that hold secrets (`pulumi config set --secret`): read where used, never by this model."""
 PROFILE_NAMES = tuple(PROFILES)
 
 KUBERNETES_VERSIONS = ("1.33", "1.34", "1.35")
@@ -255,6 +257,24 @@ class EndpointSettings(_Section):
     """p99 latency objective; the monitoring alert fires above it."""
 
 
+class AlertSettings(_Section):
+    error_ratio: float = Field(default=0.01, gt=0, lt=1)
+    gpu_idle_minutes: int = Field(default=30, ge=5)
+    gpu_pending_minutes: int = Field(default=15, ge=1)
+    drift_psi: float = Field(default=0.2, gt=0)
+    drift_minutes: int = Field(default=30, ge=1)
+
+
+class MonitoringSettings(_Section):
+    retention_days: int = Field(ge=1, le=3650)
+    """How long Prometheus keeps samples."""
+    storage_gb: int = Field(ge=5, le=16384)
+    """Prometheus volume (encrypted gp3)."""
+    slack_channel: str = "#ml-alerts"
+    """Where Alertmanager posts; the webhook itself is the secret `mlops-platform:alertSlackWebhook`."""
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+
 class BudgetSettings(_Section):
     monthly_usd: float = Field(gt=0)
     alert_threshold_percent: int = Field(ge=1, le=1000)
@@ -287,6 +307,7 @@ class PlatformSettings(_Section):
     database: DatabaseSettings
     cluster: ClusterSettings
     tracking: TrackingServerSettings
+    monitoring: MonitoringSettings
     endpoints: list[EndpointSettings] = Field(default_factory=list)
     """Model endpoints this stack serves."""
     budget: BudgetSettings
@@ -312,7 +333,7 @@ def load_settings(raw: Mapping[str, Any], *, stack: str, region: str | None) -> 
 
     Raises ``SettingsError`` listing every problem; nothing is declared before this returns.
     """
-    raw = dict(raw)
+    raw = {k: v for k, v in raw.items() if k not in SECRET_KEYS}
     profile = raw.pop("profile", None)
     if profile not in PROFILES:
         allowed = ", ".join(json.dumps(p) for p in PROFILE_NAMES)

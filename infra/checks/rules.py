@@ -397,11 +397,17 @@ def _plain_secrets(inv: Inventory):
                     yield r, f"env {env['name']} holds a literal value"
     for r in inv.of_type("kubernetes:helm.sh/v3:Release"):
         for path, value in _leaves(r.inputs.get("values") or {}):
-            if _SECRET_NAME.search(path.rsplit(".", 1)[-1]) and isinstance(value, str) and value not in _NOT_SECRET_VALUES and not path.endswith(("Ref", "Name", "Key", "existingSecret", "secretName")):
+            key = re.sub(r"\[\d+\]$", "", path.rsplit(".", 1)[-1])
+            if key in ("secrets", "existingSecret", "secretName") or key.endswith(("Ref", "Name", "Key", "File", "_file")):
+                continue  # names of secrets and paths to them, not secrets
+            if _SECRET_NAME.search(key) and isinstance(value, str) and value not in _NOT_SECRET_VALUES:
                 yield r, f"Helm value {path} holds a literal secret"
     for r in inv.of_type("kubernetes:core/v1:Secret"):
         for field in ("stringData", "data"):
-            for key, value in (r.inputs.get(field) or {}).items():
+            content = r.inputs.get(field) or {}
+            if not isinstance(content, dict):
+                continue  # the whole mapping is a Pulumi secret
+            for key, value in content.items():
                 if value not in _NOT_SECRET_VALUES:
                     yield r, f"{field}.{key} is stored in plain text in the program (use Secrets Manager or a secret config value)"
 

@@ -359,6 +359,22 @@ def _ebs_volume(p: _Pricer, r: Resource) -> None:
     p.line(r, f"EBS {kind} {r.inputs.get('size', 0)} GB", f"ebs.{kind}.storage", r.inputs.get("size", 0), "provisioned size", per_hour=False)
 
 
+def _helm_release(p: _Pricer, r: Resource) -> None:
+    """Charts run on priced nodes; kube-prometheus-stack also claims EBS volumes for its data."""
+    if not str(r.inputs.get("chart", "")).endswith("kube-prometheus-stack"):
+        return
+    values = r.inputs.get("values") or {}
+    claims = {
+        "Prometheus": ((values.get("prometheus") or {}).get("prometheusSpec") or {}).get("storageSpec"),
+        "Alertmanager": ((values.get("alertmanager") or {}).get("alertmanagerSpec") or {}).get("storage"),
+    }
+    for what, spec in claims.items():
+        size = (((spec or {}).get("volumeClaimTemplate") or {}).get("spec") or {}).get("resources", {}).get("requests", {}).get("storage")
+        if size:
+            gb = float(str(size).removesuffix("Gi"))
+            p.line(r, f"{what} volume {gb:g} GB gp3", "ebs.gp3.storage", gb, "persistent volume claimed by the chart", per_hour=False)
+
+
 def _sagemaker_mlflow(p: _Pricer, r: Resource) -> None:
     size = str(r.inputs.get("trackingServerSize", "Small")).lower()
     p.line(r, f"SageMaker managed MLflow ({size})", f"sagemaker.mlflow.{size}", 1, "730 h")
@@ -384,6 +400,7 @@ RULES: dict[str, Callable[[_Pricer, Resource], None]] = {
     "aws:sqs/queue:Queue": _sqs,
     "aws:ebs/volume:Volume": _ebs_volume,
     "aws:sagemaker/mlflowTrackingServer:MlflowTrackingServer": _sagemaker_mlflow,
+    "kubernetes:helm.sh/v3:Release": _helm_release,
 }
 
 

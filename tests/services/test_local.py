@@ -20,7 +20,8 @@ def test_local_plane_registers_champion_and_stops_cleanly(tmp_path):
     assert "sample request    POST /invocations (2 rows) -> [" in result.stdout and "from version 1" in result.stdout
     assert (tmp_path / "admin-password").stat().st_mode & 0o077 == 0  # only the owner may read it
     urls = re.findall(r"http://127\.0\.0\.1:(\d+)", result.stdout)
-    assert len(urls) >= 3
+    assert "prometheus        http://127.0.0.1:" in result.stdout
+    assert len(urls) >= 4
     for port in urls:
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open after --once"

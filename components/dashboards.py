@@ -1,0 +1,81 @@
+"""Grafana dashboards as code, built with Grafana Labs' grafana-foundation-sdk.
+
+Three dashboards: model endpoints (traffic, latency, errors, batch sizes, model version, drift
+per feature, for the endpoint picked in a variable), GPUs (utilisation and memory from the
+DCGM exporter), and the tracking server. The monitoring component ships each as a ConfigMap
+labelled `grafana_dashboard: "1"`, which Grafana's sidecar provisions.
+"""
+
+from __future__ import annotations
+
+import json
+
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+
+EP = 'endpoint=~"$endpoint"'
+
+
+def _panel(title: str, unit: str, *queries: tuple[str, str], width: int = 12) -> timeseries.Panel:
+    panel = timeseries.Panel().title(title).unit(unit).height(8).span(width)
+    for expr, legend in queries:
+        panel = panel.with_target(prometheus.Dataquery().expr(expr).legend_format(legend))
+    return panel
+
+
+def serving_dashboard() -> dict:
+    variable = dashboard.QueryVariable("endpoint").label("endpoint").query("label_values(serving_requests_total, endpoint)").multi(True).include_all(True)
+    board = (
+        dashboard.Dashboard("Model endpoints").uid("mlops-serving").tags(["mlops", "serving"]).refresh("30s").time("now-3h", "now")
+        .with_variable(variable)
+        .with_panel(_panel("Requests per second by status", "reqps", (f"sum by (endpoint, status) (rate(serving_requests_total{{{EP}}}[5m]))", "{{endpoint}} {{status}}")))
+        .with_panel(_panel("Latency p50 / p99", "s",
+                           (f"histogram_quantile(0.5, sum by (endpoint, le) (rate(serving_request_duration_seconds_bucket{{{EP}}}[5m])))", "p50 {{endpoint}}"),
+                           (f"histogram_quantile(0.99, sum by (endpoint, le) (rate(serving_request_duration_seconds_bucket{{{EP}}}[5m])))", "p99 {{endpoint}}")))
+        .with_panel(_panel("Error ratio (5xx)", "percentunit",
+                           (f'sum by (endpoint) (rate(serving_requests_total{{{EP},status=~"5.."}}[5m])) / sum by (endpoint) (rate(serving_requests_total{{{EP}}}[5m]))', "{{endpoint}}")))
+        .with_panel(_panel("Rows per model call (batching)", "short",
+                           (f"sum by (endpoint) (rate(serving_batch_rows_sum{{{EP}}}[5m])) / sum by (endpoint) (rate(serving_batch_rows_count{{{EP}}}[5m]))", "{{endpoint}}")))
+        .with_panel(stat.Panel().title("Model version served").height(6).span(12)
+                    .with_target(prometheus.Dataquery().expr(f"max by (endpoint, version) (serving_model_version_info{{{EP}}}) == 1").legend_format("{{endpoint}} v{{version}}")))
+        .with_panel(_panel("Data drift (PSI) per feature", "short", (f"max by (endpoint, feature) (serving_feature_drift_psi{{{EP}}})", "{{endpoint}} {{feature}}")))
+        .with_panel(_panel("Prediction distribution (p50 / p90)", "short",
+                           (f"histogram_quantile(0.5, sum by (endpoint, le) (rate(serving_prediction_value_bucket{{{EP}}}[15m])))", "p50 {{endpoint}}"),
+                           (f"histogram_quantile(0.9, sum by (endpoint, le) (rate(serving_prediction_value_bucket{{{EP}}}[15m])))", "p90 {{endpoint}}")))
+        .with_panel(_panel("Model loads", "short",
+                           (f"sum by (endpoint) (increase(serving_model_swaps_total{{{EP}}}[1h]))", "swaps {{endpoint}}"),
+                           (f"sum by (endpoint) (increase(serving_model_load_failures_total{{{EP}}}[1h]))", "failed loads {{endpoint}}")))
+    )
+    return board.build()
+
+
+def gpu_dashboard() -> dict:
+    board = (
+        dashboard.Dashboard("GPUs").uid("mlops-gpus").tags(["mlops", "gpu"]).refresh("30s").time("now-6h", "now")
+        .with_panel(_panel("GPU utilisation", "percent", ("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} gpu{{gpu}}")))
+        .with_panel(_panel("GPU memory used", "decmbytes", ("max by (Hostname, gpu) (DCGM_FI_DEV_FB_USED)", "{{Hostname}} gpu{{gpu}}")))
+        .with_panel(_panel("GPUs requested by pending pods", "short",
+                           ('sum(kube_pod_container_resource_requests{resource="nvidia_com_gpu"} * on (namespace, pod) group_left () max by (namespace, pod) (kube_pod_status_phase{phase="Pending"}))', "pending GPUs")))
+        .with_panel(_panel("GPU nodes", "short", ('count(kube_node_labels{label_mlops_platform_pool="gpu"}) or vector(0)', "nodes")))
+    )
+    return board.build()
+
+
+def tracking_dashboard() -> dict:
+    board = (
+        dashboard.Dashboard("Tracking server").uid("mlops-tracking").tags(["mlops", "mlflow"]).refresh("1m").time("now-6h", "now")
+        .with_panel(_panel("Ready replicas", "short", ('kube_deployment_status_replicas_available{namespace="mlflow", deployment="mlflow-tracking"}', "ready")))
+        .with_panel(_panel("Container restarts", "short", ('sum(increase(kube_pod_container_status_restarts_total{namespace="mlflow"}[1h]))', "restarts/h")))
+        .with_panel(_panel("CPU", "short", ('sum(rate(container_cpu_usage_seconds_total{namespace="mlflow", container="mlflow"}[5m]))', "cores")))
+        .with_panel(_panel("Memory", "bytes", ('sum(container_memory_working_set_bytes{namespace="mlflow", container="mlflow"})', "working set")))
+    )
+    return board.build()
+
+
+def dashboards() -> dict[str, str]:
+    """File name -> dashboard JSON, as Grafana's sidecar loads them."""
+    return {
+        "mlops-serving.json": json.dumps(serving_dashboard(), cls=JSONEncoder),
+        "mlops-gpus.json": json.dumps(gpu_dashboard(), cls=JSONEncoder),
+        "mlops-tracking.json": json.dumps(tracking_dashboard(), cls=JSONEncoder),
+    }
