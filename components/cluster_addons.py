@@ -160,13 +160,10 @@ class ClusterAddons(pulumi.ComponentResource):
             policy=load_balancer_controller_policy(),
             parent=self,
         )
-        chart = versions.AWS_LOAD_BALANCER_CONTROLLER
-        self.load_balancer_controller = k8s.helm.v3.Release(
+        self.load_balancer_controller = versions.helm_release(
             f"{name}-aws-load-balancer-controller",
-            name="aws-load-balancer-controller",
-            chart=chart.chart,
-            version=chart.version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=chart.repo),
+            versions.AWS_LOAD_BALANCER_CONTROLLER,
+            release="aws-load-balancer-controller",
             namespace="kube-system",
             values={
                 "clusterName": args.cluster_name,

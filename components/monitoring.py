@@ -123,13 +123,10 @@ class Monitoring(pulumi.ComponentResource):
         storage = {"volumeClaimTemplate": {"spec": {"storageClassName": args.storage_class, "accessModes": ["ReadWriteOnce"],
                                                     "resources": {"requests": {"storage": f"{args.storage_gb}Gi"}}}}}
         placement = {"nodeSelector": args.node_selector} if args.node_selector else {}
-        chart = versions.KUBE_PROMETHEUS_STACK
-        self.release = k8s.helm.v3.Release(
+        self.release = versions.helm_release(
             f"{name}-kube-prometheus-stack",
-            name="kube-prometheus-stack",
-            chart=chart.chart,
-            version=chart.version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=chart.repo),
+            versions.KUBE_PROMETHEUS_STACK,
+            release="kube-prometheus-stack",
             namespace=NAMESPACE,
             values={
                 "crds": {"enabled": True},
@@ -157,13 +154,10 @@ class Monitoring(pulumi.ComponentResource):
         )
         after_stack = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
 
-        dcgm = versions.DCGM_EXPORTER
-        k8s.helm.v3.Release(
+        versions.helm_release(
             f"{name}-dcgm-exporter",
-            name="dcgm-exporter",
-            chart=dcgm.chart,
-            version=dcgm.version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=dcgm.repo),
+            versions.DCGM_EXPORTER,
+            release="dcgm-exporter",
             namespace=NAMESPACE,
             values={
                 "nodeSelector": args.gpu_node_selector,  # GPU nodes only: CPU nodes pay nothing for it

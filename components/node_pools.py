@@ -305,19 +305,17 @@ class NodePools(pulumi.ComponentResource):
             parent=self,
         )
 
-        crds = k8s.helm.v3.Release(
+        crds = versions.helm_release(
             f"{name}-karpenter-crd",
-            name="karpenter-crd",
-            chart=versions.KARPENTER_CRD.chart,
-            version=versions.KARPENTER_CRD.version,
+            versions.KARPENTER_CRD,
+            release="karpenter-crd",
             namespace=NAMESPACE,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
         )
-        self.karpenter = k8s.helm.v3.Release(
+        self.karpenter = versions.helm_release(
             f"{name}-karpenter",
-            name="karpenter",
-            chart=versions.KARPENTER.chart,
-            version=versions.KARPENTER.version,
+            versions.KARPENTER,
+            release="karpenter",
             namespace=NAMESPACE,
             skip_crds=True,  # owned by the karpenter-crd release above
             values={
@@ -360,12 +358,10 @@ class NodePools(pulumi.ComponentResource):
 
         self.gpu_node_selector = {POOL_LABEL: "gpu"}
         self.gpu_toleration = {"key": GPU_TAINT["key"], "operator": "Equal", "value": GPU_TAINT["value"], "effect": GPU_TAINT["effect"]}
-        k8s.helm.v3.Release(
+        versions.helm_release(
             f"{name}-nvidia-device-plugin",
-            name="nvidia-device-plugin",
-            chart=versions.NVIDIA_DEVICE_PLUGIN.chart,
-            version=versions.NVIDIA_DEVICE_PLUGIN.version,
-            repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=versions.NVIDIA_DEVICE_PLUGIN.repo),
+            versions.NVIDIA_DEVICE_PLUGIN,
+            release="nvidia-device-plugin",
             namespace=NAMESPACE,
             values={
                 # Only GPU nodes run the plugin; a list replaces the chart's default node affinity.

@@ -122,13 +122,15 @@ class ServingPlane(pulumi.ComponentResource):
 
 
 class ServingEndpoint(pulumi.ComponentResource):
+    endpoint: str
+    """The endpoint's name in the stack file."""
     url_path: str
     """Path on the serving ALB: `/<endpoint>/invocations`."""
     deployments: dict[str, k8s.apps.v1.Deployment]
 
     def __init__(self, name: str, args: ServingEndpointArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(ENDPOINT_TOKEN, name, None, opts)
-        ep = args.endpoint
+        ep = self.endpoint = args.endpoint
         capture_prefix = f"captures/{ep}"
         role = workload_role(
             f"{name}-workload",

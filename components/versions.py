@@ -7,6 +7,10 @@ offline preview. Check the compatibility notes before bumping.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
 
 
 @dataclass(frozen=True)
@@ -34,3 +38,19 @@ DCGM_EXPORTER = HelmChart(chart="dcgm-exporter", version="4.8.3", repo="https://
 EBS_CSI_ADDON = "aws-ebs-csi-driver"
 """EKS managed add-on; its version defaults to the one AWS marks default for the cluster's
 Kubernetes version, so it moves only when the cluster version does (override in settings)."""
+
+
+def helm_release(resource_name: str, chart: HelmChart, *, release: str, namespace: str, opts: pulumi.ResourceOptions,
+                 values: dict[str, Any] | None = None, **extra: Any) -> k8s.helm.v3.Release:
+    """A Helm release of a pinned chart (the one way the platform installs charts)."""
+    return k8s.helm.v3.Release(
+        resource_name,
+        name=release,
+        chart=chart.chart,
+        version=chart.version,
+        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=chart.repo) if chart.repo else None,
+        namespace=namespace,
+        values=values or {},
+        opts=opts,
+        **extra,
+    )

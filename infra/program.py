@@ -186,7 +186,6 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
             ),
             opts=pulumi.ResourceOptions(parent=plane, depends_on=[plane.namespace]),
         )
-        endpoint.endpoint = e.name
         endpoints.append(endpoint)
     return endpoints
 
