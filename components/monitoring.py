@@ -32,6 +32,8 @@ TOKEN = "mlops:monitoring:Monitoring"
 NAMESPACE = "monitoring"
 MONITORING_NAMESPACE_LABEL = "mlops.platform/monitoring"
 SLACK_SECRET = "alertmanager-slack"
+RPS_METRIC = "serving_requests_per_second"
+"""Pods metric the adapter serves from `serving_requests_total` (the endpoints' HPAs scale on it)."""
 GRAFANA_SECRET = "grafana-admin"
 
 
@@ -163,6 +165,23 @@ class Monitoring(pulumi.ComponentResource):
                 "nodeSelector": args.gpu_node_selector,  # GPU nodes only: CPU nodes pay nothing for it
                 "tolerations": [dict(args.gpu_toleration)] if args.gpu_toleration else [],
                 "serviceMonitor": {"enabled": True, "interval": "15s"},
+            },
+            opts=after_stack,
+        )
+        versions.helm_release(
+            f"{name}-prometheus-adapter",
+            versions.PROMETHEUS_ADAPTER,
+            release="prometheus-adapter",
+            namespace=NAMESPACE,
+            values={
+                "prometheus": {"url": f"http://kube-prometheus-stack-prometheus.{NAMESPACE}.svc", "port": 9090},
+                "rules": {"default": False, "custom": [{
+                    "seriesQuery": 'serving_requests_total{namespace!="",pod!=""}',
+                    "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+                    "name": {"matches": "^serving_requests_total$", "as": RPS_METRIC},
+                    "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)",
+                }]},
+                **placement,
             },
             opts=after_stack,
         )

@@ -38,7 +38,7 @@ PLANE_TOKEN = "mlops:k8s:ServingPlane"
 ENDPOINT_TOKEN = "mlops:k8s:ServingEndpoint"
 NAMESPACE = "serving"
 PORT = 8080
-from components.monitoring import MONITORING_NAMESPACE_LABEL  # noqa: E402 - the namespace allowed to scrape /metrics
+from components.monitoring import MONITORING_NAMESPACE_LABEL, RPS_METRIC  # noqa: E402
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,7 +175,7 @@ class ServingEndpoint(pulumi.ComponentResource):
         metric = (
             {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": args.autoscaling_target}}}
             if args.autoscaling_metric == "cpu"
-            else {"type": "Pods", "pods": {"metric": {"name": "serving_requests_per_second"}, "target": {"type": "AverageValue", "averageValue": str(args.autoscaling_target)}}}
+            else {"type": "Pods", "pods": {"metric": {"name": RPS_METRIC}, "target": {"type": "AverageValue", "averageValue": str(args.autoscaling_target)}}}
         )
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",

@@ -32,6 +32,8 @@ AWS_LOAD_BALANCER_CONTROLLER = HelmChart(chart="aws-load-balancer-controller", v
 
 KUBE_PROMETHEUS_STACK = HelmChart(chart="kube-prometheus-stack", version="88.2.0", repo="https://prometheus-community.github.io/helm-charts")
 """Prometheus, Alertmanager, Grafana, kube-state-metrics, node-exporter and the operator CRDs."""
+PROMETHEUS_ADAPTER = HelmChart(chart="prometheus-adapter", version="5.2.0", repo="https://prometheus-community.github.io/helm-charts")
+"""Serves `serving_requests_per_second` to HPAs of endpoints with `autoscaling.metric: rps`."""
 DCGM_EXPORTER = HelmChart(chart="dcgm-exporter", version="4.8.3", repo="https://nvidia.github.io/dcgm-exporter/helm-charts")
 """NVIDIA GPU metrics (DCGM_FI_DEV_*), on GPU nodes only."""
 

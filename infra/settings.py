@@ -225,8 +225,8 @@ class ReplicaRange(_Section):
 
 class AutoscalingSettings(_Section):
     metric: Literal["cpu", "rps"] = "cpu"
-    """`cpu`: average CPU utilisation of the pods; `rps`: requests per second per pod (served by the
-    monitoring stack's Prometheus adapter as the `serving_requests_per_second` pods metric)."""
+    """`cpu`: average CPU utilisation of the pods; `rps`: requests per second per pod (the monitoring
+    component's prometheus-adapter serves it as the `serving_requests_per_second` pods metric)."""
     target: int = Field(default=70, ge=1, le=100000)
     """Percent of the CPU request for `cpu`; requests per second per pod for `rps`."""
 

@@ -105,3 +105,16 @@ def test_dashboards_are_generated_and_provisioned_through_the_sidecar(stack_inve
     gpus = " ".join(t["expr"] for p in boards["mlops-gpus.json"]["panels"] for t in p["targets"])
     assert "DCGM_FI_DEV_GPU_UTIL" in gpus and "DCGM_FI_DEV_FB_USED" in gpus
     assert boards["mlops-tracking.json"]["panels"]
+
+
+def test_rps_autoscaling_is_served_by_the_metrics_adapter():
+    config = load_stack_config("dev")
+    runtime = config.runtime_config()
+    runtime["mlops-platform:endpoints"] = json.dumps([{"name": "busy", "model": "m", "autoscaling": {"metric": "rps", "target": 150}}])
+    inventory = run_offline(program, project=config.project, stack="dev", config=runtime)
+    (hpa,) = inventory.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    metric = hpa.inputs["spec"]["metrics"][0]["pods"]
+    adapter = next(r for r in inventory.of_type(RELEASE) if r.inputs["chart"] == "prometheus-adapter").inputs["values"]
+    (rule,) = adapter["rules"]["custom"]
+    assert metric["metric"]["name"] == rule["name"]["as"] and metric["target"]["averageValue"] == "150"
+    assert rule["seriesQuery"].startswith("serving_requests_total")
