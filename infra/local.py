@@ -150,47 +150,62 @@ def start_local_prometheus(plane: LocalPlane) -> Server:
     return start_prometheus(plane.workdir / "prometheus", {"serving": target}, rules_file=rules, scrape_interval="5s")
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a supervisor, `kill`, `timeout`) stops everything, as Ctrl-C does."""
+    import signal
+
+    def interrupt(signum, frame):  # noqa: ARG001 - the signal handler's signature
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(workdir: Path, *, once: bool) -> LocalPlane:
+    _stop_on_sigterm()
     workdir.mkdir(parents=True, exist_ok=True)
     plane = LocalPlane(workdir=workdir)
-    with ExitStack() as stack:
-        say("starting S3 (moto) on loopback")
-        moto = start_moto(workdir)
-        stack.callback(moto.stop)
-        plane.servers["s3"] = moto
-        boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local").create_bucket(Bucket=BUCKET)
+    try:
+        with ExitStack() as stack:
+            say("starting S3 (moto) on loopback")
+            moto = start_moto(workdir)
+            stack.callback(moto.stop)
+            plane.servers["s3"] = moto
+            boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local").create_bucket(Bucket=BUCKET)
 
-        say("starting the tracking server (MLflow, basic auth, artifacts in S3)")
-        tracking = start_tracking(plane, moto)
-        stack.callback(tracking.stop)
-        plane.servers["tracking"] = tracking
+            say("starting the tracking server (MLflow, basic auth, artifacts in S3)")
+            tracking = start_tracking(plane, moto)
+            stack.callback(tracking.stop)
+            plane.servers["tracking"] = tracking
 
-        say("training the example model and registering it as @champion")
-        register_example(plane)
+            say("training the example model and registering it as @champion")
+            register_example(plane)
 
-        say("starting the model server on models:/diabetes@champion")
-        serving = start_serving(plane, moto)
-        stack.callback(serving.stop)
-        plane.servers["serving"] = serving
-        plane.notes.append("sample request    " + sample_request(plane))
+            say("starting the model server on models:/diabetes@champion")
+            serving = start_serving(plane, moto)
+            stack.callback(serving.stop)
+            plane.servers["serving"] = serving
+            plane.notes.append("sample request    " + sample_request(plane))
 
-        say("starting Prometheus, scraping the model server, with the platform's alert rules")
-        prometheus = start_local_prometheus(plane)
-        stack.callback(prometheus.stop)
-        plane.servers["prometheus"] = prometheus
+            say("starting Prometheus, scraping the model server, with the platform's alert rules")
+            prometheus = start_local_prometheus(plane)
+            stack.callback(prometheus.stop)
+            plane.servers["prometheus"] = prometheus
 
-        print_summary(plane)
-        if not once:
-            say("running; press Ctrl-C to stop everything")
-            try:
-                while all(s.process.poll() is None for s in plane.servers.values()):
-                    time.sleep(1)
-                dead = [s for s in plane.servers.values() if s.process.poll() is not None]
-                for server in dead:
-                    say(f"{server.name} exited with {server.process.returncode}; its log: {server.log}")
-            except KeyboardInterrupt:
-                print()
-        say("stopping")
+            print_summary(plane)
+            if not once:
+                say("running; press Ctrl-C to stop everything")
+                try:
+                    while all(s.process.poll() is None for s in plane.servers.values()):
+                        time.sleep(1)
+                    dead = [s for s in plane.servers.values() if s.process.poll() is not None]
+                    for server in dead:
+                        say(f"{server.name} exited with {server.process.returncode}; its log: {server.log}")
+                except KeyboardInterrupt:
+                    print()
+            say("stopping")
+    except KeyboardInterrupt:  # during start-up: the ExitStack has stopped what was started
+        print()
+        say("interrupted; everything started so far is stopped")
     return plane
 
 

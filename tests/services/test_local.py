@@ -25,3 +25,26 @@ def test_local_plane_registers_champion_and_stops_cleanly(tmp_path):
     for port in urls:
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open after --once"
+
+
+def test_sigterm_stops_the_whole_plane(tmp_path):
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "infra.cli", "local", "--workdir", str(tmp_path)], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        output.append(line)
+        if "press Ctrl-C" in line or process.poll() is not None:
+            break
+    ports = re.findall(r"http://127\.0\.0\.1:(\d+)", "".join(output))
+    assert len(ports) >= 4, "".join(output)
+    os.kill(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    for port in ports:
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open after SIGTERM"
