@@ -283,27 +283,33 @@ class TrackingServer(pulumi.ComponentResource):
             "volumes": [TMP_VOLUME],
         }
 
-        # Named after the image: a new version gets a new Job, which must complete first.
-        migration_name = "mlflow-migrate-" + hashlib.sha256(args.image.encode()).hexdigest()[:8]
-        migration = k8s.batch.v1.Job(
-            f"{name}-migrate",
-            metadata={"name": migration_name, "namespace": NAMESPACE, "labels": APP_LABELS},
-            spec={
-                "backoffLimit": 2,
-                "template": {
-                    "metadata": {"labels": {**APP_LABELS, "app.kubernetes.io/component": "migrate"}},
-                    "spec": {
-                        **pod_common,
-                        "restartPolicy": "Never",
-                        "containers": [{
-                            "name": "migrate", "image": args.image, "args": ["migrate"], "env": env_list(settings_env),
-                            "resources": resources("100m", "512Mi"), "securityContext": CONTAINER_SECURITY_CONTEXT, "volumeMounts": [TMP_MOUNT],
-                        }],
+        image_hash = hashlib.sha256(args.image.encode()).hexdigest()[:8]
+
+        def entrypoint_job(role: str, command: str, *, backoff: int, cpu: str, memory: str, after: list[pulumi.Resource]) -> k8s.batch.v1.Job:
+            """A Job running one entrypoint command of the tracking image, named after the image:
+            a new version gets a new Job."""
+            return k8s.batch.v1.Job(
+                f"{name}-{role}",
+                metadata={"name": f"mlflow-{role}-{image_hash}", "namespace": NAMESPACE, "labels": APP_LABELS},
+                spec={
+                    "backoffLimit": backoff,
+                    "template": {
+                        "metadata": {"labels": {**APP_LABELS, "app.kubernetes.io/component": role}},
+                        "spec": {
+                            **pod_common,
+                            "restartPolicy": "Never",
+                            "containers": [{
+                                "name": role, "image": args.image, "args": [command], "env": env_list(settings_env),
+                                "resources": resources(cpu, memory), "securityContext": CONTAINER_SECURITY_CONTEXT, "volumeMounts": [TMP_MOUNT],
+                            }],
+                        },
                     },
                 },
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[namespace, self.database], delete_before_replace=True),
-        )
+                opts=pulumi.ResourceOptions(parent=self, depends_on=after, delete_before_replace=True),
+            )
+
+        # Migrations must complete before the new server version rolls out (the Deployment depends on it).
+        migration = entrypoint_job("migrate", "migrate", backoff=2, cpu="100m", memory="512Mi", after=[namespace, self.database])
 
         server_labels = {**APP_LABELS, "app.kubernetes.io/component": "server"}
         deployment = k8s.apps.v1.Deployment(
@@ -336,25 +342,7 @@ class TrackingServer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[migration]),
         )
         # The read-only user model servers log in as; runs once the new server version is up.
-        k8s.batch.v1.Job(
-            f"{name}-ensure-reader",
-            metadata={"name": "mlflow-ensure-reader-" + hashlib.sha256(args.image.encode()).hexdigest()[:8], "namespace": NAMESPACE, "labels": APP_LABELS},
-            spec={
-                "backoffLimit": 6,
-                "template": {
-                    "metadata": {"labels": {**APP_LABELS, "app.kubernetes.io/component": "ensure-reader"}},
-                    "spec": {
-                        **pod_common,
-                        "restartPolicy": "Never",
-                        "containers": [{
-                            "name": "ensure-reader", "image": args.image, "args": ["ensure-user"], "env": env_list(settings_env),
-                            "resources": resources("50m", "256Mi"), "securityContext": CONTAINER_SECURITY_CONTEXT, "volumeMounts": [TMP_MOUNT],
-                        }],
-                    },
-                },
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment], delete_before_replace=True),
-        )
+        entrypoint_job("ensure-reader", "ensure-user", backoff=6, cpu="50m", memory="256Mi", after=[deployment])
         service = k8s.core.v1.Service(
             f"{name}-svc",
             metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "labels": server_labels},
