@@ -19,11 +19,12 @@ import re
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from infra.local import AWS_ENV, BUCKET, LocalPlane, register_example, start_tracking
-from infra.processes import LOOPBACK, free_port, start, start_moto, wait_http
+from infra.local import LocalPlane, start_tracking_plane
+from infra.processes import LOOPBACK, free_port, start, wait_http
 from infra.stackfile import REPO_ROOT
 from services.serving.settings import available_cpus
 
@@ -74,29 +75,19 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     plane = LocalPlane(workdir=workdir)
-    servers = []
-    try:
+    with ExitStack() as stack:
         print(f"[bench] {args.workers} worker(s) per server, wrk -t{args.threads} -c{args.connections} -d{args.duration}s, on {available_cpus()} CPU(s)")
-        moto = start_moto(workdir)
-        servers.append(moto)
-        plane.servers["s3"] = moto
-        import boto3
-
-        boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local").create_bucket(Bucket=BUCKET)
-        tracking = start_tracking(plane, moto)
-        servers.append(tracking)
-        plane.servers["tracking"] = tracking
-        register_example(plane)
+        moto = start_tracking_plane(plane, stack)
         env = {**plane.client_env(), "MLFLOW_S3_ENDPOINT_URL": moto.url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
         ours_port, theirs_port = free_port(), free_port()
         ours = start("serving", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{ours_port}", log_dir=workdir, cwd=REPO_ROOT,
                      env={**env, "SERVING_MODEL_NAME": plane.model_name, "SERVING_HOST": LOOPBACK, "SERVING_PORT": str(ours_port), "SERVING_WORKERS": str(args.workers)})
-        servers.append(ours)
+        stack.callback(ours.stop)
         theirs = start("mlflow-models-serve", [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{plane.model_name}@champion",
                        "--env-manager", "local", "--host", LOOPBACK, "--port", str(theirs_port), "--workers", str(args.workers)],
                        url=f"http://{LOOPBACK}:{theirs_port}", log_dir=workdir, cwd=REPO_ROOT, env=env)
-        servers.append(theirs)
+        stack.callback(theirs.stop)
         wait_http(ours, "/readyz", timeout=120)
         wait_http(theirs, "/ping", timeout=180)
 
@@ -109,9 +100,6 @@ def main() -> None:
                 results.append(Result(name, rows, rps, p50, p99, errors))
                 print(f"[bench] {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}")
         report(results, args)
-    finally:
-        for server in reversed(servers):
-            server.stop()
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:

@@ -55,6 +55,24 @@ def say(message: str) -> None:
     print(f"[local] {message}", flush=True)
 
 
+def tracking_env(workdir: Path, port: int, moto_url: str, admin_password: str, bucket: str = BUCKET) -> dict[str, str]:
+    """Environment of a tracking server on loopback: sqlite in `workdir`, artifacts in the moto bucket, auth on."""
+    return {
+        **AWS_ENV,
+        "MLFLOW_S3_ENDPOINT_URL": moto_url,
+        "TRACKING_BACKEND_STORE_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+        "TRACKING_AUTH_DATABASE_URI": f"sqlite:///{workdir / 'mlflow-auth.db'}",
+        "TRACKING_ARTIFACTS_DESTINATION": f"s3://{bucket}/mlflow",
+        "TRACKING_HOST": LOOPBACK,
+        "TRACKING_PORT": str(port),
+        "TRACKING_WORKERS": "1",
+        "TRACKING_ALLOWED_HOSTS": f"{LOOPBACK}:{port},localhost:{port}",
+        "TRACKING_CORS_ALLOWED_ORIGINS": f"http://{LOOPBACK}:{port},http://localhost:{port}",
+        "TRACKING_ADMIN_PASSWORD": admin_password,
+        "TRACKING_FLASK_SECRET_KEY": secrets.token_urlsafe(32),
+    }
+
+
 def start_tracking(plane: LocalPlane, moto: Server) -> Server:
     port = free_port()
     # The auth database keeps the admin user of an earlier run, with that run's password.
@@ -65,20 +83,7 @@ def start_tracking(plane: LocalPlane, moto: Server) -> Server:
         plane.admin_password = secrets.token_urlsafe(18)
         password_file.write_text(plane.admin_password + "\n")
         password_file.chmod(0o600)
-    env = {
-        **AWS_ENV,
-        "MLFLOW_S3_ENDPOINT_URL": moto.url,
-        "TRACKING_BACKEND_STORE_URI": f"sqlite:///{plane.workdir / 'mlflow.db'}",
-        "TRACKING_AUTH_DATABASE_URI": f"sqlite:///{plane.workdir / 'mlflow-auth.db'}",
-        "TRACKING_ARTIFACTS_DESTINATION": f"s3://{BUCKET}/mlflow",
-        "TRACKING_HOST": LOOPBACK,
-        "TRACKING_PORT": str(port),
-        "TRACKING_WORKERS": "1",
-        "TRACKING_ALLOWED_HOSTS": f"{LOOPBACK}:{port},localhost:{port}",
-        "TRACKING_CORS_ALLOWED_ORIGINS": f"http://{LOOPBACK}:{port},http://localhost:{port}",
-        "TRACKING_ADMIN_PASSWORD": plane.admin_password,
-        "TRACKING_FLASK_SECRET_KEY": secrets.token_urlsafe(32),
-    }
+    env = tracking_env(plane.workdir, port, moto.url, plane.admin_password)
     server = start(
         "tracking", [sys.executable, "-m", "services.tracking.entrypoint", "serve"],
         url=f"http://{LOOPBACK}:{port}", log_dir=plane.workdir, env=env, cwd=REPO_ROOT,
@@ -140,6 +145,25 @@ def sample_request(plane: LocalPlane) -> str:
     return f"POST /invocations (2 rows) -> {answer['predictions']} from version {version}"
 
 
+def start_tracking_plane(plane: LocalPlane, stack: ExitStack) -> Server:
+    """S3 (moto) with the artifact bucket, the tracking server, and the example model as
+    @champion; each server stops when `stack` closes. Returns the S3 server."""
+    say("starting S3 (moto) on loopback")
+    moto = start_moto(plane.workdir)
+    stack.callback(moto.stop)
+    plane.servers["s3"] = moto
+    boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local").create_bucket(Bucket=BUCKET)
+
+    say("starting the tracking server (MLflow, basic auth, artifacts in S3)")
+    tracking = start_tracking(plane, moto)
+    stack.callback(tracking.stop)
+    plane.servers["tracking"] = tracking
+
+    say("training the example model and registering it as @champion")
+    register_example(plane)
+    return moto
+
+
 def start_local_prometheus(plane: LocalPlane) -> Server:
     from components.alerts import AlertThresholds, EndpointObjective, rule_groups, rules_file
     from infra.processes import start_prometheus
@@ -166,19 +190,7 @@ def run(workdir: Path, *, once: bool) -> LocalPlane:
     plane = LocalPlane(workdir=workdir)
     try:
         with ExitStack() as stack:
-            say("starting S3 (moto) on loopback")
-            moto = start_moto(workdir)
-            stack.callback(moto.stop)
-            plane.servers["s3"] = moto
-            boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local").create_bucket(Bucket=BUCKET)
-
-            say("starting the tracking server (MLflow, basic auth, artifacts in S3)")
-            tracking = start_tracking(plane, moto)
-            stack.callback(tracking.stop)
-            plane.servers["tracking"] = tracking
-
-            say("training the example model and registering it as @champion")
-            register_example(plane)
+            moto = start_tracking_plane(plane, stack)
 
             say("starting the model server on models:/diabetes@champion")
             serving = start_serving(plane, moto)

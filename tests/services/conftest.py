@@ -10,6 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from infra import local
 from infra.processes import LOOPBACK, Server, free_port, start, start_moto, wait_http
 from infra.stackfile import REPO_ROOT
 
@@ -36,19 +37,8 @@ class Tracking:
 
 
 def tracking_env(tmp: Path, port: int, moto_url: str, password: str) -> dict[str, str]:
-    return {
-        **AWS_ENV,
-        "MLFLOW_S3_ENDPOINT_URL": moto_url,
-        "TRACKING_BACKEND_STORE_URI": f"sqlite:///{tmp / 'mlflow.db'}",
-        "TRACKING_AUTH_DATABASE_URI": f"sqlite:///{tmp / 'auth.db'}",
-        "TRACKING_ARTIFACTS_DESTINATION": f"s3://{BUCKET}/mlflow",
-        "TRACKING_HOST": LOOPBACK,
-        "TRACKING_PORT": str(port),
-        "TRACKING_WORKERS": "1",
-        "TRACKING_ALLOWED_HOSTS": f"{LOOPBACK}:{port},localhost:{port}",
-        "TRACKING_ADMIN_PASSWORD": password,
-        "TRACKING_FLASK_SECRET_KEY": secrets.token_urlsafe(32),
-    }
+    """The local plane's tracking environment, with this session's bucket and credentials."""
+    return {**local.tracking_env(tmp, port, moto_url, password, bucket=BUCKET), **AWS_ENV}
 
 
 @pytest.fixture(scope="session")
