@@ -300,11 +300,33 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if problems else EXIT_OK
 
 
-def cmd_local(args: argparse.Namespace) -> int:
-    from infra.local import run
+def _duration(text: str) -> str:
+    """argparse type: a Prometheus duration (`5s`, `30m`)."""
+    from infra.local import prometheus_duration
 
     try:
-        run(Path(args.workdir), once=args.once)
+        return prometheus_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a number of seconds above 0 (e.g. 1, 0.5, 15)")
+    return value
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from infra.local import LocalTimings, run
+
+    timings = LocalTimings(scrape_interval=args.scrape_interval, drift_interval_seconds=args.drift_interval, drift_for=args.drift_for)
+    try:
+        run(Path(args.workdir), once=args.once, timings=timings)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
     return EXIT_OK
@@ -395,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     local.add_argument("--workdir", default="build/local", help="databases, logs and the admin password (default: build/local)")
     local.add_argument("--once", action="store_true", help="stop everything after the demo instead of waiting for Ctrl-C")
+    local.add_argument("--scrape-interval", type=_duration, default="5s", metavar="DURATION",
+                       help="Prometheus scrape and rule evaluation interval (default: 5s)")
+    local.add_argument("--drift-interval", type=_positive_seconds, default=15.0, metavar="SECONDS",
+                       help="how often the model server scores drift (default: 15)")
+    local.add_argument("--drift-for", type=_duration, default="30m", metavar="DURATION",
+                       help="how long PSI stays above the threshold before DataDriftHigh fires (default: 30m, the platform's)")
     local.set_defaults(handler=cmd_local)
     return parser
 

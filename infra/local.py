@@ -6,12 +6,13 @@ with a generated admin password, artifacts proxied into the moto bucket); trains
 example model, registers it and points `champion` at it; starts the model server from
 `services/serving` on `models:/diabetes@champion` and sends it a sample request; and starts
 a real Prometheus (Debian's) scraping the model server with the platform's alert rules. Ctrl-C (or the end of `--once`)
-stops everything, whole process groups included.
+stops everything, whole process groups included. `LocalTimings` says how fast drift is noticed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 import time
@@ -26,11 +27,41 @@ from infra.stackfile import REPO_ROOT
 
 BUCKET = "mlops-local-artifacts"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
+DRIFT_ALERT = "DataDriftHigh"
+_DURATION = re.compile(r"^[1-9][0-9]*(ms|s|m|h)$")
+
+
+def prometheus_duration(text: str) -> str:
+    """`text` if it is a Prometheus duration of one unit (`500ms`, `5s`, `30m`, `1h`); else ValueError."""
+    if not _DURATION.match(text):
+        raise ValueError(f"got {text!r}; allowed: a positive whole number followed by ms, s, m or h (e.g. 5s, 30m)")
+    return text
+
+
+@dataclass(frozen=True)
+class LocalTimings:
+    """How fast the local plane notices drift. The defaults are the platform's (the model server
+    scores drift every 15 s, Prometheus scrapes every 5 s, `DataDriftHigh` fires after 30 minutes
+    above the threshold); a demo or a test shortens them to see the alert in seconds."""
+
+    scrape_interval: str = "5s"
+    """Prometheus's scrape and rule evaluation interval."""
+    drift_interval_seconds: float = 15.0
+    """SERVING_DRIFT_INTERVAL_SECONDS of the model server."""
+    drift_for: str = "30m"
+    """The `for` of DataDriftHigh: how long PSI must stay above the threshold before it fires."""
+
+    def __post_init__(self) -> None:
+        prometheus_duration(self.scrape_interval)
+        prometheus_duration(self.drift_for)
+        if not self.drift_interval_seconds > 0:
+            raise ValueError(f"drift interval: got {self.drift_interval_seconds}; allowed: seconds > 0")
 
 
 @dataclass
 class LocalPlane:
     workdir: Path
+    timings: LocalTimings = field(default_factory=LocalTimings)
     servers: dict[str, Server] = field(default_factory=dict)
     admin_password: str = ""
     model_name: str = "diabetes"
@@ -122,6 +153,7 @@ def start_serving(plane: LocalPlane, moto: Server) -> Server:
         "SERVING_CAPTURE_BUCKET": BUCKET,
         "SERVING_CAPTURE_FLUSH_SECONDS": "5",
         "SERVING_S3_ENDPOINT_URL": moto.url,
+        "SERVING_DRIFT_INTERVAL_SECONDS": str(plane.timings.drift_interval_seconds),
     }
     server = start("serving", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{port}", log_dir=plane.workdir, env=env, cwd=REPO_ROOT)
     wait_http(server, "/readyz", timeout=120)
@@ -168,10 +200,25 @@ def start_local_prometheus(plane: LocalPlane) -> Server:
     from components.alerts import AlertThresholds, EndpointObjective, rule_groups, rules_file
     from infra.processes import start_prometheus
 
+    groups = rule_groups(AlertThresholds(), [EndpointObjective(plane.model_name, 250)])
     rules = plane.workdir / "rules.yaml"
-    rules.write_text(rules_file(rule_groups(AlertThresholds(), [EndpointObjective(plane.model_name, 250)])))
+    rules.write_text(rules_file(with_drift_for(groups, plane.timings.drift_for)))
     target = plane.servers["serving"].url.removeprefix("http://")
-    return start_prometheus(plane.workdir / "prometheus", {"serving": target}, rules_file=rules, scrape_interval="5s")
+    return start_prometheus(plane.workdir / "prometheus", {"serving": target}, rules_file=rules, scrape_interval=plane.timings.scrape_interval)
+
+
+def with_drift_for(groups: list[dict], duration: str) -> list[dict]:
+    """`groups` with the `for` of DataDriftHigh set to `duration`. The platform's thresholds count
+    whole minutes; the local plane may wait seconds, so it rewrites its own copy of the rule."""
+    found = 0
+    for group in groups:
+        for rule in group["rules"]:
+            if rule.get("alert") == DRIFT_ALERT:
+                rule["for"] = duration
+                found += 1
+    if not found:
+        raise RuntimeError(f"no {DRIFT_ALERT} rule among the platform's alert rules")
+    return groups
 
 
 def _stop_on_sigterm() -> None:
@@ -184,10 +231,11 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def run(workdir: Path, *, once: bool) -> LocalPlane:
+def run(workdir: Path, *, once: bool, timings: LocalTimings = LocalTimings()) -> LocalPlane:
     _stop_on_sigterm()
+    workdir = workdir.resolve()  # the servers run from the repository, the caller maybe not
     workdir.mkdir(parents=True, exist_ok=True)
-    plane = LocalPlane(workdir=workdir)
+    plane = LocalPlane(workdir=workdir, timings=timings)
     try:
         with ExitStack() as stack:
             moto = start_tracking_plane(plane, stack)
@@ -232,6 +280,8 @@ def print_summary(plane: LocalPlane) -> None:
     if "prometheus" in plane.servers:
         url = plane.servers["prometheus"].url
         print(f"  prometheus        {url}/graph   (alerts: {url}/alerts; try serving_feature_drift_psi)")
+        t = plane.timings
+        print(f"  drift alert       {DRIFT_ALERT} after {t.drift_for} above the threshold (drift scored every {t.drift_interval_seconds:g} s, scraped every {t.scrape_interval})")
     for note in plane.notes:
         print("  " + note)
     print(f"  logs              {plane.workdir}/*.log")

@@ -95,7 +95,12 @@ def start_moto(log_dir: Path) -> Server:
 
 def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path | None = None, scrape_interval: str = "2s") -> Server:
     """A real Prometheus (Debian's `prometheus`) on a free loopback port, scraping `targets`
-    (job name -> host:port) and evaluating `rules_file`."""
+    (job name -> host:port) and evaluating `rules_file`.
+
+    Paths in the generated config are absolute: Prometheus resolves `rule_files` relative to the
+    config file's directory, and a glob that matches nothing is not an error, so a path relative
+    to the caller's directory would start a Prometheus without alerts. Once it is ready, it must
+    report every rule group of `rules_file` (`require_rule_groups`), or it is stopped."""
     import shutil
 
     import yaml
@@ -103,12 +108,16 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
     binary = shutil.which("prometheus")
     if binary is None:
         raise RuntimeError("prometheus is not installed: `make setup` installs Debian's prometheus package (as root)")
+    log_dir = log_dir.resolve()
     port = free_port()
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()],
     }
+    written = 0
     if rules_file is not None:
+        rules_file = rules_file.resolve()
+        written = len((yaml.safe_load(rules_file.read_text()) or {}).get("groups") or [])
         config["rule_files"] = [str(rules_file)]
     config_path = log_dir / "prometheus.yml"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -119,5 +128,26 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
          f"--web.listen-address={LOOPBACK}:{port}", "--storage.tsdb.retention.time=1d"],
         url=f"http://{LOOPBACK}:{port}", log_dir=log_dir,
     )
-    wait_http(server, "/-/ready", timeout=60)
+    try:
+        wait_http(server, "/-/ready", timeout=60)
+        require_rule_groups(server, written)
+    except RuntimeError:
+        server.stop()
+        raise
     return server
+
+
+def require_rule_groups(server: Server, expected: int, *, timeout: float = 10) -> None:
+    """Raise unless Prometheus's `/api/v1/rules` lists at least `expected` rule groups within
+    `timeout` seconds: a Prometheus that silently loaded fewer rules than written raises no alert."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(server.url + "/api/v1/rules", timeout=5) as response:
+            loaded = len(json.loads(response.read())["data"]["groups"])
+        if loaded >= expected:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{server.name} at {server.url} loaded {loaded} rule group(s) of the {expected} written; its log: {server.log}")
+        time.sleep(0.25)
