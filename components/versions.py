@@ -34,8 +34,11 @@ KUBE_PROMETHEUS_STACK = HelmChart(chart="kube-prometheus-stack", version="88.2.0
 """Prometheus, Alertmanager, Grafana, kube-state-metrics, node-exporter and the operator CRDs."""
 PROMETHEUS_ADAPTER = HelmChart(chart="prometheus-adapter", version="5.2.0", repo="https://prometheus-community.github.io/helm-charts")
 """Serves `serving_requests_per_second` to HPAs of endpoints with `autoscaling.metric: rps`."""
-DCGM_EXPORTER = HelmChart(chart="dcgm-exporter", version="4.8.3", repo="https://nvidia.github.io/dcgm-exporter/helm-charts")
-"""NVIDIA GPU metrics (DCGM_FI_DEV_*), on GPU nodes only."""
+DCGM_EXPORTER = HelmChart(chart="dcgm-exporter", version="4.8.2", repo="https://nvidia.github.io/dcgm-exporter/helm-charts")
+"""NVIDIA GPU metrics (DCGM_FI_DEV_*), on GPU nodes only. Chart 4.8.2 (exporter 4.5.3-4.8.2, label
+`Hostname`) is the newest in NVIDIA's chart index: `helm-charts/index.yaml` on the gh-pages branch of
+github.com/NVIDIA/dcgm-exporter (commit ecd340dc) lists 4.8.2, 4.8.1, 4.8.0 and no 4.8.3; its
+`deployment/Chart.yaml` at tag 4.5.3-4.8.2 (commit 691c9276) says version 4.8.2."""
 
 EBS_CSI_ADDON = "aws-ebs-csi-driver"
 """EKS managed add-on; its version defaults to the one AWS marks default for the cluster's

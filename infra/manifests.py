@@ -1,21 +1,18 @@
 """Kubernetes objects from an inventory, and their validation against schemas.
 
 Core kinds are validated with `kubernetes-validate` against the schemas of the stack's
-Kubernetes version; the platform's custom resources (Karpenter's NodePool and EC2NodeClass)
-against JSON schemas in `components/schemas/`, written from Karpenter's v1 API reference
-for the fields the platform sets (the upstream CRDs cannot be fetched offline).
+Kubernetes version; the platform's custom resources (Karpenter's NodePool and EC2NodeClass, the
+Prometheus Operator's ServiceMonitor and PrometheusRule) against the `openAPIV3Schema` of the
+upstream CRDs of the pinned versions, committed under `components/upstream/` and made strict
+(unknown fields rejected: the API server would prune them silently) by `infra.upstream`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-from pathlib import Path
 from typing import Any
 
+from infra import upstream
 from infra.inventory import SECRET, Inventory, Resource
-
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "components" / "schemas"
 
 
 def is_manifest(resource: Resource) -> bool:
@@ -41,10 +38,12 @@ def manifest_of(resource: Resource) -> dict[str, Any]:
     return {"apiVersion": api_version, "kind": kind, **body}
 
 
-@functools.cache
 def _crd_schema(api_version: str, kind: str) -> dict[str, Any] | None:
-    path = SCHEMA_DIR / f"{api_version.replace('/', '_')}_{kind}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The upstream CRD's schema for a custom resource; None for a kind Kubernetes itself serves."""
+    try:
+        return upstream.crd_schema(api_version, kind)
+    except upstream.MissingReference:
+        return None
 
 
 def validate(manifest: dict[str, Any], kubernetes_version: str) -> list[str]:
@@ -54,8 +53,9 @@ def validate(manifest: dict[str, Any], kubernetes_version: str) -> list[str]:
 
     schema = _crd_schema(manifest["apiVersion"], manifest["kind"])
     if schema is not None:
-        validator = jsonschema.Draft202012Validator(schema)
-        return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(manifest)]
+        validator = jsonschema.Draft4Validator(schema)  # OpenAPI 3.0 schemas are draft-4 style
+        errors = sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
+        return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
     try:
         kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
     except kubernetes_validate.ValidationError as exc:

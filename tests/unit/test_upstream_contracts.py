@@ -1,0 +1,104 @@
+"""The contracts with upstream that mocks cannot check (issue 11, "Done when").
+
+- Every Helm value any stack sets is a value of the pinned chart (its committed default
+  `values.yaml`, subcharts included): Helm ignores a misspelt key, so the setting silently
+  does nothing.
+- Every custom resource any stack declares validates against the upstream CRD of the pinned
+  version, strict about unknown fields: the API server would prune them silently.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from components import versions
+from infra.manifests import is_manifest, manifest_of, validate
+from infra.stackfile import stack_names
+from infra.upstream import CRD_FILES, MissingReference, chart_defaults, chart_name, unknown_value_keys, values_file
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+STACKS = stack_names()
+
+
+def release_problems(release) -> list[str]:
+    defaults = chart_defaults(chart_name(release.inputs["chart"]), release.inputs["version"])
+    return unknown_value_keys(release.inputs.get("values") or {}, defaults)
+
+
+def release_of(inventory, chart: str):
+    return next(r for r in inventory.of_type(RELEASE) if chart_name(r.inputs["chart"]) == chart)
+
+
+def test_every_pinned_chart_has_its_default_values_committed():
+    charts = [c for c in vars(versions).values() if isinstance(c, versions.HelmChart)]
+    assert len(charts) >= 7
+    for chart in charts:
+        assert values_file(chart_name(chart.chart), chart.version).is_file()
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_helm_value_a_stack_sets_is_a_value_of_the_pinned_chart(stack_inventories, stack):
+    releases = stack_inventories[stack].of_type(RELEASE)
+    assert {chart_name(r.inputs["chart"]) for r in releases} >= {
+        "kube-prometheus-stack", "prometheus-adapter", "dcgm-exporter", "karpenter", "karpenter-crd",
+        "aws-load-balancer-controller", "nvidia-device-plugin",
+    }
+    problems = {f"{r.inputs['chart']} {r.inputs['version']}": release_problems(r) for r in releases}
+    assert {chart: found for chart, found in problems.items() if found} == {}
+
+
+def test_a_misspelt_or_misplaced_value_is_caught(stack_inventories):
+    release = copy.deepcopy(release_of(stack_inventories["dev"], "kube-prometheus-stack"))
+    values = release.inputs["values"]
+    values["prometheus"]["prometheusSpec"]["retentionn"] = "7d"
+    values["grafana"]["sidecar"]["dashboard"] = {"enabled": True}  # a subchart's key: `dashboards`
+    values.setdefault("kube-state-metrics", {})["metricLabelsAllowList"] = []  # the chart's key: `metricLabelsAllowlist`
+    values["kubeEtcd"] = {"enabled": {"really": False}}  # a map where the chart has a boolean
+    values["grafana"]["nodeSelector"] = {"any.label/key": "x"}  # label maps are the user's: fine
+    assert sorted(release_problems(release)) == [
+        "grafana.sidecar.dashboard: not a value of the chart",
+        "kube-state-metrics.metricLabelsAllowList: not a value of the chart",
+        "kubeEtcd.enabled: the chart has a bool here, not a map",
+        "prometheus.prometheusSpec.retentionn: not a value of the chart",
+    ]
+    lbc = copy.deepcopy(release_of(stack_inventories["dev"], "aws-load-balancer-controller"))
+    lbc.inputs["values"]["clustername"] = "x"
+    assert release_problems(lbc) == ["clustername: not a value of the chart"]
+
+
+def test_a_chart_without_committed_values_is_an_error_that_says_what_to_commit():
+    with pytest.raises(MissingReference, match="components/upstream/dcgm-exporter-4.8.3/values.yaml"):
+        chart_defaults("dcgm-exporter", "4.8.3")
+
+
+def custom_resources(inventory) -> list[dict]:
+    """Every object of an API group that is not Kubernetes' own (core, `*.k8s.io`)."""
+    objects = [manifest_of(r) for r in inventory.resources if is_manifest(r)]
+    return [m for m in objects if "." in m["apiVersion"].split("/")[0] and not m["apiVersion"].split("/")[0].endswith(".k8s.io")]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_custom_resource_validates_against_its_upstream_crd(stack_inventories, stack):
+    objects = custom_resources(stack_inventories[stack])
+    kinds = {(m["apiVersion"], m["kind"]) for m in objects}
+    assert kinds == set(CRD_FILES)  # NodePool, EC2NodeClass, ServiceMonitor, PrometheusRule; nothing without a CRD
+    for manifest in objects:
+        assert validate(manifest, "1.35") == [], (manifest["kind"], manifest["metadata"]["name"])
+
+
+def test_a_wrong_field_in_a_custom_resource_is_caught(stack_inventories):
+    objects = {m["kind"]: m for m in custom_resources(stack_inventories["dev"])}
+    monitor = copy.deepcopy(objects["ServiceMonitor"])
+    monitor["spec"]["endpoints"][0]["metricRelabellings"] = monitor["spec"]["endpoints"][0].pop("metricRelabelings")
+    assert any("metricRelabellings" in p for p in validate(monitor, "1.35"))
+    monitor = copy.deepcopy(objects["ServiceMonitor"])
+    monitor["spec"]["endpoints"][0]["metricRelabelings"][0]["action"] = "rename"
+    assert any(p.startswith("spec/endpoints/0/metricRelabelings/0/action") for p in validate(monitor, "1.35"))
+    rule = copy.deepcopy(objects["PrometheusRule"])
+    rule["spec"]["groups"][0]["rules"][0]["expression"] = rule["spec"]["groups"][0]["rules"][0].pop("expr")
+    assert any("expression" in p for p in validate(rule, "1.35"))
+    node_class = copy.deepcopy(objects["EC2NodeClass"])
+    node_class["spec"]["metadataOptions"] = {"httpTokens": "sometimes"}
+    assert any(p.startswith("spec/metadataOptions/httpTokens") for p in validate(node_class, "1.35"))
