@@ -3,34 +3,46 @@
 Creates, in dependency order: a KMS key for Kubernetes secrets; the control-plane log group
 (so retention is ours, not "never expire"); the cluster role and the cluster (pinned version,
 standard support only, API endpoint private or allow-listed); the OIDC provider for IRSA;
-the node role shared by the system node group and Karpenter's nodes; a launch template that
-enforces IMDSv2 with a hop limit of 1 (pods cannot borrow the node's credentials); the system
-node group that runs the add-ons; access entries for admin roles and Karpenter's nodes; and
-the `pulumi_kubernetes.Provider` every Kubernetes object of the platform uses.
+the VPC CNI as a managed add-on with NetworkPolicy enforcement on; the system node role and a
+launch template that enforces IMDSv2 with a hop limit of 1 (pods cannot borrow the node's
+credentials) and tags what it launches; the system node group that runs the add-ons;
+Karpenter's node role with its own access entry; access entries for admin roles; HTTPS rules
+from the deploy runner into the cluster security group; and the `pulumi_kubernetes.Provider`
+every Kubernetes object of the platform uses.
+
+Every consumer of a role depends on the role's policies (`RoleWithPolicies.ready`), so
+`pulumi destroy` removes permissions only after whatever used them.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from components.identity import OidcIdentity, service_role
+from components.identity import OidcIdentity, RoleWithPolicies, service_role
 
 TOKEN = "mlops:cluster:Cluster"
 SYSTEM_POOL_LABEL = {"mlops.platform/pool": "system"}
 """Node label of the managed system node group; add-ons pin themselves to it."""
 CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+CLUSTER_POLICY = "arn:aws:iam::aws:policy/AmazonEKSClusterPolicy"
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
     "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryPullOnly",
     "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
 )
+"""The node role's managed policies, the same four as Karpenter's getting-started `KarpenterNodeRole`."""
+VPC_CNI_ADDON = "vpc-cni"
+VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
+"""The add-on's configuration key (a string, not a boolean) that makes the VPC CNI enforce
+NetworkPolicies (EKS User Guide, "Restrict Pod network traffic with Kubernetes network policies")."""
+LAUNCHED_RESOURCE_TYPES = ("instance", "volume", "network-interface")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,9 +66,21 @@ class ClusterArgs:
     system_desired_size: int = 2
     deletion_protection: bool = False
     """EKS refuses to delete the cluster, and Pulumi marks it `protect`ed."""
+    deploy_runner_cidrs: Sequence[str] = ()
+    """Networks `pulumi up` runs from (a CI runner's subnet, a VPN range): HTTPS into the cluster
+    security group, which is how a private API endpoint is reached."""
+    deploy_runner_security_group_ids: Sequence[str] = ()
+    """Security groups of deploy runners in this VPC or a peered one, admitted like the CIDRs."""
+    instance_tags: Mapping[str, str] = field(default_factory=dict)
+    """Tags for the system nodes' instances, volumes and network interfaces (cost allocation)."""
 
     def __post_init__(self) -> None:
         problems = []
+        if not self.endpoint_public_access and not (self.deploy_runner_cidrs or self.deploy_runner_security_group_ids):
+            problems.append("deploy_runner_cidrs or deploy_runner_security_group_ids: required with a private endpoint "
+                            "(nothing else can reach the API to install the add-ons)")
+        if any(c.endswith("/0") for c in self.deploy_runner_cidrs):
+            problems.append("deploy_runner_cidrs: 0.0.0.0/0 is not allowed")
         if self.endpoint_public_access and not self.public_access_cidrs:
             problems.append("public_access_cidrs: required when endpoint_public_access is true")
         if any(c.endswith("/0") for c in self.public_access_cidrs):
@@ -99,18 +123,57 @@ class Cluster(pulumi.ComponentResource):
     """The EKS-managed cluster security group, shared by control plane and nodes."""
     identity: OidcIdentity
     """OIDC provider for workload roles (see components/identity.py)."""
-    node_role: aws.iam.Role
-    """Role of every node (system group and Karpenter's); Karpenter passes it to EC2."""
+    system_node_role: RoleWithPolicies
+    """Role of the managed system node group; EKS registers its access entry itself."""
+    karpenter_node_role: RoleWithPolicies
+    """Role of the nodes Karpenter launches (it passes the role to EC2); see `_karpenter_node_identity`."""
+    karpenter_node_access: aws.eks.AccessEntry
+    """The `EC2_LINUX` access entry that lets Karpenter's nodes join; NodeClasses depend on it."""
     provider: k8s.Provider
     """Pass as `providers={"kubernetes": cluster.provider}` to every component with Kubernetes objects."""
     system_node_group: aws.eks.NodeGroup
     eks_cluster: aws.eks.Cluster
+    vpc_cni: aws.eks.Addon
+    """The VPC CNI as a managed add-on, with NetworkPolicy enforcement on."""
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TOKEN, name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
+        cluster = self.eks_cluster = self._control_plane(name, args)
+        issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
+        oidc = aws.iam.OpenIdConnectProvider(
+            f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=pulumi.ResourceOptions(parent=self)
+        )
+        self.identity = OidcIdentity(provider_arn=oidc.arn, issuer_url=issuer)
+        self.security_group_id = cluster.vpc_config.cluster_security_group_id
+        self.system_node_group = self._system_nodes(name, args, cluster)
+        self.karpenter_node_role, self.karpenter_node_access = self._karpenter_node_identity(name, cluster)
+        self._admin_access(name, args, cluster)
+        runner_rules = self._deploy_runner_access(name, args)
 
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority.data).apply(
+                lambda a: kubeconfig(a[0], a[1], a[2], region)
+            ),
+            # nothing reaches the API before the runner may (private endpoint) and nodes exist
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_group, *runner_rules]),
+        )
+        self.name = cluster.name
+        self.endpoint = cluster.endpoint
+        self.register_outputs(
+            {
+                "name": self.name,
+                "endpoint": self.endpoint,
+                "security_group_id": self.security_group_id,
+                "oidc_provider_arn": oidc.arn,
+                "system_node_role_arn": self.system_node_role.arn,
+                "karpenter_node_role_arn": self.karpenter_node_role.arn,
+            }
+        )
+
+    def _control_plane(self, name: str, args: ClusterArgs) -> aws.eks.Cluster:
+        """KMS key for secrets, the log group (retention is ours), the cluster role and the cluster."""
         secrets_key = aws.kms.Key(
             f"{name}-secrets-key",
             description=f"{args.cluster_name}: envelope encryption of Kubernetes secrets",
@@ -123,16 +186,10 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-control-plane-logs",
             name=f"/aws/eks/{args.cluster_name}/cluster",  # the name EKS writes to
             retention_in_days=args.log_retention_days,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        cluster_role = service_role(
-            f"{name}-cluster-role",
-            service="eks.amazonaws.com",
-            managed_policy_arns=("arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",),
-            parent=self,
-        )
-
-        cluster = aws.eks.Cluster(
+        cluster_role = service_role(f"{name}-cluster-role", service="eks.amazonaws.com", managed_policy_arns=(CLUSTER_POLICY,), parent=self)
+        return aws.eks.Cluster(
             f"{name}-eks",
             name=args.cluster_name,
             version=args.kubernetes_version,
@@ -155,14 +212,25 @@ class Cluster(pulumi.ComponentResource):
             # Standard support only: extended support costs 6x ($0.60/h); an old version must be upgraded.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             deletion_protection=args.deletion_protection,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group], protect=args.deletion_protection),
+            # the cluster policy outlives the cluster on destroy (EKS needs it to delete its ENIs)
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group, *cluster_role.ready], protect=args.deletion_protection),
         )
 
-        issuer = cluster.identities.apply(lambda ids: ids[0].oidcs[0].issuer)
-        oidc = aws.iam.OpenIdConnectProvider(f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=child)
-        self.identity = OidcIdentity(provider_arn=oidc.arn, issuer_url=issuer)
-
-        self.node_role = service_role(f"{name}-node-role", service="ec2.amazonaws.com", managed_policy_arns=NODE_POLICIES, parent=self)
+    def _system_nodes(self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster) -> aws.eks.NodeGroup:
+        """The VPC CNI add-on, then the managed system node group with an IMDSv2-only launch template."""
+        self.system_node_role = service_role(f"{name}-node-role", service="ec2.amazonaws.com", managed_policy_arns=NODE_POLICIES, parent=self)
+        # Before any node: aws-node starts with NetworkPolicy enforcement on. It uses the node
+        # role's CNI policy, so it depends on that role too.
+        self.vpc_cni = aws.eks.Addon(
+            f"{name}-vpc-cni",
+            cluster_name=cluster.name,
+            addon_name=VPC_CNI_ADDON,
+            configuration_values=json.dumps(VPC_CNI_CONFIGURATION),
+            resolve_conflicts_on_create="OVERWRITE",  # EKS installed it self-managed with the cluster
+            resolve_conflicts_on_update="OVERWRITE",  # our configuration is the truth
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.system_node_role.ready),
+        )
+        instance_tags = dict(args.instance_tags)
         launch_template = aws.ec2.LaunchTemplate(
             f"{name}-system-lt",
             description="system nodes: IMDSv2 only, hop limit 1, encrypted gp3 root volume",
@@ -175,12 +243,17 @@ class Cluster(pulumi.ComponentResource):
                     ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(volume_size=40, volume_type="gp3", encrypted="true"),
                 )
             ],
-            opts=child,
+            # The template's own `tags` stay on the template; what it launches is tagged here,
+            # so the budget's `stack` filter counts the system nodes and their volumes.
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags) for kind in LAUNCHED_RESOURCE_TYPES
+            ] if instance_tags else None,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        self.system_node_group = aws.eks.NodeGroup(
+        return aws.eks.NodeGroup(
             f"{name}-system",
             cluster_name=cluster.name,
-            node_role_arn=self.node_role.arn,
+            node_role_arn=self.system_node_role.arn,
             subnet_ids=args.subnet_ids,
             ami_type="AL2023_x86_64_STANDARD",
             capacity_type="ON_DEMAND",
@@ -190,13 +263,37 @@ class Cluster(pulumi.ComponentResource):
             ),
             labels=SYSTEM_POOL_LABEL,
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(id=launch_template.id, version=launch_template.latest_version.apply(str)),
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["scalingConfig.desiredSize"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.vpc_cni, *self.system_node_role.ready], ignore_changes=["scalingConfig.desiredSize"]
+            ),
         )
 
-        # Karpenter's nodes join with the node role; the system group's entry is created by EKS itself.
-        aws.eks.AccessEntry(f"{name}-karpenter-nodes", cluster_name=cluster.name, principal_arn=self.node_role.arn, type="EC2_LINUX", opts=child)
+    def _karpenter_node_identity(self, name: str, cluster: aws.eks.Cluster) -> tuple[RoleWithPolicies, aws.eks.AccessEntry]:
+        """Karpenter's nodes get their own role and their own `EC2_LINUX` access entry.
+
+        Why not reuse the system node group's role: EKS creates the access entry of a managed
+        node group's role itself, and a principal can be in only one access entry
+        (docs.aws.amazon.com/eks/latest/userguide/creating-access-entries.html), so a second
+        entry for that role fails with 409, and Karpenter's nodes would hang on an entry whose
+        lifecycle belongs to the node group. With a role of their own (as Karpenter's
+        getting-started template does: `KarpenterNodeRole`), the entry is ours, Karpenter may
+        pass only this role, and NodeClasses depend on the entry, so it outlives their nodes.
+        """
+        role = service_role(f"{name}-karpenter-node-role", service="ec2.amazonaws.com", managed_policy_arns=NODE_POLICIES, parent=self)
+        entry = aws.eks.AccessEntry(
+            f"{name}-karpenter-nodes",
+            cluster_name=cluster.name,
+            principal_arn=role.arn,
+            type="EC2_LINUX",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=role.ready),
+        )
+        return role, entry
+
+    def _admin_access(self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster) -> None:
         for index, role_arn in enumerate(args.admin_role_arns):
-            entry = aws.eks.AccessEntry(f"{name}-admin-{index}", cluster_name=cluster.name, principal_arn=role_arn, type="STANDARD", opts=child)
+            entry = aws.eks.AccessEntry(
+                f"{name}-admin-{index}", cluster_name=cluster.name, principal_arn=role_arn, type="STANDARD", opts=pulumi.ResourceOptions(parent=self)
+            )
             aws.eks.AccessPolicyAssociation(
                 f"{name}-admin-{index}-policy",
                 cluster_name=cluster.name,
@@ -206,24 +303,25 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
             )
 
-        self.provider = k8s.Provider(
-            f"{name}-k8s",
-            kubeconfig=pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority.data).apply(
-                lambda a: kubeconfig(a[0], a[1], a[2], region)
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_group]),
-        )
+    def _deploy_runner_access(self, name: str, args: ClusterArgs) -> list[pulumi.Resource]:
+        """HTTPS into the cluster security group (the API endpoint's ENIs) from the deploy runner.
 
-        self.eks_cluster = cluster
-        self.name = cluster.name
-        self.endpoint = cluster.endpoint
-        self.security_group_id = cluster.vpc_config.cluster_security_group_id
-        self.register_outputs(
-            {
-                "name": self.name,
-                "endpoint": self.endpoint,
-                "security_group_id": self.security_group_id,
-                "oidc_provider_arn": oidc.arn,
-                "node_role_arn": self.node_role.arn,
-            }
-        )
+        The EKS-created group admits only itself; without these rules nothing outside the
+        cluster reaches a private endpoint, and `pulumi up` cannot install a single chart.
+        """
+        # Named after the source, not its position: reordering the list must not replace a rule
+        # (a replacement would first create a duplicate, which EC2 refuses).
+        sources = [(cidr.replace("/", "-"), "the deploy runner", {"cidr_ipv4": cidr}) for cidr in args.deploy_runner_cidrs]
+        sources += [(group, "the deploy runner's security group", {"referenced_security_group_id": group})
+                    for group in args.deploy_runner_security_group_ids]
+        rules: list[pulumi.Resource] = []
+        for key, who, source in sources:
+            rules.append(aws.vpc.SecurityGroupIngressRule(
+                f"{name}-deploy-runner-{key}",
+                security_group_id=self.security_group_id,
+                description=f"Kubernetes API from {who}",
+                ip_protocol="tcp", from_port=443, to_port=443,
+                opts=pulumi.ResourceOptions(parent=self),
+                **source,
+            ))
+        return rules

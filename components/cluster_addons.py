@@ -1,11 +1,14 @@
-"""ClusterAddons: the AWS Load Balancer Controller and the EBS CSI driver, each with its own role.
+"""ClusterAddons: the AWS Load Balancer Controller and the EBS CSI driver, each with its own role,
+and metrics-server.
 
 The EBS CSI driver also gets an encrypted gp3 StorageClass, `gp3-encrypted`.
 The Load Balancer Controller turns Ingresses into ALBs (the serving canary uses its
 weighted target groups) and Services into NLBs. Its role may change only load balancers,
 target groups and security groups it tagged `elbv2.k8s.aws/cluster` itself. The EBS CSI
 driver gives pods encrypted gp3 volumes (Prometheus, for instance) and runs as an EKS
-managed add-on with AWS's managed policy.
+managed add-on with AWS's managed policy. Both tag what they create with the platform's tags,
+so the budget's `stack` filter counts load balancers and volumes too. metrics-server serves the
+resource metrics API that CPU-based HorizontalPodAutoscalers read (EKS ships none).
 
 Ordering for `pulumi destroy`: anything that creates a load balancer (an Ingress, a
 `LoadBalancer` Service) must depend on `load_balancer_controller`, so it is deleted while
@@ -15,8 +18,9 @@ the controller still runs and can remove the load balancer before the subnets go
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -24,14 +28,15 @@ import pulumi_kubernetes as k8s
 
 from components import versions
 from components.cluster import SYSTEM_POOL_LABEL
-from components.identity import OidcIdentity, workload_role
+from components.identity import OidcIdentity, RoleWithPolicies, workload_role
 
 TOKEN = "mlops:k8s:ClusterAddons"
 LBC_SERVICE_ACCOUNT = "aws-load-balancer-controller"
 EBS_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
 EBS_CSI_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
-_TAGGED = {"Null": {"aws:ResourceTag/elbv2.k8s.aws/cluster": "false"}}
-_TAGGING_ON_CREATE = {"Null": {"aws:RequestTag/elbv2.k8s.aws/cluster": "false"}}
+UPSTREAM = Path(__file__).resolve().parent / "upstream"
+LBC_IAM_POLICY = UPSTREAM / "aws-load-balancer-controller-v2.14.0" / "iam_policy.json"
+"""Verbatim copy of the controller's `docs/install/iam_policy.json` at tag v2.14.0."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,113 +50,64 @@ class ClusterAddonsArgs:
     """Load Balancer Controller replicas (2 in prod)."""
     ebs_csi_version: str | None = None
     """EBS CSI add-on version; None takes AWS's default for the cluster's Kubernetes version."""
+    resource_tags: Mapping[str, str] = field(default_factory=dict)
+    """Platform tags for what the add-ons create outside Pulumi: load balancers, target groups,
+    their security groups (the controller's `defaultTags`) and EBS volumes (`extraVolumeTags`)."""
+
+
+def ebs_csi_configuration(tags: Mapping[str, str]) -> dict[str, Any]:
+    """The EBS CSI add-on's configuration values: every volume it creates carries the platform's
+    tags (`controller.extraVolumeTags`, in the add-on's configuration schema)."""
+    return {"controller": {"extraVolumeTags": dict(tags)}} if tags else {}
+
+
+def metrics_server_values(replicas: int) -> dict[str, Any]:
+    """metrics-server chart values: on the system nodes; with two replicas, a PDB keeps one up."""
+    values: dict[str, Any] = {"replicas": replicas, "nodeSelector": SYSTEM_POOL_LABEL}
+    if replicas > 1:
+        values["podDisruptionBudget"] = {"enabled": True, "minAvailable": 1}
+    return values
 
 
 def load_balancer_controller_policy() -> str:
-    """Read broadly, write only what the controller tagged as its own."""
-    statements: list[dict[str, Any]] = [
-        {
-            "Effect": "Allow",
-            "Action": "iam:CreateServiceLinkedRole",
-            "Resource": "*",
-            "Condition": {"StringEquals": {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}},
-        },
-        {
-            "Effect": "Allow",
-            "Action": [
-                "ec2:DescribeAccountAttributes", "ec2:DescribeAddresses", "ec2:DescribeAvailabilityZones", "ec2:DescribeInternetGateways",
-                "ec2:DescribeVpcs", "ec2:DescribeVpcPeeringConnections", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups",
-                "ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces", "ec2:DescribeTags", "ec2:DescribeRouteTables",
-                "ec2:GetCoipPoolUsage", "ec2:DescribeCoipPools", "ec2:GetSecurityGroupsForVpc", "ec2:DescribeIpamPools",
-                "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeLoadBalancerAttributes",
-                "elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeListenerCertificates",
-                "elasticloadbalancing:DescribeListenerAttributes", "elasticloadbalancing:DescribeSSLPolicies",
-                "elasticloadbalancing:DescribeRules", "elasticloadbalancing:DescribeTargetGroups",
-                "elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeTargetHealth",
-                "elasticloadbalancing:DescribeTags", "elasticloadbalancing:DescribeTrustStores",
-                "elasticloadbalancing:DescribeCapacityReservation",
-                "acm:ListCertificates", "acm:DescribeCertificate", "iam:ListServerCertificates", "iam:GetServerCertificate",
-                "cognito-idp:DescribeUserPoolClient", "wafv2:GetWebACL", "wafv2:GetWebACLForResource",
-                "wafv2:AssociateWebACL", "wafv2:DisassociateWebACL", "shield:GetSubscriptionState",
-                "shield:DescribeProtection", "shield:CreateProtection", "shield:DeleteProtection",
-            ],
-            "Resource": "*",
-        },
-        {"Effect": "Allow", "Action": ["ec2:CreateSecurityGroup"], "Resource": "*"},
-        {
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
-            "Resource": "arn:aws:ec2:*:*:security-group/*",
-            "Condition": {"StringEquals": {"ec2:CreateAction": "CreateSecurityGroup"}, **_TAGGING_ON_CREATE},
-        },
-        {
-            "Effect": "Allow",
-            "Action": ["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress", "ec2:DeleteSecurityGroup", "ec2:CreateTags", "ec2:DeleteTags"],
-            "Resource": "arn:aws:ec2:*:*:security-group/*",
-            "Condition": _TAGGED,
-        },
-        {
-            "Effect": "Allow",
-            "Action": ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"],
-            "Resource": "*",
-            "Condition": _TAGGING_ON_CREATE,
-        },
-        {
-            "Effect": "Allow",
-            "Action": [
-                "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener", "elasticloadbalancing:CreateRule",
-                "elasticloadbalancing:DeleteRule", "elasticloadbalancing:ModifyListener", "elasticloadbalancing:ModifyRule",
-                "elasticloadbalancing:SetRulePriorities", "elasticloadbalancing:AddListenerCertificates",
-                "elasticloadbalancing:RemoveListenerCertificates", "elasticloadbalancing:ModifyListenerAttributes",
-            ],
-            "Resource": [
-                "arn:aws:elasticloadbalancing:*:*:loadbalancer/app/*/*",
-                "arn:aws:elasticloadbalancing:*:*:loadbalancer/net/*/*",
-                "arn:aws:elasticloadbalancing:*:*:listener/*/*/*/*",
-                "arn:aws:elasticloadbalancing:*:*:listener-rule/*/*/*/*/*",
-            ],
-        },
-        {
-            "Effect": "Allow",
-            "Action": [
-                "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
-                "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets", "elasticloadbalancing:DeleteLoadBalancer",
-                "elasticloadbalancing:ModifyTargetGroup", "elasticloadbalancing:ModifyTargetGroupAttributes",
-                "elasticloadbalancing:DeleteTargetGroup", "elasticloadbalancing:ModifyCapacityReservation",
-                "elasticloadbalancing:ModifyIpPools", "elasticloadbalancing:SetWebAcl",
-                "elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags",
-            ],
-            "Resource": "*",
-            "Condition": _TAGGED,
-        },
-        {
-            "Effect": "Allow",
-            "Action": "elasticloadbalancing:AddTags",
-            "Resource": "*",
-            "Condition": {
-                "StringEquals": {"elasticloadbalancing:CreateAction": ["CreateTargetGroup", "CreateLoadBalancer"]},
-                **_TAGGING_ON_CREATE,
-            },
-        },
-        {
-            "Effect": "Allow",
-            "Action": ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
-            "Resource": "arn:aws:elasticloadbalancing:*:*:targetgroup/*/*",
-        },
-    ]
-    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+    """Exactly the controller's upstream `iam_policy.json` of the pinned version, read from the
+    committed copy (the single source of truth; bump it with the chart).
+
+    Upstream's own scoping is the safe part: writes to load balancers, target groups and
+    security groups need the `elbv2.k8s.aws/cluster` tag the controller sets on what it creates.
+    Narrowing it breaks ALBs: the controller adds the ALB-to-pod rule to the *cluster* security
+    group (untagged), and v2.14 tags listeners and rules when it creates them.
+    """
+    return json.dumps(json.loads(LBC_IAM_POLICY.read_text()))
 
 
 class ClusterAddons(pulumi.ComponentResource):
     load_balancer_controller: k8s.helm.v3.Release
     """Depend on this from anything that creates a load balancer (see module docstring)."""
+    metrics_server: k8s.helm.v3.Release
+    """Serves `metrics.k8s.io`; CPU HPAs depend on it."""
     storage_class: str
     """Name of the encrypted gp3 StorageClass volumes should use."""
+    storage_class_resource: k8s.storage.v1.StorageClass
+    """Depend on it from anything with PVCs of this class (Prometheus, Alertmanager): on destroy the
+    class and the EBS CSI driver behind it outlive the claims, so their volumes are deleted."""
 
     def __init__(self, name: str, args: ClusterAddonsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TOKEN, name, None, opts)
-        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
+        lbc_role = self._load_balancer_controller(name, args)
+        ebs_role = self._ebs_csi(name, args)
+        self.metrics_server = versions.helm_release(
+            f"{name}-metrics-server",
+            versions.METRICS_SERVER,
+            release="metrics-server",
+            namespace="kube-system",
+            values=metrics_server_values(args.replicas),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+        )
+        self.register_outputs({"load_balancer_controller_role_arn": lbc_role.arn, "ebs_csi_role_arn": ebs_role.arn})
 
+    def _load_balancer_controller(self, name: str, args: ClusterAddonsArgs) -> RoleWithPolicies:
+        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
         lbc_role = workload_role(
             f"{name}-lbc",
             identity=args.identity,
@@ -174,10 +130,15 @@ class ClusterAddons(pulumi.ComponentResource):
                 "nodeSelector": SYSTEM_POOL_LABEL,
                 # Do not silently take over every `type: LoadBalancer` Service in the cluster.
                 "enableServiceMutatorWebhook": False,
+                # ALBs, target groups and security groups it creates carry the platform's tags (budget: `stack`)
+                "defaultTags": dict(args.resource_tags),
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            # its policy outlives it: on destroy it still deletes the ALBs of Ingresses removed before it
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *lbc_role.ready]),
         )
+        return lbc_role
 
+    def _ebs_csi(self, name: str, args: ClusterAddonsArgs) -> RoleWithPolicies:
         ebs_role = workload_role(
             f"{name}-ebs-csi",
             identity=args.identity,
@@ -192,12 +153,14 @@ class ClusterAddons(pulumi.ComponentResource):
             addon_name=versions.EBS_CSI_ADDON,
             addon_version=args.ebs_csi_version,
             service_account_role_arn=ebs_role.arn,
+            configuration_values=json.dumps(ebs_csi_configuration(args.resource_tags)),
             resolve_conflicts_on_create="OVERWRITE",
             resolve_conflicts_on_update="PRESERVE",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            # its policy outlives it: volumes of PVCs deleted before it are still removed
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *ebs_role.ready]),
         )
         self.storage_class = "gp3-encrypted"
-        k8s.storage.v1.StorageClass(
+        self.storage_class_resource = k8s.storage.v1.StorageClass(
             f"{name}-gp3",
             metadata={"name": self.storage_class},
             provisioner="ebs.csi.aws.com",
@@ -207,4 +170,4 @@ class ClusterAddons(pulumi.ComponentResource):
             reclaim_policy="Delete",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[ebs_addon]),
         )
-        self.register_outputs({"load_balancer_controller_role_arn": lbc_role.arn, "ebs_csi_role_arn": ebs_role.arn})
+        return ebs_role

@@ -6,6 +6,10 @@ only its own service account" is a fact a reviewer and the offline checks can re
 inventory, and nothing else in the account can re-point the role. It also needs no agent
 DaemonSet. Pod Identity is the simpler choice for teams that prefer it; the helper below is
 the single place to change.
+
+Every role comes back as a `RoleWithPolicies`: consumers depend on its `ready` list (the role
+and its policies), so a first `up` grants permissions before anything uses them and
+`pulumi destroy` removes them only after every user is gone.
 """
 
 from __future__ import annotations
@@ -48,6 +52,46 @@ def trust_policy(provider_arn: str, issuer_url: str, namespace: str, service_acc
     )
 
 
+@dataclass(frozen=True)
+class RoleWithPolicies:
+    """An IAM role together with the policies that give it its permissions.
+
+    IAM attachments and inline policies are resources of their own: nothing depends on them
+    unless told to. A consumer that depends only on the role can be created before its
+    permissions exist (first calls fail with AccessDenied) and, worse, `pulumi destroy` may
+    delete the permissions first, while the consumer (a controller cleaning up ALBs, ENIs or
+    instances) still needs them. Consumers therefore depend on `ready`.
+    """
+
+    role: aws.iam.Role
+    policies: tuple[pulumi.Resource, ...]
+    """The role's inline policies and managed-policy attachments."""
+
+    @property
+    def arn(self) -> pulumi.Output[str]:
+        return self.role.arn
+
+    @property
+    def name(self) -> pulumi.Output[str]:
+        return self.role.name
+
+    @property
+    def ready(self) -> list[pulumi.Resource]:
+        """Put these in a consumer's `depends_on`: created after the permissions, deleted before them."""
+        return [self.role, *self.policies]
+
+
+def _grant(name: str, role: aws.iam.Role, policy: pulumi.Input[str] | None, managed_policy_arns: Sequence[str],
+           parent: pulumi.Resource) -> RoleWithPolicies:
+    opts = pulumi.ResourceOptions(parent=parent)
+    policies: list[pulumi.Resource] = []
+    if policy is not None:
+        policies.append(aws.iam.RolePolicy(f"{name}-policy", role=role.id, policy=policy, opts=opts))
+    for index, arn in enumerate(managed_policy_arns):
+        policies.append(aws.iam.RolePolicyAttachment(f"{name}-managed-{index}", role=role.name, policy_arn=arn, opts=opts))
+    return RoleWithPolicies(role=role, policies=tuple(policies))
+
+
 def workload_role(
     name: str,
     *,
@@ -57,7 +101,7 @@ def workload_role(
     policy: pulumi.Input[str] | None = None,
     managed_policy_arns: Sequence[str] = (),
     parent: pulumi.Resource,
-) -> aws.iam.Role:
+) -> RoleWithPolicies:
     """A role for one service account, with an inline least-privilege policy and/or AWS managed policies."""
     role = aws.iam.Role(
         name,
@@ -67,14 +111,10 @@ def workload_role(
         ),
         opts=pulumi.ResourceOptions(parent=parent),
     )
-    if policy is not None:
-        aws.iam.RolePolicy(f"{name}-policy", role=role.id, policy=policy, opts=pulumi.ResourceOptions(parent=parent))
-    for index, arn in enumerate(managed_policy_arns):
-        aws.iam.RolePolicyAttachment(f"{name}-managed-{index}", role=role.name, policy_arn=arn, opts=pulumi.ResourceOptions(parent=parent))
-    return role
+    return _grant(name, role, policy, managed_policy_arns, parent)
 
 
-def service_role(name: str, *, service: str, managed_policy_arns: Sequence[str], parent: pulumi.Resource) -> aws.iam.Role:
+def service_role(name: str, *, service: str, managed_policy_arns: Sequence[str], parent: pulumi.Resource) -> RoleWithPolicies:
     """A role an AWS service (EKS, EC2) assumes, with AWS managed policies attached."""
     role = aws.iam.Role(
         name,
@@ -86,6 +126,4 @@ def service_role(name: str, *, service: str, managed_policy_arns: Sequence[str],
         ),
         opts=pulumi.ResourceOptions(parent=parent),
     )
-    for index, arn in enumerate(managed_policy_arns):
-        aws.iam.RolePolicyAttachment(f"{name}-managed-{index}", role=role.name, policy_arn=arn, opts=pulumi.ResourceOptions(parent=parent))
-    return role
+    return _grant(name, role, None, managed_policy_arns, parent)

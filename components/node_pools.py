@@ -1,9 +1,9 @@
 """NodePools: Karpenter with a CPU pool and a GPU pool that both scale to zero.
 
 Creates, in dependency order: the interruption queue (SQS, encrypted, TLS-only) and the
-EventBridge rules that feed it spot interruptions, rebalance hints, scheduled maintenance
-and instance state changes; Karpenter's workload role (IRSA, scoped to this cluster's
-resources); the CRD release, then the Karpenter release on the system nodes; one
+EventBridge rules that feed it spot interruptions, rebalance hints, scheduled maintenance,
+instance state changes and capacity-reservation interruptions; Karpenter's workload role
+(IRSA, with exactly the upstream controller policy of the pinned version); the CRD release, then the Karpenter release on the system nodes; one
 `EC2NodeClass` and one `NodePool` per pool; and the NVIDIA device plugin, scheduled only on
 GPU nodes.
 
@@ -11,8 +11,9 @@ GPU capacity cannot run away: the GPU pool is tainted `nvidia.com/gpu=true:NoSch
 pods that ask for GPUs land there), has a hard `limits` ceiling on GPUs, is consolidated as
 soon as it has been empty for `consolidate_after`, and its nodes expire after `expire_after`.
 
-`pulumi destroy` order: pools and node classes depend on the Karpenter release, so they are
-deleted first while Karpenter still runs and can terminate their nodes; the release goes
+`pulumi destroy` order: pools and node classes depend on the Karpenter release, the node
+role's policies and the nodes' access entry, so they are deleted first while Karpenter still
+runs and can terminate their nodes; the release depends on its own role's policy and goes
 before the cluster (it depends on it).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import pulumi
@@ -28,7 +30,7 @@ import pulumi_kubernetes as k8s
 
 from components import versions
 from components.cluster import SYSTEM_POOL_LABEL
-from components.identity import OidcIdentity, workload_role
+from components.identity import OidcIdentity, RoleWithPolicies, workload_role
 
 TOKEN = "mlops:k8s:NodePools"
 NAMESPACE = "kube-system"
@@ -37,12 +39,17 @@ POOL_LABEL = "mlops.platform/pool"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
 GPU_RESOURCE = "nvidia.com/gpu"
 
+CONTROLLER_POLICY = Path(__file__).resolve().parent / "upstream" / "karpenter-v1.11.1" / "controller-policy.json"
+"""The controller policies' statements from Karpenter's getting-started template, placeholders kept."""
+
 INTERRUPTION_EVENTS = {
     "scheduled-change": {"source": ["aws.health"], "detail-type": ["AWS Health Event"]},
     "spot-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
     "rebalance": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
     "state-change": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
+    "capacity-reservation-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]},
 }
+"""The EventBridge rules of Karpenter's getting-started template, one for one."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +71,10 @@ class NodePoolsArgs:
     cluster_endpoint: pulumi.Input[str]
     cluster_security_group_id: pulumi.Input[str]
     identity: OidcIdentity
-    node_role: aws.iam.Role
+    node_role: RoleWithPolicies
+    """Role of the nodes Karpenter launches (`Cluster.karpenter_node_role`)."""
+    node_access: Sequence[pulumi.Resource] = ()
+    """What lets those nodes join (their access entry): NodeClasses depend on it, so it outlives the nodes."""
     depends_on: Sequence[pulumi.Resource] = ()
     """What must exist before Karpenter installs (the system node group)."""
     cpu: PoolArgs
@@ -93,109 +103,40 @@ class NodePoolsArgs:
 
 
 def controller_policy(*, cluster_name: str, region: str, account: str, partition: str, queue_arn: str, node_role_arn: str) -> str:
-    """Karpenter's permissions, scoped to resources tagged as this cluster's (after the
-    Karpenter v1 reference policy): launch and terminate only its own instances, pass only
-    the node role, read only the interruption queue."""
-    owned = {f"aws:ResourceTag/kubernetes.io/cluster/{cluster_name}": "owned"}
-    request_owned = {f"aws:RequestTag/kubernetes.io/cluster/{cluster_name}": "owned", "aws:RequestTag/eks:eks-cluster-name": cluster_name}
-    ec2 = f"arn:{partition}:ec2:{region}"
-    instance_profile = f"arn:{partition}:iam::{account}:instance-profile/*"
-    statements: list[dict[str, Any]] = [
-        {
-            "Sid": "AllowScopedEC2InstanceAccessActions",
-            "Effect": "Allow",
-            "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
-            "Resource": [f"{ec2}::image/*", f"{ec2}::snapshot/*", f"{ec2}:*:security-group/*", f"{ec2}:*:subnet/*", f"{ec2}:*:capacity-reservation/*"],
-        },
-        {
-            "Sid": "AllowScopedEC2LaunchTemplateAccessActions",
-            "Effect": "Allow",
-            "Action": ["ec2:RunInstances", "ec2:CreateFleet"],
-            "Resource": f"{ec2}:*:launch-template/*",
-            "Condition": {"StringEquals": owned, "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}},
-        },
-        {
-            "Sid": "AllowScopedEC2InstanceActionsWithTags",
-            "Effect": "Allow",
-            "Action": ["ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateLaunchTemplate"],
-            "Resource": [f"{ec2}:*:{kind}/*" for kind in ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")],
-            "Condition": {"StringEquals": request_owned, "StringLike": {"aws:RequestTag/karpenter.sh/nodepool": "*"}},
-        },
-        {
-            "Sid": "AllowScopedResourceCreationTagging",
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
-            "Resource": [f"{ec2}:*:{kind}/*" for kind in ("fleet", "instance", "volume", "network-interface", "launch-template", "spot-instances-request")],
-            "Condition": {
-                "StringEquals": {**request_owned, "ec2:CreateAction": ["RunInstances", "CreateFleet", "CreateLaunchTemplate"]},
-                "StringLike": {"aws:RequestTag/karpenter.sh/nodepool": "*"},
-            },
-        },
-        {
-            "Sid": "AllowScopedResourceTagging",
-            "Effect": "Allow",
-            "Action": "ec2:CreateTags",
-            "Resource": f"{ec2}:*:instance/*",
-            "Condition": {
-                "StringEquals": owned,
-                "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"},
-                "StringEqualsIfExists": {"aws:RequestTag/eks:eks-cluster-name": cluster_name},
-                "ForAllValues:StringEquals": {"aws:TagKeys": ["eks:eks-cluster-name", "karpenter.sh/nodeclaim", "Name"]},
-            },
-        },
-        {
-            "Sid": "AllowScopedDeletion",
-            "Effect": "Allow",
-            "Action": ["ec2:TerminateInstances", "ec2:DeleteLaunchTemplate"],
-            "Resource": [f"{ec2}:*:instance/*", f"{ec2}:*:launch-template/*"],
-            "Condition": {"StringEquals": owned, "StringLike": {"aws:ResourceTag/karpenter.sh/nodepool": "*"}},
-        },
-        {
-            "Sid": "AllowRegionalReadActions",
-            "Effect": "Allow",
-            "Action": [
-                "ec2:DescribeAvailabilityZones", "ec2:DescribeImages", "ec2:DescribeInstances", "ec2:DescribeInstanceTypeOfferings",
-                "ec2:DescribeInstanceTypes", "ec2:DescribeLaunchTemplates", "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory",
-                "ec2:DescribeSubnets", "ec2:DescribeCapacityReservations",
-            ],
-            "Resource": "*",
-            "Condition": {"StringEquals": {"aws:RequestedRegion": region}},
-        },
-        {"Sid": "AllowSSMReadActions", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": f"arn:{partition}:ssm:{region}::parameter/aws/service/*"},
-        {"Sid": "AllowPricingReadActions", "Effect": "Allow", "Action": "pricing:GetProducts", "Resource": "*"},
-        {
-            "Sid": "AllowInterruptionQueueActions",
-            "Effect": "Allow",
-            "Action": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"],
-            "Resource": queue_arn,
-        },
-        {
-            "Sid": "AllowPassingInstanceRole",
-            "Effect": "Allow",
-            "Action": "iam:PassRole",
-            "Resource": node_role_arn,
-            "Condition": {"StringEquals": {"iam:PassedToService": ["ec2.amazonaws.com", "ec2.amazonaws.com.cn"]}},
-        },
-        {
-            "Sid": "AllowScopedInstanceProfileActions",
-            "Effect": "Allow",
-            "Action": ["iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile"],
-            "Resource": instance_profile,
-            "Condition": {"StringEquals": {f"aws:ResourceTag/kubernetes.io/cluster/{cluster_name}": "owned", "aws:ResourceTag/topology.kubernetes.io/region": region}},
-        },
-        {
-            "Sid": "AllowScopedInstanceProfileCreation",
-            "Effect": "Allow",
-            "Action": ["iam:CreateInstanceProfile", "iam:TagInstanceProfile"],
-            "Resource": instance_profile,
-            "Condition": {
-                "StringEquals": {**request_owned, "aws:RequestTag/topology.kubernetes.io/region": region},
-                "StringLike": {"aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"},
-            },
-        },
-        {"Sid": "AllowInstanceProfileReadActions", "Effect": "Allow", "Action": ["iam:GetInstanceProfile", "iam:ListInstanceProfiles"], "Resource": instance_profile},
-        {"Sid": "AllowAPIServerEndpointDiscovery", "Effect": "Allow", "Action": "eks:DescribeCluster", "Resource": f"arn:{partition}:eks:{region}:{account}:cluster/{cluster_name}"},
-    ]
+    """Karpenter's permissions: exactly the statements of the five controller policies in Karpenter's
+    getting-started CloudFormation template of the pinned version (committed as a derived subset,
+    see components/upstream/README.md), with the template's placeholders filled in.
+
+    Upstream's scoping is kept whole, in particular: instance profiles may be created only with
+    this cluster's tags in the request, and tagged, changed or deleted only when they already
+    carry them (`aws:RequestTag/...` and `aws:ResourceTag/...` conditions); instances and launch
+    templates likewise. One inline policy holds all of them (about 6.6k of the 10,240 characters
+    IAM allows a role's inline policies).
+    """
+    placeholders = {
+        "${ClusterName}": cluster_name,
+        "${AWS::Region}": region,
+        "${AWS::AccountId}": account,
+        "${AWS::Partition}": partition,
+        "${KarpenterInterruptionQueue.Arn}": queue_arn,
+        "${KarpenterNodeRole.Arn}": node_role_arn,
+    }
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            for placeholder, actual in placeholders.items():
+                value = value.replace(placeholder, actual)
+            if "${" in value:
+                raise ValueError(f"unknown placeholder in Karpenter's upstream policy: {value}")
+            return value
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {fill(k): fill(v) for k, v in value.items()}
+        return value
+
+    policies = json.loads(CONTROLLER_POLICY.read_text())
+    statements = [fill(statement) for policy in policies.values() for statement in policy]
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
@@ -325,10 +266,13 @@ class NodePools(pulumi.ComponentResource):
                 "nodeSelector": SYSTEM_POOL_LABEL,  # never on the nodes it manages
                 "controller": {"resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}}},
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[crds, *args.depends_on]),
+            # its policy outlives it: on destroy it still terminates the nodes of deleted pools
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[crds, *args.depends_on, *role.ready]),
         )
 
-        after_karpenter = pulumi.ResourceOptions(parent=self, depends_on=[self.karpenter])
+        # Node classes need the node role, its policies and its access entry for their nodes to
+        # join; on destroy they (and their nodes) go first.
+        after_karpenter = pulumi.ResourceOptions(parent=self, depends_on=[self.karpenter, *args.node_role.ready, *args.node_access])
         for pool_name, pool, gpu in (("cpu", args.cpu, False), ("gpu", args.gpu, True)):
             node_class = k8s.apiextensions.CustomResource(
                 f"{name}-{pool_name}-class",

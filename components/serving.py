@@ -142,6 +142,7 @@ class ServingEndpoint(pulumi.ComponentResource):
             ),
             parent=self,
         )
+        self._role_ready = role.ready  # the pods use the role: its policy outlives them on destroy
         child = pulumi.ResourceOptions(parent=self)
         k8s.core.v1.ServiceAccount(
             f"{name}-sa",
@@ -304,5 +305,5 @@ class ServingEndpoint(pulumi.ComponentResource):
             f"{name}-{track}",
             metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE, "labels": labels},
             spec=spec,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self._role_ready),
         )

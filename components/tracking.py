@@ -142,7 +142,7 @@ class TrackingServer(pulumi.ComponentResource):
                 {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        aws.iam.RolePolicy(
+        artifacts_policy = aws.iam.RolePolicy(
             f"{name}-sagemaker-artifacts",
             role=role.id,
             policy=pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn).apply(lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], [])),
@@ -155,7 +155,7 @@ class TrackingServer(pulumi.ComponentResource):
             role_arn=role.arn,
             tracking_server_size=args.managed_size,
             automatic_model_registration=False,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[artifacts_policy]),  # the policy outlives the server
         )
         return server.tracking_server_url
 
@@ -309,7 +309,8 @@ class TrackingServer(pulumi.ComponentResource):
             )
 
         # Migrations must complete before the new server version rolls out (the Deployment depends on it).
-        migration = entrypoint_job("migrate", "migrate", backoff=2, cpu="100m", memory="512Mi", after=[namespace, self.database])
+        # Every pod of the server uses the role, and all come after the migration: its policy outlives them on destroy.
+        migration = entrypoint_job("migrate", "migrate", backoff=2, cpu="100m", memory="512Mi", after=[namespace, self.database, *role.ready])
 
         server_labels = {**APP_LABELS, "app.kubernetes.io/component": "server"}
         deployment = k8s.apps.v1.Deployment(

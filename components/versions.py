@@ -39,6 +39,8 @@ DCGM_EXPORTER = HelmChart(chart="dcgm-exporter", version="4.8.2", repo="https://
 `Hostname`) is the newest in NVIDIA's chart index: `helm-charts/index.yaml` on the gh-pages branch of
 github.com/NVIDIA/dcgm-exporter (commit ecd340dc) lists 4.8.2, 4.8.1, 4.8.0 and no 4.8.3; its
 `deployment/Chart.yaml` at tag 4.5.3-4.8.2 (commit 691c9276) says version 4.8.2."""
+METRICS_SERVER = HelmChart(chart="metrics-server", version="3.13.1", repo="https://kubernetes-sigs.github.io/metrics-server/")
+"""metrics-server 0.8.1: the `metrics.k8s.io` API CPU HorizontalPodAutoscalers read; EKS ships none."""
 
 EBS_CSI_ADDON = "aws-ebs-csi-driver"
 """EKS managed add-on; its version defaults to the one AWS marks default for the cluster's

@@ -253,6 +253,9 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str])
             system_max_size=c.system_node_group.max_size,
             system_desired_size=c.system_node_group.desired_size,
             deletion_protection=settings.deletion_protection,
+            deploy_runner_cidrs=tuple(c.deploy_runner_cidrs),
+            deploy_runner_security_group_ids=tuple(c.deploy_runner_security_group_ids),
+            instance_tags={**tags, "component": "cluster"},
         ),
     )
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
@@ -265,6 +268,7 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str])
             depends_on=(cluster.system_node_group,),
             replicas=c.addon_replicas,
             ebs_csi_version=c.ebs_csi_version,
+            resource_tags={**tags, "component": "k8s"},
         ),
         opts=on_cluster,
     )
@@ -275,7 +279,8 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str])
             cluster_endpoint=cluster.endpoint,
             cluster_security_group_id=cluster.security_group_id,
             identity=cluster.identity,
-            node_role=cluster.node_role,
+            node_role=cluster.karpenter_node_role,
+            node_access=(cluster.karpenter_node_access,),
             depends_on=(cluster.system_node_group,),
             ami_alias=c.ami_alias,
             node_tags={**tags, "component": "node-pools"},

@@ -50,6 +50,9 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
+_SECURITY_GROUP = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
+_VPC_ADDRESS_SPACE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+"""Private ranges a VPC may use (RFC 1918, and RFC 6598 shared space): where a deploy runner can sit."""
 
 
 def _cidr(value: str) -> str:
@@ -86,6 +89,7 @@ Cidr = Annotated[str, AfterValidator(_cidr)]
 Duration = Annotated[str, AfterValidator(_matches(_DURATION, "a duration such as 30s, 5m or 720h"))]
 Email = Annotated[str, AfterValidator(_matches(_EMAIL, "an email address"))]
 RoleArn = Annotated[str, AfterValidator(_matches(_ROLE_ARN, "an IAM role ARN (arn:aws:iam::123456789012:role/name)"))]
+SecurityGroupId = Annotated[str, AfterValidator(_matches(_SECURITY_GROUP, "a security group id (sg- and 8 or 17 hex digits)"))]
 
 
 class _Section(BaseModel):
@@ -182,6 +186,12 @@ class ClusterSettings(_Section):
     endpoint_public_access: bool
     """Expose the Kubernetes API endpoint publicly (to `publicAccessCidrs` only); never in prod."""
     public_access_cidrs: list[Cidr] = Field(default_factory=list)
+    deploy_runner_cidrs: Annotated[list[Cidr], AfterValidator(_unique)] = Field(default_factory=list)
+    """Private networks `pulumi up` runs from (a CI runner's subnet, a VPN range): HTTPS into the cluster
+    security group, the only way to a private API endpoint. With `endpointPublicAccess: false`, this or
+    `deployRunnerSecurityGroupIds` is required (README: Cluster and GPU node pools)."""
+    deploy_runner_security_group_ids: Annotated[list[SecurityGroupId], AfterValidator(_unique)] = Field(default_factory=list)
+    """Security groups of deploy runners (in this VPC, or a peered one in the same region), admitted like the CIDRs."""
     admin_role_arns: list[RoleArn]
     """IAM roles granted cluster-admin through EKS access entries."""
     log_types: Annotated[
@@ -390,6 +400,14 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
             add("cluster.publicAccessCidrs", f'got "{cidr}"; opening the API server to the whole internet is not allowed')
     if not c.endpoint_public_access and c.public_access_cidrs:
         add("cluster.publicAccessCidrs", "set, but cluster.endpointPublicAccess is false; remove it or enable public access")
+    if not c.endpoint_public_access and not (c.deploy_runner_cidrs or c.deploy_runner_security_group_ids):
+        add("cluster.deployRunnerCidrs", "required when cluster.endpointPublicAccess is false: the private API endpoint admits "
+            "only these networks (or cluster.deployRunnerSecurityGroupIds), so without one `pulumi up` cannot install the "
+            "add-ons; set the CI runner's subnet, e.g. the first private subnet (README: Reaching a private API endpoint)")
+    for cidr in c.deploy_runner_cidrs:
+        if not any(ipaddress.IPv4Network(cidr).subnet_of(ipaddress.IPv4Network(space)) for space in _VPC_ADDRESS_SPACE):
+            add("cluster.deployRunnerCidrs", f'got "{cidr}"; allowed: ranges inside {", ".join(_VPC_ADDRESS_SPACE)} (what a VPC, '
+                "a peering or a VPN routes); a runner on the internet uses cluster.endpointPublicAccess with publicAccessCidrs instead")
 
     ng = c.system_node_group
     if ng.min_size > ng.max_size:

@@ -177,7 +177,7 @@ def test_chart_versions_are_pinned(stack_inventories):
     from components import versions
 
     releases = stack_inventories["prod"].of_type(RELEASE)
-    assert len(releases) == 7
+    assert len(releases) == 8  # + metrics-server
     pinned = {c.version for c in vars(versions).values() if isinstance(c, versions.HelmChart)}
     for chart in releases:
         assert chart.inputs["version"] in pinned, chart.name

@@ -15,7 +15,7 @@ VALID_DEV = {
     "budget": {"alertEmails": ["team@example.com"]},
     "cluster": {"publicAccessCidrs": ["203.0.113.0/24"]},
 }
-VALID_PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]}}
+VALID_PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]}, "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"]}}
 
 
 def load(raw, stack="dev", region="us-east-1"):

@@ -1,0 +1,314 @@
+"""What a first real `pulumi up` and `pulumi destroy` of the cluster need (issue 11, items 2, 3, 7, 9, 10, 13).
+
+Mocks accept anything, so each test reads the offline inventory for the property a real account
+enforces: one access entry per principal, a path to a private API endpoint, permissions that
+outlive their users on destroy, add-on settings named as upstream names them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from components.cluster import Cluster, ClusterArgs
+from infra.inventory import Inventory, Resource
+from infra.settings import SettingsError, load_settings
+from infra.upstream import chart_defaults, unknown_value_keys
+from tests.conftest import declare
+
+UPSTREAM = Path(__file__).resolve().parents[2] / "components" / "upstream"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+ADDON = "aws:eks/addon:Addon"
+ACCESS_ENTRY = "aws:eks/accessEntry:AccessEntry"
+INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+ROLE = "aws:iam/role:Role"
+GRANTS = ("aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+STACKS = ["dev", "staging", "prod"]
+
+
+def release(inventory: Inventory, suffix: str) -> Resource:
+    (found,) = [r for r in inventory.of_type(RELEASE) if r.name.endswith(suffix)]
+    return found
+
+
+def addon(inventory: Inventory, name: str) -> Resource:
+    (found,) = [r for r in inventory.of_type(ADDON) if r.inputs["addonName"] == name]
+    return found
+
+
+def grants_of(inventory: Inventory, role: Resource) -> list[Resource]:
+    """The role's inline policies and attachments (components/identity.py names them after the role)."""
+    return [g for g in inventory.resources if g.type in GRANTS and g.name.startswith(f"{role.name}-") and g.parent == role.parent]
+
+
+def role_name(inventory: Inventory, role: Resource) -> str:
+    """The role's physical name, as its grants received it (`role.name` or `role.id`, `<name>-id` offline)."""
+    (name,) = {g.inputs["role"].removesuffix("-id") for g in grants_of(inventory, role)}
+    return name
+
+
+def role_arn(inventory: Inventory, role: Resource) -> str:
+    return f"arn:aws:iam::123456789012:role/{role_name(inventory, role)}"
+
+
+def closure(inventory: Inventory, resource: Resource) -> set[str]:
+    """Every URN `resource` depends on, directly or through others (what destroy deletes after it)."""
+    seen: set[str] = set()
+    stack = list(resource.depends_on)
+    while stack:
+        urn = stack.pop()
+        if urn not in seen:
+            seen.add(urn)
+            stack.extend(inventory.by_urn(urn).depends_on)
+    return seen
+
+
+# -- item 2: one access entry per principal -----------------------------------------------------
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_principal_has_two_access_entries(stack_inventories, stack):
+    inventory = stack_inventories[stack]
+    roles = {role_arn(inventory, r): r for r in inventory.of_type(ROLE)}
+    principals = [e.inputs["principalArn"] for e in inventory.of_type(ACCESS_ENTRY)]
+    # EKS itself registers the role of every managed node group (EKS User Guide, "Create access entries")
+    principals += [g.inputs["nodeRoleArn"] for g in inventory.of_type("aws:eks/nodeGroup:NodeGroup")]
+    assert len(principals) == len(set(principals)), principals
+    assert {p for p in principals if p in roles}  # the check compares real ARNs, not placeholders
+
+
+def test_karpenter_nodes_have_their_own_role_entry_and_pass_role(stack_inventories):
+    inventory = stack_inventories["dev"]
+    (karpenter_role,) = [r for r in inventory.of_type(ROLE) if r.name.endswith("-karpenter-node-role")]
+    (entry,) = [e for e in inventory.of_type(ACCESS_ENTRY) if e.inputs["type"] == "EC2_LINUX"]
+    assert entry.inputs["principalArn"] == role_arn(inventory, karpenter_role)
+    for node_class in inventory.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
+        assert node_class.inputs["spec"]["role"] == role_name(inventory, karpenter_role)
+        assert entry.urn in node_class.depends_on  # the entry outlives the nodes on destroy
+    (controller_policy,) = [p for p in inventory.of_type(GRANTS[0]) if p.name.endswith("-karpenter-policy")]
+    (pass_role,) = [s for s in json.loads(controller_policy.inputs["policy"])["Statement"] if s["Action"] == "iam:PassRole"]
+    assert pass_role["Resource"] == role_arn(inventory, karpenter_role)  # not the system node group's role
+
+
+# -- item 3: the deploy runner reaches a private endpoint ---------------------------------------
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_private_endpoint_stacks_admit_the_deploy_runner_on_443(stack_inventories, stack):
+    inventory = stack_inventories[stack]
+    eks = inventory.of_type("aws:eks/cluster:Cluster")[0]
+    assert eks.inputs["vpcConfig"]["endpointPublicAccess"] is False
+    rules = inventory.of_type(INGRESS_RULE)
+    assert [r.inputs["cidrIpv4"] for r in rules] == ["10.0.0.0/19"]
+    for rule in rules:
+        assert (rule.inputs["ipProtocol"], rule.inputs["fromPort"], rule.inputs["toPort"]) == ("tcp", 443, 443)
+        assert rule.inputs["securityGroupId"] == f"sg-{eks.inputs['name']}-cluster"  # the cluster security group
+        assert eks.urn in rule.depends_on
+    # nothing talks to the API before the runner may: the provider of every Kubernetes object waits for the rules
+    (provider,) = inventory.of_type("pulumi:providers:kubernetes")
+    assert {r.urn for r in rules} <= set(provider.depends_on)
+
+
+def test_dev_with_a_public_allow_listed_endpoint_needs_no_runner_rule(stack_inventories):
+    assert stack_inventories["dev"].of_type(INGRESS_RULE) == []
+
+
+def test_runner_security_groups_become_referenced_group_rules():
+    inventory = declare(lambda: Cluster("c", ClusterArgs(
+        cluster_name="c1", kubernetes_version="1.35", vpc_id="vpc-1", subnet_ids=["subnet-1", "subnet-2"],
+        deploy_runner_security_group_ids=("sg-0123456789abcdef0",),
+    )))
+    (rule,) = inventory.of_type(INGRESS_RULE)
+    assert rule.inputs["referencedSecurityGroupId"] == "sg-0123456789abcdef0" and rule.inputs["fromPort"] == 443
+    assert "cidrIpv4" not in rule.inputs
+
+
+def test_a_private_cluster_without_a_runner_is_refused_before_anything_is_declared():
+    with pytest.raises(ValueError, match="deploy_runner_cidrs or deploy_runner_security_group_ids: required"):
+        ClusterArgs(cluster_name="c1", kubernetes_version="1.35", vpc_id="v", subnet_ids=["s"])
+
+
+PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]}}
+
+
+def problems(raw: dict, stack: str = "prod") -> list[str]:
+    with pytest.raises(SettingsError) as info:
+        load_settings(raw, stack=stack, region="us-east-1")
+    return info.value.problems
+
+
+@pytest.mark.parametrize("profile", ["staging", "prod"])
+def test_settings_name_the_missing_runner_and_the_fix(profile):
+    (problem,) = problems({**PROD, "profile": profile}, stack=profile)
+    assert problem.startswith("mlops-platform:cluster.deployRunnerCidrs: required when cluster.endpointPublicAccess is false")
+    assert "deployRunnerSecurityGroupIds" in problem and "first private subnet" in problem
+
+
+@pytest.mark.parametrize(("cluster", "expected"), [
+    ({"deployRunnerCidrs": ["0.0.0.0/0"]}, 'cluster.deployRunnerCidrs: got "0.0.0.0/0"; allowed: ranges inside 10.0.0.0/8'),
+    ({"deployRunnerCidrs": ["52.94.0.0/22"]}, 'cluster.deployRunnerCidrs: got "52.94.0.0/22"; allowed: ranges inside 10.0.0.0/8'),
+    ({"deployRunnerCidrs": ["10.0.0.0/33"]}, "cluster.deployRunnerCidrs[0]: got \"10.0.0.0/33\"; not an IPv4 CIDR block"),
+    ({"deployRunnerSecurityGroupIds": ["sg-xyz"]}, 'cluster.deployRunnerSecurityGroupIds[0]: got "sg-xyz"; not a security group id'),
+    ({"deployRunnerCidrs": ["10.0.0.0/19", "10.0.0.0/19"]}, "cluster.deployRunnerCidrs: got"),
+])
+def test_bad_runner_settings_name_key_and_allowed_values(cluster, expected):
+    found = problems({**PROD, "cluster": cluster})
+    assert any(expected in p for p in found), found
+
+
+def test_a_runner_security_group_alone_is_enough():
+    settings = load_settings({**PROD, "cluster": {"deployRunnerSecurityGroupIds": ["sg-0123456789abcdef0"]}}, stack="prod", region="us-east-1")
+    assert settings.cluster.deploy_runner_security_group_ids == ["sg-0123456789abcdef0"]
+
+
+# -- item 7: permissions outlive their users ------------------------------------------------------
+
+def role_users(inventory: Inventory, role: Resource) -> list[Resource]:
+    """Resources that act with the role: whatever names its ARN (or, for an EC2NodeClass, its name),
+    and the pods of a service account annotated with it."""
+    arn, name = role_arn(inventory, role), role_name(inventory, role)
+    users = []
+    for resource in inventory.resources:
+        if resource.type in GRANTS or not resource.custom:
+            continue
+        text = json.dumps(resource.inputs)
+        if resource.type.endswith(":ServiceAccount"):
+            if arn in text:
+                users += pods_of(inventory, resource)
+        elif arn in text or (resource.type.endswith(":EC2NodeClass") and resource.inputs["spec"]["role"] == name):
+            users.append(resource)
+    return users
+
+
+def pods_of(inventory: Inventory, account: Resource) -> list[Resource]:
+    namespace, name = account.inputs["metadata"]["namespace"], account.inputs["metadata"]["name"]
+    workloads = []
+    for resource in inventory.resources:
+        if resource.type in ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job"):
+            pod = resource.inputs["spec"]["template"]["spec"]
+            if resource.inputs["metadata"]["namespace"] == namespace and pod.get("serviceAccountName") == name:
+                workloads.append(resource)
+    assert workloads, f"no pod uses {namespace}/{name}"
+    return workloads
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_user_of_a_role_depends_on_its_policies(stack_inventories, stack):
+    inventory = stack_inventories[stack]
+    checked = 0
+    for role in inventory.of_type(ROLE):
+        arn, grants = role_arn(inventory, role), [g.urn for g in grants_of(inventory, role)]
+        assert grants, f"{role.name} has no policy"
+        for user in role_users(inventory, role):
+            missing = set(grants) - closure(inventory, user)
+            assert not missing, f"{user.type} {user.name} does not depend on {sorted(missing)} of {role.name} ({arn})"
+            checked += 1
+    # cluster, system nodes, Karpenter release, its node classes and access entry, LBC, EBS CSI, tracking and endpoint pods
+    assert checked >= 12
+
+
+def test_the_vpc_cni_outlives_the_nodes_and_depends_on_the_node_role(stack_inventories):
+    inventory = stack_inventories["dev"]
+    cni = addon(inventory, "vpc-cni")
+    (group,) = inventory.of_type("aws:eks/nodeGroup:NodeGroup")
+    assert cni.urn in group.depends_on
+    cni_policy = [g for g in inventory.of_type(GRANTS[1]) if g.inputs["policyArn"].endswith("/AmazonEKS_CNI_Policy") and "-cluster-node-role" in g.name]
+    assert len(cni_policy) == 1 and cni_policy[0].urn in cni.depends_on
+
+
+# -- item 9: metrics-server ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("stack", "replicas"), [("dev", 1), ("prod", 2)])
+def test_metrics_server_is_pinned_on_system_nodes(stack_inventories, stack, replicas):
+    from components import versions
+
+    chart = release(stack_inventories[stack], "-metrics-server")
+    assert (chart.inputs["chart"], chart.inputs["version"]) == ("metrics-server", versions.METRICS_SERVER.version)
+    assert chart.inputs["repositoryOpts"]["repo"] == "https://kubernetes-sigs.github.io/metrics-server/"
+    assert chart.inputs["namespace"] == "kube-system"
+    values = chart.inputs["values"]
+    assert values["nodeSelector"] == {"mlops.platform/pool": "system"} and values["replicas"] == replicas
+    assert ("podDisruptionBudget" in values) == (replicas > 1)
+    # its keys are checked against the chart's committed values.yaml with every other release
+    assert unknown_value_keys(values, chart_defaults("metrics-server", versions.METRICS_SERVER.version)) == []
+
+
+def test_cpu_autoscaled_endpoints_have_a_metrics_api(stack_inventories):
+    inventory = stack_inventories["prod"]
+    hpas = inventory.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert any(m["type"] == "Resource" for h in hpas for m in h.inputs["spec"]["metrics"])
+    assert release(inventory, "-metrics-server")
+
+
+# -- item 10: NetworkPolicies are enforced ---------------------------------------------------------
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_vpc_cni_enforces_network_policies(stack_inventories, stack):
+    cni = addon(stack_inventories[stack], "vpc-cni")
+    # a string, as the add-on's configuration schema wants it
+    assert json.loads(cni.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    assert cni.inputs["resolveConflictsOnCreate"] == "OVERWRITE"  # EKS installed it self-managed with the cluster
+
+
+# -- item 13: the `stack` tag reaches what the budget counts ---------------------------------------
+
+EBS_TAGS_SCHEMA = json.loads((UPSTREAM / "eks-addons" / "aws-ebs-csi-driver.configuration-schema.json").read_text())
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_tag_reaches_instances_volumes_and_load_balancers(stack_inventories, stack):
+    inventory = stack_inventories[stack]
+    (template,) = inventory.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    specs = {s["resourceType"]: s["tags"] for s in template.inputs["tagSpecifications"]}
+    assert set(specs) == {"instance", "volume", "network-interface"}
+    assert all(tags["stack"] == stack for tags in specs.values())
+    for node_class in inventory.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
+        assert node_class.inputs["spec"]["tags"]["stack"] == stack
+    lbc = release(inventory, "-aws-load-balancer-controller").inputs["values"]
+    assert lbc["defaultTags"]["stack"] == stack
+    ebs = json.loads(addon(inventory, "aws-ebs-csi-driver").inputs["configurationValues"])
+    assert ebs["controller"]["extraVolumeTags"]["stack"] == stack
+    jsonschema.validate(ebs, EBS_TAGS_SCHEMA)
+
+
+def test_the_ebs_schema_copy_rejects_what_the_add_on_rejects():
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"controller": {"extraVolumeTags": {"owner": "ml platform #1"}}}, EBS_TAGS_SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"controller": {"extraTags": {}}}, EBS_TAGS_SCHEMA)
+
+
+# -- Karpenter's reserved tag keys (the rest of the CRDs: tests/unit/test_upstream_contracts.py) ----
+
+def restricted_tag_rules(schema: dict) -> tuple[set[str], set[str]]:
+    """(keys, prefixes) the EC2NodeClass CRD's CEL rules on `spec.tags` forbid."""
+    import re
+
+    rules = [v["rule"] for v in schema["properties"]["spec"]["properties"]["tags"]["x-kubernetes-validations"]]
+    keys = {m for r in rules for m in re.findall(r"k\s*!=\s*'([^']+)'", r)} - {""}
+    prefixes = set(re.findall(r"!k\.startsWith\('([^']+)'\)", " ".join(rules)))
+    assert keys and prefixes, rules
+    return keys, prefixes
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_node_class_tags_avoid_the_keys_karpenter_reserves(stack_inventories, stack):
+    """The CRD's CEL rules (which JSON-schema validation skips) refuse tags Karpenter sets itself."""
+    crd = yaml.safe_load((UPSTREAM / "karpenter-v1.11.1" / "karpenter.k8s.aws_ec2nodeclasses.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    keys, prefixes = restricted_tag_rules(version["schema"]["openAPIV3Schema"])
+    assert "eks:eks-cluster-name" in keys and "kubernetes.io/cluster" in prefixes
+    for resource in stack_inventories[stack].of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
+        assert not [k for k in resource.inputs["spec"]["tags"] if k in keys or k.startswith(tuple(prefixes))]
+
+
+def test_runner_rules_are_named_after_their_source_so_reordering_replaces_nothing():
+    def names(cidrs):
+        inventory = declare(lambda: Cluster("c", ClusterArgs(
+            cluster_name="c1", kubernetes_version="1.35", vpc_id="vpc-1", subnet_ids=["subnet-1"], deploy_runner_cidrs=cidrs)))
+        return {r.name: r.inputs["cidrIpv4"] for r in inventory.of_type(INGRESS_RULE)}
+
+    assert names(("10.0.0.0/19", "10.8.0.0/16")) == names(("10.8.0.0/16", "10.0.0.0/19")) == {
+        "c-deploy-runner-10.0.0.0-19": "10.0.0.0/19", "c-deploy-runner-10.8.0.0-16": "10.8.0.0/16"}
