@@ -124,8 +124,11 @@ class Network(pulumi.ComponentResource):
             tags={"Name": f"{name}-public"},
             opts=child,
         )
+        routes: list[pulumi.Resource] = []  # what makes the subnets usable: route associations, NATs, endpoints
         for index, subnet in enumerate(public_subnets):
-            aws.ec2.RouteTableAssociation(f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child)
+            routes.append(
+                aws.ec2.RouteTableAssociation(f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child)
+            )
 
         nat_count = 1 if args.nat_gateways == "single" else len(zones)
         nats = []
@@ -151,11 +154,14 @@ class Network(pulumi.ComponentResource):
                 tags={"Name": f"{name}-private-{zones[index]}"},
                 opts=child,
             )
-            aws.ec2.RouteTableAssociation(f"{name}-private-rta-{index}", subnet_id=subnet.id, route_table_id=route_table.id, opts=child)
+            routes.append(
+                aws.ec2.RouteTableAssociation(f"{name}-private-rta-{index}", subnet_id=subnet.id, route_table_id=route_table.id, opts=child)
+            )
             private_rts.append(route_table)
+        routes.extend(nats)
 
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
-        aws.ec2.VpcEndpoint(
+        s3_endpoint = aws.ec2.VpcEndpoint(
             f"{name}-s3",
             vpc_id=vpc.id,
             service_name=f"com.amazonaws.{region}.s3",
@@ -164,6 +170,7 @@ class Network(pulumi.ComponentResource):
             tags={"Name": f"{name}-s3"},
             opts=child,
         )
+        routes.append(s3_endpoint)
 
         if args.interface_endpoints:
             endpoint_sg = aws.ec2.SecurityGroup(
@@ -176,7 +183,7 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
             for service in args.interface_endpoints:
-                aws.ec2.VpcEndpoint(
+                routes.append(aws.ec2.VpcEndpoint(
                     f"{name}-{service.replace('.', '-')}",
                     vpc_id=vpc.id,
                     service_name=f"com.amazonaws.{region}.{service}",
@@ -186,13 +193,21 @@ class Network(pulumi.ComponentResource):
                     security_group_ids=[endpoint_sg.id],
                     tags={"Name": f"{name}-{service}"},
                     opts=child,
-                )
+                ))
 
         self.vpc_id = vpc.id
-        self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private_subnets])
-        self.public_subnet_ids = pulumi.Output.all(*[s.id for s in public_subnets])
+        # Whoever uses the subnets also waits for their routes, NAT gateways and endpoints: nodes need
+        # egress to join, and on `pulumi destroy` the controllers still cleaning up (load balancers,
+        # instances, volumes) keep their way to the AWS APIs until they are gone themselves.
+        self.private_subnet_ids = _ids_after(private_subnets, routes)
+        self.public_subnet_ids = _ids_after(public_subnets, routes)
         self.vpc_cidr = args.cidr
         self.nat_gateway_count = nat_count
         self.register_outputs(
             {"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids, "public_subnet_ids": self.public_subnet_ids}
         )
+
+
+def _ids_after(subnets: Sequence[aws.ec2.Subnet], ready: Sequence[pulumi.Resource]) -> pulumi.Output[list[str]]:
+    """The subnets' ids, as an output that also depends on `ready` (an output carries its resources as dependencies)."""
+    return pulumi.Output.all(*[s.id for s in subnets], *[r.id for r in ready]).apply(lambda ids: list(ids[: len(subnets)]))

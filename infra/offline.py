@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextvars
 import hashlib
+import json
 from typing import Any, Callable
 
 import pulumi
@@ -22,25 +23,30 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.sync_await import _sync_await
 
 from infra.inventory import STACK_TYPE, Inventory, Resource, mask_secrets
+from infra.settings import CONFIG_NAMESPACE
 
 ACCOUNT_ID = "123456789012"
 """The documentation account id AWS itself uses in examples; offline ARNs are built from it."""
 
 
-def _physical_name(name: str, inputs: dict[str, Any]) -> str:
+def physical_name(name: str, inputs: dict[str, Any]) -> str:
     """What auto-naming would give: the logical name plus a stable 7-character suffix."""
     suffix = hashlib.sha256(name.encode()).hexdigest()[:7]
     return inputs.get("name") or f"{name}-{suffix}"
 
 
 class OfflineMocks(pulumi.runtime.Mocks):
-    """Plausible cloud answers, deterministic so two previews of the same code are identical."""
+    """Plausible cloud answers, deterministic so two previews of the same code are identical.
 
-    def __init__(self, region: str) -> None:
+    The offline registry holds every image a stack asks for (the steady state, images pushed):
+    with the digest the stack file records under `imageDigests`, else one derived from the name."""
+
+    def __init__(self, region: str, image_digests: dict[tuple[str, str], str] | None = None) -> None:
         self.region = region
+        self.image_digests = image_digests or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
-        physical = _physical_name(args.name, args.inputs)
+        physical = physical_name(args.name, args.inputs)
         service = args.typ.split(":")[1].split("/")[0] if ":" in args.typ else "x"
         outputs = dict(args.inputs)
         outputs.setdefault("arn", f"arn:aws:{service}:{self.region}:{ACCOUNT_ID}:{physical}")
@@ -106,7 +112,33 @@ class OfflineMocks(pulumi.runtime.Mocks):
             return {"region": self.region, "name": self.region, "id": self.region}, []
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
+        if token == "aws:ecr/getImage:getImage":
+            return self._image(args.args["repositoryName"], args.args["imageTag"]), []
         raise NotImplementedError(f"offline preview has no answer for the data source {token}; add one in infra/offline.py")
+
+    def _image(self, repository_name: str, tag: str) -> dict[str, Any]:
+        repository = repository_name.split("/", 1)[-1]  # without the stack's namespace
+        digest = self.image_digests.get((repository, tag)) or offline_image_digest(repository_name, tag)
+        host = f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com"
+        return {"imageDigest": digest, "imageTag": tag, "imageTags": [tag], "repositoryName": repository_name,
+                "registryId": ACCOUNT_ID, "imageUri": f"{host}/{repository_name}@{digest}", "id": digest}
+
+
+def offline_image_digest(repository_name: str, tag: str) -> str:
+    """The made-up digest the offline registry gives an image no stack file records."""
+    return "sha256:" + hashlib.sha256(f"{repository_name}:{tag}".encode()).hexdigest()
+
+
+def recorded_image_digests(config: dict[str, str]) -> dict[tuple[str, str], str]:
+    """`imageDigests` of a stack's runtime config, as `{(repository, tag): digest}`."""
+    raw = config.get(f"{CONFIG_NAMESPACE}:imageDigests")
+    try:
+        recorded = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}  # the settings model reports it
+    if not isinstance(recorded, dict):
+        return {}
+    return {(repo, tag): digest for repo, tags in recorded.items() if isinstance(tags, dict) for tag, digest in tags.items()}
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -134,7 +166,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     protect=bool(request.protect),
                     retain_on_delete=bool(request.retainOnDelete),
                     depends_on=[_engine_urn(u) for u in request.dependencies],
-                    provider=request.provider,
+                    provider=_engine_urn(request.provider),
                 )
             )
         return response
@@ -174,7 +206,7 @@ def run_offline(
 
 def _run(program: Callable[[], None], project: str, stack: str, config: dict[str, str], secret_keys: list[str]) -> Inventory:
     region = config.get("aws:region", "us-east-1")
-    monitor = RecordingMonitor(OfflineMocks(region))
+    monitor = RecordingMonitor(OfflineMocks(region, recorded_image_digests(config)))
     pulumi_settings.ROOT.set(None)
     set_all_config(config, secret_keys)
     pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=False, monitor=monitor)

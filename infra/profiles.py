@@ -18,6 +18,9 @@ from typing import Any
 
 _SHARED: dict[str, Any] = {
     "owner": "ml-platform",
+    # Every profile describes a stack in steady state. The first `pulumi up` of a new stack sets
+    # `deployWorkloads: false` once (its registry does not exist yet); see README "First deploy".
+    "deployWorkloads": True,
     "network": {
         "cidr": "10.0.0.0/16",
     },

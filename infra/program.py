@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
-import pulumi_aws as aws
 from pulumi.runtime import config as runtime_config
 
 from components.budget import Budget, BudgetArgs
@@ -24,6 +23,7 @@ from components.registry import Registry, RegistryArgs
 from components.serving import CanaryArgs, ServingEndpoint, ServingEndpointArgs, ServingPlane
 from components.storage import Storage, StorageArgs
 from components.tracking import DatabaseArgs, TrackingServer, TrackingServerArgs
+from infra.images import workload_images
 from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError, load_settings
 from infra.tagging import platform_tags, register_platform_tags
 
@@ -53,8 +53,12 @@ def current_settings() -> PlatformSettings:
     return load_settings(read_stack_config(), stack=pulumi.get_stack(), region=region)
 
 
-def build(settings: PlatformSettings) -> None:
-    """Declare every component of one environment."""
+def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> None:
+    """Declare every component of one environment.
+
+    `images` holds the full reference of each workload image by `(repository, tag)` (see
+    infra/images.py). With `deployWorkloads: false` it is empty and nothing that runs a platform
+    image is declared: no self-hosted tracking server, no endpoint (the first deploy's phase 1)."""
     tags = platform_tags(env=settings.profile, stack=pulumi.get_stack(), owner=settings.owner)
     register_platform_tags(tags)
     prefix = settings.name_prefix
@@ -93,9 +97,11 @@ def build(settings: PlatformSettings) -> None:
         ),
     )
     cluster, node_pools, addons = _compute(settings, network, tags)
-    tracking = _tracking(settings, network, storage, cluster, addons)
+    # Managed MLflow pulls no image of ours, so it belongs to phase 1 as well.
+    workloads = settings.deploy_workloads
+    tracking = _tracking(settings, network, storage, cluster, addons, images) if workloads or settings.tracking.mode == "managed" else None
     monitoring = _monitoring(settings, storage, cluster, node_pools)
-    endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring)
+    endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring, images) if tracking and workloads else []
     Budget(
         f"{prefix}-budget",
         BudgetArgs(
@@ -116,8 +122,10 @@ def build(settings: PlatformSettings) -> None:
     pulumi.export("clusterName", cluster.name)
     pulumi.export("clusterEndpoint", cluster.endpoint)
     pulumi.export("karpenterInterruptionQueue", node_pools.queue_name)
-    pulumi.export("trackingUrl", tracking.url)
-    if tracking.admin_secret_arn is not None:
+    pulumi.export("deployWorkloads", workloads)
+    if tracking is not None:
+        pulumi.export("trackingUrl", tracking.url)
+    if tracking is not None and tracking.admin_secret_arn is not None:
         pulumi.export("trackingAdminSecretArn", tracking.admin_secret_arn)
     pulumi.export("endpointPaths", {e.endpoint: e.url_path for e in endpoints})
 
@@ -147,7 +155,7 @@ def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, 
 
 
 def _serving(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
-             node_pools: NodePools, tracking: TrackingServer, monitoring: Monitoring) -> list[ServingEndpoint]:
+             node_pools: NodePools, tracking: TrackingServer, monitoring: Monitoring, images: dict[tuple[str, str], str]) -> list[ServingEndpoint]:
     if not settings.endpoints:
         return []
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
@@ -160,7 +168,7 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
                 endpoint=e.name,
                 model=e.model,
                 alias=e.alias,
-                image=_image_reference(settings, "serving", e.image_tag),
+                image=images[("serving", e.image_tag)],
                 min_replicas=e.replicas.min,
                 max_replicas=e.replicas.max,
                 cpu=e.cpu,
@@ -190,7 +198,8 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
     return endpoints
 
 
-def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons) -> TrackingServer:
+def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
+              images: dict[tuple[str, str], str]) -> TrackingServer:
     t, db = settings.tracking, settings.database
     return TrackingServer(
         f"{settings.name_prefix}-tracking",
@@ -204,7 +213,7 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
             subnet_ids=network.private_subnet_ids,
             cluster_security_group_id=cluster.security_group_id,
             identity=cluster.identity,
-            image=_image_reference(settings, "tracking", t.image_tag),
+            image=images.get(("tracking", t.image_tag), ""),  # none in managed mode
             replicas=t.replicas,
             database=DatabaseArgs(
                 instance_class=db.instance_class,
@@ -224,13 +233,6 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
         ),
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
     )
-
-
-def _image_reference(settings: PlatformSettings, repository: str, tag: str) -> str:
-    """`<account>.dkr.ecr.<region>.amazonaws.com/<prefix>/<repo>:<tag>`, known before the registry exists,
-    so the image string is plain (it names the migration Job)."""
-    account = aws.get_caller_identity().account_id
-    return f"{account}.dkr.ecr.{settings.region}.amazonaws.com/{settings.name_prefix}/{repository}:{tag}"
 
 
 def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str]) -> tuple[Cluster, NodePools, ClusterAddons]:
@@ -314,7 +316,8 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str])
 def main() -> None:
     try:
         settings = current_settings()
+        images = workload_images(settings)  # looks the images up in the registry: nothing is declared yet
     except SettingsError as exc:
         # RunError prints the message without a Python traceback under the CLI.
         raise pulumi.RunError(str(exc)) from None
-    build(settings)
+    build(settings, images)

@@ -53,6 +53,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]{1,18}[a-z0-9]$")
 _SECURITY_GROUP = re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")
 _VPC_ADDRESS_SPACE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 """Private ranges a VPC may use (RFC 1918, and RFC 6598 shared space): where a deploy runner can sit."""
+_IMAGE_TAG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""What a Docker tag may be (the registry refuses anything else)."""
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def _cidr(value: str) -> str:
@@ -90,6 +93,8 @@ Duration = Annotated[str, AfterValidator(_matches(_DURATION, "a duration such as
 Email = Annotated[str, AfterValidator(_matches(_EMAIL, "an email address"))]
 RoleArn = Annotated[str, AfterValidator(_matches(_ROLE_ARN, "an IAM role ARN (arn:aws:iam::123456789012:role/name)"))]
 SecurityGroupId = Annotated[str, AfterValidator(_matches(_SECURITY_GROUP, "a security group id (sg- and 8 or 17 hex digits)"))]
+ImageDigest = Annotated[str, AfterValidator(_matches(_DIGEST, "an image digest: sha256: and 64 lowercase hex digits"))]
+ImageTag = Annotated[str, AfterValidator(_matches(re.compile(_IMAGE_TAG), "a Docker tag (up to 128 letters, digits, '.', '_' or '-')"))]
 
 
 class _Section(BaseModel):
@@ -217,7 +222,7 @@ class TrackingServerSettings(_Section):
     mode: Literal["selfHosted", "managed"]
     """`selfHosted`: MLflow on the cluster with RDS PostgreSQL; `managed`: SageMaker's managed MLflow."""
     replicas: int = Field(ge=1, le=5)
-    image_tag: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    image_tag: str = Field(pattern=_IMAGE_TAG)
     """Tag of the `tracking` image in the platform registry (built from services/tracking); never `latest`."""
     exposure: Literal["internalAlb", "clusterOnly"]
     """`internalAlb`: reachable inside the VPC (VPN, peered networks); `clusterOnly`: a ClusterIP Service."""
@@ -262,7 +267,7 @@ class EndpointSettings(_Section):
     canary: CanarySettings | None = None
     capture_fraction: float = Field(default=0.05, ge=0, le=1)
     """Share of requests and predictions captured to S3 for drift analysis."""
-    image_tag: str = Field(default="0.1.0", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    image_tag: str = Field(default="0.1.0", pattern=_IMAGE_TAG)
     latency_objective_ms: int = Field(default=250, ge=1)
     """p99 latency objective; the monitoring alert fires above it."""
 
@@ -321,6 +326,13 @@ class PlatformSettings(_Section):
     endpoints: list[EndpointSettings] = Field(default_factory=list)
     """Model endpoints this stack serves."""
     budget: BudgetSettings
+    deploy_workloads: bool
+    """Create the workloads that run the platform's own images (the self-hosted tracking server, the model
+    endpoints). `false` only for the first `pulumi up` of a stack: its registry is created by that same `up`,
+    so there is nothing to pull yet (README: First deploy and teardown)."""
+    image_digests: dict[str, dict[ImageTag, ImageDigest]] = Field(default_factory=dict)
+    """Digests recorded by whoever pushed the images (CI): `{<repository>: {<tag>: "sha256:..."}}`. Optional:
+    `pulumi up` reads the digest of each tag from the registry; a recorded one must agree with it."""
     waivers: list[WaiverSettings] = Field(default_factory=list)
     """Reviewed exceptions to the checks: one rule, one resource, a reason."""
 
@@ -440,6 +452,26 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
         add("tracking.imageTag", 'got "latest"; pin a version (for example 3.17.2-1)')
     if s.database.multi_az and s.network.az_count < 2:
         add("database.multiAz", "needs network.azCount of at least 2")
+    problems.extend(_image_problems(s))
+    return problems
+
+
+def _image_problems(s: PlatformSettings) -> list[str]:
+    """Every image a workload runs, and every recorded digest, must name a repository this stack creates:
+    the stack can pull only from its own registry."""
+    repositories = s.registry.repositories
+    allowed = ", ".join(json.dumps(r) for r in repositories)
+    problems = []
+    needed = {"tracking": "the self-hosted tracking server"} if s.tracking.mode == "selfHosted" else {}
+    if s.endpoints:
+        needed["serving"] = "the model endpoints"
+    for repository, user in needed.items():
+        if repository not in repositories:
+            problems.append(f'{CONFIG_NAMESPACE}:registry.repositories: got [{allowed}]; must include "{repository}": '
+                            f"the stack pulls the image of {user} from its own registry")
+    for repository in s.image_digests:
+        if repository not in repositories:
+            problems.append(f'{CONFIG_NAMESPACE}:imageDigests.{repository}: not a repository of this stack; allowed: {allowed}')
     return problems
 
 
@@ -447,7 +479,7 @@ def _describe(exc: ValidationError) -> list[str]:
     """Turn pydantic's errors into lines that name the YAML key, the value and what is allowed."""
     lines = []
     for error in exc.errors(include_url=False):
-        loc = [part for part in error["loc"] if not isinstance(part, str) or not part.startswith("function-")]
+        loc = [part for part in error["loc"] if not isinstance(part, str) or not (part.startswith("function-") or part == "[key]")]
         key = _key_path(loc)
         value = error.get("input")
         ctx = error.get("ctx") or {}

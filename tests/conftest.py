@@ -19,6 +19,17 @@ def declare(build: Callable[[], None], *, stack: str = "test", region: str = "us
     return run_offline(build, project="mlops-platform", stack=stack, config={"aws:region": region})
 
 
+def offline_stack(stack: str, **overrides: object) -> Inventory:
+    """A shipped stack's offline preview with some settings overridden, as `pulumi config set` would."""
+    from infra.program import main as program
+    from infra.stackfile import load_stack_config
+
+    config = load_stack_config(stack)
+    runtime = config.runtime_config()
+    runtime.update({f"mlops-platform:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in overrides.items()})
+    return run_offline(program, project=config.project, stack=stack, config=runtime, secret_keys=sorted(config.secret_keys))
+
+
 def policy(resource: Resource, key: str = "policy") -> dict:
     """A JSON policy input, parsed."""
     return json.loads(resource.inputs[key])

@@ -100,7 +100,7 @@ def test_server_pods_are_locked_down_and_exposed_on_an_internal_alb(stack_invent
     assert spec["replicas"] == 2
     container = spec["template"]["spec"]["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True and container["securityContext"]["runAsNonRoot"] is True
-    assert container["image"].endswith("/mlops-prod/tracking:3.17.2-1")
+    assert "/mlops-prod/tracking:3.17.2-1@sha256:" in container["image"]  # pinned by the digest the registry holds
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TRACKING_BACKEND_STORE_URI"].endswith("/mlflow?sslmode=require") and "{password}" in env["TRACKING_BACKEND_STORE_URI"]
     (ingress,) = [i for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") if i.name.endswith("-tracking-ingress")]
