@@ -31,6 +31,7 @@ import pulumi_kubernetes as k8s
 from components import versions
 from components.cluster import SYSTEM_POOL_LABEL
 from components.identity import OidcIdentity, RoleWithPolicies, workload_role
+from components.quantities import quantity
 
 TOKEN = "mlops:k8s:NodePools"
 NAMESPACE = "kube-system"
@@ -94,7 +95,12 @@ class NodePoolsArgs:
             if not pool.capacity_types:
                 problems.append(f"{pool_name}.capacity_types: at least one is required")
             for resource, amount in pool.limits.items():
-                if int(amount) < 0:
+                try:
+                    negative = quantity(amount) < 0
+                except ValueError as exc:
+                    problems.append(f"{pool_name}.limits[{resource}]: {exc}")
+                    continue
+                if negative:
                     problems.append(f"{pool_name}.limits[{resource}]: got {amount}, expected >= 0")
         if GPU_RESOURCE not in self.gpu.limits:
             problems.append("gpu.limits: must cap nvidia.com/gpu")

@@ -32,6 +32,7 @@ from components.k8s_workload import (
     CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, resources,
     restricted_namespace_labels, zone_spread,
 )
+from components.quantities import cpu_cores
 from components.tracking import CLIENT_NAMESPACE_LABEL
 
 PLANE_TOKEN = "mlops:k8s:ServingPlane"
@@ -93,8 +94,7 @@ class ServingEndpointArgs:
     @property
     def workers(self) -> int:
         """Worker processes per pod: one per requested CPU (at least one)."""
-        cpu = float(self.cpu[:-1]) / 1000 if self.cpu.endswith("m") else float(self.cpu)
-        return max(1, math.floor(cpu))
+        return max(1, math.floor(cpu_cores(self.cpu)))
 
 
 def endpoint_policy(bucket_arn: str, capture_prefix: str, kms_key_arn: str, reader_secret_arn: str) -> str:

@@ -235,7 +235,7 @@ def _stack_config_for(args: argparse.Namespace, inventory: Inventory) -> StackCo
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from infra.checks import Waiver, config_findings, run_checks
+    from infra.checks import Waiver, run_checks
     from infra.checks.rules import RULES
 
     if args.list_rules:
@@ -245,12 +245,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     inventory = inventory_from_args(args)
     config = _stack_config_for(args, inventory)
     waivers: list[Waiver] = []
-    extra = []
     if config is not None:
         settings = settings_for(config)
         waivers = [Waiver(w.rule, w.resource, w.reason) for w in settings.waivers]
-        extra = config_findings(config.values, config.secret_keys)
-    report = run_checks(inventory, waivers, extra)
+    report = run_checks(inventory, waivers, stack_file=config)
     if args.format == "json":
         print(json.dumps({
             "stack": report.stack,
@@ -259,7 +257,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             "unusedWaivers": [vars(w) for w in report.unused_waivers],
         }, indent=2))
     else:
-        print(f"stack {inventory.stack}: {len(RULES) + 1} rules over {len(inventory.resources)} resources")
+        print(f"stack {inventory.stack}: {len(RULES)} rules over {len(inventory.resources)} resources"
+              + ("" if config else " (no stack file: its rules did not run)"))
         for f in report.findings:
             print(f"  FAIL {f.rule} [{f.severity}] {f.resource}: {f.message}\n       fix: {f.fix}")
         for f, reason in report.waived:

@@ -83,6 +83,11 @@ class Resource:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Resource":
+        if not isinstance(data, dict):
+            raise InventoryError(f"expected an object, got {type(data).__name__}")
+        missing = [key for key in ("urn", "type", "name") if not isinstance(data.get(key), str) or not data[key]]
+        if missing:
+            raise InventoryError(f"no `{missing[0]}` (each resource needs urn, type and name)")
         return cls(
             urn=data["urn"],
             type=data["type"],
@@ -163,20 +168,36 @@ class Inventory:
             document = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InventoryError(f"{path}: not JSON ({exc})") from None
+        except OSError as exc:
+            raise InventoryError(f"{path}: cannot read the inventory ({exc.strerror or exc})") from None
         if isinstance(document, dict) and document.get("schema") == SCHEMA:
-            return cls(
-                project=document["project"],
-                stack=document["stack"],
-                source=document.get("source", "offline"),
-                resources=[Resource.from_json(r) for r in document["resources"]],
-                outputs=document.get("outputs") or {},
-                region=document.get("region"),
-            )
+            return cls._from_document(path, document)
         if isinstance(document, dict) and isinstance(document.get("steps"), list):
-            return from_pulumi_preview(document)
+            try:
+                return from_pulumi_preview(document)
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise InventoryError(f"{path}: a `pulumi preview --json` step without {exc}") from None
         raise InventoryError(
             f"{path}: neither an inventory (schema {SCHEMA}) nor the output of `pulumi preview --json` (no `steps`)"
         )
+
+
+    @classmethod
+    def _from_document(cls, path: Path, document: dict[str, Any]) -> "Inventory":
+        """An inventory document, each problem named with its place (`resources[3]: no `type``)."""
+        for key in ("project", "stack"):
+            if not isinstance(document.get(key), str):
+                raise InventoryError(f"{path}: no `{key}`")
+        if not isinstance(document.get("resources"), list):
+            raise InventoryError(f"{path}: `resources` must be a list")
+        resources = []
+        for index, data in enumerate(document["resources"]):
+            try:
+                resources.append(Resource.from_json(data))
+            except InventoryError as exc:
+                raise InventoryError(f"{path}: resources[{index}]: {exc}") from None
+        return cls(project=document["project"], stack=document["stack"], source=document.get("source", "offline"),
+                   resources=resources, outputs=document.get("outputs") or {}, region=document.get("region"))
 
 
 def from_pulumi_preview(document: dict[str, Any]) -> Inventory:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import typing
 from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -519,8 +520,20 @@ def _allowed_keys(loc: list[Any]) -> list[str]:
         if isinstance(part, int):
             continue
         field = next(f for name, f in model.model_fields.items() if to_camel(name) == part)
-        model = field.annotation  # type: ignore[assignment]
+        model = _model_in(field.annotation)
     return sorted(to_camel(name) for name in model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel]:
+    """The settings model inside a field's type: `X`, `list[X]`, `X | None`, `dict[str, X]`, `Annotated[X, ...]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        try:
+            return _model_in(argument)
+        except TypeError:
+            continue
+    raise TypeError(f"no settings model in {annotation!r}")
 
 
 def _show(value: Any) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from infra.checks.rules import HIGH, RULES, Finding, _SECRET_NAME
+from infra.checks.rules import RULES, Finding, rule_by_id
 from infra.inventory import Inventory
+from infra.stackfile import StackConfig
 
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 
@@ -31,32 +33,17 @@ class Report:
 
 
 def config_findings(stack_values: Mapping[str, Any], secret_keys: Iterable[str]) -> list[Finding]:
-    """MLOPS-SEC-002: stack settings whose key names a secret but whose value is not `secure:`."""
-    secret_keys = set(secret_keys)
-    found = []
-    for key, value in stack_values.items():
-        for path, leaf in _leaves_of(key, value):
-            if key not in secret_keys and _SECRET_NAME.search(path.rsplit(".", 1)[-1].rsplit(":", 1)[-1]) and isinstance(leaf, str) and leaf:
-                found.append(
-                    Finding("MLOPS-SEC-002", HIGH, f"config:{path}", "", "a secret-looking setting is stored in plain text in the stack file",
-                            "set it with `pulumi config set --secret`, or keep it in Secrets Manager")
-                )
-    return found
+    """The findings of the stack-file rule MLOPS-SEC-002 for these stack values."""
+    stack_file = StackConfig(project="", stack="", path=Path(), values=dict(stack_values), secret_keys=frozenset(secret_keys))
+    return rule_by_id("MLOPS-SEC-002").findings(Inventory("", "", "offline", []), stack_file)
 
 
-def _leaves_of(prefix: str, value: Any):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _leaves_of(f"{prefix}.{k}", v)
-    else:
-        yield prefix, value
-
-
-def run_checks(inventory: Inventory, waivers: Iterable[Waiver] = (), extra: Iterable[Finding] = ()) -> Report:
+def run_checks(inventory: Inventory, waivers: Iterable[Waiver] = (), stack_file: StackConfig | None = None) -> Report:
+    """Every rule over the inventory (and the stack file, when there is one), waivers applied."""
     waivers = list(waivers)
     used: set[int] = set()
     report = Report(stack=inventory.stack)
-    findings = [f for rule in RULES for f in rule.findings(inventory)] + list(extra)
+    findings = [f for rule in RULES for f in rule.findings(inventory, stack_file)]
     for finding in sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.rule, f.resource)):
         match = next((i for i, w in enumerate(waivers) if w.rule == finding.rule and w.resource == finding.resource), None)
         if match is None:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from infra.checks import Waiver, run_checks
 from infra.checks.rules import RULES, Rule
 from infra.inventory import STACK_TYPE, Inventory, Resource, mask_secrets
+from infra.stackfile import StackConfig
 
 
 def inventory_from_policy_args(args: Any) -> Inventory:
@@ -40,22 +41,31 @@ def inventory_from_policy_args(args: Any) -> Inventory:
     return Inventory(project=project, stack=stack, source="pulumi-preview", resources=resources)
 
 
-def waivers_for(stack: str, root: Path | None = None) -> list[Waiver]:
-    from infra.settings import CONFIG_NAMESPACE, load_settings
+def stack_file_for(stack: str, root: Path | None = None) -> StackConfig | None:
+    """The stack file named by the resources' URNs, when the repository has it."""
     from infra.stackfile import REPO_ROOT, StackFileError, load_stack_config
 
     try:
-        config = load_stack_config(stack, root or REPO_ROOT)
+        return load_stack_config(stack, root or REPO_ROOT)
     except StackFileError:
+        return None
+
+
+def waivers_for(stack: str, root: Path | None = None) -> list[Waiver]:
+    from infra.settings import CONFIG_NAMESPACE, load_settings
+
+    config = stack_file_for(stack, root)
+    if config is None:
         return []
     settings = load_settings(config.namespace(CONFIG_NAMESPACE), stack=stack, region=config.values.get("aws:region"))
     return [Waiver(w.rule, w.resource, w.reason) for w in settings.waivers]
 
 
-def validator(rule: Rule, waivers: Callable[[str], list[Waiver]] = waivers_for) -> Callable[[Any, Callable[..., None]], None]:
+def validator(rule: Rule, waivers: Callable[[str], list[Waiver]] = waivers_for,
+              stack_files: Callable[[str], StackConfig | None] = stack_file_for) -> Callable[[Any, Callable[..., None]], None]:
     def validate(args: Any, report_violation: Callable[..., None]) -> None:
         inventory = inventory_from_policy_args(args)
-        report = run_checks(inventory, waivers(inventory.stack))
+        report = run_checks(inventory, waivers(inventory.stack), stack_file=stack_files(inventory.stack))
         for finding in report.findings:
             if finding.rule == rule.id:
                 report_violation(f"{finding.resource}: {finding.message}. Fix: {finding.fix}", finding.urn or None)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from infra.inventory import Inventory, Resource
+from infra.stackfile import StackConfig
 
 HIGH, MEDIUM, LOW = "high", "medium", "low"
 
@@ -37,9 +38,14 @@ class Rule:
     severity: str
     title: str
     fix: str
-    check: Callable[[Inventory], Iterable[tuple[Resource, str]]]
+    check: Callable[[Inventory], Iterable[tuple[Resource, str]]] | None = None
+    stack_file_check: Callable[[StackConfig], Iterable[tuple[str, str]]] | None = None
+    """A rule over the stack file instead of the inventory: yields (`config:<key>`, message)."""
 
-    def findings(self, inventory: Inventory) -> list[Finding]:
+    def findings(self, inventory: Inventory, stack_file: StackConfig | None = None) -> list[Finding]:
+        if self.stack_file_check is not None:
+            found = self.stack_file_check(stack_file) if stack_file is not None else ()
+            return [Finding(self.id, self.severity, where, "", message, self.fix) for where, message in found]
         return [Finding(self.id, self.severity, r.name, r.urn, message, self.fix) for r, message in self.check(inventory)]
 
 
@@ -48,7 +54,16 @@ RULES: list[Rule] = []
 
 def rule(rule_id: str, severity: str, title: str, fix: str):
     def register(fn: Callable[[Inventory], Iterable[tuple[Resource, str]]]) -> Callable:
-        RULES.append(Rule(rule_id, severity, title, fix, fn))
+        RULES.append(Rule(rule_id, severity, title, fix, check=fn))
+        return fn
+
+    return register
+
+
+def stack_file_rule(rule_id: str, severity: str, title: str, fix: str):
+    """Register a rule that reads the stack file (waived like any other, by its `config:<key>`)."""
+    def register(fn: Callable[[StackConfig], Iterable[tuple[str, str]]]) -> Callable:
+        RULES.append(Rule(rule_id, severity, title, fix, stack_file_check=fn))
         return fn
 
     return register
@@ -410,6 +425,19 @@ def _plain_secrets(inv: Inventory):
             for key, value in content.items():
                 if value not in _NOT_SECRET_VALUES:
                     yield r, f"{field}.{key} is stored in plain text in the program (use Secrets Manager or a secret config value)"
+
+
+@stack_file_rule("MLOPS-SEC-002", HIGH, "no secret-looking setting in plain text in the stack file",
+                 "set it with `pulumi config set --secret`, or keep it in Secrets Manager")
+def _plain_secret_settings(stack_file: StackConfig):
+    """Settings whose key names a secret but whose value is not a `secure:` (encrypted) one."""
+    for key, value in stack_file.values.items():
+        if key in stack_file.secret_keys:
+            continue
+        for path, leaf in _leaves(value, key):
+            name = path.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+            if _SECRET_NAME.search(name) and isinstance(leaf, str) and leaf:
+                yield f"config:{path}", "a secret-looking setting is stored in plain text in the stack file"
 
 
 def _leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

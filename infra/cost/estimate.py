@@ -3,9 +3,10 @@
 Three kinds of line:
 - `baseline`: what the stack costs while idle (control plane, system nodes, NAT, database,
   storage at the usage file's volumes). The budget gate compares this total.
-- `worst-case`: what a Karpenter pool costs if it fills to its ceiling
-  (instances needed to reach the limit × the priciest allowed instance × 730 h). Shown next
-  to the baseline, never added to it.
+- `worst-case`: what a Karpenter pool costs if it fills to its ceiling: the costliest allowed
+  nodes whose capacity stays within its limit, with their root volumes, × 730 h. The stack's
+  worst case is baseline + Σ over pools (ceiling − floor): a pool's floor is part of its
+  ceiling, so it is counted once. (`pools.py` sizes floors and ceilings.)
 - `not-priced`: a resource type or instance type the table cannot price, with the reason.
   Never silently zero.
 Resource types that cost nothing by themselves (IAM, route tables, Kubernetes objects that run
@@ -15,10 +16,12 @@ on already-priced nodes...) are listed in FREE_TYPES with the reason, and produc
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
-from infra.cost import instances
+from components.quantities import cpu_cores, gibibytes, whole
+from infra.cost import instances, pools
 from infra.cost.prices import PriceTable
 from infra.inventory import Inventory, Resource
 
@@ -81,6 +84,8 @@ class Line:
     hourly: float | None = None
     monthly: float | None = None
     assumption: str = ""
+    key: str = ""
+    """Where the resource sits, independent of the stack's name (`logical_address`): compare matches on it."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,8 +104,11 @@ class Estimate:
 
     @property
     def worst_case_monthly(self) -> float:
-        """Baseline plus every pool at its ceiling."""
-        return round(self.baseline_monthly + sum(line.monthly or 0.0 for line in self.lines if line.kind == WORST_CASE), 2)
+        """Baseline + Σ over pools (ceiling − floor): every pool full, its floor counted once."""
+        pools_full = {line.urn for line in self.lines if line.kind == WORST_CASE}
+        extra = sum((line.monthly or 0.0) * (1 if line.kind == WORST_CASE else -1)
+                    for line in self.lines if line.urn in pools_full and line.kind in (WORST_CASE, BASELINE))
+        return round(self.baseline_monthly + extra, 2)
 
     @property
     def not_priced(self) -> list[Line]:
@@ -131,11 +139,15 @@ class _Pricer:
         self.inventory, self.table, self.region, self.usage = inventory, table, region, usage
         self.hours = table.hours_per_month
         self.lines: list[Line] = []
+        self.addresses = logical_addresses(inventory)
+
+    def base(self, r: Resource, item: str) -> dict[str, Any]:
+        component = self.inventory.component_of(r)
+        return dict(component=component.name if component else "(stack)", resource=r.name, type=r.type, urn=r.urn, item=item, key=self.addresses[r.urn])
 
     def line(self, r: Resource, item: str, key: str, quantity: float, assumption: str, *, kind: str = BASELINE, per_hour: bool | None = None) -> None:
         """Add a line priced `quantity` × the table's `key` (× hours for hourly prices)."""
-        component = self.inventory.component_of(r)
-        base = dict(component=component.name if component else "(stack)", resource=r.name, type=r.type, urn=r.urn, item=item)
+        base = self.base(r, item)
         price = self.table.get(self.region, key)
         if price is None:
             self.lines.append(Line(**base, kind=NOT_PRICED, quantity=quantity, assumption=f"no price for {key} in {self.region} (table of {self.table.date})"))
@@ -148,10 +160,43 @@ class _Pricer:
             self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=None, monthly=round(price.price * quantity, 2), assumption=assumption))
 
     def not_priced(self, r: Resource, item: str, reason: str) -> None:
-        component = self.inventory.component_of(r)
-        self.lines.append(
-            Line(component=component.name if component else "(stack)", resource=r.name, type=r.type, urn=r.urn, item=item, kind=NOT_PRICED, assumption=reason)
-        )
+        self.lines.append(Line(**self.base(r, item), kind=NOT_PRICED, assumption=reason))
+
+    def pool_line(self, r: Resource, item: str, kind: str, quantity: float, unit: str, hourly: float | None, assumption: str, *, monthly: float | None = None) -> None:
+        """A line whose cost the caller computed (a pool's nodes or their volumes)."""
+        monthly = hourly * self.hours if monthly is None and hourly is not None else monthly
+        self.lines.append(Line(**self.base(r, item), kind=kind, quantity=quantity, unit=unit, hourly=None if hourly is None else round(hourly, 6),
+                               monthly=round(monthly or 0.0, 2), assumption=assumption))
+
+    def volume_price(self, volume_type: str) -> float:
+        """$ per GB-month of an EBS volume type (the caller checked the table has it)."""
+        return self.table.get(self.region, f"ebs.{volume_type}.storage").price
+
+
+def logical_addresses(inventory: Inventory) -> dict[str, str]:
+    """URN -> where the resource sits, independent of the stack's name: the chain of (type, name
+    relative to its parent's name) from the top; a name that does not extend its parent's (and a
+    top-level one) loses the stack's common name prefix instead. A stack file renamed (`dev` ->
+    `dev-eu`, names `mlops-dev-*` -> `mlops-dev-eu-*`) keeps every address, so compare matches
+    its resources with the base's."""
+    top = [r.name for r in inventory.resources if r.parent is None and not r.type.startswith("pulumi:providers:")]
+    prefix = os.path.commonprefix(top) if len(top) > 1 else (top[0] if top else "")
+    prefix = prefix[: prefix.rfind("-") + 1]
+    by_urn = {r.urn: r for r in inventory.resources}
+    addresses: dict[str, str] = {}
+
+    def address(r: Resource) -> str:
+        if r.urn not in addresses:
+            parent = by_urn.get(r.parent) if r.parent else None
+            outer = address(parent) if parent else ""
+            strip = next((p for p in (parent.name if parent else "", prefix) if p and r.name.startswith(p)), "")
+            relative = r.name[len(strip):]
+            addresses[r.urn] = f"{outer}/{r.type}:{relative}"
+        return addresses[r.urn]
+
+    for resource in inventory.resources:
+        address(resource)
+    return addresses
 
 
 # -- rules: one function per priced type ---------------------------------------------------
@@ -185,87 +230,100 @@ def _root_volume(inventory: Inventory, node_group: Resource) -> tuple[int, str]:
 
 
 def _karpenter_pool(p: _Pricer, r: Resource) -> None:
+    """A pool's floor (baseline) and its ceiling (worst case), root volumes included."""
     spec = r.inputs.get("spec") or {}
     pool = (r.inputs.get("metadata") or {}).get("name", r.name)
     limits = spec.get("limits") or {}
-    requirements = {q["key"]: q.get("values", []) for q in (spec.get("template") or {}).get("spec", {}).get("requirements", [])}
-    families = requirements.get("karpenter.k8s.aws/instance-family", [])
-    sizes = requirements.get("karpenter.k8s.aws/instance-size", [])
-    if "nvidia.com/gpu" in limits:
-        limit, per_instance, what = int(limits["nvidia.com/gpu"]), instances.gpus, "GPUs"
+    if pools.GPU in limits:
+        limit, capacity, what = whole(limits[pools.GPU]), (lambda t: t.gpus), "GPUs"
     elif "cpu" in limits:
-        limit, per_instance, what = int(str(limits["cpu"]).rstrip("m")), instances.vcpus, "vCPUs"
+        limit, capacity, what = math.floor(cpu_cores(limits["cpu"])), (lambda t: t.vcpus), "vCPUs"
     else:
         p.not_priced(r, f"Karpenter pool `{pool}` worst case", "no cpu or nvidia.com/gpu limit: the pool has no ceiling")
         return
-    candidates, unpriced = [], []
-    for family in families:
-        for size in sizes:
-            instance_type = f"{family}.{size}"
+    volume_gib, volume_type = _node_class_volume(p.inventory, spec)
+    if p.table.get(p.region, f"ebs.{volume_type}.storage") is None:
+        p.not_priced(r, f"Karpenter pool `{pool}`", f"no price for ebs.{volume_type}.storage (the EC2NodeClass root volume) in {p.region}")
+        return
+    options, skipped = _pool_options(p, spec, volume_gib, volume_type)
+    if not options:
+        p.not_priced(r, f"Karpenter pool `{pool}` worst case", f"no allowed instance type has a price: {', '.join(skipped) or 'none allowed'}")
+        return
+    _pool_floor(p, r, pool, options, volume_gib, volume_type)
+    ceiling = pools.costliest_ceiling(limit, capacity, options)
+    nodes = sum(ceiling.counts.values())
+    mix = " + ".join(f"{count} × {name}" for name, count in sorted(ceiling.counts.items()))
+    hourly = sum(count * next(o.hourly for o in options if o.instance.name == name) for name, count in ceiling.counts.items())
+    note = f"ceiling {limit} {what} = {mix or 'no node'} on-demand, {p.hours:g} h"
+    if skipped:
+        note += f"; not considered: {', '.join(skipped)}"
+    p.pool_line(r, f"Karpenter pool `{pool}` at its ceiling", WORST_CASE, nodes, "nodes", hourly, note)
+    p.pool_line(r, f"Karpenter pool `{pool}` root volumes at its ceiling", WORST_CASE, nodes * volume_gib, "GB-month", None,
+                f"{nodes} × {volume_gib:g} GiB {volume_type} (EC2NodeClass blockDeviceMappings)", monthly=nodes * volume_gib * p.volume_price(volume_type))
+
+
+def _pool_options(p: _Pricer, spec: dict[str, Any], volume_gib: float, volume_type: str) -> tuple[list[pools.Option], list[str]]:
+    """The allowed instance types with a price, and the allowed ones left out (unknown or unpriced)."""
+    requirements = {q["key"]: q.get("values", []) for q in (spec.get("template") or {}).get("spec", {}).get("requirements", [])}
+    options, skipped = [], []
+    for family in requirements.get("karpenter.k8s.aws/instance-family", []):
+        for size in requirements.get("karpenter.k8s.aws/instance-size", []):
+            name = f"{family}.{size}"
+            price = p.table.get(p.region, f"ec2.instance.{name}")
             try:
-                capacity = per_instance(instance_type)
+                instance = instances.get(name)
             except KeyError:
-                continue
-            price = p.table.get(p.region, f"ec2.instance.{instance_type}")
-            if capacity <= 0:
+                skipped.append(f"{name} (capacity unknown)")
                 continue
             if price is None:
-                unpriced.append(instance_type)
+                skipped.append(f"{name} (no price)")
                 continue
-            count = math.ceil(limit / capacity) if limit else 0
-            candidates.append((count * price.price, count, instance_type, price.price))
-    if not candidates:
-        p.not_priced(r, f"Karpenter pool `{pool}` worst case", f"no allowed instance type has a price: {', '.join(unpriced) or 'none allowed'}")
+            monthly = price.price * p.hours + volume_gib * p.volume_price(volume_type)
+            options.append(pools.Option(instance, price.price, monthly))
+    return options, skipped
+
+
+def _node_class_volume(inventory: Inventory, pool_spec: dict[str, Any]) -> tuple[float, str]:
+    """Root volume size (GiB) and type of the pool's EC2NodeClass (Karpenter's default: 20 GiB gp3)."""
+    ref = ((pool_spec.get("template") or {}).get("spec") or {}).get("nodeClassRef") or {}
+    for node_class in inventory.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
+        if (node_class.inputs.get("metadata") or {}).get("name") == ref.get("name"):
+            mappings = (node_class.inputs.get("spec") or {}).get("blockDeviceMappings") or []
+            root = next((m for m in mappings if m.get("rootVolume")), mappings[0] if mappings else None)
+            ebs = (root or {}).get("ebs") or {}
+            if "volumeSize" in ebs:
+                return gibibytes(ebs["volumeSize"]), ebs.get("volumeType", "gp3")
+    return 20.0, "gp3"
+
+
+def _pool_floor(p: _Pricer, r: Resource, pool: str, options: list[pools.Option], volume_gib: float, volume_type: str) -> None:
+    """The idle lines of a pool: nothing, or the nodes its always-on pods need, with their volumes."""
+    pods = pools.workload_pods(p.inventory, pool)
+    if not pods:
+        p.pool_line(r, f"Karpenter pool `{pool}` while idle", BASELINE, 0, "nodes", 0.0, "scales to zero: no pod of the stack needs this pool while idle")
         return
-    _pool_floor(p, r, pool, what, per_instance, candidates)
-    hourly, count, instance_type, unit_price = max(candidates)
-    note = f"ceiling {limit} {what} = {count} × {instance_type} at ${unit_price}/h on-demand, 730 h"
-    if unpriced:
-        note += f"; not priced, so not considered: {', '.join(unpriced)}"
-    p.line(r, f"Karpenter pool `{pool}` at its ceiling", f"ec2.instance.{instance_type}", count, note, kind=WORST_CASE)
-
-
-def _pool_floor(p: _Pricer, r: Resource, pool: str, what: str, per_instance: Callable[[str], int], candidates: list) -> None:
-    """The idle line of a pool: nothing, or the nodes the stack's always-on pods need there."""
-    demand, pods = workload_demand(p.inventory, pool, "gpu" if what == "GPUs" else "cpu")
-    component = p.inventory.component_of(r)
-    base = dict(component=component.name if component else "(stack)", resource=r.name, type=r.type, urn=r.urn)
-    if demand <= 0:
-        p.lines.append(Line(**base, item=f"Karpenter pool `{pool}` while idle", kind=BASELINE, quantity=0, unit="nodes", hourly=0.0, monthly=0.0,
-                            assumption="scales to zero: no pod of the stack needs this pool while idle"))
+    floor = pools.cheapest_floor(pods, options)
+    if floor is None:
+        p.not_priced(r, f"Karpenter pool `{pool}` floor", "a pod requests more than any allowed instance type can hold: "
+                     + ", ".join(sorted({pod.name for pod in pods if not any(pod.requests.fits_in(o.instance.allocatable) for o in options)})))
         return
-    # the allowed instance type that covers the demand most cheaply (Karpenter bin-packs the same way)
-    _, count, instance_type, unit_price = min((math.ceil(demand / per_instance(t)) * price, math.ceil(demand / per_instance(t)), t, price) for _, _, t, price in candidates)
-    p.line(r, f"Karpenter pool `{pool}` floor for always-on pods", f"ec2.instance.{instance_type}", count,
-           f"{demand:g} {what} requested by {pods} pod(s) at minimum replicas = {count} × {instance_type} (${unit_price}/h on-demand)")
-
-
-def _cpu_quantity(value: Any) -> float:
-    text = str(value)
-    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    total = sum((pod.requests for pod in pods), instances.Resources())
+    node = floor.option.instance
+    allocatable = node.allocatable
+    p.pool_line(r, f"Karpenter pool `{pool}` floor for always-on pods", BASELINE, floor.nodes, "nodes", floor.nodes * floor.option.hourly,
+                f"{len(pods)} pod(s) at minimum replicas request {total.cpu_milli / 1000:g} CPU, {total.memory_mib / 1024:g} GiB, "
+                f"{total.gpus} GPU: first-fit decreasing on allocatable ({allocatable.cpu_milli}m, {allocatable.memory_mib:g} MiB, "
+                f"{allocatable.gpus} GPU, {allocatable.pods} pods of {node.name}) = {floor.nodes} × {node.name} (${floor.option.hourly}/h on-demand)")
+    p.pool_line(r, f"Karpenter pool `{pool}` floor root volumes", BASELINE, floor.nodes * volume_gib, "GB-month", None,
+                f"{floor.nodes} × {volume_gib:g} GiB {volume_type} (EC2NodeClass blockDeviceMappings)",
+                monthly=floor.nodes * volume_gib * p.volume_price(volume_type))
 
 
 def workload_demand(inventory: Inventory, pool: str, resource: str) -> tuple[float, int]:
-    """CPUs (or GPUs) requested on `pool` by the stack's Deployments at their minimum replicas.
-
-    A pod pinned to another pool (`mlops.platform/pool`) does not count; an unpinned pod is
-    assumed to need the CPU pool. The HPA's minReplicas wins over `spec.replicas`."""
-    minimums = {}
-    for hpa in inventory.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
-        target = (hpa.inputs.get("spec") or {}).get("scaleTargetRef") or {}
-        minimums[((hpa.inputs.get("metadata") or {}).get("namespace"), target.get("name"))] = (hpa.inputs.get("spec") or {}).get("minReplicas", 1)
-    demand, pods = 0.0, 0
-    for d in inventory.of_type("kubernetes:apps/v1:Deployment") + inventory.of_type("kubernetes:apps/v1:StatefulSet"):
-        metadata, spec = d.inputs.get("metadata") or {}, d.inputs.get("spec") or {}
-        pod = (spec.get("template") or {}).get("spec") or {}
-        if (pod.get("nodeSelector") or {}).get("mlops.platform/pool", "cpu") != pool:
-            continue
-        replicas = minimums.get((metadata.get("namespace"), metadata.get("name")), spec.get("replicas", 1))
-        for container in pod.get("containers") or []:
-            requests = (container.get("resources") or {}).get("requests") or {}
-            demand += replicas * (_cpu_quantity(requests.get("cpu", 0)) if resource == "cpu" else float(requests.get("nvidia.com/gpu", 0)))
-        pods += replicas
-    return round(demand, 3), pods
+    """CPUs (or GPUs) requested on `pool` at minimum replicas, and the number of pods (see `pools.workload_pods`)."""
+    pods = pools.workload_pods(inventory, pool)
+    total = sum((pod.requests for pod in pods), instances.Resources())
+    return (round(total.cpu_milli / 1000, 3) if resource == "cpu" else float(total.gpus)), len(pods)
 
 
 def _nat(p: _Pricer, r: Resource) -> None:
@@ -371,7 +429,7 @@ def _helm_release(p: _Pricer, r: Resource) -> None:
     for what, spec in claims.items():
         size = (((spec or {}).get("volumeClaimTemplate") or {}).get("spec") or {}).get("resources", {}).get("requests", {}).get("storage")
         if size:
-            gb = float(str(size).removesuffix("Gi"))
+            gb = gibibytes(size)
             p.line(r, f"{what} volume {gb:g} GB gp3", "ebs.gp3.storage", gb, "persistent volume claimed by the chart", per_hour=False)
 
 

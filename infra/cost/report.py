@@ -95,10 +95,11 @@ class Comparison:
 
 
 def compare(base: Estimate, head: Estimate) -> Comparison:
-    """Lines matched by resource URN and item: added, removed, or changed in monthly cost."""
+    """Lines matched by the resource's logical address (its place among the components, not its
+    URN, which holds the stack's name) and item: added, removed, or changed in monthly cost."""
 
     def index(estimate: Estimate) -> dict[tuple[str, str], Line]:
-        return {(line.urn, _item_key(line)): line for line in estimate.lines}
+        return {(line.key or line.urn, _item_key(line)): line for line in estimate.lines}
 
     before, after = index(base), index(head)
     changes = []
@@ -119,7 +120,7 @@ def compare(base: Estimate, head: Estimate) -> Comparison:
 def _item_key(line: Line) -> str:
     """What a line prices, without the quantity that may change (`2 × t3.large` → `t3.large`)."""
     if line.kind == WORST_CASE:
-        return "worst-case"
+        return "worst-case " + line.item
     return line.item.split(" × ", 1)[-1].split(" (")[0] if line.type == "aws:eks/nodeGroup:NodeGroup" else line.item.split(" (")[0]
 
 
@@ -157,6 +158,7 @@ def render_markdown(comparisons: list[Comparison]) -> str:
             out.append("")
             out.append("Not priced: " + "; ".join(f"`{line.resource}` ({line.assumption})" for line in unpriced))
         out.append("")
-        out.append(f"Prices: {c.head.region}, table of {c.head.price_date}. Ceiling lines are not in the totals.")
+        out.append(f"Prices: {c.head.region}, table of {c.head.price_date}. Ceiling lines are not in the totals; "
+                   "worst case = total + Σ per pool (ceiling − floor).")
         out.append("</details>")
     return "\n".join(out) + "\n"

@@ -29,12 +29,19 @@ class UsageError(ValueError):
 
 
 def load_usage(stack: str, path: Path | None = None) -> dict[str, float]:
-    """Defaults overlaid with the stack's usage file (if any); unknown keys are an error."""
+    """Defaults overlaid with the stack's usage file; unknown keys are an error. Only the stack's
+    own file (`stacks/usage/<stack>.yaml`) may be absent: a `path` asked for must exist."""
     usage = dict(DEFAULT_USAGE)
-    path = path or USAGE_DIR / f"{stack}.yaml"
-    if not path.is_file():
-        return usage
-    overrides: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if path is None:
+        path = USAGE_DIR / f"{stack}.yaml"
+        if not path.is_file():
+            return usage
+    try:
+        overrides: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the usage file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(overrides, dict):
         raise UsageError(f"{path}: expected a mapping of usage keys to numbers")
     for key, value in overrides.items():

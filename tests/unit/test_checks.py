@@ -128,7 +128,8 @@ def inventory(resources, stack="t"):
 
 
 def test_every_rule_has_a_failing_fixture():
-    assert {rule.id for rule in RULES} == set(BREAKS)
+    assert {rule.id for rule in RULES if rule.stack_file_check is None} == set(BREAKS)
+    assert {rule.id for rule in RULES if rule.stack_file_check is not None} == {"MLOPS-SEC-002"}  # fixtures below
     assert len({rule.id for rule in RULES}) == len(RULES)  # IDs are unique
 
 
@@ -158,6 +159,54 @@ def test_plain_secret_settings_in_the_stack_file_are_flagged():
     findings = config_findings({"mlops-platform:slackWebhook": "https://hooks.example/x", "mlops-platform:dbPassword": "offline-secret-placeholder",
                                 "mlops-platform:owner": "team"}, secret_keys={"mlops-platform:dbPassword"})
     assert [f.resource for f in findings] == ["config:mlops-platform:slackWebhook"] and findings[0].rule == "MLOPS-SEC-002"
+
+
+# -- issue 13, item 7: MLOPS-SEC-002 is a registered rule: listed, waivable, in the CrossGuard pack ----
+
+def test_sec_002_is_a_registered_rule_listed_and_in_the_pack():
+    rule = rule_by_id("MLOPS-SEC-002")
+    assert rule is not None and rule.severity == "high"
+    listed = run_cli("check", "--list-rules")
+    assert "MLOPS-SEC-002  high    no secret-looking setting in plain text in the stack file" in listed.stdout
+    assert "mlops-sec-002" in [p["name"] for p in stack_policies()]
+    load_settings({**BASE, "waivers": [{"rule": "MLOPS-SEC-002", "resource": "config:datadog:apiKey", "reason": "a public demo key, rotated daily"}]},
+                  stack="dev", region="us-east-1")  # a waiver for it is accepted
+
+
+def test_sec_002_fails_the_check_and_a_waiver_moves_it_aside(tmp_path):
+    plain = (REPO_ROOT / "stacks" / "Pulumi.dev.yaml").read_text() + "  datadog:apiKey: 0123456789abcdef\n"
+    leaky = tmp_path / "Pulumi.leaky.yaml"
+    leaky.write_text(plain)
+    failed = run_cli("check", "--stack-file", str(leaky))
+    assert failed.returncode == 1 and "FAIL MLOPS-SEC-002 [high] config:datadog:apiKey" in failed.stdout, failed.stdout + failed.stderr
+    waived = tmp_path / "Pulumi.leaky2.yaml"
+    waived.write_text(plain + "  mlops-platform:waivers:\n    - {rule: MLOPS-SEC-002, resource: \"config:datadog:apiKey\", reason: \"a public demo key, rotated daily\"}\n")
+    passed = run_cli("check", "--stack-file", str(waived))
+    assert passed.returncode == 0 and "WAIVED MLOPS-SEC-002 [high] config:datadog:apiKey" in passed.stdout, passed.stdout + passed.stderr
+
+
+def test_crossguard_reports_sec_002_from_the_stack_file():
+    from infra.stackfile import StackConfig
+
+    leaky = StackConfig(project="p", stack="t", path=REPO_ROOT, values={"datadog:apiKey": "0123456789abcdef"})
+    violations = []
+    validate = validator(rule_by_id("MLOPS-SEC-002"), waivers=lambda stack: [], stack_files=lambda stack: leaky)
+    validate(SimpleNamespace(resources=policy_resources(inventory(good()))), lambda message, urn=None: violations.append((message, urn)))
+    assert violations == [("config:datadog:apiKey: a secret-looking setting is stored in plain text in the stack file. "
+                           "Fix: set it with `pulumi config set --secret`, or keep it in Secrets Manager", None)]
+
+
+# -- issue 13, item 8: an unknown key inside a list entry is the usual settings error -------------
+
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ({"bogus": 1}, "mlops-platform:endpoints[0].bogus: unknown key; allowed keys here: alias, autoscaling, canary,"),
+    ({"canary": {"alias": "challenger", "weight": 10, "bogus": 2}}, "mlops-platform:endpoints[0].canary.bogus: unknown key; allowed keys here: alias, weight"),
+    ({"replicas": {"min": 1, "max": 2, "most": 3}}, "mlops-platform:endpoints[0].replicas.most: unknown key; allowed keys here: max, min"),
+])
+def test_an_unknown_key_in_an_endpoint_or_canary_names_the_key(endpoint, message):
+    with pytest.raises(SettingsError) as info:
+        load_settings({**BASE, "endpoints": [{"name": "diabetes", "model": "diabetes", **endpoint}]}, stack="dev", region="us-east-1")
+    assert any(p.startswith(message) for p in info.value.problems), info.value.problems
 
 
 def test_waivers_move_findings_aside_and_unused_ones_are_reported():

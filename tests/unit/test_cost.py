@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from botocore.stub import Stubber
 
 from infra.cost import report
@@ -39,19 +40,42 @@ def est(inv: Inventory, region: str = "us-east-1", usage=None):
     return estimate(inv, table=TABLE, region=region, usage=usage or dict(DEFAULT_USAGE))
 
 
-def gpu_pool(limit: int, families=("g5", "g6"), sizes=("xlarge", "2xlarge"), name="gpu") -> Resource:
+def gpu_pool(limit: int, families=("g5", "g6"), sizes=("xlarge", "2xlarge"), name="gpu", limits=None) -> Resource:
     return res(
         f"{name}-pool",
         "kubernetes:karpenter.sh/v1:NodePool",
         metadata={"name": name},
         spec={
-            "limits": {"nvidia.com/gpu": str(limit)},
-            "template": {"spec": {"requirements": [
+            "limits": limits or {"nvidia.com/gpu": str(limit)},
+            "template": {"spec": {"nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": name}, "requirements": [
                 {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": list(families)},
                 {"key": "karpenter.k8s.aws/instance-size", "operator": "In", "values": list(sizes)},
             ]}},
         },
     )
+
+
+def cpu_pool(limit: str, families=("c6i", "m6i"), sizes=("large", "xlarge", "2xlarge")) -> Resource:
+    return gpu_pool(0, families, sizes, name="cpu", limits={"cpu": limit})
+
+
+def node_class(name: str, size: str) -> Resource:
+    """An EC2NodeClass as components/node_pools.py declares it."""
+    return res(f"{name}-class", "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass", metadata={"name": name}, spec={
+        "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": size, "volumeType": "gp3", "encrypted": True}}]})
+
+
+def deployment(name: str, *, pool: str | None, cpu: str, memory: str, gpus: str | None = None, replicas: int = 1) -> Resource:
+    requests = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": gpus} if gpus else {})}
+    pod = {"containers": [{"name": "main", "resources": {"requests": requests, "limits": {"memory": memory}}}]}
+    if pool:
+        pod["nodeSelector"] = {"mlops.platform/pool": pool}
+    return res(name, "kubernetes:apps/v1:Deployment", metadata={"namespace": "serving", "name": name},
+               spec={"replicas": replicas, "template": {"spec": pod}})
+
+
+def lines_of(result, kind: str, text: str) -> list:
+    return [line for line in result.lines if line.kind == kind and text in line.item]
 
 
 def test_known_inventory_priced_to_a_hand_computed_total():
@@ -87,17 +111,128 @@ def test_multi_az_doubles_instance_and_storage():
 @pytest.mark.parametrize("limit", [0, 2, 8])
 def test_worst_case_gpu_line_is_limit_times_priciest_allowed_instance_times_hours(limit):
     result = est(inventory(gpu_pool(limit)))
-    (worst,) = [line for line in result.lines if line.kind == WORST_CASE]
+    (nodes,) = lines_of(result, WORST_CASE, "` at its ceiling")
+    (volumes,) = lines_of(result, WORST_CASE, "root volumes at its ceiling")
     priciest = max(price(f"ec2.instance.{t}") for t in ("g5.xlarge", "g5.2xlarge", "g6.xlarge", "g6.2xlarge"))
-    assert worst.monthly == pytest.approx(limit * priciest * HOURS, abs=0.01)
+    assert nodes.monthly == pytest.approx(limit * priciest * HOURS, abs=0.01)
+    assert volumes.monthly == pytest.approx(limit * 20 * price("ebs.gp3.storage"), abs=0.01)  # no EC2NodeClass: Karpenter's 20 GiB
     assert result.baseline_monthly == 0  # the ceiling is shown, never added to the idle total
-    assert result.worst_case_monthly == pytest.approx(worst.monthly, abs=0.01)
+    assert result.worst_case_monthly == pytest.approx(nodes.monthly + volumes.monthly, abs=0.01)
 
 
 def test_multi_gpu_instances_count_as_fewer_nodes():
     result = est(inventory(gpu_pool(8, families=("p4d",), sizes=("24xlarge",))))
-    (worst,) = [line for line in result.lines if line.kind == WORST_CASE]
+    (worst,) = lines_of(result, WORST_CASE, "` at its ceiling")
     assert worst.quantity == 1 and worst.monthly == pytest.approx(price("ec2.instance.p4d.24xlarge") * HOURS, abs=0.01)
+
+
+def test_a_ceiling_never_passes_the_limit():
+    """Karpenter launches no node that would take the pool past its limit: 7 vCPUs hold one 4-vCPU node, not two."""
+    result = est(inventory(cpu_pool("7", families=("m6i",), sizes=("xlarge",))))
+    (worst,) = lines_of(result, WORST_CASE, "` at its ceiling")
+    assert worst.quantity == 1 and worst.monthly == pytest.approx(price("ec2.instance.m6i.xlarge") * HOURS, abs=0.01)
+    mixed = est(inventory(cpu_pool("7", families=("m6i",), sizes=("large", "xlarge"))))
+    (worst,) = lines_of(mixed, WORST_CASE, "` at its ceiling")
+    assert worst.monthly == pytest.approx(3 * price("ec2.instance.m6i.large") * HOURS, abs=0.01)  # 6 of the 7 vCPUs, however mixed
+
+
+# -- issue 13, item 1: floors fit pods by CPU, memory and GPU on allocatable capacity ------------
+
+def test_allocatable_formula_gives_what_karpenter_publishes_for_every_type():
+    """The EKS AMI's reserves (CPU tiers 6/1/0.5/0.25 %, 255 MiB + 11 MiB × max pods, 100 MiB eviction) and
+    Karpenter's 7.5 % VM overhead give, for every type, the allocatable of Karpenter's v1.11.1 reference."""
+    from infra.cost import instances
+
+    reference = instances.karpenter_reference()
+    priced = {key.removeprefix("ec2.instance.") for key in TABLE.document["regions"]["us-east-1"] if key.startswith("ec2.instance.")}
+    assert priced <= set(reference)  # every priced type has its capacity from upstream
+    for name in reference:
+        instance = instances.get(name)
+        assert instance.allocatable == instances.published_allocatable(name), name
+        assert instance.max_pods == int(reference[name]["resources"]["pods"]), name  # ENI limits agree with Karpenter
+    chart = yaml.safe_load((REPO_ROOT / "components" / "upstream" / "karpenter-v1.11.1" / "chart-values.yaml").read_text())
+    assert chart["settings"]["vmMemoryOverheadPercent"] == instances.VM_MEMORY_OVERHEAD  # the pinned chart's default
+    g6 = instances.get("g6.xlarge")
+    assert (g6.kube_reserved_cpu_milli, g6.kube_reserved_memory_mib) == (60 + 10 + 10, 255 + 11 * 58)
+
+
+def test_gpu_pods_too_big_for_g6_xlarge_are_priced_on_g6_2xlarge():
+    """Two pods of 4 CPU, 16 Gi and 1 GPU: a g6.xlarge has 4 vCPUs and 16 GiB before reserves, so they do not fit."""
+    result = est(inventory(gpu_pool(16), node_class("gpu", "100Gi"),
+                           deployment("reranker", pool="gpu", cpu="4", memory="16Gi", gpus="1", replicas=2)))
+    (floor,) = lines_of(result, BASELINE, "floor for always-on pods")
+    assert (floor.quantity, "2 × g6.2xlarge") == (2, floor.assumption.split(" = ")[1].split(" (")[0])
+    expected = 2 * price("ec2.instance.g6.2xlarge") * HOURS + 2 * 100 * price("ebs.gp3.storage")
+    assert result.baseline_monthly == pytest.approx(expected, abs=0.01)
+
+
+def test_floors_count_memory_not_only_cpu():
+    """1 CPU in all, but 2 × 6 GiB: a c6i.large (4 GiB) holds neither pod; one m6i.xlarge (14,162 MiB allocatable) holds both."""
+    result = est(inventory(cpu_pool("64"), node_class("cpu", "50Gi"), deployment("api", pool=None, cpu="500m", memory="6Gi", replicas=2)))
+    (floor,) = lines_of(result, BASELINE, "floor for always-on pods")
+    assert floor.quantity == 1 and "= 1 × m6i.xlarge" in floor.assumption
+    assert floor.monthly == pytest.approx(price("ec2.instance.m6i.xlarge") * HOURS, abs=0.01)
+
+
+def test_a_pod_no_allowed_type_can_hold_is_reported():
+    result = est(inventory(gpu_pool(4, sizes=("xlarge",)), deployment("huge", pool="gpu", cpu="4", memory="16Gi", gpus="1")))
+    (line,) = result.not_priced
+    assert "serving/huge" in line.assumption and "more than any allowed instance type" in line.assumption
+
+
+# -- items 2 and 3: root volumes in floors and ceilings; worst case counts each floor once -----
+
+def test_node_root_volumes_are_priced_in_floors_and_ceilings():
+    result = est(inventory(gpu_pool(4), node_class("gpu", "100Gi"), deployment("r", pool="gpu", cpu="2", memory="8Gi", gpus="1")))
+    (floor_volumes,) = lines_of(result, BASELINE, "floor root volumes")
+    (ceiling_volumes,) = lines_of(result, WORST_CASE, "root volumes at its ceiling")
+    assert (floor_volumes.quantity, floor_volumes.monthly) == (100, pytest.approx(100 * price("ebs.gp3.storage")))
+    assert (ceiling_volumes.quantity, ceiling_volumes.monthly) == (400, pytest.approx(400 * price("ebs.gp3.storage")))
+
+
+def test_worst_case_is_baseline_plus_each_pool_ceiling_minus_its_floor():
+    nat = res("nat", "aws:ec2/natGateway:NatGateway")
+    result = est(inventory(nat, gpu_pool(4), node_class("gpu", "100Gi"), deployment("r", pool="gpu", cpu="2", memory="8Gi", gpus="1")))
+    ceiling = sum(line.monthly for line in result.lines if line.kind == WORST_CASE)
+    floor = sum(line.monthly for line in result.lines if line.kind == BASELINE and line.resource == "gpu-pool")
+    assert floor > 0 and ceiling > floor
+    assert result.worst_case_monthly == pytest.approx(result.baseline_monthly + ceiling - floor, abs=0.01)
+    assert result.worst_case_monthly == pytest.approx(est(inventory(nat)).baseline_monthly + ceiling, abs=0.01)  # the floor is inside the ceiling
+
+
+# -- item 4: one quantity parser ------------------------------------------------------------------
+
+def test_quantities_are_read_by_the_kubernetes_parser():
+    from components.quantities import cpu_cores, cpu_millicores, gibibytes, mebibytes, whole
+
+    assert (cpu_cores("32000m"), cpu_cores("2"), cpu_millicores("0.1"), cpu_millicores("1e3m")) == (32.0, 2.0, 100, 1000)
+    assert (mebibytes("16Gi"), mebibytes("512Mi"), gibibytes("100Gi"), whole("1")) == (16384.0, 512.0, 100.0, 1)
+    for bad in ("4 cores", "1.5.2", "NaN"):
+        with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+            cpu_cores(bad)
+
+
+def test_components_read_quantities_with_the_same_parser():
+    from components.node_pools import NodePoolsArgs, PoolArgs
+    from components.serving import ServingEndpointArgs
+
+    def pools(cpu_limit: str) -> NodePoolsArgs:
+        pool = dict(instance_families=["m6i"], instance_sizes=["large"], capacity_types=["on-demand"])
+        return NodePoolsArgs(cluster_name="c", cluster_endpoint="e", cluster_security_group_id="sg", identity=None, node_role=None,  # type: ignore[arg-type]
+                             cpu=PoolArgs(**pool, limits={"cpu": cpu_limit}), gpu=PoolArgs(**pool, limits={"nvidia.com/gpu": "2"}))
+
+    assert pools("32000m").cpu.limits == {"cpu": "32000m"}  # a valid quantity, not a crash of int("32000m")
+    with pytest.raises(ValueError, match=r"cpu.limits\[cpu\]: not a Kubernetes quantity: 'lots'"):
+        pools("lots")
+    endpoint = dict(endpoint="e", model="m", image="repo/model:1.0", artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k",
+                    tracking_url="http://t", tracking_reader_secret_arn="s", identity=None, vpc_cidr="10.0.0.0/16")
+    assert [ServingEndpointArgs(**endpoint, cpu=cpu).workers for cpu in ("1500m", "2", "2500m", "250m")] == [1, 2, 2, 1]
+
+
+def test_a_cpu_limit_in_millicores_is_read_as_cores():
+    """`"32000m"` is 32 vCPUs: 16 × m6i.large at most, not 16,000."""
+    (worst,) = lines_of(est(inventory(cpu_pool("32000m", families=("m6i",), sizes=("large",)))), WORST_CASE, "` at its ceiling")
+    assert worst.quantity == 16 and worst.assumption.startswith("ceiling 32 vCPUs = 16 × m6i.large")
 
 
 def test_unknown_types_and_unpriced_instances_are_reported_not_dropped():
@@ -316,3 +451,58 @@ def test_readme_states_the_current_dev_idle_cost(stack_inventories):
     readme = (REPO_ROOT / "README.md").read_text()
     stated = int(re.search(r"dev stack idles at about \$(\d+)/month", readme).group(1))
     assert abs(stated - est(stack_inventories["dev"]).baseline_monthly) < 1.0
+
+
+# -- item 5: errors, not tracebacks ------------------------------------------------------------
+
+def one_line_error(result, *expected: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def test_missing_files_and_bad_inventories_exit_2_with_one_line(tmp_path, dev_inventory_file):
+    missing = tmp_path / "missing.json"
+    one_line_error(run_cost("--inventory", str(missing)), str(missing), "cannot read the inventory", "No such file")
+    one_line_error(run_cost("--inventory", str(dev_inventory_file), "--compare", str(missing)), str(missing), "cannot read the inventory")
+    one_line_error(run_cost("--inventory", str(dev_inventory_file), "--usage", str(tmp_path / "usage.yaml")),
+                   str(tmp_path / "usage.yaml"), "cannot read the usage file")
+    document = json.loads(dev_inventory_file.read_text())
+    del document["resources"][3]["type"]
+    typeless = tmp_path / "typeless.json"
+    typeless.write_text(json.dumps(document))
+    one_line_error(run_cost("--inventory", str(typeless)), str(typeless), "resources[3]: no `type`")
+
+
+# -- item 6: compare matches resources by their place among the components, not by URN ---------
+
+def staged(stack: str, desired: int = 2) -> Inventory:
+    """A small stack whose names carry the stack's name, as the platform's do (`mlops-<stack>-...`)."""
+    def r(name, type_, parent=None, **inputs):
+        return Resource(urn=f"urn:pulumi:{stack}::p::{type_}::mlops-{stack}-{name}", type=type_, name=f"mlops-{stack}-{name}",
+                        parent=parent and f"urn:pulumi:{stack}::p::{parent[0]}::mlops-{stack}-{parent[1]}", custom=not type_.startswith("mlops:"), inputs=inputs)
+    net, cluster = ("mlops:network:Network", "net"), ("mlops:cluster:Cluster", "cluster")
+    return inventory(r("net", net[0]), r("net-nat-0", "aws:ec2/natGateway:NatGateway", net), r("net-eip-0", "aws:ec2/eip:Eip", net),
+                     r("cluster", cluster[0]), r("cluster-system", "aws:eks/nodeGroup:NodeGroup", cluster, instanceTypes=["t3.medium"],
+                                                    scalingConfig={"desiredSize": desired}), stack=stack)
+
+
+def test_compare_matches_a_renamed_stack_by_logical_name():
+    same = report.compare(est(staged("dev")), est(staged("dev-eu")))
+    assert same.changes == [] and same.delta == 0
+    grown = report.compare(est(staged("dev")), est(staged("dev-eu", desired=3)))
+    assert {(c.status, c.resource) for c in grown.changes} == {("changed", "mlops-dev-eu-cluster-system")}
+    assert grown.delta == pytest.approx(price("ec2.instance.t3.medium") * HOURS + 20 * price("ebs.gp2.storage"), abs=0.01)
+
+
+def test_a_copy_of_the_dev_stack_file_under_a_new_name_compares_equal(tmp_path, stack_inventories):
+    from infra.cli import offline_inventory
+    from infra.stackfile import load_stack_file
+
+    copy = tmp_path / "Pulumi.dev-copy.yaml"
+    copy.write_text((REPO_ROOT / "stacks" / "Pulumi.dev.yaml").read_text())
+    renamed = offline_inventory(load_stack_file(copy))
+    assert {r.urn for r in renamed.resources}.isdisjoint({r.urn for r in stack_inventories["dev"].resources})
+    comparison = report.compare(est(stack_inventories["dev"]), est(renamed))
+    assert comparison.changes == [], [(c.status, c.resource, c.item) for c in comparison.changes]
