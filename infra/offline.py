@@ -147,17 +147,21 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
         super().__init__(mocks)
         self.recorded: list[Resource] = []
+        self.engine_urns: dict[str, str] = {}
+        """Mock URN -> the URN the engine would give the same registration."""
 
     def RegisterResource(self, request):  # noqa: N802 - gRPC method name
         response = super().RegisterResource(request)
+        urn = self._engine_urn(request, response.urn)
         if request.type != STACK_TYPE:
             inputs = rpc.deserialize_properties(request.object)
-            parent = _engine_urn(request.parent) if request.parent else None
+            parent = self.engine_urns.get(request.parent) if request.parent else None
             if parent and f"::{STACK_TYPE}::" in parent:
                 parent = None
+            provider_urn, _, provider_id = request.provider.rpartition("::")
             self.recorded.append(
                 Resource(
-                    urn=_engine_urn(response.urn),
+                    urn=urn,
                     type=request.type,
                     name=request.name,
                     parent=parent,
@@ -165,17 +169,25 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     inputs=_plain(mask_secrets(inputs)),
                     protect=bool(request.protect),
                     retain_on_delete=bool(request.retainOnDelete),
-                    depends_on=[_engine_urn(u) for u in request.dependencies],
-                    provider=_engine_urn(request.provider),
+                    depends_on=[self.engine_urns.get(u, u) for u in request.dependencies],
+                    provider=f"{self.engine_urns.get(provider_urn, provider_urn)}::{provider_id}" if request.provider else "",
                 )
             )
         return response
 
-
-def _engine_urn(urn: str) -> str:
-    """The URN the real engine would give: the mock monitor puts the root stack's type into
-    every component's type chain (``pulumi:pulumi:Stack$mlops:...``); the engine does not."""
-    return urn.replace(f"::{STACK_TYPE}$", "::")
+    def _engine_urn(self, request, mock_urn: str) -> str:
+        """The URN the real engine gives: the parent's whole type chain, then the type (a resource
+        directly under the stack has none). The mock monitor keeps only the parent's last type and
+        puts the stack's type in front of top-level components; the SDK refers to resources by
+        the mock's URNs, so each is mapped as it registers (parents register first)."""
+        parent = self.engine_urns.get(request.parent) if request.parent else None
+        if parent is None or request.type == STACK_TYPE or f"::{STACK_TYPE}::" in parent:
+            qualified = request.type
+        else:
+            qualified = parent.split("::")[2] + "$" + request.type
+        stack_and_project = mock_urn.split("::")[:2]
+        self.engine_urns[mock_urn] = "::".join([*stack_and_project, qualified, request.name])
+        return self.engine_urns[mock_urn]
 
 
 def _plain(value: Any) -> Any:

@@ -95,6 +95,43 @@ def test_the_recorder_keeps_implicit_dependencies_parents_and_providers():
     assert plan.path(block, box) == ["box-block", "box"]
 
 
+def test_the_recorder_names_nested_resources_as_the_engine_does():
+    """The engine prefixes a child's type with its parent's whole type chain; every reference uses those URNs."""
+
+    class Outer(pulumi.ComponentResource):
+        def __init__(self, name: str) -> None:
+            super().__init__("test:index:Outer", name)
+            self.inner = Inner(f"{name}-inner", pulumi.ResourceOptions(parent=self))
+
+    class Inner(pulumi.ComponentResource):
+        def __init__(self, name: str, opts: pulumi.ResourceOptions) -> None:
+            super().__init__("test:index:Inner", name, None, opts)
+            self.queue = aws.sqs.Queue(f"{name}-queue", opts=pulumi.ResourceOptions(parent=self))
+
+    def build() -> None:
+        outer = Outer("outer")
+        aws.sqs.QueuePolicy("policy", queue_url=outer.inner.queue.url, policy="{}")
+
+    inventory = declare(build)
+    by_name = {r.name: r for r in inventory.resources}
+    stem = "urn:pulumi:test::mlops-platform::"
+    assert by_name["outer"].urn == stem + "test:index:Outer::outer"
+    assert by_name["outer-inner"].urn == stem + "test:index:Outer$test:index:Inner::outer-inner"
+    assert by_name["outer-inner-queue"].urn == stem + "test:index:Outer$test:index:Inner$aws:sqs/queue:Queue::outer-inner-queue"
+    assert by_name["outer-inner-queue"].parent == by_name["outer-inner"].urn
+    assert by_name["policy"].depends_on == [by_name["outer-inner-queue"].urn]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_reference_in_the_graph_names_a_declared_resource(stack_inventories, stack):
+    inventory = stack_inventories[stack]
+    urns = {r.urn for r in inventory.resources}
+    for resource in inventory.resources:
+        references = [*resource.depends_on, *([resource.parent] if resource.parent else [])]
+        references += [resource.provider.rsplit("::", 1)[0]] if resource.provider else []
+        assert set(references) <= urns, resource.name
+
+
 def test_a_dependency_cycle_is_named():
     def resource(name: str, needs: str) -> Resource:
         return Resource(urn=f"urn:x::{name}", type="t:m:T", name=name, parent=None, custom=True, inputs={}, depends_on=[f"urn:x::{needs}"])
@@ -133,6 +170,36 @@ def test_phase_one_pulls_no_platform_image(phase_one, stack_inventories, setting
         path = image.split("/", 1)[1].split(":")[0]  # <prefix>/<repository>
         assert path in repositories, f"{image} comes from a repository phase 1 does not create"
         assert "@sha256:" in image, f"{image} is not pinned by digest"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_phase_two_only_adds_to_phase_one(phase_one, stack_inventories, stack):
+    """Turning workloads on changes nothing phase 1 created: same URNs, same inputs (no update, no replacement)."""
+    after = {r.urn: r for r in stack_inventories[stack].resources}
+    changed = [r.name for r in phase_one[stack].resources if r.urn not in after or after[r.urn].inputs != r.inputs]
+    assert changed == []
+    assert len(after) > len(phase_one[stack].resources)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_runbook_order_tracking_then_endpoints_only_needs_what_exists(phase_one, stack_inventories, stack):
+    """README runbook: phase 2 first creates the tracking server alone (`--target`), a model is registered, then
+    the endpoints. Each step may only wait for what earlier steps created."""
+    inventory = stack_inventories[stack]
+    plan = DeployPlan(inventory)
+    (tracking,) = [r for r in inventory.resources if r.type == "mlops:tracking:TrackingServer"]
+    serving = [r for r in inventory.resources if r.type in ("mlops:k8s:ServingPlane", "mlops:k8s:ServingEndpoint")]
+
+    def subtree(roots: list[Resource]) -> set[str]:
+        return {r.urn for root in roots for r in [root, *inventory.descendants(root.urn)]}
+
+    created = {r.urn for r in phase_one[stack].resources}
+    for step in ([tracking], serving):
+        members = subtree(step)
+        missing = {inventory.by_urn(p).name for m in members for p in plan.prerequisites(m) if p not in members | created}
+        assert missing == set(), f"{step[0].name} would wait for resources no earlier step creates"
+        created |= members
+    assert created == {r.urn for r in inventory.resources}
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -28,7 +28,7 @@ def test_dev_endpoint_follows_its_settings(stack_inventories):
     assert env["SERVING_CAPTURE_FRACTION"] == "0.1" and env["SERVING_PATH_PREFIX"] == "/diabetes"
     assert env["SERVING_TRACKING_PASSWORD_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
     assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
-    assert container["image"].endswith("/mlops-dev/serving:0.1.0")
+    assert "/mlops-dev/serving:0.1.0@sha256:" in container["image"]  # pinned by the digest the registry holds
     assert deployment.inputs["spec"]["template"]["spec"]["nodeSelector"] == {"mlops.platform/pool": "system"}  # dev: no pool node at idle
     (hpa,) = of(objects, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (1, 2)
