@@ -9,11 +9,25 @@ labelled `grafana_dashboard: "1"`, which Grafana's sidecar provisions.
 from __future__ import annotations
 
 import json
+import re
 
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
+from components.node_pools import POOL_LABEL
+
 EP = 'endpoint=~"$endpoint"'
+CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
+
+
+def ksm_label(key: str) -> str:
+    """The label name kube-state-metrics gives a Kubernetes label in `kube_<kind>_labels`:
+    `label_` + the key with each character outside [a-zA-Z0-9_] made `_`, then snake_cased
+    (`labelName` in kube-state-metrics v2.19.1 `internal/store/utils.go`, the version
+    kube-prometheus-stack 88.2.0 ships). `mlops.platform/pool` -> `label_mlops_platform_pool`.
+    It exports only the labels its `metricLabelsAllowlist` names (the monitoring component's)."""
+    sanitized = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+    return "label_" + re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", sanitized).lower()
 
 
 def _panel(title: str, unit: str, *queries: tuple[str, str], width: int = 12) -> timeseries.Panel:
@@ -50,13 +64,15 @@ def serving_dashboard() -> dict:
 
 
 def gpu_dashboard() -> dict:
+    gpu_nodes, capacity = f'kube_node_labels{{{ksm_label(POOL_LABEL)}="gpu"}}', ksm_label(CAPACITY_TYPE_LABEL)
     board = (
         dashboard.Dashboard("GPUs").uid("mlops-gpus").tags(["mlops", "gpu"]).refresh("30s").time("now-6h", "now")
         .with_panel(_panel("GPU utilisation", "percent", ("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} gpu{{gpu}}")))
         .with_panel(_panel("GPU memory used", "decmbytes", ("max by (Hostname, gpu) (DCGM_FI_DEV_FB_USED)", "{{Hostname}} gpu{{gpu}}")))
         .with_panel(_panel("GPUs requested by pending pods", "short",
                            ('sum(kube_pod_container_resource_requests{resource="nvidia_com_gpu"} * on (namespace, pod) group_left () max by (namespace, pod) (kube_pod_status_phase{phase="Pending"}))', "pending GPUs")))
-        .with_panel(_panel("GPU nodes", "short", ('count(kube_node_labels{label_mlops_platform_pool="gpu"}) or vector(0)', "nodes")))
+        .with_panel(_panel("GPU nodes", "short", (f'count({gpu_nodes}) or vector(0)', "nodes"),
+                           (f"count by ({capacity}) ({gpu_nodes})", f"{{{{{capacity}}}}}")))
     )
     return board.build()
 

@@ -12,12 +12,23 @@ components/dashboards.py as sidecar ConfigMaps.
 
 The namespace enforces the `privileged` Pod Security level: node-exporter reads the host's
 network and process tables. Nothing else of the platform runs there.
+
+EKS runs the control plane: kube-scheduler, kube-controller-manager and etcd cannot be scraped,
+and the kube-proxy add-on serves its metrics on 127.0.0.1 only. The chart's scrape jobs and
+default alert rules for all four are off, or their "down" alerts would fire forever.
+
+Destroy order: Prometheus' and Alertmanager's volumes are PVCs of the operator's StatefulSets;
+they are retained when a StatefulSet is deleted (the operator deletes and recreates it when an
+update is impossible, e.g. a new volume size, and the data must survive that) and deleted with
+the namespace. The namespace and the release depend on `volume_dependencies` (the StorageClass,
+which depends on the EBS CSI driver), so on `pulumi destroy` the namespace, whose deletion
+Pulumi awaits, is gone before the driver that deletes the EBS volumes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -26,7 +37,8 @@ import pulumi_random as random
 
 from components import versions
 from components.alerts import AlertThresholds, EndpointObjective, rule_groups
-from components.dashboards import dashboards
+from components.dashboards import CAPACITY_TYPE_LABEL, dashboards
+from components.node_pools import POOL_LABEL
 
 TOKEN = "mlops:monitoring:Monitoring"
 NAMESPACE = "monitoring"
@@ -35,6 +47,34 @@ SLACK_SECRET = "alertmanager-slack"
 RPS_METRIC = "serving_requests_per_second"
 """Pods metric the adapter serves from `serving_requests_total` (the endpoints' HPAs scale on it)."""
 GRAFANA_SECRET = "grafana-admin"
+NODE_LABELS_FOR_METRICS = (POOL_LABEL, "karpenter.sh/nodepool", CAPACITY_TYPE_LABEL, "node.kubernetes.io/instance-type")
+"""Node labels kube-state-metrics copies into `kube_node_labels` (by default it copies none): the
+platform's pool (the GPU dashboard counts GPU nodes by it), Karpenter's NodePool and capacity type
+(spot or on-demand), and the instance type."""
+EKS_HIDDEN_COMPONENTS = ("kubeScheduler", "kubeControllerManager", "kubeEtcd", "kubeProxy")
+"""kube-prometheus-stack scrape targets EKS does not expose (see the module docstring)."""
+EKS_HIDDEN_RULES = ("kubeSchedulerAlerting", "kubeSchedulerRecording", "kubeControllerManager", "etcd", "kubeProxy")
+"""The chart's `defaultRules.rules` groups about those components."""
+
+
+def model_server_relabelings() -> list[dict[str, Any]]:
+    """`metricRelabelings` for a ServiceMonitor of model servers: their `endpoint` label wins.
+
+    The Prometheus Operator gives every target of a ServiceMonitor an `endpoint` label, the
+    scraped port's name (`http`). The model server labels its series with `endpoint` too (the
+    endpoint's name); on that collision Prometheus keeps the target's value and renames the
+    scraped one `exported_endpoint`, so `EndpointLatencyHigh{endpoint="<name>"}` and the
+    dashboards' endpoint variable would match nothing. These rules run after the scrape and move
+    the model server's value back to `endpoint` (series without one, `process_*`, keep `http`).
+
+    Chosen over `honorLabels: true`, which would let scraped series override every target label
+    (`namespace`, `pod`, `job`: what HPAs, the adapter and `EndpointDown` select on) and which a
+    Prometheus with `overrideHonorLabels` ignores.
+    """
+    return [
+        {"sourceLabels": ["exported_endpoint"], "regex": "(.+)", "targetLabel": "endpoint", "replacement": "$1", "action": "replace"},
+        {"action": "labeldrop", "regex": "exported_endpoint"},
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,9 +96,14 @@ class MonitoringArgs:
     protect_secrets: bool = False
     depends_on: Sequence[pulumi.Resource] = ()
     """What must run first (the system node group)."""
+    volume_dependencies: Sequence[pulumi.Resource]
+    """What the volumes need: the `storage_class` StorageClass (which depends on the EBS CSI
+    driver). The namespace and the release depend on it, so it outlives their PVCs on destroy."""
 
     def __post_init__(self) -> None:
         problems = []
+        if not self.volume_dependencies:
+            problems.append("volume_dependencies: empty; pass the StorageClass of storage_class, or destroy orphans the EBS volumes")
         if not 1 <= self.retention_days <= 3650:
             problems.append(f"retention_days: got {self.retention_days}, expected 1 to 3650")
         if self.storage_gb < 5:
@@ -87,6 +132,48 @@ def alertmanager_config(has_slack: bool, channel: str) -> dict:
     }
 
 
+def _volume(storage_class: str, size_gb: int) -> dict[str, Any]:
+    return {"volumeClaimTemplate": {"spec": {"storageClassName": storage_class, "accessModes": ["ReadWriteOnce"],
+                                             "resources": {"requests": {"storage": f"{size_gb}Gi"}}}}}
+
+
+# The operator deletes and recreates a StatefulSet it cannot update (a new volume size, say):
+# `Delete` here would delete the volumes with it. The namespace's deletion removes them on destroy.
+_KEEP_VOLUMES = {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def kube_prometheus_stack_values(args: MonitoringArgs, alertmanager_secrets: list[str]) -> dict[str, Any]:
+    """The chart's values: retention and storage per profile, Alertmanager's receivers, Grafana's
+    secret and sidecar, node labels for kube-state-metrics, and nothing EKS hides."""
+    placement = {"nodeSelector": args.node_selector} if args.node_selector else {}
+    return {
+        "crds": {"enabled": True},
+        "prometheus": {"prometheusSpec": {
+            "retention": f"{args.retention_days}d",
+            "storageSpec": _volume(args.storage_class, args.storage_gb),
+            "persistentVolumeClaimRetentionPolicy": _KEEP_VOLUMES,
+            # pick up every ServiceMonitor and PrometheusRule, not only the chart's own
+            "serviceMonitorSelectorNilUsesHelmValues": False,
+            "ruleSelectorNilUsesHelmValues": False,
+            **placement,
+        }},
+        "alertmanager": {
+            "enabled": True,
+            "config": alertmanager_config(bool(alertmanager_secrets), args.slack_channel),
+            "alertmanagerSpec": {"secrets": alertmanager_secrets, "storage": _volume(args.storage_class, 2),
+                                 "persistentVolumeClaimRetentionPolicy": _KEEP_VOLUMES, **placement},
+        },
+        "grafana": {
+            "admin": {"existingSecret": GRAFANA_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
+            "sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1", "searchNamespace": "ALL"}},
+            **placement,
+        },
+        "kube-state-metrics": {"metricLabelsAllowlist": [f"nodes=[{','.join(NODE_LABELS_FOR_METRICS)}]"]},
+        **{component: {"enabled": False} for component in EKS_HIDDEN_COMPONENTS},
+        "defaultRules": {"rules": {group: False for group in EKS_HIDDEN_RULES}},
+    }
+
+
 class Monitoring(pulumi.ComponentResource):
     release: k8s.helm.v3.Release
     """Depend on this from anything that declares a ServiceMonitor or PrometheusRule."""
@@ -98,7 +185,8 @@ class Monitoring(pulumi.ComponentResource):
         namespace = k8s.core.v1.Namespace(
             f"{name}-ns",
             metadata={"name": NAMESPACE, "labels": {MONITORING_NAMESPACE_LABEL: "true", "pod-security.kubernetes.io/enforce": "privileged"}},
-            opts=child,
+            # deleting the namespace deletes the PVCs: the StorageClass and the CSI driver must still be there
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.volume_dependencies)),
         )
         in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
 
@@ -122,37 +210,13 @@ class Monitoring(pulumi.ComponentResource):
             )
             secrets_for_alertmanager.append(SLACK_SECRET)
 
-        storage = {"volumeClaimTemplate": {"spec": {"storageClassName": args.storage_class, "accessModes": ["ReadWriteOnce"],
-                                                    "resources": {"requests": {"storage": f"{args.storage_gb}Gi"}}}}}
-        placement = {"nodeSelector": args.node_selector} if args.node_selector else {}
         self.release = versions.helm_release(
             f"{name}-kube-prometheus-stack",
             versions.KUBE_PROMETHEUS_STACK,
             release="kube-prometheus-stack",
             namespace=NAMESPACE,
-            values={
-                "crds": {"enabled": True},
-                "prometheus": {"prometheusSpec": {
-                    "retention": f"{args.retention_days}d",
-                    "storageSpec": storage,
-                    # pick up every ServiceMonitor and PrometheusRule, not only the chart's own
-                    "serviceMonitorSelectorNilUsesHelmValues": False,
-                    "ruleSelectorNilUsesHelmValues": False,
-                    **placement,
-                }},
-                "alertmanager": {
-                    "enabled": True,
-                    "config": alertmanager_config(bool(secrets_for_alertmanager), args.slack_channel),
-                    "alertmanagerSpec": {"secrets": secrets_for_alertmanager, "storage": {"volumeClaimTemplate": {"spec": {
-                        "storageClassName": args.storage_class, "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}}}}, **placement},
-                },
-                "grafana": {
-                    "admin": {"existingSecret": GRAFANA_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
-                    "sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1", "searchNamespace": "ALL"}},
-                    **placement,
-                },
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[namespace, *args.depends_on]),
+            values=kube_prometheus_stack_values(args, secrets_for_alertmanager),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[namespace, *args.depends_on, *args.volume_dependencies]),
         )
         after_stack = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
 
@@ -181,7 +245,7 @@ class Monitoring(pulumi.ComponentResource):
                     "name": {"matches": "^serving_requests_total$", "as": RPS_METRIC},
                     "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)",
                 }]},
-                **placement,
+                **({"nodeSelector": args.node_selector} if args.node_selector else {}),
             },
             opts=after_stack,
         )

@@ -39,7 +39,7 @@ PLANE_TOKEN = "mlops:k8s:ServingPlane"
 ENDPOINT_TOKEN = "mlops:k8s:ServingEndpoint"
 NAMESPACE = "serving"
 PORT = 8080
-from components.monitoring import MONITORING_NAMESPACE_LABEL, RPS_METRIC  # noqa: E402
+from components.monitoring import MONITORING_NAMESPACE_LABEL, RPS_METRIC, model_server_relabelings  # noqa: E402
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,7 +222,8 @@ class ServingEndpoint(pulumi.ComponentResource):
             spec={
                 "selector": {"matchLabels": selector},
                 "namespaceSelector": {"matchNames": [NAMESPACE]},
-                "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+                # the model server's own `endpoint` label wins over the operator's (the port name)
+                "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "metricRelabelings": model_server_relabelings()}],
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*services.values(), *([args.monitoring_crds] if args.monitoring_crds else [])]),
         )

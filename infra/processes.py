@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 LOOPBACK = "127.0.0.1"
 
@@ -93,9 +93,11 @@ def start_moto(log_dir: Path) -> Server:
     return server
 
 
-def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path | None = None, scrape_interval: str = "2s") -> Server:
+def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path | None = None, scrape_interval: str = "2s",
+                     scrape_configs: Sequence[Mapping[str, Any]] = ()) -> Server:
     """A real Prometheus (Debian's `prometheus`) on a free loopback port, scraping `targets`
-    (job name -> host:port) and evaluating `rules_file`.
+    (job name -> host:port) and evaluating `rules_file`. `scrape_configs` are added as they are
+    (a test gives the ones the Prometheus Operator would generate, relabelings included).
 
     Paths in the generated config are absolute: Prometheus resolves `rule_files` relative to the
     config file's directory, and a glob that matches nothing is not an error, so a path relative
@@ -112,7 +114,8 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
     port = free_port()
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()]
+        + [dict(c) for c in scrape_configs],
     }
     written = 0
     if rules_file is not None:

@@ -100,7 +100,7 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     # Managed MLflow pulls no image of ours, so it belongs to phase 1 as well.
     workloads = settings.deploy_workloads
     tracking = _tracking(settings, network, storage, cluster, addons, images) if workloads or settings.tracking.mode == "managed" else None
-    monitoring = _monitoring(settings, storage, cluster, node_pools)
+    monitoring = _monitoring(settings, storage, cluster, node_pools, addons)
     endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring, images) if tracking and workloads else []
     Budget(
         f"{prefix}-budget",
@@ -130,7 +130,7 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     pulumi.export("endpointPaths", {e.endpoint: e.url_path for e in endpoints})
 
 
-def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools) -> Monitoring:
+def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools, addons: ClusterAddons) -> Monitoring:
     m, a = settings.monitoring, settings.monitoring.alerts
     webhook = pulumi.Config(CONFIG_NAMESPACE).get_secret("alertSlackWebhook")
     return Monitoring(
@@ -149,6 +149,8 @@ def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, 
             node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
             protect_secrets=settings.deletion_protection,
             depends_on=(cluster.system_node_group,),
+            storage_class=addons.storage_class,
+            volume_dependencies=(addons.storage_class_resource,),
         ),
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -100,5 +101,73 @@ def test_a_real_prometheus_scrapes_the_model_server_with_the_rules_loaded(drift_
         with urllib.request.urlopen(prometheus.url + "/api/v1/rules", timeout=10) as response:
             loaded = {r["name"] for g in json.loads(response.read())["data"]["groups"] for r in g["rules"]}
         assert {"EndpointLatencyHigh", "DataDriftHigh", "EndpointErrorRatioHigh"} <= loaded
+    finally:
+        prometheus.stop()
+
+
+def serving_objects(inventory) -> tuple[dict, dict, str]:
+    """The first endpoint's ServiceMonitor, the stable Service it selects, and the model server's container name."""
+    from infra.manifests import manifest_of
+
+    monitor = manifest_of(inventory.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")[0])
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = [manifest_of(s) for s in inventory.of_type("kubernetes:core/v1:Service")]
+    (service,) = [s for s in services if s["metadata"]["namespace"] == "serving" and selector.items() <= (s["metadata"].get("labels") or {}).items()
+                  and s["metadata"]["labels"].get("mlops.platform/track") == "stable"]
+    (deployment,) = [manifest_of(d) for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == service["metadata"]["name"]]
+    return monitor, service, deployment["spec"]["template"]["spec"]["containers"][0]["name"]
+
+
+def label_values(prometheus, label: str, match: str) -> list[str]:
+    url = f"{prometheus.url}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": match})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())["data"]
+
+
+def test_per_endpoint_alerts_and_dashboards_match_what_the_operator_scrapes(drift_server, stack_inventories, tmp_path):
+    """Issue 11 item 8: a real Prometheus with the scrape config the operator generates for the
+    ServiceMonitor the serving component declares. Without its metricRelabelings (the ServiceMonitor
+    as it was, scraped as pod `unfixed`) the model server's `endpoint` label becomes
+    `exported_endpoint`, and neither the latency alert nor the dashboards' variable match."""
+    import copy
+
+    from components.dashboards import dashboards
+    from examples.train import training_data
+    from tests.services.operator_scrape import scrape_config
+
+    monitor, service, container = serving_objects(stack_inventories["dev"])
+    assert monitor["spec"]["endpoints"][0].get("metricRelabelings")
+    unfixed = copy.deepcopy(monitor)
+    unfixed["metadata"]["name"] += "-unfixed"
+    del unfixed["spec"]["endpoints"][0]["metricRelabelings"]
+    address = drift_server.url.removeprefix("http://")
+    configs = [scrape_config(m, service, address=address, pod=pod, container=container, interval="1s")
+               for m, pod in ((monitor, "fixed"), (unfixed, "unfixed"))]
+    prometheus = start_prometheus(tmp_path, {}, scrape_configs=configs, scrape_interval="1s")
+    try:
+        x_train, _, _, _ = training_data()
+        (latency_rule,) = [r for g in rule_groups(AlertThresholds(), [EndpointObjective(MODEL, 250)]) for r in g["rules"] if r["alert"] == "EndpointLatencyHigh"]
+        latency = latency_rule["expr"].rsplit(" > ", 1)[0]  # the alert's query, without its threshold
+        deadline, found = time.time() + 45, []
+        while time.time() < deadline and not found:
+            send(drift_server, x_train.sample(40, random_state=int(time.time())))
+            time.sleep(1)
+            found = [r for r in query(prometheus, latency) if r["value"][1] != "NaN"]
+        assert found and found[0]["metric"] == {"endpoint": MODEL}, "EndpointLatencyHigh's query matched nothing after 45 s"
+        (up,) = query(prometheus, 'up{pod="fixed"}')
+        assert up["metric"]["endpoint"] == "http" and up["metric"]["namespace"] == "serving" and up["metric"]["service"] == service["metadata"]["name"]
+
+        # the bug, reproduced by the operator's own relabeling: the port name takes `endpoint`
+        assert {r["metric"]["exported_endpoint"] for r in query(prometheus, 'serving_requests_total{pod="unfixed"}')} == {MODEL}
+        assert {r["metric"]["endpoint"] for r in query(prometheus, 'serving_requests_total{pod="unfixed"}')} == {"http"}
+        assert query(prometheus, latency.replace(f'endpoint="{MODEL}"', f'endpoint="{MODEL}",pod="unfixed"')) == []
+        # fixed: the model server's value, and no exported_endpoint left
+        assert query(prometheus, 'serving_requests_total{pod="fixed",exported_endpoint!=""}') == []
+
+        board = json.loads(dashboards()["mlops-serving.json"])
+        (variable,) = [v for v in board["templating"]["list"] if v["name"] == "endpoint"]
+        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["query"]).groups()
+        assert label_values(prometheus, label, f'{metric}{{pod="fixed"}}') == [MODEL]
+        assert label_values(prometheus, label, f'{metric}{{pod="unfixed"}}') == ["http"]
     finally:
         prometheus.stop()

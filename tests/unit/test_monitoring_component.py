@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+
+from components.alerts import AlertThresholds
 
 from infra.offline import run_offline
 from infra.program import main as program
@@ -118,3 +121,103 @@ def test_rps_autoscaling_is_served_by_the_metrics_adapter():
     (rule,) = adapter["rules"]["custom"]
     assert metric["metric"]["name"] == rule["name"]["as"] and metric["target"]["averageValue"] == "150"
     assert rule["seriesQuery"].startswith("serving_requests_total")
+
+
+# -- what EKS hides (issue 11, item 11) -------------------------------------------------------
+def test_control_plane_parts_eks_hides_are_neither_scraped_nor_alerted_on(stack_inventories):
+    from infra.upstream import chart_defaults
+
+    defaults = chart_defaults("kube-prometheus-stack", "88.2.0")
+    # the chart's own rule groups about the scheduler, controller manager, etcd and kube-proxy
+    hidden_groups = {g for g in defaults["defaultRules"]["rules"] if re.search("etcd|scheduler|controllermanager|proxy", g.lower())}
+    assert hidden_groups == {"etcd", "kubeControllerManager", "kubeProxy", "kubeSchedulerAlerting", "kubeSchedulerRecording"}
+    for stack in ("dev", "staging", "prod"):
+        values = kps(stack_inventories[stack]).inputs["values"]
+        for component in ("kubeScheduler", "kubeControllerManager", "kubeEtcd", "kubeProxy"):
+            assert defaults[component]["enabled"] is True and values[component] == {"enabled": False}, component
+        assert values["defaultRules"]["rules"] == dict.fromkeys(hidden_groups, False)
+        assert "kubeApiServer" not in values and "kubelet" not in values  # EKS serves these: still scraped
+
+
+# -- the pool label of the GPU dashboard (item 13) --------------------------------------------
+def test_kube_state_metrics_label_names_follow_its_sanitizer():
+    from components.dashboards import ksm_label
+
+    assert ksm_label("mlops.platform/pool") == "label_mlops_platform_pool"
+    assert ksm_label("karpenter.sh/capacity-type") == "label_karpenter_sh_capacity_type"
+    assert ksm_label("topology.kubernetes.io/zoneName") == "label_topology_kubernetes_io_zone_name"
+
+
+def test_the_node_labels_the_dashboards_use_are_exported_by_kube_state_metrics(stack_inventories):
+    from components.dashboards import ksm_label
+    from components.node_pools import POOL_LABEL
+
+    (allowlist,) = kps(stack_inventories["dev"]).inputs["values"]["kube-state-metrics"]["metricLabelsAllowlist"]
+    resource, labels = re.fullmatch(r"(\w+)=\[(.*)\]", allowlist).groups()
+    assert resource == "nodes" and POOL_LABEL in labels.split(",")
+    exported = {ksm_label(k) for k in labels.split(",")}
+    maps = [c for c in stack_inventories["dev"].of_type("kubernetes:core/v1:ConfigMap") if "mlops-gpus.json" in (c.inputs.get("data") or {})]
+    exprs = [t["expr"] for p in json.loads(maps[0].inputs["data"]["mlops-gpus.json"])["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\blabel_\w+", e)}
+    assert ksm_label(POOL_LABEL) in used and used <= exported
+    assert any(f'{ksm_label(POOL_LABEL)}="gpu"' in e for e in exprs)
+
+
+# -- volumes on destroy (item 7) -------------------------------------------------------------
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_monitoring_volumes_outlive_nothing_they_need(stack_inventories, stack):
+    inventory = stack_inventories[stack]
+    release = kps(inventory)
+    spec = release.inputs["values"]["prometheus"]["prometheusSpec"]
+    class_name = spec["storageSpec"]["volumeClaimTemplate"]["spec"]["storageClassName"]
+    (storage_class,) = [s for s in inventory.of_type("kubernetes:storage.k8s.io/v1:StorageClass") if s.inputs["metadata"]["name"] == class_name]
+    assert storage_class.inputs["reclaimPolicy"] == "Delete"  # a deleted PVC deletes its EBS volume
+    (namespace,) = [n for n in inventory.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "monitoring"]
+    # destroy: release, then the namespace (its deletion deletes the PVCs), then the class and the CSI driver
+    assert storage_class.urn in release.depends_on and storage_class.urn in namespace.depends_on
+    (ebs,) = [a for a in inventory.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "aws-ebs-csi-driver"]
+    assert ebs.urn in storage_class.depends_on
+    # the operator recreates a StatefulSet it cannot update: the volumes must survive that
+    keep = {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    assert spec["persistentVolumeClaimRetentionPolicy"] == keep
+    assert release.inputs["values"]["alertmanager"]["alertmanagerSpec"]["persistentVolumeClaimRetentionPolicy"] == keep
+    alertmanager_class = release.inputs["values"]["alertmanager"]["alertmanagerSpec"]["storage"]["volumeClaimTemplate"]["spec"]["storageClassName"]
+    assert alertmanager_class == class_name
+
+
+def test_monitoring_without_its_storage_class_is_rejected():
+    from components.monitoring import MonitoringArgs
+
+    with pytest.raises(ValueError, match="volume_dependencies: empty"):
+        MonitoringArgs(kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/k", volume_dependencies=())
+
+
+# -- the endpoint label (item 8; proven against a real Prometheus in tests/services) ----------
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_endpoint_service_monitors_keep_the_model_servers_endpoint_label(stack_inventories, stack):
+    from components.monitoring import model_server_relabelings
+
+    for monitor in stack_inventories[stack].of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor"):
+        (endpoint,) = monitor.inputs["spec"]["endpoints"]
+        assert endpoint["metricRelabelings"] == model_server_relabelings() and not endpoint.get("honorLabels")
+
+
+# -- the DCGM exporter's pinned chart (item 6) ------------------------------------------------
+def test_dcgm_exporter_is_pinned_to_a_published_chart_and_its_labels_match():
+    import yaml
+
+    from components import versions
+    from components.alerts import rule_groups
+    from components.dashboards import dashboards
+    from infra.upstream import UPSTREAM_DIR
+
+    reference = UPSTREAM_DIR / f"dcgm-exporter-{versions.DCGM_EXPORTER.version}"
+    assert yaml.safe_load((reference / "Chart.yaml").read_text())["version"] == versions.DCGM_EXPORTER.version
+    written = set(re.findall(r'[,{](\w+)="\{\{', (reference / "render_metrics.go").read_text()))  # labels the exporter writes
+    assert {"gpu", "Hostname"} <= written
+    queries = [r["expr"] for g in rule_groups(AlertThresholds(), []) for r in g["rules"] if "DCGM_" in r["expr"]]
+    queries += [t["expr"] for p in json.loads(dashboards()["mlops-gpus.json"])["panels"] for t in p["targets"] if "DCGM_" in t["expr"]]
+    assert len(queries) >= 3
+    for expr in queries:
+        for grouped in re.findall(r"by \(([^)]*)\)", expr):
+            assert {label.strip() for label in grouped.split(",")} <= written, expr
