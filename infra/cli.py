@@ -331,6 +331,17 @@ def cmd_local(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from infra.plan import DeployPlan, PlanError, render_waves
+
+    inventory = inventory_from_args(args)
+    try:
+        print(f"stack {inventory.stack}: " + render_waves(DeployPlan(inventory), destroy=args.destroy))
+    except PlanError as exc:
+        raise CliError(str(exc)) from None
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlops",
@@ -406,6 +417,16 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", metavar="DIR", help="write one YAML file per object here")
     render.add_argument("--kubernetes-version", help="validate against this version (default: the stack's cluster.kubernetesVersion)")
     render.set_defaults(handler=cmd_render)
+
+    plan = commands.add_parser(
+        "plan",
+        help="the order `pulumi up` creates a stack's resources in (or `pulumi destroy` deletes them in, with --destroy)",
+        description="Waves of the inventory's dependency graph (dependencies, parents, providers), as the engine orders "
+        "them: each wave needs only earlier ones. Works on a real `pulumi preview --json` too.",
+    )
+    _add_source_arguments(plan)
+    plan.add_argument("--destroy", action="store_true", help="the order of `pulumi destroy` instead")
+    plan.set_defaults(handler=cmd_plan)
 
     local = commands.add_parser(
         "local",

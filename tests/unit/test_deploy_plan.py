@@ -356,3 +356,25 @@ def test_node_pools_go_before_karpenter_and_karpenter_before_the_network(stack_i
     problems = unmet(plan, pools, [karpenter], "Karpenter would be gone before it terminates the pool's nodes")
     problems += unmet(plan, [karpenter], egress, "Karpenter needs egress to EC2 while it terminates nodes")
     assert problems == [], "\n".join(problems)
+
+
+# -- the command -------------------------------------------------------------------------------------
+def test_the_plan_command_prints_both_orders_and_refuses_a_cycle(tmp_path, capsys):
+    from infra.cli import main
+
+    assert main(["plan", "--stack", "dev"]) == 0
+    created = capsys.readouterr().out
+    assert main(["plan", "--stack", "dev", "--destroy"]) == 0
+    destroyed = capsys.readouterr().out
+    assert created.startswith("stack dev: ") and "waits only for the waves before it" in created
+    for text, first, last in ((created, "mlops-dev-net-vpc ", "mlops-dev-cluster-eks "), (destroyed, "mlops-dev-cluster-eks ", "mlops-dev-net-vpc ")):
+        assert text.index(first) < text.index(last)
+    assert "[mlops:" not in created  # components create nothing and are left out
+
+    cyclic = Inventory(project="p", stack="s", source="offline", resources=[
+        Resource(urn="urn:x::a", type="t:m:T", name="a", parent=None, custom=True, inputs={}, depends_on=["urn:x::b"]),
+        Resource(urn="urn:x::b", type="t:m:T", name="b", parent=None, custom=True, inputs={}, depends_on=["urn:x::a"]),
+    ])
+    cyclic.write(tmp_path / "cyclic.json")
+    assert main(["plan", "--inventory", str(tmp_path / "cyclic.json")]) == 2
+    assert "error: dependency cycle: " in capsys.readouterr().err
