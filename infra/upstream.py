@@ -53,6 +53,12 @@ LABEL_MAPS = frozenset({"nodeSelector", "labels", "annotations", "podLabels", "p
 free-form even where the chart's default has an example (Karpenter's `nodeSelector: {kubernetes.io/os: linux}`)."""
 
 
+FREE_FORM_VALUES = {"kube-prometheus-stack": ("alertmanager.config",)}
+"""Values a chart passes through verbatim as another program's configuration: their keys are that
+program's, not the chart's. Alertmanager's is checked by Alertmanager itself instead
+(`amtool check-config` on the config as the chart merges it, in tests/alerts)."""
+
+
 class MissingReference(LookupError):
     """No committed upstream file for a pinned chart or a custom resource kind."""
 
@@ -82,18 +88,25 @@ def chart_defaults(name: str, version: str) -> dict[str, Any]:
     (the parent's own defaults for that key win, as in Helm)."""
     defaults = copy.deepcopy(_load_values(name, version))
     for key, (sub_name, sub_version) in SUBCHARTS.get((name, version), {}).items():
-        defaults[key] = _merged(_load_values(sub_name, sub_version), defaults.get(key) or {})
+        defaults[key] = helm_merge(_load_values(sub_name, sub_version), defaults.get(key) or {})
     return defaults
 
 
-def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def helm_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base` as Helm merges values: maps deeply, anything else (lists too) replaced."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        merged[key] = _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = helm_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
 
 
-def unknown_value_keys(values: dict[str, Any], defaults: dict[str, Any], prefix: str = "") -> list[str]:
+def value_problems(chart: str, version: str, values: dict[str, Any]) -> list[str]:
+    """What is wrong with `values` for the pinned chart `chart` (a name or an `oci://` reference)."""
+    name = chart_name(chart)
+    return unknown_value_keys(values, chart_defaults(name, version), free_form=FREE_FORM_VALUES.get(name, ()))
+
+
+def unknown_value_keys(values: dict[str, Any], defaults: dict[str, Any], prefix: str = "", free_form: tuple[str, ...] = ()) -> list[str]:
     """Key paths of `values` that the chart's defaults do not have.
 
     Below a default that is an empty map, a list or null, anything goes: those are free-form
@@ -108,11 +121,11 @@ def unknown_value_keys(values: dict[str, Any], defaults: dict[str, Any], prefix:
             problems.append(f"{path}: not a value of the chart")
             continue
         default = defaults[key]
-        if key in LABEL_MAPS:
+        if key in LABEL_MAPS or path in free_form:
             continue
         if isinstance(default, dict) and default:
             if isinstance(value, dict):
-                problems.extend(unknown_value_keys(value, default, path))
+                problems.extend(unknown_value_keys(value, default, path, free_form))
             elif value is not None:
                 problems.append(f"{path}: the chart expects a map here, got {type(value).__name__}")
         elif isinstance(value, dict) and default not in (None, {}) and not isinstance(default, list):

@@ -16,15 +16,14 @@ import pytest
 from components import versions
 from infra.manifests import is_manifest, manifest_of, validate
 from infra.stackfile import stack_names
-from infra.upstream import CRD_FILES, MissingReference, chart_defaults, chart_name, unknown_value_keys, values_file
+from infra.upstream import CRD_FILES, MissingReference, chart_defaults, chart_name, value_problems, values_file
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 STACKS = stack_names()
 
 
 def release_problems(release) -> list[str]:
-    defaults = chart_defaults(chart_name(release.inputs["chart"]), release.inputs["version"])
-    return unknown_value_keys(release.inputs.get("values") or {}, defaults)
+    return value_problems(release.inputs["chart"], release.inputs["version"], release.inputs.get("values") or {})
 
 
 def release_of(inventory, chart: str):
