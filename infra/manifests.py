@@ -4,14 +4,15 @@ Core kinds are validated with `kubernetes-validate` against the schemas of the s
 Kubernetes version; the platform's custom resources (Karpenter's NodePool and EC2NodeClass, the
 Prometheus Operator's ServiceMonitor and PrometheusRule) against the `openAPIV3Schema` of the
 upstream CRDs of the pinned versions, committed under `components/upstream/` and made strict
-(unknown fields rejected: the API server would prune them silently) by `infra.upstream`.
+(unknown fields rejected: the API server would prune them silently) by `infra.upstream`, and
+then against the CRDs' CEL rules (`infra.cel_rules`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from infra import upstream
+from infra import cel_rules, upstream
 from infra.inventory import SECRET, Inventory, Resource
 
 
@@ -55,7 +56,8 @@ def validate(manifest: dict[str, Any], kubernetes_version: str) -> list[str]:
     if schema is not None:
         validator = jsonschema.Draft4Validator(schema)  # OpenAPI 3.0 schemas are draft-4 style
         errors = sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
-        return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+        found = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+        return found or cel_rules.problems(manifest, upstream.crd_openapi_schema(manifest["apiVersion"], manifest["kind"]))
     try:
         kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
     except kubernetes_validate.ValidationError as exc:

@@ -134,8 +134,8 @@ def unknown_value_keys(values: dict[str, Any], defaults: dict[str, Any], prefix:
 
 
 @functools.cache
-def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
-    """The strict JSON schema of `kind` at `api_version`, from the upstream CRD."""
+def crd_openapi_schema(api_version: str, kind: str) -> dict[str, Any]:
+    """The `openAPIV3Schema` of `kind` at `api_version`, as the upstream CRD has it."""
     relative = CRD_FILES.get((api_version, kind))
     if relative is None:
         raise MissingReference(f"no upstream CRD for {api_version} {kind}: add it under components/upstream/ and to CRD_FILES")
@@ -145,7 +145,13 @@ def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
     if crd["spec"]["group"] != group:
         raise MissingReference(f"{relative} defines group {crd['spec']['group']}, not {group}")
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version and v.get("served", True)]
-    schema = strict_schema(served["schema"]["openAPIV3Schema"])
+    return served["schema"]["openAPIV3Schema"]
+
+
+@functools.cache
+def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    """The strict JSON schema of `kind` at `api_version`, from the upstream CRD."""
+    schema = strict_schema(crd_openapi_schema(api_version, kind))
     schema["properties"]["apiVersion"] = {"const": api_version}
     schema["properties"]["kind"] = {"const": kind}
     return schema
@@ -155,7 +161,7 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """An OpenAPI v3 structural schema as JSON schema, with unknown fields rejected: the API
     server silently prunes fields a CRD does not declare, so a typo would deploy and do nothing.
     `nullable: true` admits null; `x-kubernetes-preserve-unknown-fields` keeps a map open;
-    descriptions are dropped. CEL rules (`x-kubernetes-validations`) are not evaluated."""
+    descriptions are dropped. CEL rules (`x-kubernetes-validations`) are `infra.cel_rules`' part."""
     out: dict[str, Any] = {k: v for k, v in schema.items() if k != "description" and not k.startswith("x-kubernetes-")}
     if "properties" in schema:
         out["properties"] = {name: strict_schema(sub) for name, sub in schema["properties"].items()}

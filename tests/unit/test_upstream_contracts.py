@@ -101,3 +101,18 @@ def test_a_wrong_field_in_a_custom_resource_is_caught(stack_inventories):
     node_class = copy.deepcopy(objects["EC2NodeClass"])
     node_class["spec"]["metadataOptions"] = {"httpTokens": "sometimes"}
     assert any(p.startswith("spec/metadataOptions/httpTokens") for p in validate(node_class, "1.35"))
+
+
+def test_the_crds_cel_rules_are_enforced(stack_inventories):
+    """The API server also runs the CRDs' CEL rules (`x-kubernetes-validations`); so does validate()."""
+    objects = {m["kind"]: m for m in custom_resources(stack_inventories["dev"])}
+    node_class = copy.deepcopy(objects["EC2NodeClass"])
+    node_class["spec"]["instanceProfile"] = "some-profile"  # the class already names a role
+    node_class["spec"]["tags"] = {**node_class["spec"].get("tags", {}), "kubernetes.io/cluster/other": "owned"}
+    problems = validate(node_class, "1.35")
+    assert any("instanceProfile" in p and p.startswith("spec:") for p in problems), problems
+    assert any(p.startswith("spec/tags:") and "kubernetes.io/cluster" in p for p in problems), problems
+    node_pool = copy.deepcopy(objects["NodePool"])
+    requirements = node_pool["spec"]["template"]["spec"]["requirements"]
+    requirements.append({"key": "karpenter.sh/nodepool", "operator": "In", "values": ["x"]})
+    assert any(p.startswith("spec/template/spec/requirements") for p in validate(node_pool, "1.35"))
