@@ -1,23 +1,41 @@
 """Run the model server: `python -m services.serving` (settings from `SERVING_*` variables).
 
-One uvicorn worker process per available CPU (`SERVING_WORKERS` overrides), uvloop and
-httptools, no access log on the hot path. On SIGTERM uvicorn stops accepting connections and
-lets in-flight requests finish for up to `SERVING_DRAIN_SECONDS`.
+One uvicorn worker process per available CPU (`SERVING_WORKERS` overrides), uvloop, httptools
+behind the connection bounds of `connections.py`, no access log on the hot path. SIGTERM drains
+(`lifecycle.py`): not ready at once, still serving for `SERVING_SHUTDOWN_DELAY_SECONDS`, then
+in-flight requests get `SERVING_DRAIN_SECONDS` to finish.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import sys
 import tempfile
 
 import uvicorn
 
 from services.serving.settings import ServingSettings
 
+FD_MARGIN = 256
+"""File descriptors a worker needs besides its client connections (model files, S3, logs, the loop)."""
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Make sure `max_connections` sockets fit in the file-descriptor limit of each worker."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + FD_MARGIN
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            sys.exit(f"SERVING_MAX_CONNECTIONS={max_connections} needs {needed} file descriptors per worker; "
+                     f"the hard limit is {hard}: lower SERVING_MAX_CONNECTIONS or raise the limit")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
 
 def main() -> None:
     settings = ServingSettings()
+    raise_fd_limit(settings.max_connections)
     metrics_dir = None
     if settings.workers > 1:
         # every worker writes its metrics here; /metrics in any worker sums them up
@@ -31,12 +49,12 @@ def main() -> None:
             port=settings.port,
             workers=settings.workers,
             loop="uvloop",
-            http="httptools",
+            http="services.serving.connections:GuardedProtocol",
             lifespan="on",
             access_log=False,
             timeout_graceful_shutdown=int(settings.drain_seconds),
-            timeout_keep_alive=30,
-            backlog=2048,
+            timeout_keep_alive=settings.keepalive_seconds,  # type: ignore[arg-type] - call_later takes a float
+            backlog=settings.backlog,
         )
     finally:
         if metrics_dir:

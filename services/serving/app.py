@@ -1,10 +1,15 @@
 """The model server: a small ASGI app speaking MLflow's scoring protocol.
 
 Routes: `POST /invocations` (also `/predict`), `GET /healthz` (the process is alive),
-`GET /readyz` (a model is loaded; `/ping` and `/health` answer the same, as MLflow's server
-does), `GET /metrics`, `GET /version`. Written against ASGI directly: the hot path is one
-body read, one `orjson` parse, one validation pass into a float64 matrix, a batched model
-call and one `orjson` dump.
+`GET /readyz` (a model is loaded and the worker is not draining; `/ping` and `/health` answer
+the same, as MLflow's server has them), `GET /metrics`, `GET /version`.
+
+The event loop only moves bytes: it checks a request's headers (media type, declared length,
+room in the body budget) before reading a byte of its body, reads the body within a deadline,
+and hands it to a model thread: through the micro-batcher when the model's path is batchable
+(`plan.py`), else one request per call. Parsing, the model and encoding the answer all run in
+`SERVING_MODEL_THREADS` threads, so `/healthz`, `/readyz`, `/metrics` and reading other
+requests never wait for a model.
 
 Live updates: a background task polls `models:/<name>@<alias>`; when the alias moves it loads
 the new version in a thread and swaps a single reference, so a request uses whichever model
@@ -18,34 +23,42 @@ import asyncio
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from services.serving import metrics
 from services.serving.batching import MicroBatcher
 from services.serving.capture import CaptureWriter
 from services.serving.drift import DriftWindow
-from services.serving.inputs import InputError, parse_rows, to_frame
+from services.serving.lifecycle import DRAINING, delay_sigterm
 from services.serving.model import LoadedModel, load_version, resolve_alias
+from services.serving.paths import Request, answer_all
+from services.serving.protocol import JSON_HEADERS, Answer, RequestError, error_body, media_type
 from services.serving.settings import ServingSettings
 
 log = logging.getLogger("serving")
-JSON = [(b"content-type", b"application/json")]
+CLOSE = (b"connection", b"close")
 
 
-class RequestError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class BodyUnread(RequestError):
+    """Answered before the body was read in full: the connection closes after the answer."""
+
+
+@dataclass
+class Held:
+    bytes: int = 0
+    """This request's share of the worker's body budget."""
 
 
 class ServingApp:
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         self.model: LoadedModel | None = None
-        self.batcher = MicroBatcher(endpoint=settings.endpoint, max_rows=settings.max_batch_rows, wait_s=settings.batch_wait_ms / 1000)
+        self.executor = ThreadPoolExecutor(max_workers=settings.model_threads, thread_name_prefix="model")
+        self.batcher = MicroBatcher(executor=self.executor, max_rows=settings.max_batch_rows, wait_s=settings.batch_wait_ms / 1000)
         self.capture: CaptureWriter | None = None
         if settings.capture_fraction > 0 and settings.capture_bucket:
             self.capture = CaptureWriter(
@@ -56,6 +69,8 @@ class ServingApp:
         self.tasks: list[asyncio.Task] = []
         self._failed_version: str | None = None
         self.drift: DriftWindow | None = None
+        self.buffered = 0
+        """Body bytes of the requests this worker is reading or answering (`max_buffered_body_bytes`)."""
         endpoint = settings.endpoint
         self._latency = metrics.LATENCY.labels(endpoint)
         self._rows = metrics.REQUEST_ROWS.labels(endpoint)
@@ -82,120 +97,116 @@ class ServingApp:
         elif path == "/healthz":
             await self._respond(send, 200, b'{"status":"alive"}')
         elif path in ("/readyz", "/ping", "/health"):
-            ready = self.model is not None
-            body = orjson.dumps({"ready": ready, "model": self.settings.model_uri, "version": self.model.version if ready else None})
+            model = self.model
+            ready = model is not None and not DRAINING.active
+            body = orjson.dumps({"ready": ready, "draining": DRAINING.active, "model": self.settings.model_uri, "version": model.version if model else None})
             await self._respond(send, 200 if ready else 503, body)
         elif path == "/metrics":
             await self._respond(send, 200, metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
         elif path == "/version":
-            model = self.model
-            await self._respond(send, 200, orjson.dumps({"model": self.settings.model_uri, "version": model.version if model else None,
-                                                        "run_id": model.run_id if model else None, "fast_path": bool(model and model.batchable)}))
+            await self._respond(send, 200, self._version())
         else:
             await self._error(send, RequestError(404, "ENDPOINT_NOT_FOUND", f"no route {path}; POST /invocations to score"))
+
+    def _version(self) -> bytes:
+        model = self.model
+        path = model.path if model else None
+        return orjson.dumps({"model": self.settings.model_uri, "version": model.version if model else None,
+                             "run_id": model.run_id if model else None, "path": path.kind if path else None,
+                             "batching": bool(path and path.batchable), "reason": path.reason if path else None})
 
     async def _invocations(self, scope: dict, receive: Any, send: Any) -> None:
         started = time.perf_counter()
         self._inflight.inc()
-        status = 200
+        held = Held()
         try:
             model = self.model
             if model is None:
-                raise RequestError(503, "MODEL_NOT_READY", f"{self.settings.model_uri} is not loaded yet")
-            body = await self._read_json(scope, receive)
-            predictions = await self._predict(model, body)
-            self._ok.inc()
-            await self._respond(send, 200, orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY),
-                                [(b"content-type", b"application/json"), (b"x-model-version", model.version.encode())])
+                raise BodyUnread(503, "MODEL_NOT_READY", f"{self.settings.model_uri} is not loaded yet")
+            headers = dict(scope["headers"])
+            try:
+                media = media_type(headers.get(b"content-type"))
+            except RequestError as exc:
+                raise BodyUnread(exc.status, exc.code, exc.message) from None
+            declared = headers.get(b"content-length")
+            self._hold(held, int(declared) if declared is not None and declared.isdigit() else 0)
+            request = Request(await self._read_body(receive, held), media, capture=self.capture is not None and self.capture.sampled())
+            if model.batchable:
+                answer = await self.batcher.answer(model, request)
+            else:
+                loop = asyncio.get_running_loop()
+                answer = (await loop.run_in_executor(self.executor, answer_all, model.path, [request], self.settings.max_batch_rows))[0]
+            self._record(model, answer)
+            await self._respond(send, answer.status, answer.body, [*JSON_HEADERS, (b"x-model-version", model.version.encode())])
         except RequestError as exc:
-            status = exc.status
-            metrics.REQUESTS.labels(self.settings.endpoint, str(status)).inc()
-            await self._error(send, exc)
-        except Exception as exc:  # noqa: BLE001 - a model failure on valid input
-            status = 500
-            log.exception("prediction failed")
-            metrics.REQUESTS.labels(self.settings.endpoint, "500").inc()
-            await self._error(send, RequestError(500, "INTERNAL_ERROR", f"the model failed on this input: {type(exc).__name__}: {exc}"))
+            metrics.REQUESTS.labels(self.settings.endpoint, str(exc.status)).inc()
+            await self._error(send, exc, close=isinstance(exc, BodyUnread))
         finally:
+            self.buffered -= held.bytes
             self._inflight.dec()
             self._latency.observe(time.perf_counter() - started)
 
-    async def _read_json(self, scope: dict, receive: Any) -> Any:
-        headers = dict(scope["headers"])
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json":
-            raise RequestError(415, "UNSUPPORTED_MEDIA_TYPE", "send the body as JSON with Content-Type: application/json")
+    def _hold(self, held: Held, size: int) -> None:
+        """Room in the worker's body budget for `size` more bytes of this request, else an answer now."""
         limit = self.settings.max_body_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._discard_body(receive, 16 * limit)
-            raise RequestError(413, "REQUEST_TOO_LARGE", f"the body is {int(declared)} bytes; the limit is {limit}")
+        if held.bytes + size > limit:
+            raise BodyUnread(413, "REQUEST_TOO_LARGE", f"the body is over the limit of {limit} bytes"
+                             + (f" ({size} declared)" if not held.bytes else ""))
+        if self.buffered + size > self.settings.max_buffered_body_bytes:
+            raise BodyUnread(503, "SERVER_BUSY", "too many request bytes in flight on this worker; retry shortly")
+        self.buffered += size
+        held.bytes += size
+
+    async def _read_body(self, receive: Any, held: Held) -> bytes:
+        """The whole body, within the size limit, the body budget and the body deadline."""
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._discard_body(receive, 16 * limit)
-                raise RequestError(413, "REQUEST_TOO_LARGE", f"the body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
         try:
-            return orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
-            raise RequestError(400, "MALFORMED_REQUEST", f"the body is not valid JSON: {exc}") from None
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise BodyUnread(400, "CLIENT_DISCONNECTED", "the client went away before sending the whole body")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > held.bytes:  # chunked, or longer than declared: hold more
+                        self._hold(held, size - held.bytes)
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except TimeoutError:
+            raise BodyUnread(408, "REQUEST_TIMEOUT", f"the body did not arrive within {self.settings.body_timeout_seconds:g} s") from None
 
-    @staticmethod
-    async def _discard_body(receive: Any, up_to: int) -> None:
-        """Read and drop the rest of an oversized body (up to a bound) so the client can read the 413."""
-        seen = 0
-        while seen < up_to:
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if not message.get("more_body"):
-                return
-
-    async def _predict(self, model: LoadedModel, body: Any) -> Any:
-        if isinstance(body, dict) and body.get("params"):
-            raise RequestError(400, "BAD_REQUEST", "this server does not take inference params")
-        if model.batchable:
-            assert model.schema is not None
+    def _record(self, model: LoadedModel, answer: Answer) -> None:
+        """Metrics, drift window and capture for one answer (on the event loop: cheap)."""
+        if answer.status != 200:
+            metrics.REQUESTS.labels(self.settings.endpoint, str(answer.status)).inc()
+            return
+        self._ok.inc()
+        self._rows.observe(answer.rows)
+        for value in answer.sample or ():
+            self._predictions.observe(value)
+        if self.drift is not None and answer.numeric is not None:
+            self.drift.add(answer.numeric)
+        if self.capture is not None and answer.capture is not None:
             try:
-                matrix = parse_rows(body, model.schema)
-            except InputError as exc:
-                raise RequestError(400, "BAD_REQUEST", str(exc)) from None
-            self._rows.observe(matrix.shape[0])
-            if self.drift is not None:
-                self.drift.add(matrix)
-            output = await self.batcher.predict(model, matrix)
-            predictions = output.tolist()
-            columns = model.schema.names
-            rows = matrix
-        else:
-            try:
-                frame = to_frame(body)
-            except InputError as exc:
-                raise RequestError(400, "BAD_REQUEST", str(exc)) from None
-            self._rows.observe(len(frame))
-            output = await asyncio.to_thread(_pyfunc_predict, model, frame)
-            predictions = output.to_dict(orient="records") if hasattr(output, "to_dict") and hasattr(output, "columns") else np.asarray(output).tolist()
-            columns, rows = tuple(map(str, frame.columns)), frame.to_numpy().tolist()
-        for value in predictions[:10]:
-            if isinstance(value, (int, float)):
-                self._predictions.observe(value)
-        if self.capture is not None and self.capture.sampled():
-            self.capture.add(model.version, columns, rows, predictions)
-        return predictions
+                self.capture.add(model.version, *answer.capture)
+            except TypeError as exc:  # a value orjson cannot write: capture must never fail a request
+                log.warning("could not capture a request: %s", exc)
 
     # -- responses -------------------------------------------------------------------------
     @staticmethod
-    async def _respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON) -> None:
+    async def _send(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]], close: bool) -> None:
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        if close or DRAINING.active:
+            headers.append(CLOSE)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _error(self, send: Any, error: RequestError) -> None:
-        await self._respond(send, error.status, orjson.dumps({"error_code": error.code, "message": error.message}))
+    async def _respond(self, send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
+        await self._send(send, status, body, headers, close=False)
+
+    async def _error(self, send: Any, error: RequestError, *, close: bool = False) -> None:
+        await self._send(send, error.status, error_body(error), JSON_HEADERS, close)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -210,6 +221,7 @@ class ServingApp:
                 return
 
     async def startup(self) -> None:
+        delay_sigterm(self.settings.shutdown_delay_seconds)
         metrics.MODEL_READY.labels(self.settings.endpoint).set(0)
         await self.refresh()
         self.tasks = [asyncio.create_task(self.batcher.run()), asyncio.create_task(self.watch()), asyncio.create_task(self.report_drift())]
@@ -221,6 +233,7 @@ class ServingApp:
             task.cancel()
         if self.capture is not None and self.capture.buffered:
             await self.capture.flush()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def report_drift(self) -> None:
         """Publish each feature's PSI over the live window every `drift_interval_seconds`."""
@@ -250,20 +263,23 @@ class ServingApp:
         if version == self._failed_version:
             return  # already known broken; wait for the alias to move again
         try:
-            loaded = await asyncio.to_thread(load_version, name, version, run_id)
+            loaded = await asyncio.to_thread(load_version, name, version, run_id, batching=self.settings.batching)
         except Exception as exc:  # noqa: BLE001
             self._failed_version = version
             metrics.LOAD_FAILURES.labels(endpoint).inc()
             log.error("version %s of %s failed to load; %s: %s", version, name,
                       f"still serving version {current.version}" if current else "no model served yet", exc)
             return
+        self._swap(loaded, current)
+
+    def _swap(self, loaded: LoadedModel, current: LoadedModel | None) -> None:
+        endpoint, name, version = self.settings.endpoint, self.settings.model_name, loaded.version
+        batch_rows = metrics.BATCH_ROWS.labels(endpoint)
+        loaded.path.observe = batch_rows.observe  # type: ignore[union-attr] - ExactPath ignores it
         self.model = loaded  # one reference swap: in-flight requests keep the model they started with
         # a new version brings its own training reference: start a fresh window
-        self.drift = (
-            DriftWindow(loaded.drift_reference, loaded.schema.names, self.settings.drift_window, self.settings.drift_min_rows)
-            if loaded.drift_reference and loaded.schema is not None and loaded.batchable
-            else None
-        )
+        columns = getattr(loaded.path, "drift_columns", ())
+        self.drift = DriftWindow(loaded.drift_reference, columns, self.settings.drift_window, self.settings.drift_min_rows) if loaded.drift_reference and columns else None
         self._failed_version = None
         metrics.MODEL_VERSION.labels(endpoint, name, version).set(1)
         if current is not None:
@@ -271,15 +287,6 @@ class ServingApp:
             metrics.SWAPS.labels(endpoint).inc()
             log.info("now serving %s version %s (was %s)", name, version, current.version)
         metrics.MODEL_READY.labels(endpoint).set(1)
-
-
-def _pyfunc_predict(model: LoadedModel, frame: Any) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return model.pyfunc.predict(frame)
-    except MlflowException as exc:  # schema enforcement: the input does not fit the signature
-        raise RequestError(400, "BAD_REQUEST", exc.message) from None
 
 
 def tracking_credentials(settings: ServingSettings) -> None:

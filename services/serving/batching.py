@@ -1,73 +1,73 @@
-"""Micro-batching: requests that arrive while the model is busy are answered by one call.
+"""Micro-batching: requests that arrive while the model is busy are answered by one model call.
 
-Each request puts its matrix on a queue; one task takes the first, lets the event loop read
-whatever other requests are already waiting (and, with `wait_s` > 0, waits that long for
-more), stacks up to `max_rows` rows per model, predicts once, and hands each request its
-slice. Under load this turns N small calls into one; alone, a request pays almost nothing.
+Each request for a batchable model is queued with its raw body. One task takes the first, lets
+the event loop read whatever other requests are already waiting (and, with `wait_s` > 0, waits
+that long for more), and hands them all to a model thread (`paths.answer_all`: parse, stack up
+to `max_rows` rows per call, predict, split, encode). While that thread works, new requests
+queue up for the next batch. Alone, a request pays almost nothing; under load, N requests
+become a few model calls. The event loop itself never parses a body or calls a model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from concurrent.futures import Executor
 from typing import Any
 
-import numpy as np
+from services.serving.paths import Request, answer_all
+from services.serving.protocol import Answer, RequestError, error_answer
 
-from services.serving import metrics
+log = logging.getLogger("serving")
 
 
 class MicroBatcher:
-    def __init__(self, *, endpoint: str, max_rows: int, wait_s: float) -> None:
-        self.endpoint, self.max_rows, self.wait_s = endpoint, max_rows, wait_s
-        self.queue: asyncio.Queue[tuple[Any, np.ndarray, asyncio.Future]] = asyncio.Queue()
-        self._batch_rows = metrics.BATCH_ROWS.labels(endpoint)
+    def __init__(self, *, executor: Executor, max_rows: int, wait_s: float) -> None:
+        self.executor, self.max_rows, self.wait_s = executor, max_rows, wait_s
+        self.queue: asyncio.Queue[tuple[Any, Request, asyncio.Future]] = asyncio.Queue()
 
-    async def predict(self, model: Any, matrix: np.ndarray) -> np.ndarray:
+    async def answer(self, model: Any, request: Request) -> Answer:
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((model, matrix, future))
+        self.queue.put_nowait((model, request, future))
         return await future
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
-            rows = batch[0][1].shape[0]
-            await asyncio.sleep(0)  # let requests already read off the sockets join
-            deadline = loop.time() + self.wait_s
-            while rows < self.max_rows:
-                try:
-                    item = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), remaining)
-                    except asyncio.TimeoutError:
-                        break
-                batch.append(item)
-                rows += item[1].shape[0]
-            self._run_batch(batch)
+            batch = await self._collect()
+            by_model: dict[int, list[tuple[Any, Request, asyncio.Future]]] = {}
+            for item in batch:  # during a swap, old and new versions may both be queued
+                by_model.setdefault(id(item[0]), []).append(item)
+            for items in by_model.values():
+                await self._answer(items)
 
-    def _run_batch(self, batch: list[tuple[Any, np.ndarray, asyncio.Future]]) -> None:
-        by_model: dict[int, list[tuple[Any, np.ndarray, asyncio.Future]]] = {}
-        for item in batch:  # during a swap, old and new versions may both be queued
-            by_model.setdefault(id(item[0]), []).append(item)
-        for items in by_model.values():
-            model = items[0][0]
-            matrices = [m for _, m, _ in items]
-            stacked = matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
-            self._batch_rows.observe(stacked.shape[0])
+    async def _collect(self) -> list[tuple[Any, Request, asyncio.Future]]:
+        loop = asyncio.get_running_loop()
+        batch = [await self.queue.get()]
+        await asyncio.sleep(0)  # let requests already read off the sockets join
+        deadline = loop.time() + self.wait_s
+        while len(batch) < self.max_rows:
             try:
-                predictions = np.asarray(model.matrix_predict(stacked))
-            except Exception as exc:  # noqa: BLE001 - delivered to each waiting request
-                for _, _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
+                batch.append(self.queue.get_nowait())
                 continue
-            start = 0
-            for _, matrix, future in items:
-                end = start + matrix.shape[0]
-                if not future.done():
-                    future.set_result(predictions[start:end])
-                start = end
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _answer(self, items: list[tuple[Any, Request, asyncio.Future]]) -> None:
+        model = items[0][0]
+        try:
+            answers = await asyncio.get_running_loop().run_in_executor(
+                self.executor, answer_all, model.path, [request for _, request, _ in items], self.max_rows)
+        except Exception as exc:  # noqa: BLE001 - never leave a request without an answer
+            log.exception("a batch failed")
+            answers = [error_answer(RequestError(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"))] * len(items)
+        for (_, _, future), answer in zip(items, answers):
+            if not future.done():
+                future.set_result(answer)

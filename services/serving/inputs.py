@@ -1,24 +1,35 @@
-"""Parse and validate a scoring request (MLflow's protocol) against the model's signature.
+"""Reading a JSON scoring request into typed columns, for models with a named column signature.
 
-Accepted bodies, as `mlflow models serve` accepts them:
+The plain cases of MLflow's four JSON formats are read here, fast:
+
   {"dataframe_split": {"columns": [...], "data": [[...], ...]}}
-  {"dataframe_records": [{"col": value, ...}, ...]}
-  {"instances": [...]}  and  {"inputs": [...] | {"col": [values]}}
-For a model whose inputs are all numeric columns, the rows become one float64 matrix in the
-signature's column order (the fast path, which the batcher can stack); otherwise a pandas
-DataFrame for the model's own pyfunc `predict`. Every problem is an `InputError` (HTTP 400)
-naming what is wrong.
+  {"dataframe_records": [{"col": value, ...}, ...]}     (also "instances" / "inputs" as a list of objects)
+  {"inputs": {"col": [values], ...}}                    (or one value per column: one row)
+
+`parse` returns the signature's columns as arrays of the signature's types, `None` when the
+request is not a plain case (MLflow's own parsing then decides, with its exact semantics: e.g.
+positional rows, a missing optional column, a numeric string, a null in a string column), or
+raises `InputError` (HTTP 400) for what is wrong. Stricter than MLflow, which would answer
+something silently: column names that are not strings or repeat, row objects where
+`dataframe_split.data` takes lists, booleans in numeric columns, fractions or nulls in integer
+columns, integers out of the column's range. Like MLflow: integers are taken for double columns,
+a null in a double column is NaN (the model decides; see `paths.explain_failure`), columns not
+in the signature are ignored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-NUMERIC_TYPES = {"double", "float", "long", "integer"}
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+NUMPY_TYPES = {"double": np.float64, "float": np.float32, "long": np.int64, "integer": np.int32, "boolean": np.bool_}
+SIMPLE_TYPES = {*NUMPY_TYPES, "string"}
+NUMERIC_TYPES = {"double", "float", "long", "integer"}
+NULL = type(None)
 
 
 class InputError(ValueError):
@@ -26,134 +37,210 @@ class InputError(ValueError):
 
 
 @dataclass(frozen=True)
-class Schema:
-    """The input columns of a model: names and MLflow types, in signature order."""
+class Column:
+    name: str
+    type: str
+    """MLflow's type name: double, float, long, integer, boolean, string, or another (not read here)."""
+    required: bool = True
 
-    names: tuple[str, ...]
-    types: tuple[str, ...]
+
+@dataclass(frozen=True)
+class Schema:
+    """The input columns of a model, in signature order."""
+
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(c.type for c in self.columns)
+
+    @property
+    def simple(self) -> bool:
+        """Every column has a type `parse` reads."""
+        return bool(self.columns) and all(t in SIMPLE_TYPES for t in self.types)
 
     @property
     def numeric(self) -> bool:
-        return bool(self.names) and all(t in NUMERIC_TYPES for t in self.types)
-
-    @property
-    def integer_columns(self) -> list[int]:
-        return [i for i, t in enumerate(self.types) if t in ("long", "integer")]
+        return bool(self.columns) and all(t in NUMERIC_TYPES for t in self.types)
 
 
-def parse_rows(body: Any, schema: Schema) -> np.ndarray:
-    """A (rows, columns) float64 matrix for a numeric schema."""
-    if not isinstance(body, dict):
-        raise InputError("the body must be a JSON object with one of: " + ", ".join(FORMATS))
+@dataclass
+class Table:
+    """A request's rows as one array (or list of str) per signature column."""
+
+    columns: dict[str, Any]
+    rows: int
+    params: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def check_structure(body: dict) -> None:
+    """What every model's requests must get right, whatever the signature (400 otherwise)."""
     present = [key for key in FORMATS if key in body]
-    if len(present) != 1:
-        raise InputError(f"the body must have exactly one of {', '.join(FORMATS)}; got {', '.join(sorted(body)) or 'none'}")
-    kind = present[0]
-    payload = body[kind]
-    if kind == "dataframe_split":
-        matrix = _split(payload, schema)
-    elif kind == "dataframe_records" or (kind in ("instances", "inputs") and isinstance(payload, list) and payload and isinstance(payload[0], dict)):
-        matrix = _records(payload, schema, kind)
-    elif kind == "inputs" and isinstance(payload, dict):
-        matrix = _columns(payload, schema)
-    else:
-        matrix = _positional(payload, schema, kind)
-    return _checked(matrix, schema)
+    if len(present) > 1:
+        raise InputError(f"the body must have exactly one of {', '.join(FORMATS)}; got {', '.join(present)}")
+    split = body.get("dataframe_split")
+    if isinstance(split, dict):
+        _split_columns(split)
+        data = split.get("data")
+        if isinstance(data, list) and any(not isinstance(row, list) for row in data):
+            raise InputError("dataframe_split.data must be a list of rows, each a list of values; "
+                             "got " + ("an object (use dataframe_records for rows as objects)" if any(isinstance(r, dict) for r in data) else "a value that is not a list"))
 
 
-def _split(payload: Any, schema: Schema) -> list:
-    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
-        raise InputError('dataframe_split needs {"columns": [...], "data": [[...], ...]}')
-    columns = payload.get("columns")
-    data = payload["data"]
-    if columns is None:
-        return _positional(data, schema, "dataframe_split.data")
-    if not isinstance(columns, list):
-        raise InputError("dataframe_split.columns must be a list of column names")
-    position = {name: i for i, name in enumerate(columns)}
-    missing = [name for name in schema.names if name not in position]
-    if missing:
-        raise InputError(f"missing columns: {', '.join(missing)} (the model expects {', '.join(schema.names)})")
-    if list(columns) == list(schema.names):
-        return data
-    order = [position[name] for name in schema.names]
-    try:
-        return [[row[i] for i in order] for row in data]
-    except (IndexError, TypeError):
-        raise InputError(f"each row of dataframe_split.data must be a list of {len(columns)} values") from None
-
-
-def _records(records: Any, schema: Schema, kind: str) -> list:
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise InputError(f"{kind} must be a list of objects, one per row")
-    try:
-        return [[record[name] for name in schema.names] for record in records]
-    except KeyError as exc:
-        raise InputError(f"a row of {kind} has no column {exc.args[0]!r} (the model expects {', '.join(schema.names)})") from None
-
-
-def _columns(payload: dict, schema: Schema) -> list:
-    missing = [name for name in schema.names if name not in payload]
-    if missing:
-        raise InputError(f"inputs is missing columns: {', '.join(missing)}")
-    columns = [payload[name] if isinstance(payload[name], list) else [payload[name]] for name in schema.names]
-    if len({len(c) for c in columns}) != 1:
-        raise InputError("every column of inputs must have the same number of values")
-    return [list(row) for row in zip(*columns)]
-
-
-def _positional(rows: Any, schema: Schema, kind: str) -> list:
-    if not isinstance(rows, list):
-        raise InputError(f"{kind} must be a list of rows")
-    return rows
-
-
-def _checked(rows: Any, schema: Schema) -> np.ndarray:
-    if not rows:
-        raise InputError("no rows to score")
-    try:
-        raw = np.asarray(rows)
-    except ValueError:
-        raise InputError(f"every row must have {len(schema.names)} values") from None
-    if raw.ndim != 2 or raw.shape[1] != len(schema.names):
-        got = raw.shape[1] if raw.ndim == 2 else "uneven"
-        raise InputError(f"every row must have {len(schema.names)} values ({', '.join(schema.names)}); got {got}")
-    if raw.dtype.kind not in "iuf":
-        raise InputError(_first_bad_value(rows, schema))
-    matrix = raw.astype(np.float64, copy=False)
-    if not np.isfinite(matrix).all():
-        column = schema.names[int(np.argwhere(~np.isfinite(matrix))[0][1])]
-        raise InputError(f"column {column!r} has a value that is not a finite number")
-    for i in schema.integer_columns:
-        if not np.array_equal(matrix[:, i], np.round(matrix[:, i])):
-            raise InputError(f"column {schema.names[i]!r} must hold integers")
-    return matrix
-
-
-def _first_bad_value(rows: list, schema: Schema) -> str:
-    """Name the first non-numeric value, from the rows as the client sent them."""
-    for row in rows:
-        for name, value in zip(schema.names, row):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                return f"column {name!r} must be numeric ({schema.types[schema.names.index(name)]}); got {value!r}"
-    return "every value must be a number"
-
-
-def to_frame(body: Any):
-    """A pandas DataFrame for models served through their own pyfunc `predict` (the general path)."""
-    import pandas as pd
-
-    if not isinstance(body, dict):
-        raise InputError("the body must be a JSON object with one of: " + ", ".join(FORMATS))
+def parse(body: dict, schema: Schema) -> Table | None:
+    """The request's columns in the signature's types; None when MLflow's parsing must decide."""
+    check_structure(body)
     present = [key for key in FORMATS if key in body]
-    if len(present) != 1:
-        raise InputError(f"the body must have exactly one of {', '.join(FORMATS)}")
+    if not present or set(body) - {present[0], "params"}:
+        return None  # e.g. MLflow's chat/completions inputs, or keys MLflow ignores
     kind, payload = present[0], body[present[0]]
+    if kind == "dataframe_split":
+        raw = _split(payload, schema)
+    elif kind == "inputs" and isinstance(payload, dict):
+        raw = _column_dict(payload, schema)
+    else:
+        raw = _records(payload, schema, kind)
+    if raw is None:
+        return None
+    values, rows = raw
+    if rows == 0:
+        raise InputError("no rows to score")
+    columns, plain = {}, True
+    for column in schema.columns:
+        converted = _convert(values[column.name], column)
+        plain = plain and converted is not None
+        columns[column.name] = converted
+    return Table(columns=columns, rows=rows, params=body.get("params")) if plain else None
+
+
+def _split_columns(payload: dict) -> list[str] | None:
+    columns = payload.get("columns")
+    if columns is None:
+        return None
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        bad = columns if not isinstance(columns, list) else next(c for c in columns if not isinstance(c, str))
+        raise InputError(f"dataframe_split.columns must be a list of column names (strings); got {_json(bad)}")
+    if len(set(columns)) != len(columns):
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        raise InputError(f"dataframe_split.columns names a column more than once: {', '.join(repeated)}")
+    return columns
+
+
+def _split(payload: Any, schema: Schema) -> tuple[dict, int] | None:
+    if not isinstance(payload, dict) or "data" not in payload or set(payload) - {"columns", "data", "index"}:
+        raise InputError('dataframe_split must be an object with "data" and optionally "columns" and "index"')
+    columns, data = _split_columns(payload), payload["data"]
+    if not isinstance(data, list):
+        raise InputError("dataframe_split.data must be a list of rows")
+    if columns is None or "index" in payload:
+        return None  # positional rows, or an index the model may see: MLflow's parsing decides
+    for i, row in enumerate(data):
+        if len(row) != len(columns):
+            raise InputError(f"row {i} of dataframe_split.data has {len(row)} values for {len(columns)} columns")
+    missing = [c.name for c in schema.columns if c.name not in columns]
+    if missing:
+        return _missing(missing, schema)
+    transposed = list(zip(*data))
+    position = {name: i for i, name in enumerate(columns)}
+    return {name: list(transposed[position[name]]) if data else [] for name in schema.names}, len(data)
+
+
+def _records(payload: Any, schema: Schema, kind: str) -> tuple[dict, int] | None:
+    if not isinstance(payload, list):
+        if kind == "dataframe_records":
+            raise InputError("dataframe_records must be a list of objects, one per row")
+        return None
+    if not payload:
+        raise InputError("no rows to score")
+    objects = sum(isinstance(r, dict) for r in payload)
+    if objects == 0 and kind != "dataframe_records":
+        return None  # positional rows: MLflow's parsing decides
+    if objects != len(payload):
+        raise InputError(f"{kind} must be a list of objects, one per row; some rows are not objects")
     try:
-        if kind == "dataframe_split":
-            return pd.DataFrame(data=payload["data"], columns=payload.get("columns"))
-        if kind == "inputs" and isinstance(payload, dict):
-            return pd.DataFrame(payload)
-        return pd.DataFrame(payload)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{kind} is not a table: {exc}") from None
+        return {name: [record[name] for record in payload] for name in schema.names}, len(payload)
+    except KeyError as exc:
+        if any(c.name == exc.args[0] and c.required for c in schema.columns) and all(exc.args[0] not in r for r in payload):
+            raise InputError(f"missing columns: {exc.args[0]} (the model expects {', '.join(schema.names)})") from None
+        return None  # a column missing in some rows only: MLflow fills it with nulls
+
+
+def _column_dict(payload: dict, schema: Schema) -> tuple[dict, int] | None:
+    missing = [c.name for c in schema.columns if c.name not in payload]
+    if missing:
+        return _missing(missing, schema)
+    values = [payload[name] for name in schema.names]
+    if all(isinstance(v, list) for v in values):
+        lengths = {len(v) for v in values}
+        if len(lengths) != 1:
+            raise InputError("every column of inputs must have the same number of values")
+        return dict(zip(schema.names, values)), lengths.pop()
+    if not any(isinstance(v, (list, dict)) for v in values):
+        return {name: [v] for name, v in zip(schema.names, values)}, 1
+    return None
+
+
+def _missing(missing: list[str], schema: Schema) -> None:
+    required = [name for name in missing if any(c.name == name and c.required for c in schema.columns)]
+    if required:
+        raise InputError(f"missing columns: {', '.join(required)} (the model expects {', '.join(schema.names)})")
+    return None  # only optional columns are missing: MLflow's parsing decides
+
+
+def _convert(values: list, column: Column) -> Any:
+    """The column as the signature's type, None when MLflow must convert it, InputError when wrong."""
+    kinds = set(map(type, values))
+    if column.type == "string":
+        return values if kinds == {str} else None
+    if bool in kinds and column.type != "boolean":
+        raise InputError(f"column {column.name!r} must be numeric ({column.type}); got {_json(_first(values, bool))} (a boolean)")
+    if column.type == "boolean":
+        return np.array(values, dtype=np.bool_) if kinds == {bool} else None
+    dtype = NUMPY_TYPES[column.type]
+    if column.type in ("double", "float"):
+        if kinds <= {int, float, NULL}:
+            return np.array(values, dtype=dtype)  # None is NaN, as MLflow makes it
+        return _unusual(values, kinds, column, float)
+    if NULL in kinds:
+        raise InputError(f"column {column.name!r} has a null; its type {column.type} cannot hold one")
+    if kinds == {int}:
+        try:
+            return np.array(values, dtype=dtype)
+        except OverflowError:
+            raise InputError(f"column {column.name!r} has a value out of range for {column.type}") from None
+    if float in kinds:
+        fraction = next((v for v in values if isinstance(v, float) and not v.is_integer()), None)
+        if fraction is not None:
+            raise InputError(f"column {column.name!r} must hold integers ({column.type}); got {_json(fraction)}")
+    return _unusual(values, kinds, column, int)
+
+
+def _unusual(values: list, kinds: set, column: Column, number: type) -> None:
+    """Numbers written as strings (and integral floats in integer columns) are MLflow's to convert;
+    anything else in a numeric column is an error."""
+    for value in values:
+        if isinstance(value, str):
+            try:
+                number(value)
+            except ValueError:
+                raise InputError(f"column {column.name!r} must be numeric ({column.type}); got {_json(value)}") from None
+        elif not isinstance(value, (int, float)):
+            raise InputError(f"column {column.name!r} must be numeric ({column.type}); got {_json(value)}")
+    return None
+
+
+def _first(values: list, kind: type) -> Any:
+    return next(v for v in values if type(v) is kind)
+
+
+def _json(value: Any) -> str:
+    """A value as the client wrote it."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)

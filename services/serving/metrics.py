@@ -28,6 +28,8 @@ CAPTURED = Counter("serving_captured_records_total", "Request/prediction records
 CAPTURE_FAILURES = Counter("serving_capture_failures_total", "Capture batches that could not be written", ["endpoint"])
 DRIFT = Gauge("serving_feature_drift_psi", "Population stability index of each feature over the live window vs. the training data",
               ["endpoint", "feature"], multiprocess_mode="livemax")
+CONNECTIONS_CLOSED = Counter("serving_connections_closed_total", "Connections the server closed to stay within its bounds, by reason",
+                             ["endpoint", "reason"])
 INFLIGHT = Gauge("serving_inflight_requests", "Requests being answered", ["endpoint"], multiprocess_mode="livesum")
 
 

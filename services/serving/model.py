@@ -1,26 +1,22 @@
-"""Loading a registered model version and predicting with it.
-
-Any MLflow pyfunc model is served through its own `predict` (schema enforced by MLflow).
-When the model is a scikit-learn estimator with an all-numeric column signature, the fast
-path calls the estimator directly on a float64 matrix: no DataFrame per request, no MLflow
-schema conversion, and concurrent requests can be stacked into one call.
-"""
+"""Loading a registered model version and choosing how it is served (see `plan`)."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
-import numpy as np
 
-from services.serving.inputs import Schema
+from services.serving.paths import ExactPath, TablePath
+from services.serving.plan import choose
 
 log = logging.getLogger("serving")
-# Fitted on a DataFrame, called on a matrix in the signature's column order: same result.
+# The matrix path calls an estimator fitted on a DataFrame with a matrix in the signature's
+# column order (verified equal on load): scikit-learn's reminder about feature names is noise.
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
@@ -30,16 +26,14 @@ class LoadedModel:
     version: str
     run_id: str
     pyfunc: Any
-    schema: Schema | None
-    matrix_predict: Callable[[np.ndarray], np.ndarray] | None
-    """Set for the fast path: predicts a (rows, columns) float64 matrix."""
+    path: ExactPath | TablePath
     drift_reference: dict | None = None
     """Training-data statistics stored with the version (MLmodel metadata `drift_reference`)."""
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def batchable(self) -> bool:
-        return self.matrix_predict is not None
+        return self.path.batchable
 
 
 def resolve_alias(name: str, alias: str) -> tuple[str, str]:
@@ -48,28 +42,12 @@ def resolve_alias(name: str, alias: str) -> tuple[str, str]:
     return str(version.version), version.run_id or ""
 
 
-def load_version(name: str, version: str, run_id: str = "") -> LoadedModel:
+def load_version(name: str, version: str, run_id: str = "", *, batching: bool = True) -> LoadedModel:
     started = time.perf_counter()
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    schema = _column_schema(pyfunc)
-    matrix_predict = None
-    if schema is not None and schema.numeric and "sklearn" in pyfunc.metadata.flavors:
-        estimator = pyfunc.get_raw_model()
-        if hasattr(estimator, "predict"):
-            matrix_predict = estimator.predict
-    log.info("loaded %s version %s in %.2fs (%s path)", name, version, time.perf_counter() - started, "fast" if matrix_predict else "pyfunc")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tempfile.mkdtemp(prefix="model-"))
+    pyfunc = mlflow.pyfunc.load_model(local)
     reference = (pyfunc.metadata.metadata or {}).get("drift_reference")
-    return LoadedModel(name=name, version=version, run_id=run_id, pyfunc=pyfunc, schema=schema, matrix_predict=matrix_predict,
-                       drift_reference=reference if isinstance(reference, dict) else None)
-
-
-def _column_schema(pyfunc: Any) -> Schema | None:
-    schema = pyfunc.metadata.get_input_schema()
-    if schema is None or not schema.has_input_names() or getattr(schema, "is_tensor_spec", lambda: False)():
-        return None
-    try:
-        names = tuple(schema.input_names())
-        types = tuple(str(getattr(t, "name", t)) for t in schema.input_types())
-    except Exception:  # noqa: BLE001 - unusual schemas fall back to MLflow's own enforcement
-        return None
-    return Schema(names=names, types=types)
+    reference = reference if isinstance(reference, dict) else None
+    path = choose(pyfunc, batching=batching, drift_features=tuple((reference or {}).get("features", {})))
+    log.info("loaded %s version %s in %.2fs: %s", name, version, time.perf_counter() - started, path.reason)
+    return LoadedModel(name=name, version=version, run_id=run_id, pyfunc=pyfunc, path=path, drift_reference=reference)

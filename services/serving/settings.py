@@ -60,12 +60,49 @@ class ServingSettings(BaseSettings):
     """No drift score is reported until the window holds this many rows."""
     drift_interval_seconds: float = Field(default=15.0, gt=0)
     drain_seconds: float = Field(default=20.0, ge=0)
-    """On SIGTERM, how long in-flight requests may take to finish."""
+    """After the shutdown delay, how long in-flight requests may take to finish."""
+    shutdown_delay_seconds: float = Field(default=5.0, ge=0, le=300)
+    """On SIGTERM, readiness turns false at once but connections are still accepted and served for
+    this long (each response then says `Connection: close`), so clients and load balancers that
+    have not yet seen the pod go can move off it without a refused or reset connection."""
+    model_threads: int = Field(default=4, ge=1, le=64)
+    """Threads per worker running model calls (all model work runs off the event loop). Batched
+    paths use one at a time; the per-request pyfunc path runs up to this many requests at once."""
+    batching: bool = True
+    """Batch concurrent requests into one model call when the model's predictions are verified
+    row-independent. Off: every request is its own model call (bit-identical to predicting it alone)."""
+    max_connections: int = Field(default=1000, ge=16, le=100_000)
+    """Open connections per worker. At the cap, the longest-idle connection that has no request in
+    progress is closed to make room; with none, the new connection is closed at once."""
+    backlog: int = Field(default=1024, ge=16, le=65_535)
+    """Connections the kernel queues before the workers accept them (capped by net.core.somaxconn)."""
+    max_header_bytes: int = Field(default=32_768, ge=1024, le=1_048_576)
+    """Request line and headers larger than this get 431 and the connection is closed."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """A new connection, or a request once its first byte arrived, must complete its headers in this time."""
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """A request body must arrive in full within this time after its headers (else 408, connection closed)."""
+    keepalive_seconds: float = Field(default=65.0, gt=0, le=3600)
+    """Idle keep-alive connections are closed after this; longer than the ALB's 60 s idle timeout, so
+    the load balancer, not the server, closes idle connections (no 502 on a race)."""
+    max_buffered_body_bytes: int = Field(default=16_777_216, ge=1_048_576)
+    """Request bytes a worker holds at once over all requests being read or answered; past it, new
+    requests get 503 at once (from their declared length, before any body is read)."""
+    linger_seconds: float = Field(default=2.0, ge=0, le=60)
+    """After rejecting a request whose body was not read (413, 408, 503), the connection half-closes and
+    drops what the client still sends for up to this long, so the client reads the answer instead of a reset."""
 
     @model_validator(mode="after")
     def _capture_needs_a_bucket(self) -> "ServingSettings":
         if self.capture_fraction > 0 and not self.capture_bucket:
             raise ValueError("SERVING_CAPTURE_BUCKET is required when SERVING_CAPTURE_FRACTION > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _body_fits_the_buffer(self) -> "ServingSettings":
+        if self.max_body_bytes > self.max_buffered_body_bytes:
+            raise ValueError(f"SERVING_MAX_BODY_BYTES ({self.max_body_bytes}) must not exceed SERVING_MAX_BUFFERED_BODY_BYTES "
+                             f"({self.max_buffered_body_bytes}): a request of the largest allowed size could never be read")
         return self
 
     @property

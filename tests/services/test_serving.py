@@ -73,22 +73,53 @@ def rows():
     return x_test.head(20)
 
 
+def mlflow_answer(pyfunc, body, content_type="application/json"):
+    """(status, parsed JSON) that `mlflow models serve` answers for this body: its own `invocations`."""
+    from mlflow.pyfunc import scoring_server
+
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    result = scoring_server.invocations(data, content_type, pyfunc, pyfunc.metadata.get_input_schema())
+    return result.status, json.loads(result.response)
+
+
+def bodies_of(rows):
+    """The same rows in every JSON body format MLflow accepts, and as CSV."""
+    records = rows.to_dict(orient="records")
+    reordered = rows[rows.columns[::-1]]
+    return {
+        "dataframe_split": {"dataframe_split": {"columns": list(rows.columns), "data": [list(r.values()) for r in records]}},
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs (columns)": {"inputs": rows.to_dict(orient="list")},
+        "inputs (records)": {"inputs": records},
+        "reordered columns": {"dataframe_split": {"columns": list(reordered.columns), "data": [list(r.values()) for r in reordered.to_dict(orient="records")]}},
+        "text/csv": rows.to_csv(index=False).encode(),
+    }
+
+
+def assert_same_as_mlflow(server, pyfunc, rows, version=None):
+    """Every body format gets exactly the predictions `mlflow models serve` answers (values and shape)."""
+    for name, body in bodies_of(rows).items():
+        content_type = "text/csv" if name == "text/csv" else "application/json"
+        status, answer, headers = post(server, None if isinstance(body, bytes) else body, raw=body if isinstance(body, bytes) else None,
+                                       content_type=content_type)
+        expected_status, expected = mlflow_answer(pyfunc, body, content_type)
+        assert (status, expected_status) == (200, 200), (name, answer, expected)
+        assert answer == expected, name
+        if version is not None:
+            assert headers["x-model-version"] == version
+
+
 def test_predictions_equal_mlflow_pyfunc_in_every_format(server, registered, rows):
     import mlflow
 
-    expected = mlflow.pyfunc.load_model(f"models:/{MODEL}/{registered.version}").predict(rows)
-    bodies = {
-        "dataframe_split": {"dataframe_split": rows.to_dict(orient="split") | {"index": None}},
-        "dataframe_records": {"dataframe_records": rows.to_dict(orient="records")},
-        "instances": {"instances": rows.to_dict(orient="records")},
-        "inputs": {"inputs": rows.to_dict(orient="list")},
-        "reordered columns": {"dataframe_split": {"columns": list(rows.columns[::-1]), "data": rows[rows.columns[::-1]].values.tolist()}},
-    }
-    for name, body in bodies.items():
-        status, answer, headers = post(server, body)
-        assert status == 200, (name, answer)
-        assert np.allclose(answer["predictions"], expected), name
-        assert headers["x-model-version"] == registered.version
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/{registered.version}")
+    assert_same_as_mlflow(server, pyfunc, rows, registered.version)
+    assert_same_as_mlflow(server, pyfunc, rows.head(1), registered.version)
+    # integers for double columns are taken, as MLflow takes them
+    ints = rows.head(3).round().astype("int64")
+    status, answer, _ = post(server, {"dataframe_split": json.loads(ints.to_json(orient="split", index=False))})
+    assert status == 200 and answer == mlflow_answer(pyfunc, {"dataframe_split": json.loads(ints.to_json(orient="split", index=False))})[1]
 
 
 @pytest.mark.parametrize(
@@ -96,14 +127,16 @@ def test_predictions_equal_mlflow_pyfunc_in_every_format(server, registered, row
     [
         ({"raw": b"{not json"}, 400, "not valid JSON"),
         ({"body": {"dataframe_split": {"columns": ["age", "sex"], "data": [[1, 2]]}}}, 400, "missing columns: bmi"),
-        ({"body": {"dataframe_records": [{"age": "old"}]}}, 400, "has no column 'sex'"),
+        ({"body": {"dataframe_records": [{"age": "old"}]}}, 400, "missing columns: sex"),
         ({"body": "WRONG_TYPES"}, 400, "column 'bmi' must be numeric"),
-        ({"body": {"dataframe_split": {"columns": None, "data": [[1, 2, 3]]}}}, 400, "every row must have 10 values"),
-        ({"body": {"rows": [[1]]}}, 400, "exactly one of dataframe_split"),
+        ({"body": {"dataframe_split": {"columns": None, "data": [[1, 2, 3]]}}}, 400, "missing inputs"),
+        ({"body": {"rows": [[1]]}}, 400, "exactly one of the input fields"),
         ({"body": {"dataframe_records": []}}, 400, "no rows to score"),
         ({"body": {"dataframe_split": {"columns": [], "data": []}, "instances": []}}, 400, "exactly one of"),
+        ({"body": [[1, 2]]}, 400, "must be a JSON object"),
         ({"raw": b"x" * 2_000_000}, 413, "limit"),
-        ({"body": {}, "content_type": "text/csv"}, 415, "Content-Type: application/json"),
+        ({"body": {}, "content_type": "text/plain"}, 415, "Content-Type"),
+        ({"body": {}, "content_type": "application/json; charset=latin-1"}, 415, "UTF-8"),
     ],
 )
 def test_each_bad_input_gets_its_4xx_and_the_server_keeps_serving(server, rows, kwargs, status, message):
@@ -245,7 +278,7 @@ def test_a_broken_new_version_leaves_the_old_one_serving(live_server, rows, trac
     assert get(live_server, "/readyz")[0] == 200
 
 
-def test_sigterm_drains_in_flight_requests(tracking, registered, tmp_path):
+def test_sigterm_turns_readiness_off_at_once_and_finishes_in_flight_requests(tracking, registered, tmp_path):
     import mlflow
     import pandas as pd
 
@@ -256,7 +289,7 @@ def test_sigterm_drains_in_flight_requests(tracking, registered, tmp_path):
         info = mlflow.pyfunc.log_model(name="model", python_model=SlowModel(1.5), input_example=pd.DataFrame({"x": [1.0]}),
                                        pip_requirements=["mlflow"], registered_model_name="serve-slow")
     mlflow.MlflowClient().set_registered_model_alias("serve-slow", "champion", info.registered_model_version)
-    server = start_serving(tracking, "serve-slow", tmp_path, drain_seconds="10")
+    server = start_serving(tracking, "serve-slow", tmp_path, drain_seconds="10", shutdown_delay_seconds="1")
     result = {}
 
     def call():
@@ -266,6 +299,8 @@ def test_sigterm_drains_in_flight_requests(tracking, registered, tmp_path):
     worker.start()
     time.sleep(0.5)  # the request is inside the model now
     os.killpg(server.process.pid, signal.SIGTERM)
+    time.sleep(0.2)
+    assert get(server, "/readyz")[0] == 503  # not ready at once, while still answering
     worker.join(timeout=30)
     server.process.wait(timeout=30)
     status, answer, _ = result["answer"]
@@ -273,7 +308,7 @@ def test_sigterm_drains_in_flight_requests(tracking, registered, tmp_path):
     # uvicorn shuts down cleanly, then re-raises SIGTERM so a supervisor sees why it stopped
     assert server.process.returncode in (0, -signal.SIGTERM)
     log = server.log.read_text()
-    assert "Waiting for connections to close" in log and "Application shutdown complete" in log
+    assert "SIGTERM: not ready" in log and "Application shutdown complete" in log
 
 
 def test_worker_count_follows_the_cpu(monkeypatch):
