@@ -217,6 +217,9 @@ def _convert(values: list, column: Column) -> Any:
         fraction = next((v for v in values if isinstance(v, float) and not v.is_integer()), None)
         if fraction is not None:
             raise InputError(f"column {column.name!r} must hold integers ({column.type}); got {_json(fraction)}")
+    bounds = np.iinfo(dtype)
+    if any(isinstance(v, (int, float)) and not bounds.min <= v <= bounds.max for v in values):
+        raise InputError(f"column {column.name!r} has a value out of range for {column.type}")
     return _unusual(values, kinds, column, int)
 
 

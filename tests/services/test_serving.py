@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,21 +38,31 @@ def get(server, path):
         return exc.code, exc.read().decode()
 
 
-@pytest.fixture(scope="module")
-def registered(tracking, tmp_path_factory):
-    """The example model registered as serve-test@champion (in this process, as admin)."""
+@contextlib.contextmanager
+def tracking_admin(tracking):
+    """MLflow in this process talks to the test tracking server as admin (module-scoped fixtures
+    cannot use monkeypatch)."""
     import mlflow
-
-    from examples.train import train_and_register
 
     env = {"MLFLOW_TRACKING_USERNAME": tracking.username, "MLFLOW_TRACKING_PASSWORD": tracking.password,
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     mlflow.set_tracking_uri(tracking.url)
-    yield train_and_register(MODEL)
-    for k, v in old.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def registered(tracking, tmp_path_factory):
+    """The example model registered as serve-test@champion (in this process, as admin)."""
+    from examples.train import train_and_register
+
+    with tracking_admin(tracking):
+        yield train_and_register(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +116,7 @@ def assert_same_as_mlflow(server, pyfunc, rows, version=None):
                                        content_type=content_type)
         expected_status, expected = mlflow_answer(pyfunc, body, content_type)
         assert (status, expected_status) == (200, 200), (name, answer, expected)
-        assert answer == expected, name
+        assert json.dumps(answer) == json.dumps(expected), name  # the same values (NaN included) and shape
         if version is not None:
             assert headers["x-model-version"] == version
 
