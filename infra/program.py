@@ -13,6 +13,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components.budget import Budget, BudgetArgs
+from components.ci_access import CiAccess, CiAccessArgs
 from components.cluster import SYSTEM_POOL_LABEL, Cluster, ClusterArgs
 from components.cluster_addons import ClusterAddons, ClusterAddonsArgs
 from components.alerts import AlertThresholds, EndpointObjective
@@ -96,7 +97,8 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
             protect=protect,
         ),
     )
-    cluster, node_pools, addons = _compute(settings, network, tags)
+    ci = _ci_access(settings)
+    cluster, node_pools, addons = _compute(settings, network, tags, ci_admins=(ci.deploy.arn,) if ci else ())
     # Managed MLflow pulls no image of ours, so it belongs to phase 1 as well.
     workloads = settings.deploy_workloads
     tracking = _tracking(settings, network, storage, cluster, addons, images) if workloads or settings.tracking.mode == "managed" else None
@@ -123,11 +125,37 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     pulumi.export("clusterEndpoint", cluster.endpoint)
     pulumi.export("karpenterInterruptionQueue", node_pools.queue_name)
     pulumi.export("deployWorkloads", workloads)
+    if ci is not None:
+        pulumi.export("ciOidcProviderArn", ci.oidc_provider_arn)
+        pulumi.export("ciDeployRoleArn", ci.deploy.arn)
+        if ci.preview is not None:
+            pulumi.export("ciPreviewRoleArn", ci.preview.arn)
     if tracking is not None:
         pulumi.export("trackingUrl", tracking.url)
     if tracking is not None and tracking.admin_secret_arn is not None:
         pulumi.export("trackingAdminSecretArn", tracking.admin_secret_arn)
     pulumi.export("endpointPaths", {e.endpoint: e.url_path for e in endpoints})
+
+
+def _ci_access(settings: PlatformSettings) -> CiAccess | None:
+    """The GitHub Actions roles (README: Delivery); none unless `ci.githubRepository` is set."""
+    ci = settings.ci
+    if ci is None:
+        return None
+    return CiAccess(
+        f"{settings.name_prefix}-ci",
+        CiAccessArgs(
+            name_prefix=settings.name_prefix,
+            repository=ci.github_repository,
+            deploy_environments=tuple(ci.deploy_environments),
+            preview_role=ci.preview_role,
+            oidc_provider_arn=ci.oidc_provider_arn,
+            deploy_policy_arns=tuple(ci.deploy_policy_arns),
+            state_bucket=ci.state_bucket,
+            secrets_key_arn=ci.secrets_key_arn,
+            max_session_seconds=ci.max_session_hours * 3600,
+        ),
+    )
 
 
 def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools, addons: ClusterAddons) -> Monitoring:
@@ -237,8 +265,11 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
     )
 
 
-def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str]) -> tuple[Cluster, NodePools, ClusterAddons]:
-    """The EKS cluster, its add-ons and the Karpenter pools; Kubernetes objects use the cluster's provider."""
+def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
+             ci_admins: tuple[pulumi.Output[str], ...] = ()) -> tuple[Cluster, NodePools, ClusterAddons]:
+    """The EKS cluster, its add-ons and the Karpenter pools; Kubernetes objects use the cluster's provider.
+
+    `ci_admins`: the CI deploy role, which runs `pulumi up` and so manages the cluster's objects."""
     c = settings.cluster
     cluster = Cluster(
         f"{settings.name_prefix}-cluster",
@@ -251,7 +282,7 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str])
             public_access_cidrs=tuple(c.public_access_cidrs),
             log_types=tuple(c.log_types),
             log_retention_days=c.log_retention_days,
-            admin_role_arns=tuple(c.admin_role_arns),
+            admin_role_arns=(*c.admin_role_arns, *ci_admins),
             system_instance_type=c.system_node_group.instance_type,
             system_min_size=c.system_node_group.min_size,
             system_max_size=c.system_node_group.max_size,

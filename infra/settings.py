@@ -307,6 +307,60 @@ class WaiverSettings(_Section):
     """Why this is acceptable, for the reviewer: shown in every `check` output."""
 
 
+_GITHUB_REPOSITORY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?/[A-Za-z0-9._-]{1,100}$")
+"""`owner/name` as GitHub allows them: an owner of up to 39 letters, digits and inner hyphens; a name of letters, digits, '.', '_', '-'."""
+_GITHUB_ENVIRONMENT = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+_GITHUB_OIDC_PROVIDER_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/token\.actions\.githubusercontent\.com$")
+_MANAGED_POLICY_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]+$")
+_KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+ADMINISTRATOR_ACCESS = "arn:aws:iam::aws:policy/AdministratorAccess"
+
+
+def _no_wildcard(what: str, pattern: re.Pattern[str], allowed: str):
+    """A value that ends up in a role's trust policy: wildcards are refused by name, not just as bad characters."""
+
+    def check(value: str) -> str:
+        if any(c in value for c in "*?"):
+            raise ValueError(f"wildcards are not allowed: a role whose trust names {what} with '*' or '?' trusts far more than one; "
+                             f"allowed: {allowed}")
+        if not pattern.match(value):
+            raise ValueError(f"not {allowed}")
+        return value
+
+    return check
+
+
+GithubRepository = Annotated[str, AfterValidator(_no_wildcard("the repository", _GITHUB_REPOSITORY, "one repository as owner/name, e.g. acme/mlops-platform"))]
+GithubEnvironment = Annotated[str, AfterValidator(_no_wildcard("the environment", _GITHUB_ENVIRONMENT, "a GitHub environment name (letters, digits, '.', '_', '-')"))]
+
+
+class CiSettings(_Section):
+    """The roles a GitHub Actions runner of one repository assumes (README: Delivery). Off unless set."""
+
+    github_repository: GithubRepository
+    """`owner/name` of the repository whose workflows may assume the roles, exactly as GitHub spells it (the
+    token's `sub` claim is compared case-sensitively). Required: there is no default that trusts a repository."""
+    deploy_environments: Annotated[list[GithubEnvironment], AfterValidator(_unique)] = Field(default_factory=list, min_length=1)
+    """GitHub environments whose jobs may assume the deploy role (`sub` = `repo:<repository>:environment:<name>`);
+    default: the stack's name. Give each a protection rule (required reviewers, the main branch only)."""
+    preview_role: bool = True
+    """Create the read-only role pull requests assume for `pulumi preview` (`sub` = `repo:<repository>:pull_request`)."""
+    oidc_provider_arn: Annotated[str, AfterValidator(_matches(_GITHUB_OIDC_PROVIDER_ARN, "the ARN of an IAM OIDC provider for token.actions.githubusercontent.com"))] | None = None
+    """An account has one provider per issuer: the first stack in an account creates it; every other stack in the
+    same account sets this to that stack's `ciOidcProviderArn` output."""
+    deploy_policy_arns: Annotated[list[Annotated[str, AfterValidator(_matches(_MANAGED_POLICY_ARN, "a managed policy ARN (arn:aws:iam::aws:policy/Name or arn:aws:iam::123456789012:policy/name)"))]], AfterValidator(_unique)] = Field(
+        default_factory=lambda: [ADMINISTRATOR_ACCESS], min_length=1)
+    """What `pulumi up` may do. AdministratorAccess by default: the program creates IAM roles, so a narrower policy
+    is only as narrow as the roles it may create (README: Delivery, why the deploy role is broad)."""
+    state_bucket: Annotated[str, AfterValidator(_matches(_S3_BUCKET, "an S3 bucket name"))] | None = None
+    """The S3 bucket of a self-managed Pulumi backend (`s3://<bucket>`): the preview role may read its `.pulumi/` state."""
+    secrets_key_arn: Annotated[str, AfterValidator(_matches(_KMS_KEY_ARN, "a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)"))] | None = None
+    """The KMS key of an `awskms://` secrets provider: the preview role may decrypt the stack's secret config with it."""
+    max_session_hours: int = Field(default=1, ge=1, le=12)
+    """How long one assumed session lasts; a `pulumi up` longer than this fails mid-way, so raise it for prod's first up."""
+
+
 class PlatformSettings(_Section):
     """Everything one stack needs, validated. Built only by ``load_settings``."""
 
@@ -336,6 +390,8 @@ class PlatformSettings(_Section):
     `pulumi up` reads the digest of each tag from the registry; a recorded one must agree with it."""
     waivers: list[WaiverSettings] = Field(default_factory=list)
     """Reviewed exceptions to the checks: one rule, one resource, a reason."""
+    ci: CiSettings | None = None
+    """The GitHub Actions roles of this stack (README: Delivery); none unless `ci.githubRepository` is set."""
 
     @property
     def cluster_name(self) -> str:
@@ -368,6 +424,8 @@ def load_settings(raw: Mapping[str, Any], *, stack: str, region: str | None) -> 
     merged = deep_merge(profile_defaults(profile), raw)
     merged.update(profile=profile, region=region)
     merged.setdefault("namePrefix", f"mlops-{stack}")
+    if isinstance(merged.get("ci"), dict) and "deployEnvironments" not in merged["ci"]:
+        merged["ci"] = {**merged["ci"], "deployEnvironments": [stack]}  # one GitHub environment per stack, named like it
     try:
         settings = PlatformSettings.model_validate(merged)
     except ValidationError as exc:
