@@ -34,6 +34,7 @@ from components.k8s_workload import (
 )
 from components.quantities import cpu_cores
 from components.tracking import CLIENT_NAMESPACE_LABEL
+from services.tracking.auth import reader_username
 
 PLANE_TOKEN = "mlops:k8s:ServingPlane"
 ENDPOINT_TOKEN = "mlops:k8s:ServingEndpoint"
@@ -70,6 +71,7 @@ class ServingEndpointArgs:
     tracking_url: str
     """In-cluster URL of the tracking server."""
     tracking_reader_secret_arn: pulumi.Input[str]
+    """Password secret of this endpoint's own read-only tracking user (`serving-<endpoint>`)."""
     identity: OidcIdentity
     vpc_cidr: str
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
@@ -266,7 +268,7 @@ class ServingEndpoint(pulumi.ComponentResource):
             "SERVING_CAPTURE_FRACTION": str(args.capture_fraction),
             "SERVING_CAPTURE_BUCKET": args.artifact_bucket,
             "SERVING_CAPTURE_PREFIX": "captures",
-            "SERVING_TRACKING_USERNAME": "serving",
+            "SERVING_TRACKING_USERNAME": reader_username(ep),  # this endpoint's own read-only user
             "SERVING_TRACKING_PASSWORD_SECRET_ARN": args.tracking_reader_secret_arn,
             "MLFLOW_TRACKING_URI": args.tracking_url,
         }

@@ -3,13 +3,17 @@
 Self-hosted (default), in dependency order: the database's subnet group, security group
 (PostgreSQL only from the cluster's security group) and parameter group (TLS required); an
 encrypted RDS PostgreSQL instance whose master password RDS generates and keeps in Secrets
-Manager; the admin password and Flask secret key, generated here and kept in Secrets
-Manager; the workload role (read/write its own artifact prefix, read its three secrets); the
-namespace (restricted Pod Security), service account, migration Job, Deployment, Service,
+Manager; the admin password, Flask secret key, the server's own database password and one
+read-only user password per model endpoint, generated here and kept in Secrets Manager; the
+workload role (read/write its own artifact prefix, read its secrets); the namespace
+(restricted Pod Security), service account, migration Job, Deployment, Service,
 PodDisruptionBudget and NetworkPolicy; and an internal ALB Ingress.
 
 The migration Job is named after the image, so a new server version runs `migrate` first,
 and the Deployment depends on it: Pulumi waits for the Job to finish before rolling out.
+`migrate` logs in as the RDS master user with the secret as it is at that moment (RDS rotates
+it weekly) and keeps the server's own role in step; the server never uses the master login,
+so a rotation does not reach it (services/tracking/database.py).
 
 Managed (`tracking.mode: managed`): a SageMaker MLflow tracking server with its own role on
 the same artifact prefix. Same outputs, no database or Deployment.
@@ -32,6 +36,7 @@ from components.k8s_workload import (
     CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, resources,
     restricted_namespace_labels, zone_spread,
 )
+from services.tracking.auth import reader_username
 
 TOKEN = "mlops:tracking:TrackingServer"
 NAMESPACE = "mlflow"
@@ -40,6 +45,15 @@ PORT = 5000
 APP_LABELS = {"app.kubernetes.io/name": "mlflow-tracking", "app.kubernetes.io/part-of": "mlops-platform"}
 CLIENT_NAMESPACE_LABEL = "mlops.platform/tracking-client"
 """Namespaces with this label set to "true" may reach the tracking server (serving, jobs)."""
+DATABASE_DRIVER = "postgresql+psycopg2"
+"""SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3; the image ships psycopg2
+(services/tracking/requirements.txt), so the URI names it."""
+
+
+def database_uri(address: str, database: str, *, sslmode: str = "require") -> str:
+    """URI template of one of the server's databases at `address` (host:port). The entrypoint
+    fills `{user}`/`{password}`: the master login for `migrate`, the server's own for `serve`."""
+    return f"{DATABASE_DRIVER}://{{user}}:{{password}}@{address}/{database}?sslmode={sslmode}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +97,8 @@ class TrackingServerArgs:
     """ALB ingress group shared with the model endpoints: one internal load balancer for all of them."""
     node_selector: dict[str, str] = field(default_factory=dict)
     """Where the server pods run (dev pins them to the system nodes so no pool node is needed)."""
+    reader_endpoints: Sequence[str] = ()
+    """Model endpoints: each gets its own read-only tracking user (`serving-<endpoint>`) and password secret."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -116,8 +132,8 @@ class TrackingServer(pulumi.ComponentResource):
     """Where clients send `MLFLOW_TRACKING_URI`."""
     admin_secret_arn: pulumi.Output[str] | None
     """Secrets Manager secret holding the `admin` password (self-hosted)."""
-    reader_secret_arn: pulumi.Output[str] | None
-    """Secrets Manager secret of the read-only `serving` user model servers log in as (self-hosted)."""
+    reader_secret_arns: dict[str, pulumi.Output[str]]
+    """Per model endpoint: the Secrets Manager secret of its read-only user (self-hosted)."""
     cluster_url: str
     """The in-cluster URL (model servers use it)."""
     database: aws.rds.Instance | None
@@ -126,13 +142,27 @@ class TrackingServer(pulumi.ComponentResource):
         super().__init__(TOKEN, name, None, opts)
         self.database = None
         self.admin_secret_arn = None
-        self.reader_secret_arn = None
+        self.reader_secret_arns = {}
         self.cluster_url = f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local"
         if args.mode == "managed":
             self.url = self._managed(name, args)
         else:
             self.url = self._self_hosted(name, args)
-        self.register_outputs({"url": self.url, "admin_secret_arn": self.admin_secret_arn, "reader_secret_arn": self.reader_secret_arn})
+        self.register_outputs({"url": self.url, "admin_secret_arn": self.admin_secret_arn, "reader_secret_arns": self.reader_secret_arns})
+
+    def _generated_secret(self, name: str, role_name: str, length: int, args: TrackingServerArgs) -> aws.secretsmanager.Secret:
+        """A random password kept in a KMS-encrypted Secrets Manager secret (never in the stack file)."""
+        generated = random.RandomPassword(f"{name}-{role_name}", length=length, special=False, opts=pulumi.ResourceOptions(parent=self))
+        secret = aws.secretsmanager.Secret(
+            f"{name}-{role_name}-secret",
+            description=f"MLflow tracking server {role_name}",
+            kms_key_id=args.kms_key_arn,
+            recovery_window_in_days=30 if args.protect else 7,
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+        )
+        aws.secretsmanager.SecretVersion(f"{name}-{role_name}-value", secret_id=secret.id, secret_string=generated.result,
+                                         opts=pulumi.ResourceOptions(parent=self))
+        return secret
 
     # -- managed ----------------------------------------------------------------------------
     def _managed(self, name: str, args: TrackingServerArgs) -> pulumi.Output[str]:
@@ -209,22 +239,16 @@ class TrackingServer(pulumi.ComponentResource):
         )
         db_secret_arn = self.database.master_user_secrets.apply(lambda s: s[0].secret_arn)
 
-        admin_password = random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child)
-        flask_key = random.RandomPassword(f"{name}-flask-key", length=48, special=False, opts=child)
-        reader_password = random.RandomPassword(f"{name}-reader-password", length=32, special=False, opts=child)
-        secrets_ = {}
-        for role_name, generated in (("admin-password", admin_password), ("flask-secret-key", flask_key), ("reader-password", reader_password)):
-            secret = aws.secretsmanager.Secret(
-                f"{name}-{role_name}-secret",
-                description=f"MLflow tracking server {role_name}",
-                kms_key_id=args.kms_key_arn,
-                recovery_window_in_days=30 if args.protect else 7,
-                opts=stateful,
-            )
-            aws.secretsmanager.SecretVersion(f"{name}-{role_name}-value", secret_id=secret.id, secret_string=generated.result, opts=child)
-            secrets_[role_name] = secret
+        secrets_ = {
+            "admin-password": self._generated_secret(name, "admin-password", 32, args),
+            "flask-secret-key": self._generated_secret(name, "flask-secret-key", 48, args),
+            # the server's own database role (migrate creates it): RDS's master rotation never touches it
+            "database-password": self._generated_secret(name, "database-password", 32, args),
+        }
+        self.reader_secret_arns = {
+            endpoint: self._generated_secret(name, f"reader-{endpoint}-password", 32, args).arn for endpoint in args.reader_endpoints
+        }
         self.admin_secret_arn = secrets_["admin-password"].arn
-        self.reader_secret_arn = secrets_["reader-password"].arn
 
         assert args.identity is not None
         role = workload_role(
@@ -234,7 +258,7 @@ class TrackingServer(pulumi.ComponentResource):
             service_account=SERVICE_ACCOUNT,
             policy=pulumi.Output.all(
                 args.artifact_bucket_arn, args.kms_key_arn, db_secret_arn,
-                secrets_["admin-password"].arn, secrets_["flask-secret-key"].arn, secrets_["reader-password"].arn,
+                *[secret.arn for secret in secrets_.values()], *self.reader_secret_arns.values(),
             ).apply(
                 lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], a[2:])
             ),
@@ -251,7 +275,8 @@ class TrackingServer(pulumi.ComponentResource):
         )
 
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
-        database_uri = pulumi.Output.concat("postgresql://{user}:{password}@", self.database.address, ":5432/")
+        address = pulumi.Output.concat(self.database.address, ":5432")
+        readers = {reader_username(endpoint): arn for endpoint, arn in self.reader_secret_arns.items()}
         # Host headers (DNS-rebinding guard): service names, the internal ALB's AWS name, and
         # IP literals of the VPC (kubelet probes and ALB health checks address pods by IP).
         vpc_ips = ".".join(args.vpc_cidr.split(".")[:2]) + ".*"
@@ -260,9 +285,9 @@ class TrackingServer(pulumi.ComponentResource):
             f"internal-*.{region}.elb.amazonaws.com", vpc_ips, *args.allowed_hosts,
         ])
         settings_env = {
-            "TRACKING_BACKEND_STORE_URI": pulumi.Output.concat(database_uri, "mlflow?sslmode=require"),
-            "TRACKING_AUTH_DATABASE_URI": pulumi.Output.concat(database_uri, "mlflow_auth?sslmode=require"),
-            "TRACKING_DATABASE_SECRET_ARN": db_secret_arn,
+            "TRACKING_BACKEND_STORE_URI": address.apply(lambda a: database_uri(a, "mlflow")),
+            "TRACKING_AUTH_DATABASE_URI": address.apply(lambda a: database_uri(a, "mlflow_auth")),
+            "TRACKING_DATABASE_PASSWORD_SECRET_ARN": secrets_["database-password"].arn,
             "TRACKING_ADMIN_PASSWORD_SECRET_ARN": secrets_["admin-password"].arn,
             "TRACKING_FLASK_SECRET_KEY_SECRET_ARN": secrets_["flask-secret-key"].arn,
             "TRACKING_ARTIFACTS_DESTINATION": pulumi.Output.concat("s3://", args.artifact_bucket, "/", args.artifact_prefix),
@@ -272,7 +297,7 @@ class TrackingServer(pulumi.ComponentResource):
             "TRACKING_ALLOWED_HOSTS": hosts,
             "TRACKING_REGION": region,
             "AWS_REGION": region,
-            "TRACKING_READER_PASSWORD_SECRET_ARN": secrets_["reader-password"].arn,
+            "TRACKING_READERS": pulumi.Output.all(**readers).apply(lambda r: json.dumps(r, sort_keys=True)) if readers else "{}",
             "TRACKING_SERVER_URL": f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local",
         }
         pod_common = {
@@ -285,7 +310,8 @@ class TrackingServer(pulumi.ComponentResource):
 
         image_hash = hashlib.sha256(args.image.encode()).hexdigest()[:8]
 
-        def entrypoint_job(role: str, command: str, *, backoff: int, cpu: str, memory: str, after: list[pulumi.Resource]) -> k8s.batch.v1.Job:
+        def entrypoint_job(role: str, command: str, *, backoff: int, cpu: str, memory: str, after: list[pulumi.Resource],
+                           extra_env: dict | None = None) -> k8s.batch.v1.Job:
             """A Job running one entrypoint command of the tracking image, named after the image:
             a new version gets a new Job."""
             return k8s.batch.v1.Job(
@@ -299,7 +325,7 @@ class TrackingServer(pulumi.ComponentResource):
                             **pod_common,
                             "restartPolicy": "Never",
                             "containers": [{
-                                "name": role, "image": args.image, "args": [command], "env": env_list(settings_env),
+                                "name": role, "image": args.image, "args": [command], "env": env_list({**settings_env, **(extra_env or {})}),
                                 "resources": resources(cpu, memory), "securityContext": CONTAINER_SECURITY_CONTEXT, "volumeMounts": [TMP_MOUNT],
                             }],
                         },
@@ -310,7 +336,9 @@ class TrackingServer(pulumi.ComponentResource):
 
         # Migrations must complete before the new server version rolls out (the Deployment depends on it).
         # Every pod of the server uses the role, and all come after the migration: its policy outlives them on destroy.
-        migration = entrypoint_job("migrate", "migrate", backoff=2, cpu="100m", memory="512Mi", after=[namespace, self.database, *role.ready])
+        # Only migrate reads the RDS master secret, fresh on each run (RDS rotates it every 7 days).
+        migration = entrypoint_job("migrate", "migrate", backoff=2, cpu="100m", memory="512Mi", after=[namespace, self.database, *role.ready],
+                                   extra_env={"TRACKING_DATABASE_SECRET_ARN": db_secret_arn})
 
         server_labels = {**APP_LABELS, "app.kubernetes.io/component": "server"}
         deployment = k8s.apps.v1.Deployment(
@@ -342,7 +370,7 @@ class TrackingServer(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[migration]),
         )
-        # The read-only user model servers log in as; runs once the new server version is up.
+        # The read-only users model endpoints log in as; runs once the new server version is up.
         entrypoint_job("ensure-reader", "ensure-user", backoff=6, cpu="50m", memory="256Mi", after=[deployment])
         service = k8s.core.v1.Service(
             f"{name}-svc",

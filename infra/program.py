@@ -25,6 +25,7 @@ from components.serving import CanaryArgs, ServingEndpoint, ServingEndpointArgs,
 from components.storage import Storage, StorageArgs
 from components.tracking import DatabaseArgs, TrackingServer, TrackingServerArgs
 from infra.images import workload_images
+from services.training.dvc import DVC_PREFIX
 from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError, load_settings
 from infra.tagging import platform_tags, register_platform_tags
 
@@ -119,6 +120,8 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     pulumi.export("privateSubnetIds", network.private_subnet_ids)
     pulumi.export("artifactBucket", storage.bucket_names["artifacts"])
     pulumi.export("datasetBucket", storage.bucket_names["datasets"])
+    # the DVC remote of the stack's data versions: `dvc remote add -d platform $(pulumi stack output dvcRemote)`
+    pulumi.export("dvcRemote", pulumi.Output.concat("s3://", storage.bucket_names["datasets"], "/", DVC_PREFIX))
     pulumi.export("dataKeyArn", storage.key_arn)
     pulumi.export("registryUrls", registry.repository_urls)
     pulumi.export("clusterName", cluster.name)
@@ -212,7 +215,7 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
                 artifact_bucket_arn=storage.bucket_arns["artifacts"],
                 kms_key_arn=storage.key_arn,
                 tracking_url=tracking.cluster_url,
-                tracking_reader_secret_arn=tracking.reader_secret_arn,
+                tracking_reader_secret_arn=tracking.reader_secret_arns.get(e.name),
                 identity=cluster.identity,
                 vpc_cidr=network.vpc_cidr,
                 gpu_node_selector=node_pools.gpu_node_selector,
@@ -260,6 +263,7 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
             managed_size=t.managed_size,
             ingress_group=f"{settings.name_prefix}-internal",
             node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+            reader_endpoints=tuple(e.name for e in settings.endpoints),
         ),
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
     )

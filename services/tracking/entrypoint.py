@@ -1,58 +1,54 @@
-"""Tracking-server entry point: `serve` (the server) and `migrate` (database migrations).
+"""Tracking-server entry point: `serve` (the server), `migrate` (database) and `ensure-user`
+(read-only users of the model endpoints).
 
-`serve` refuses to start with a missing or weak admin password, writes the basic-auth
-config to a temporary file (the root file system is read-only), and replaces itself with
-`mlflow server --app-name basic-auth --serve-artifacts ...`. `migrate` runs
-`mlflow db upgrade` and creates the auth database when it does not exist; the platform runs
-it as a Kubernetes Job that must finish before a new server version rolls out. `ensure-user`
-creates the read-only user model servers log in as (a Job after the server is up).
+`serve` refuses to start with a missing or weak admin password, writes the basic-auth config
+to a private temporary file (the root file system is read-only), and replaces itself with
+`mlflow server --app-name basic-auth --serve-artifacts ...`; the backend URI, which holds the
+database password, goes in the environment (`MLFLOW_BACKEND_STORE_URI`), never in the argv,
+which any process on the node can read. `migrate` upgrades both schemas and keeps the server's
+own database role (see services/tracking/database.py); the platform runs it as a Kubernetes
+Job that must finish before a new server version rolls out. `ensure-user` creates or updates
+one read-only user per model endpoint (a Job after the server is up).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-from urllib.parse import quote
+from pathlib import Path
 
-from services.tracking.settings import WEAK_PASSWORDS, TrackingSettings
+from services.tracking.auth import READ_ONLY_PREFIX
+from services.tracking.credentials import (
+    DatabaseLogin, StartupError, has_placeholders, master_login, require_strong, resolve, with_login,
+)
+from services.tracking.settings import TrackingSettings
 
-
-class StartupError(SystemExit):
-    def __init__(self, message: str) -> None:
-        super().__init__(f"tracking: {message}")
-
-
-def _secret(arn: str, region: str | None) -> str:
-    import boto3
-
-    return boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)["SecretString"]
-
-
-def _with_database_credentials(uri: str, settings: TrackingSettings) -> str:
-    if not settings.database_secret_arn:
-        return uri
-    credentials = json.loads(_secret(settings.database_secret_arn, settings.region))
-    return uri.replace("{user}", quote(credentials["username"], safe="")).replace("{password}", quote(credentials["password"], safe=""))
+AUTHORIZATION_FUNCTION = "services.tracking.auth:authenticate_request_with_read_only_users"
+APP_ROOT = Path(__file__).resolve().parents[2]
+"""Where `services` is importable from: the server's workers import the authorization function."""
 
 
 def resolve_secrets(settings: TrackingSettings) -> tuple[str, str]:
     """(admin password, Flask secret key), from the environment or Secrets Manager."""
-    password = settings.admin_password.get_secret_value() if settings.admin_password else None
-    if password is None and settings.admin_password_secret_arn:
-        password = _secret(settings.admin_password_secret_arn, settings.region)
-    key = settings.flask_secret_key.get_secret_value() if settings.flask_secret_key else None
-    if key is None and settings.flask_secret_key_secret_arn:
-        key = _secret(settings.flask_secret_key_secret_arn, settings.region)
-    if not password:
-        raise StartupError("no admin password: set TRACKING_ADMIN_PASSWORD or TRACKING_ADMIN_PASSWORD_SECRET_ARN")
-    if password.lower() in WEAK_PASSWORDS or len(password) < 16:
-        raise StartupError("the admin password is a default or shorter than 16 characters; generate one (the platform does)")
+    password = resolve(settings.admin_password, settings.admin_password_secret_arn, settings.region)
+    password = require_strong("admin password", password, setting="TRACKING_ADMIN_PASSWORD or TRACKING_ADMIN_PASSWORD_SECRET_ARN",
+                              context=[settings.admin_username])
+    key = resolve(settings.flask_secret_key, settings.flask_secret_key_secret_arn, settings.region)
     if not key or len(key) < 32:
         raise StartupError("no Flask secret key of 32+ characters: set TRACKING_FLASK_SECRET_KEY or TRACKING_FLASK_SECRET_KEY_SECRET_ARN")
     return password, key
+
+
+def server_login(settings: TrackingSettings) -> DatabaseLogin | None:
+    """The server's own database login (`database_user`), or None when the URIs carry none."""
+    if not has_placeholders(settings.backend_store_uri):
+        return None
+    password = resolve(settings.database_password, settings.database_password_secret_arn, settings.region)
+    password = require_strong("database password", password, setting="TRACKING_DATABASE_PASSWORD or TRACKING_DATABASE_PASSWORD_SECRET_ARN",
+                              context=[settings.database_user])
+    return DatabaseLogin(settings.database_user, password)
 
 
 def auth_config(settings: TrackingSettings, database_uri: str) -> str:
@@ -62,15 +58,15 @@ def auth_config(settings: TrackingSettings, database_uri: str) -> str:
         f"default_permission = {settings.default_permission}\n"
         f"database_uri = {database_uri.replace('%', '%%')}\n"
         f"admin_username = {settings.admin_username}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"authorization_function = {AUTHORIZATION_FUNCTION}\n"
     )
 
 
-def server_command(settings: TrackingSettings, backend_uri: str) -> list[str]:
+def server_command(settings: TrackingSettings) -> list[str]:
+    """The argv of the server: no credentials (the backend URI travels in the environment)."""
     return [
         sys.executable, "-m", "mlflow", "server",
         "--app-name", "basic-auth",
-        "--backend-store-uri", backend_uri,
         "--serve-artifacts",
         "--artifacts-destination", settings.artifacts_destination,
         "--host", settings.host,
@@ -81,71 +77,83 @@ def server_command(settings: TrackingSettings, backend_uri: str) -> list[str]:
     ]
 
 
-def serve(settings: TrackingSettings) -> None:
-    password, key = resolve_secrets(settings)
-    backend = _with_database_credentials(settings.backend_store_uri, settings)
-    auth_db = _with_database_credentials(settings.auth_database_uri, settings)
-    config_dir = tempfile.mkdtemp(prefix="mlflow-auth-")
-    config_path = os.path.join(config_dir, "basic_auth.ini")
-    with open(os.open(config_path, os.O_WRONLY | os.O_CREAT, 0o600), "w", encoding="utf-8") as fh:
-        fh.write(auth_config(settings, auth_db))
+def server_environment(settings: TrackingSettings, *, backend_uri: str, config_path: str, password: str, key: str) -> dict[str, str]:
     env = {
         **os.environ,
+        "MLFLOW_BACKEND_STORE_URI": backend_uri,
         "MLFLOW_AUTH_CONFIG_PATH": config_path,
         "MLFLOW_AUTH_ADMIN_USERNAME": settings.admin_username,
         "MLFLOW_AUTH_ADMIN_PASSWORD": password,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": key,
+        # Routes without an authorization decision answer 403 (MLflow's default; pinned here).
+        "MLFLOW_BASIC_AUTH_FAIL_CLOSED": "true",
         # No background job runner: 2 processes instead of ~9 (see shared/reference/toolchain-notes.md).
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(APP_ROOT), os.environ.get("PYTHONPATH")])),
     }
-    for name in ("TRACKING_ADMIN_PASSWORD", "TRACKING_FLASK_SECRET_KEY"):
+    for name in ("TRACKING_ADMIN_PASSWORD", "TRACKING_FLASK_SECRET_KEY", "TRACKING_DATABASE_PASSWORD", "TRACKING_READER_PASSWORDS"):
         env.pop(name, None)
-    command = server_command(settings, backend)
-    os.execvpe(command[0], command, env)
+    return env
+
+
+def serve(settings: TrackingSettings) -> None:
+    password, key = resolve_secrets(settings)
+    login = server_login(settings)
+    backend = with_login(settings.backend_store_uri, login)
+    auth_db = with_login(settings.auth_database_uri, login)
+    config_dir = tempfile.mkdtemp(prefix="mlflow-auth-")
+    config_path = os.path.join(config_dir, "basic_auth.ini")
+    with open(os.open(config_path, os.O_WRONLY | os.O_CREAT, 0o600), "w", encoding="utf-8") as fh:
+        fh.write(auth_config(settings, auth_db))
+    command = server_command(settings)
+    os.execvpe(command[0], command, server_environment(settings, backend_uri=backend, config_path=config_path, password=password, key=key))
 
 
 def migrate(settings: TrackingSettings) -> None:
-    import subprocess
+    """Schemas up to date; with placeholder URIs, as the master user, and the server's role in step."""
+    from sqlalchemy.engine import make_url
 
-    import sqlalchemy
+    from services.tracking import database
 
-    backend = _with_database_credentials(settings.backend_store_uri, settings)
-    auth_db = _with_database_credentials(settings.auth_database_uri, settings)
-    if auth_db.startswith("postgresql"):
-        url = sqlalchemy.engine.make_url(auth_db)
-        admin = sqlalchemy.create_engine(url.set(database=sqlalchemy.engine.make_url(backend).database), isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            exists = connection.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": url.database}).scalar()
-            if not exists:
-                connection.execute(sqlalchemy.text(f'CREATE DATABASE "{url.database}"'))
-                print(f"tracking: created database {url.database}")
-    print("tracking: upgrading the tracking database schema")
-    subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", backend], check=True)
+    master = master_login(settings.database_secret_arn, settings.region) if has_placeholders(settings.backend_store_uri) else None
+    backend = with_login(settings.backend_store_uri, master)
+    auth_db = with_login(settings.auth_database_uri, master)
+    if database.is_postgres(auth_db):
+        auth_name = make_url(auth_db).database
+        if database.ensure_database(backend, auth_name):
+            print(f"tracking: created database {auth_name}")
+    print("tracking: upgrading the tracking and auth database schemas")
+    database.upgrade_tracking_schema(backend)
+    database.upgrade_auth_schema(auth_db)
+    if master is not None:
+        login = server_login(settings)
+        assert login is not None
+        database.ensure_role(backend, login)
+        for uri in (backend, auth_db):
+            database.grant_data_access(uri, login.username)
+        print(f"tracking: database role {login.username} has data access to both databases")
     print("tracking: migrations done")
 
 
+def reader_passwords(settings: TrackingSettings) -> dict[str, str]:
+    """Each read-only user's password, checked: names must carry the read-only prefix."""
+    wanted = {name: secret.get_secret_value() for name, secret in settings.reader_passwords.items()}
+    for name, arn in settings.readers.items():
+        wanted.setdefault(name, resolve(None, arn, settings.region) or "")
+    for name, password in wanted.items():
+        if not name.startswith(READ_ONLY_PREFIX):
+            raise StartupError(f"reader {name!r}: read-only user names start with {READ_ONLY_PREFIX!r}")
+        require_strong(f"password of reader {name}", password, setting="TRACKING_READERS or TRACKING_READER_PASSWORDS", context=[name])
+    return wanted
+
+
 def ensure_user(settings: TrackingSettings) -> None:
-    """Create the read-only user model servers log in as, or reset its password to the stored one."""
-    from mlflow.exceptions import RestException
-    from mlflow.server.auth.client import AuthServiceClient
+    """Create each endpoint's read-only user or reset its password to the stored one; delete
+    read-only users of endpoints that are gone."""
+    from services.tracking.readers import sync_readers
 
     admin_password, _ = resolve_secrets(settings)
-    password = settings.reader_password.get_secret_value() if settings.reader_password else None
-    if password is None and settings.reader_password_secret_arn:
-        password = _secret(settings.reader_password_secret_arn, settings.region)
-    if not password or len(password) < 16:
-        raise StartupError("no reader password of 16+ characters: set TRACKING_READER_PASSWORD or TRACKING_READER_PASSWORD_SECRET_ARN")
-    os.environ["MLFLOW_TRACKING_USERNAME"] = settings.admin_username
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = admin_password
-    client = AuthServiceClient(settings.server_url)
-    try:
-        client.create_user(settings.reader_username, password)
-        print(f"tracking: created user {settings.reader_username}")
-    except RestException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        client.update_user_password(settings.reader_username, password)
-        print(f"tracking: user {settings.reader_username} exists; password synchronised")
+    sync_readers(settings.server_url, settings.admin_username, admin_password, reader_passwords(settings))
 
 
 def main(argv: list[str] | None = None) -> None:

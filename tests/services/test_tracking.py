@@ -72,15 +72,28 @@ def run_entrypoint(command: str, env: dict[str, str], timeout: int = 120) -> sub
     return subprocess.run([sys.executable, "-m", "services.tracking.entrypoint", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("password", ["password1234", "short", ""])
-def test_a_default_or_weak_admin_password_is_refused(tmp_path, password):
+@pytest.mark.parametrize("password", ["aaaaaaaaaaaaaaaa", "passwordpassword", "password1234", "qwertyuiopasdfgh", "short", ""])
+def test_a_weak_admin_password_is_refused(tmp_path, password):
     import os
 
     env = {**os.environ, **tracking_env(tmp_path, free_port(), "http://127.0.0.1:1", "x")}
     env["TRACKING_ADMIN_PASSWORD"] = password
     result = run_entrypoint("serve", env, timeout=30)
     assert result.returncode != 0
-    assert "admin password" in result.stderr
+    assert "admin password" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_password_strength_is_estimated_not_looked_up():
+    import secrets
+
+    from services.tracking.credentials import StartupError, require_strong
+
+    for weak in ("aaaaaaaaaaaaaaaa", "passwordpassword", "mlflowmlflow2024", "serving-diabetes1"):
+        with pytest.raises(StartupError, match="weak|shorter"):
+            require_strong("admin password", weak, setting="X", context=["serving-diabetes"])
+    generated = secrets.token_urlsafe(18)  # what the local plane and the tests generate
+    assert require_strong("admin password", generated, setting="X") == generated
+    assert require_strong("admin password", "Ld4VbXcNqW2pTz8RkYm3HsJf7GaE9UoB", setting="X")  # the platform's: 32 alphanumerics
 
 
 def test_migrate_creates_the_schema(tmp_path):
@@ -92,46 +105,21 @@ def test_migrate_creates_the_schema(tmp_path):
     assert result.returncode == 0, result.stderr
     tables = {row[0] for row in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from sqlite_master where type='table'")}
     assert {"experiments", "runs", "registered_models", "model_versions", "registered_model_aliases"} <= tables
+    auth_tables = {row[0] for row in sqlite3.connect(tmp_path / "mlflow-auth.db").execute("select name from sqlite_master where type='table'")}
+    assert {"users", "experiment_permissions", "alembic_version_auth"} <= auth_tables  # the auth schema too
 
 
-def test_server_command_enables_auth_proxying_and_host_checks():
-    from services.tracking.entrypoint import auth_config, server_command
+def test_server_command_enables_auth_proxying_and_host_checks_and_holds_no_credentials():
+    from services.tracking.entrypoint import auth_config, server_command, server_environment
     from services.tracking.settings import TrackingSettings
 
     settings = TrackingSettings(allowed_hosts="mlflow.internal", artifacts_destination="s3://b/p")
-    command = server_command(settings, "postgresql://u:p@db/mlflow")
+    command = server_command(settings)
     assert command[command.index("--app-name") + 1] == "basic-auth"
     assert "--serve-artifacts" in command and command[command.index("--artifacts-destination") + 1] == "s3://b/p"
     assert command[command.index("--allowed-hosts") + 1] == "mlflow.internal"
+    assert "--backend-store-uri" not in command  # it holds the database password: environment only
+    env = server_environment(settings, backend_uri="postgresql+psycopg2://u:secret@db/mlflow", config_path="/tmp/c.ini", password="p", key="k")
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://u:secret@db/mlflow"
     assert "database_uri = postgresql://u:p%%40x@db" in auth_config(settings, "postgresql://u:p%40x@db")
-
-
-def test_ensure_user_creates_the_read_only_serving_user_idempotently(tracking, tmp_path):
-    import base64
-    import os
-    import secrets
-
-    reader = secrets.token_urlsafe(18)
-    env = {**os.environ, **tracking_env(tmp_path, free_port(), tracking.moto_url, tracking.password),
-           "TRACKING_SERVER_URL": tracking.url, "TRACKING_READER_PASSWORD": reader}
-    for _ in range(2):  # the second run finds the user and keeps it in sync
-        result = run_entrypoint("ensure-user", env)
-        assert result.returncode == 0, result.stderr
-    auth = base64.b64encode(f"serving:{reader}".encode()).decode()
-    ok = urllib.request.Request(f"{tracking.url}/api/2.0/mlflow/registered-models/search?max_results=1", headers={"Authorization": "Basic " + auth})
-    with urllib.request.urlopen(ok, timeout=10) as response:
-        assert response.status == 200
-    def call(user, password, path, payload, method="POST"):
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request = urllib.request.Request(f"{tracking.url}/api/2.0/mlflow/{path}", data=json.dumps(payload).encode(), method=method,
-                                         headers={"Authorization": "Basic " + token, "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-
-    assert call("admin", tracking.password, "registered-models/create", {"name": "admins-model"}) == 200
-    # the serving user reads everything but cannot change a model it did not create
-    assert call("serving", reader, "registered-models/update", {"name": "admins-model", "description": "x"}, method="PATCH") == 403
-    assert call("serving", reader, "registered-models/delete", {"name": "admins-model"}, method="DELETE") == 403
+    assert "authorization_function = services.tracking.auth:authenticate_request_with_read_only_users" in auth_config(settings, "sqlite://")

@@ -48,7 +48,10 @@ def test_database_protection_and_multi_az_follow_the_profile(stack_inventories):
 def test_generated_secrets_are_kms_encrypted_and_never_in_plain_text(stack_inventories):
     inventory = stack_inventories["dev"]
     secrets = [s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if "-tracking-" in s.name]
-    assert len(secrets) == 3 and all(s.inputs["kmsKeyId"].startswith("arn:aws:kms:") for s in secrets)
+    # admin, Flask key, the server's database role, one reader per endpoint (dev has one)
+    assert sorted(s.name.removeprefix("mlops-dev-tracking-") for s in secrets) == [
+        "admin-password-secret", "database-password-secret", "flask-secret-key-secret", "reader-diabetes-password-secret"]
+    assert all(s.inputs["kmsKeyId"].startswith("arn:aws:kms:") for s in secrets)
     for version in inventory.of_type("aws:secretsmanager/secretVersion:SecretVersion"):
         assert version.inputs["secretString"] == "[secret]"
     text = json.dumps([r.inputs for r in inventory.resources])
@@ -67,7 +70,8 @@ def test_workload_role_reads_and_writes_only_its_bucket_prefix(stack_inventories
     assert listing["Resource"] == f"arn:aws:s3:::{bucket}" and listing["Condition"] == {"StringLike": {"s3:prefix": ["mlflow/*", "mlflow"]}}
     assert len(s3) == 2
     secrets = next(s for s in statements if s["Sid"] == "OwnSecrets")
-    assert len(secrets["Resource"]) == 4 and all(r.startswith("arn:aws:secretsmanager:") for r in secrets["Resource"])
+    # the RDS master secret, admin, Flask key, database role and the endpoint's reader
+    assert len(secrets["Resource"]) == 5 and all(r.startswith("arn:aws:secretsmanager:") for r in secrets["Resource"])
 
 
 def test_migration_job_precedes_the_deployment(stack_inventories):
@@ -103,6 +107,7 @@ def test_server_pods_are_locked_down_and_exposed_on_an_internal_alb(stack_invent
     assert "/mlops-prod/tracking:3.17.2-1@sha256:" in container["image"]  # pinned by the digest the registry holds
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TRACKING_BACKEND_STORE_URI"].endswith("/mlflow?sslmode=require") and "{password}" in env["TRACKING_BACKEND_STORE_URI"]
+    assert env["TRACKING_AUTH_DATABASE_URI"].endswith("/mlflow_auth?sslmode=require")
     (ingress,) = [i for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") if i.name.endswith("-tracking-ingress")]
     assert ingress.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/scheme"] == "internal"
     lbc = next(r for r in inventory.of_type("kubernetes:helm.sh/v3:Release") if r.name.endswith("aws-load-balancer-controller"))
@@ -138,3 +143,69 @@ def test_managed_mode_declares_no_database_or_deployment_and_keeps_the_outputs()
 def test_unpinned_images_are_rejected(image):
     with pytest.raises(ValueError, match="image"):
         TrackingServerArgs(artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k", identity=object(), image=image)  # type: ignore[arg-type]
+
+
+def pins(path) -> dict[str, str]:
+    """`name==version` lines of a requirements file, names normalised, extras dropped."""
+    import re
+
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            found[re.sub(r"\[.*\]", "", name).strip().lower().replace("_", "-")] = version.strip()
+    return found
+
+
+def test_the_uri_names_the_driver_the_image_ships_and_sqlalchemy_resolves_it(stack_inventories):
+    """Issue 11 item 5: SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, which the image lacks."""
+    import sqlalchemy
+
+    from infra.stackfile import REPO_ROOT
+
+    (deployment,) = [d for d in stack_inventories["prod"].of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")]
+    env = {e["name"]: e["value"] for e in deployment.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for key in ("TRACKING_BACKEND_STORE_URI", "TRACKING_AUTH_DATABASE_URI"):
+        assert env[key].startswith("postgresql+psycopg2://{user}:{password}@") and env[key].endswith("?sslmode=require"), env[key]
+        dialect = sqlalchemy.engine.make_url(env[key].format(user="u", password="p")).get_dialect()
+        assert dialect.driver == "psycopg2" and dialect.import_dbapi().__name__ == "psycopg2"
+    # pinned in the image (tests/unit/test_image_requirements.py checks the versions equal the lock's)
+    assert {"psycopg2-binary", "sqlalchemy", "mlflow", "zxcvbn"} <= pins(REPO_ROOT / "services/tracking/requirements.txt").keys()
+
+
+def test_each_endpoint_logs_in_as_its_own_read_only_user(stack_inventories):
+    """Issue 13 item 11: one user and one password secret per endpoint, and each endpoint may read only its own."""
+    inventory = stack_inventories["prod"]
+    (job,) = [j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-ensure-reader")]
+    readers = json.loads({e["name"]: e["value"] for e in job.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}["TRACKING_READERS"])
+    endpoints = {}
+    for deployment in inventory.of_type("kubernetes:apps/v1:Deployment"):
+        env = {e["name"]: e.get("value") for e in deployment.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
+        if "SERVING_TRACKING_USERNAME" in env:
+            endpoints[env["SERVING_ENDPOINT"]] = (env["SERVING_TRACKING_USERNAME"], env["SERVING_TRACKING_PASSWORD_SECRET_ARN"])
+    assert set(endpoints) == {"diabetes", "reranker"}
+    assert {user: arn for user, arn in endpoints.values()} == readers
+    assert all(user == f"serving-{endpoint}" for endpoint, (user, _) in endpoints.items())
+    assert len(set(readers.values())) == len(readers)  # no shared secret
+    for endpoint, (_, arn) in endpoints.items():
+        (policy,) = [p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == f"mlops-prod-ep-{endpoint}-workload-policy"]
+        reader = next(s for s in json.loads(policy.inputs["policy"])["Statement"] if s["Sid"] == "TrackingReader")
+        assert reader["Resource"] == arn
+
+
+def test_only_the_migration_job_reads_the_rds_master_secret(stack_inventories):
+    """Issue 11 item 12: the server logs in as its own role; the master password, which RDS rotates, is migrate's alone."""
+    inventory = stack_inventories["dev"]
+
+    def env_of(resource):
+        return {e["name"]: e.get("value") for e in resource.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    (migrate,) = [j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-migrate")]
+    (server,) = [d for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")]
+    master = db(inventory)
+    assert env_of(migrate)["TRACKING_DATABASE_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
+    assert "TRACKING_DATABASE_SECRET_ARN" not in env_of(server)
+    for resource in (migrate, server):
+        assert ":secret:mlops-dev-tracking-database-password-secret-" in env_of(resource)["TRACKING_DATABASE_PASSWORD_SECRET_ARN"]
+    assert master.inputs["username"] == "mlflow" and master.inputs["manageMasterUserPassword"] is True
