@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from typing import Any
 
 import orjson
 
-from services.serving import metrics
+from services.serving import admission, metrics
+from services.serving.admission import ADMISSION, verdict
 from services.serving.batching import MicroBatcher
 from services.serving.capture import CaptureWriter
 from services.serving.drift import DriftWindow
@@ -49,8 +51,12 @@ class BodyUnread(RequestError):
 
 @dataclass
 class Held:
-    bytes: int = 0
-    """This request's share of the worker's body budget."""
+    """A request's share of the worker's body budget."""
+
+    admitted: int = 0
+    """Taken by the connection layer for the declared length (it gives it back)."""
+    taken: int = 0
+    """Taken here, beyond that (given back when the request ends)."""
 
 
 class ServingApp:
@@ -69,8 +75,8 @@ class ServingApp:
         self.tasks: list[asyncio.Task] = []
         self._failed_version: str | None = None
         self.drift: DriftWindow | None = None
-        self.buffered = 0
-        """Body bytes of the requests this worker is reading or answering (`max_buffered_body_bytes`)."""
+        self.worker = admission.configure(settings)
+        """Limits and body budget, shared with the connection layer of this worker process."""
         endpoint = settings.endpoint
         self._latency = metrics.LATENCY.labels(endpoint)
         self._rows = metrics.REQUEST_ROWS.labels(endpoint)
@@ -128,8 +134,7 @@ class ServingApp:
                 media = media_type(headers.get(b"content-type"))
             except RequestError as exc:
                 raise BodyUnread(exc.status, exc.code, exc.message) from None
-            declared = headers.get(b"content-length")
-            self._hold(held, int(declared) if declared is not None and declared.isdigit() else 0)
+            self._admit(scope, headers, held)
             request = Request(await self._read_body(receive, held), media, capture=self.capture is not None and self.capture.sampled())
             if model.batchable:
                 answer = await self.batcher.answer(model, request)
@@ -142,24 +147,26 @@ class ServingApp:
             metrics.REQUESTS.labels(self.settings.endpoint, str(exc.status)).inc()
             await self._error(send, exc, close=isinstance(exc, BodyUnread))
         finally:
-            self.buffered -= held.bytes
+            self.worker.budget.give(held.taken)
             self._inflight.dec()
             self._latency.observe(time.perf_counter() - started)
 
-    def _hold(self, held: Held, size: int) -> None:
-        """Room in the worker's body budget for `size` more bytes of this request, else an answer now."""
-        limit = self.settings.max_body_bytes
-        if held.bytes + size > limit:
-            raise BodyUnread(413, "REQUEST_TOO_LARGE", f"the body is over the limit of {limit} bytes"
-                             + (f" ({size} declared)" if not held.bytes else ""))
-        if self.buffered + size > self.settings.max_buffered_body_bytes:
-            raise BodyUnread(503, "SERVER_BUSY", "too many request bytes in flight on this worker; retry shortly")
-        self.buffered += size
-        held.bytes += size
+    def _admit(self, scope: dict, headers: dict, held: Held) -> None:
+        """The connection layer's verdict on the declared body (or our own, without it)."""
+        admission = scope.get("extensions", {}).get(ADMISSION)
+        if admission is None:  # not behind GuardedProtocol (e.g. another ASGI server)
+            declared = headers.get(b"content-length")
+            size = int(declared) if declared is not None and declared.isdigit() else 0
+            refusal = verdict(size, self.worker.limits, self.worker.budget)
+            held.taken = 0 if refusal else size
+            admission = {"admitted": held.taken, "refusal": refusal}
+        if admission["refusal"]:
+            raise BodyUnread(*admission["refusal"])
+        held.admitted = admission["admitted"]
 
     async def _read_body(self, receive: Any, held: Held) -> bytes:
         """The whole body, within the size limit, the body budget and the body deadline."""
-        chunks, size = [], 0
+        chunks, size, limit = [], 0, self.settings.max_body_bytes
         try:
             async with asyncio.timeout(self.settings.body_timeout_seconds):
                 while True:
@@ -168,8 +175,13 @@ class ServingApp:
                         raise BodyUnread(400, "CLIENT_DISCONNECTED", "the client went away before sending the whole body")
                     chunk = message.get("body", b"")
                     size += len(chunk)
-                    if size > held.bytes:  # chunked, or longer than declared: hold more
-                        self._hold(held, size - held.bytes)
+                    if size > limit:
+                        raise BodyUnread(413, "REQUEST_TOO_LARGE", f"the body exceeds the limit of {limit} bytes")
+                    extra = size - held.admitted - held.taken
+                    if extra > 0:  # chunked, or more than declared: take the rest from the budget as it comes
+                        if not self.worker.budget.take(extra):
+                            raise BodyUnread(503, "SERVER_BUSY", "too many request bytes in flight on this worker; retry shortly")
+                        held.taken += extra
                     chunks.append(chunk)
                     if not message.get("more_body"):
                         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -305,6 +317,9 @@ def tracking_credentials(settings: ServingSettings) -> None:
 def create_app() -> ServingApp:
     """Factory for uvicorn (each worker process builds its own app from the environment)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # A model thread that holds the GIL (pure-Python work) hands it to the event loop at most
+    # every switch interval: 1 ms instead of 5 keeps health checks and reads prompt behind it.
+    sys.setswitchinterval(0.001)
     settings = ServingSettings()
     tracking_credentials(settings)
     return ServingApp(settings)

@@ -7,50 +7,37 @@
 - Request line and headers are limited to `SERVING_MAX_HEADER_BYTES` (431) and must arrive
   within `SERVING_HEADER_TIMEOUT_SECONDS` (408); idle keep-alive connections close after
   `SERVING_KEEPALIVE_SECONDS`.
-- Lingering close: when the app answers before reading a body (413 from the declared length,
-  408, 503), the connection half-closes and drops what the client still sends for up to
+- Admission when the headers complete (`admission.py`): a body over the size limit, or one the
+  worker's body budget has no room for, is refused there and dropped as it arrives (the app
+  answers 413 or 503 without reading it, before any `100 Continue`).
+- Lingering close: when a response closes a connection whose request body was not read in full,
+  the connection half-closes and drops what the client still sends for up to
   `SERVING_LINGER_SECONDS` (and at most `SERVING_MAX_BODY_BYTES`), so the client reads the answer
   rather than a reset. The body itself is never waited for.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from services.serving import metrics
-
-
-@dataclass(frozen=True)
-class Limits:
-    endpoint: str
-    max_connections: int
-    max_header_bytes: int
-    header_timeout: float
-    linger_seconds: float
-    linger_bytes: int
-
-
-@functools.cache
-def limits() -> Limits:
-    from services.serving.settings import ServingSettings
-
-    s = ServingSettings()
-    return Limits(s.endpoint, s.max_connections, s.max_header_bytes, s.header_timeout_seconds, s.linger_seconds, s.max_body_bytes)
+from services.serving.admission import ADMISSION, verdict, worker
 
 
 class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol (httptools) with a connection cap, header limits and lingering close."""
+    """uvicorn's HTTP/1.1 protocol (httptools) with a connection cap, header limits, admission and lingering close."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = limits()
+        current = worker()
+        self.limits, self.budget = current.limits, current.budget
         self.awaiting_headers, self.header_bytes, self.header_timer = True, 0, None
-        self.body_complete, self.lingering, self.lingered = False, False, 0
+        self.body_complete, self.dropping, self.lingering, self.lingered = False, False, False, 0
+        self.held: dict[int, int] = {}
+        """Budget bytes admitted per request cycle (by id) on this connection, given back when it ends."""
         self.idle_since = time.monotonic()
 
     # -- connection cap -----------------------------------------------------------------
@@ -81,7 +68,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             self.lingered += len(data)
-            if self.lingered > self.limits.linger_bytes:
+            if self.lingered > self.limits.max_body_bytes:
                 self.transport.close()
             return
         if self.awaiting_headers and self.header_timer is None:
@@ -96,18 +83,33 @@ class GuardedProtocol(HttpToolsProtocol):
         self.awaiting_headers, self.header_bytes, self.body_complete = False, 0, False
         self._cancel_header_timer()
         super().on_headers_complete()
-        if self.cycle is not None and self.cycle.scope is self.scope:
-            self.cycle.transport = _CloseAfterResponse(self)  # type: ignore[assignment]
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope:
+            return  # an upgrade request: not ours
+        cycle.transport = _CloseAfterResponse(self)  # type: ignore[assignment]
+        declared = next((int(v) for k, v in self.headers if k == b"content-length" and v.isdigit()), 0)
+        refusal = verdict(declared, self.limits, self.budget)
+        self.dropping = refusal is not None
+        if refusal is None:
+            self.held[id(cycle)] = declared
+        self.scope.setdefault("extensions", {})[ADMISSION] = {"admitted": declared if refusal is None else 0, "refusal": refusal}
+        cycle.on_response = lambda: self._response_done(cycle)
+
+    def on_body(self, body: bytes) -> None:
+        if not self.dropping:  # a refused request's body is never kept
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self.body_complete = True
         super().on_message_complete()
 
-    def on_response_complete(self) -> None:
+    def _response_done(self, cycle: Any) -> None:
+        self.budget.give(self.held.pop(id(cycle), 0))
+        self.dropping = False
         if self.lingering:
             return
         self.awaiting_headers, self.idle_since = True, time.monotonic()
-        super().on_response_complete()
+        self.on_response_complete()
 
     def _arm_header_timer(self) -> None:
         self.header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timeout)
@@ -152,6 +154,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
+        for size in self.held.values():
+            self.budget.give(size)
+        self.held.clear()
         super().connection_lost(exc)
 
 
