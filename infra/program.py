@@ -215,7 +215,7 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
                 artifact_bucket_arn=storage.bucket_arns["artifacts"],
                 kms_key_arn=storage.key_arn,
                 tracking_url=tracking.cluster_url,
-                tracking_reader_secret_arn=tracking.reader_secret_arn,
+                tracking_reader_secret_arn=tracking.reader_secret_arns.get(e.name),
                 identity=cluster.identity,
                 vpc_cidr=network.vpc_cidr,
                 gpu_node_selector=node_pools.gpu_node_selector,
@@ -263,6 +263,7 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
             managed_size=t.managed_size,
             ingress_group=f"{settings.name_prefix}-internal",
             node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+            reader_endpoints=tuple(e.name for e in settings.endpoints),
         ),
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
     )
