@@ -39,6 +39,8 @@ echo "cost-review: stacks affected since $base_ref: ${stacks[*]}"
 base_tree=$(mktemp -d)
 trap 'git worktree remove --force "$base_tree" >/dev/null 2>&1 || rm -rf "$base_tree"' EXIT
 git worktree add --quiet --detach "$base_tree" "$base_ref"
+# a real preview runs the program with the interpreter Pulumi.yaml names (.venv), which the base tree lacks
+[ "$mode" != pulumi ] || [ ! -d .venv ] || ln -s "$PWD/.venv" "$base_tree/.venv"
 
 inventory() {  # inventory TREE STACK FILE
   local tree=$1 stack=$2 file=$3

@@ -290,3 +290,27 @@ def test_a_real_preview_shows_the_engines_own_operations():
     comment = render_comment([StackReview("dev", changes, source=head.source)], "<!-- mlops-platform cost comment -->\ncost\n")
     assert "from the real `pulumi preview`" in comment and "| dev | ➕ 2 create, ✏️ 1 update | 0 | valid |" in comment
     assert comment.count("<!--") == 1 and comment.endswith("### Cost\n\ncost\n")
+
+
+def test_pr_review_with_real_previews_runs_pulumi_in_both_trees_with_the_programs_interpreter(tmp_path):
+    """PREVIEW=pulumi (USE_PULUMI_PREVIEW): `pulumi preview --json` runs in the head and in the base worktree, each
+    needing the .venv Pulumi.yaml names; a stand-in `pulumi` refuses to run without it, then prints a real preview."""
+    repo = scratch_repo(tmp_path)
+    (repo / ".venv").symlink_to(Path(sys.executable).resolve().parents[1])
+    stack_file = repo / "stacks/Pulumi.dev.yaml"
+    stack_file.write_text(stack_file.read_text() + "  mlops-platform:network:\n    natGateways: perAz\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "pulumi"
+    fake.write_text(f"#!/bin/sh\n[ -x .venv/bin/python ] || {{ echo \"no .venv in $PWD\" >&2; exit 1; }}\n"
+                    f"echo \"$PWD $*\" >> {tmp_path / 'calls'}\ncat {REPO_ROOT / 'tests/fixtures/pulumi-preview-dev.json'}\n")
+    fake.chmod(0o755)
+    out = tmp_path / "review"
+    result = subprocess.run(["bash", "scripts/pr-review.sh", "HEAD", str(out)], cwd=repo, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHON": sys.executable, "PREVIEW": "pulumi", "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr + result.stdout
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 2 and all(c.endswith("preview --stack dev --json") for c in calls) and any(c.startswith(str(repo) + " ") for c in calls)
+    comment = (out / "comment.md").read_text()
+    assert "What changes comes from the real `pulumi preview`." in comment
+    assert "| ➕ | `/mlops:storage:Storage:storage/aws:s3/bucket:Bucket:-artifacts` | `aws:s3/bucket:Bucket` |" in comment

@@ -263,7 +263,9 @@ def test_each_stack_deploys_in_its_environment_one_run_at_a_time():
     assert job["concurrency"] == {"group": "pulumi-${{ inputs.stack }}", "cancel-in-progress": False}
     by_action = {s["uses"].split("@")[0]: s for s in job["steps"] if "uses" in s}
     assert by_action["pulumi/actions"]["with"]["command"] == "up"
-    assert by_action["aws-actions/configure-aws-credentials"]["with"]["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
+    credentials = by_action["aws-actions/configure-aws-credentials"]["with"]
+    assert credentials["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
+    assert credentials["role-duration-seconds"] == "${{ vars.AWS_SESSION_SECONDS || 3600 }}"  # 3600: the roles' default maxSessionHours
     assert by_action["aws-actions/amazon-ecr-login"]["id"] == "ecr"
     assert any(s.get("env", {}).get("REGISTRY") == "${{ steps.ecr.outputs.registry }}" for s in job["steps"])
     names = [s.get("uses", "").split("@")[0] or s.get("name") for s in job["steps"]]
