@@ -23,7 +23,7 @@ import pytest
 
 from infra.processes import free_port
 from infra.stackfile import REPO_ROOT
-from tests.services.conftest import AWS_ENV, tracking_env
+from tests.services.conftest import AWS_ENV, start_serving, tracking_env
 from tests.services.test_tracking import run_entrypoint
 
 READERS = {"serving-diabetes": secrets.token_urlsafe(18), "serving-reranker": secrets.token_urlsafe(18)}
@@ -115,6 +115,24 @@ def test_a_reader_loads_a_model_by_alias(tracking, admins_model, monkeypatch):
         assert client.search_experiments() and client.search_runs([client.get_experiment_by_name("Default").experiment_id]) is not None
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_the_model_server_serves_as_its_endpoints_reader(tracking, admins_model, tmp_path):
+    """The real consumer: services/serving logged in as `serving-diabetes` loads `@champion` and answers."""
+    import dataclasses
+
+    reader = dataclasses.replace(tracking, username="serving-diabetes", password=READERS["serving-diabetes"])
+    server = start_serving(reader, "readers-test-model", tmp_path)
+    try:
+        from examples.train import training_data
+
+        row = training_data()[1].head(1)
+        body = json.dumps({"dataframe_split": {"columns": list(row.columns), "data": row.values.tolist()}}).encode()
+        request = urllib.request.Request(server.url + "/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200 and "predictions" in json.loads(response.read())
+    finally:
+        server.stop()
 
 
 def test_a_reader_changes_nothing(tracking, admins_model):
