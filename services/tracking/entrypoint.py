@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from services.tracking.auth import READ_ONLY_PREFIX
 from services.tracking.credentials import (
@@ -91,7 +95,7 @@ def server_environment(settings: TrackingSettings, *, backend_uri: str, config_p
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(APP_ROOT), os.environ.get("PYTHONPATH")])),
     }
-    for name in ("TRACKING_ADMIN_PASSWORD", "TRACKING_FLASK_SECRET_KEY", "TRACKING_DATABASE_PASSWORD", "TRACKING_READER_PASSWORDS"):
+    for name in ("TRACKING_ADMIN_PASSWORD", "TRACKING_FLASK_SECRET_KEY", "TRACKING_DATABASE_PASSWORD", "TRACKING_READER_PASSWORDS", "TRACKING_WRITERS"):
         env.pop(name, None)
     return env
 
@@ -148,19 +152,32 @@ def reader_passwords(settings: TrackingSettings) -> dict[str, str]:
 
 
 def ensure_user(settings: TrackingSettings) -> None:
-    """Create each endpoint's read-only user or reset its password to the stored one; delete
-    read-only users of endpoints that are gone."""
+    """Create each endpoint's read-only user and each training pipeline's user, or reset its
+    password to the stored one; delete such users of endpoints and pipelines that are gone."""
     from services.tracking.readers import sync_readers
+    from services.tracking.writers import sync_writers, writers_from_settings
 
     admin_password, _ = resolve_secrets(settings)
     sync_readers(settings.server_url, settings.admin_username, admin_password, reader_passwords(settings))
+    sync_writers(settings.server_url, settings.admin_username, admin_password, writers_from_settings(settings))
+
+
+def load_settings() -> TrackingSettings:
+    """The settings, or a StartupError naming each bad `TRACKING_*` variable (no traceback)."""
+    try:
+        return TrackingSettings()
+    except ValidationError as exc:
+        raise StartupError("; ".join(f"TRACKING_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())) from None
+    except SettingsError as exc:  # a JSON value (TRACKING_READERS) that does not parse
+        field = re.search(r'field "(\w+)"', str(exc))
+        raise StartupError(f"TRACKING_{field.group(1).upper() if field else '?'}: not valid JSON ({exc.__cause__})") from None
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tracking", description="MLflow tracking server of the platform")
     parser.add_argument("command", choices=["serve", "migrate", "ensure-user"])
     args = parser.parse_args(argv)
-    settings = TrackingSettings()
+    settings = load_settings()
     {"serve": serve, "migrate": migrate, "ensure-user": ensure_user}[args.command](settings)
 
 

@@ -123,3 +123,13 @@ def test_server_command_enables_auth_proxying_and_host_checks_and_holds_no_crede
     assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://u:secret@db/mlflow"
     assert "database_uri = postgresql://u:p%%40x@db" in auth_config(settings, "postgresql://u:p%40x@db")
     assert "authorization_function = services.tracking.auth:authenticate_request_with_read_only_users" in auth_config(settings, "sqlite://")
+
+
+@pytest.mark.parametrize(("key", "value"), [("TRACKING_DATABASE_USER", "Robert'); DROP"), ("TRACKING_READERS", "not json"),
+                                            ("TRACKING_DEFAULT_PERMISSION", "ALL")])
+def test_a_bad_setting_is_named_without_a_traceback(tmp_path, key, value):
+    import os
+
+    env = {**os.environ, **tracking_env(tmp_path, free_port(), "http://127.0.0.1:1", "x"), key: value}
+    result = run_entrypoint("migrate", env, timeout=60)
+    assert result.returncode != 0 and key in result.stderr and "Traceback" not in result.stderr, result.stderr
