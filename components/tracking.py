@@ -3,8 +3,9 @@
 Self-hosted (default), in dependency order: the database's subnet group, security group
 (PostgreSQL only from the cluster's security group) and parameter group (TLS required); an
 encrypted RDS PostgreSQL instance whose master password RDS generates and keeps in Secrets
-Manager; the admin password, Flask secret key, the server's own database password and one
-read-only user password per model endpoint, generated here and kept in Secrets Manager; the
+Manager; the admin password, Flask secret key, the server's own database password, one
+read-only user password per model endpoint and one user password per training pipeline
+(services/tracking/writers.py), generated here and kept in Secrets Manager; the
 workload role (read/write its own artifact prefix, read its secrets); the namespace
 (restricted Pod Security), service account, migration Job, Deployment, Service,
 PodDisruptionBudget and NetworkPolicy; and an internal ALB Ingress.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -98,6 +99,9 @@ class TrackingServerArgs:
     node_selector: dict[str, str] = field(default_factory=dict)
     """Where the server pods run (dev pins them to the system nodes so no pool node is needed)."""
     reader_endpoints: Sequence[str] = ()
+    writer_models: Mapping[str, str] = field(default_factory=dict)
+    """Training pipelines -> the model each trains: each gets its own tracking user (`training-<pipeline>`,
+    write access to its experiment and model only, services/tracking/writers.py) and password secret."""
     """Model endpoints: each gets its own read-only tracking user (`serving-<endpoint>`) and password secret."""
 
     def __post_init__(self) -> None:
@@ -133,6 +137,9 @@ class TrackingServer(pulumi.ComponentResource):
     admin_secret_arn: pulumi.Output[str] | None
     """Secrets Manager secret holding the `admin` password (self-hosted)."""
     reader_secret_arns: dict[str, pulumi.Output[str]]
+    writer_passwords: dict[str, pulumi.Output[str]]
+    """Per training pipeline: its tracking user's generated password (a Pulumi secret; the Training component
+    hands it to the pipeline's pods in a Kubernetes Secret, so their role needs no Secrets Manager access)."""
     """Per model endpoint: the Secrets Manager secret of its read-only user (self-hosted)."""
     cluster_url: str
     """The in-cluster URL (model servers use it)."""
@@ -143,6 +150,8 @@ class TrackingServer(pulumi.ComponentResource):
         self.database = None
         self.admin_secret_arn = None
         self.reader_secret_arns = {}
+        self.writer_passwords = {}
+        self._passwords: dict[str, pulumi.Output[str]] = {}
         self.cluster_url = f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local"
         if args.mode == "managed":
             self.url = self._managed(name, args)
@@ -162,6 +171,7 @@ class TrackingServer(pulumi.ComponentResource):
         )
         aws.secretsmanager.SecretVersion(f"{name}-{role_name}-value", secret_id=secret.id, secret_string=generated.result,
                                          opts=pulumi.ResourceOptions(parent=self))
+        self._passwords[role_name] = generated.result
         return secret
 
     # -- managed ----------------------------------------------------------------------------
@@ -248,6 +258,10 @@ class TrackingServer(pulumi.ComponentResource):
         self.reader_secret_arns = {
             endpoint: self._generated_secret(name, f"reader-{endpoint}-password", 32, args).arn for endpoint in args.reader_endpoints
         }
+        writer_secret_arns = {
+            pipeline: self._generated_secret(name, f"writer-{pipeline}-password", 32, args).arn for pipeline in args.writer_models
+        }
+        self.writer_passwords = {pipeline: self._passwords[f"writer-{pipeline}-password"] for pipeline in args.writer_models}
         self.admin_secret_arn = secrets_["admin-password"].arn
 
         assert args.identity is not None
@@ -258,7 +272,7 @@ class TrackingServer(pulumi.ComponentResource):
             service_account=SERVICE_ACCOUNT,
             policy=pulumi.Output.all(
                 args.artifact_bucket_arn, args.kms_key_arn, db_secret_arn,
-                *[secret.arn for secret in secrets_.values()], *self.reader_secret_arns.values(),
+                *[secret.arn for secret in secrets_.values()], *self.reader_secret_arns.values(), *writer_secret_arns.values(),
             ).apply(
                 lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], a[2:])
             ),
@@ -298,6 +312,9 @@ class TrackingServer(pulumi.ComponentResource):
             "TRACKING_REGION": region,
             "AWS_REGION": region,
             "TRACKING_READERS": pulumi.Output.all(**readers).apply(lambda r: json.dumps(r, sort_keys=True)) if readers else "{}",
+            "TRACKING_WRITERS": pulumi.Output.all(**writer_secret_arns).apply(
+                lambda arns: json.dumps({p: {"model": args.writer_models[p], "password_secret_arn": a} for p, a in arns.items()}, sort_keys=True)
+            ) if writer_secret_arns else "{}",
             "TRACKING_SERVER_URL": f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local",
         }
         pod_common = {

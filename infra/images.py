@@ -55,6 +55,8 @@ def image_uses(settings: PlatformSettings) -> list[ImageUse]:
         wanted.setdefault(("tracking", settings.tracking.image_tag), []).append("tracking.imageTag")
     for index, endpoint in enumerate(settings.endpoints):
         wanted.setdefault(("serving", endpoint.image_tag), []).append(f"endpoints[{index}].imageTag")
+    for index, pipeline in enumerate(settings.pipelines):
+        wanted.setdefault(("training", pipeline.image_tag), []).append(f"pipelines[{index}].imageTag")
     return [ImageUse(repository, tag, tuple(keys)) for (repository, tag), keys in wanted.items()]
 
 

@@ -24,6 +24,7 @@ from components.registry import Registry, RegistryArgs
 from components.serving import CanaryArgs, ServingEndpoint, ServingEndpointArgs, ServingPlane
 from components.storage import Storage, StorageArgs
 from components.tracking import DatabaseArgs, TrackingServer, TrackingServerArgs
+from components.training import PipelineArgs, Training, TrainingArgs
 from infra.images import workload_images
 from services.training.dvc import DVC_PREFIX
 from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError, load_settings
@@ -105,6 +106,8 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     tracking = _tracking(settings, network, storage, cluster, addons, images) if workloads or settings.tracking.mode == "managed" else None
     monitoring = _monitoring(settings, storage, cluster, node_pools, addons)
     endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring, images) if tracking and workloads else []
+    if tracking is not None and workloads and settings.pipelines:
+        _training(settings, storage, cluster, node_pools, tracking, images)
     Budget(
         f"{prefix}-budget",
         BudgetArgs(
@@ -231,6 +234,38 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
     return endpoints
 
 
+def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools, tracking: TrackingServer,
+              images: dict[tuple[str, str], str]) -> Training:
+    """The stack's pipelines as CronJobs (components/training.py); a pipeline's canary alias is its endpoint's."""
+    endpoints = {e.name: e for e in settings.endpoints}
+    pipelines = [
+        PipelineArgs(
+            name=p.name, model=p.model, entry_point=p.entry_point, data=p.data, image=images[("training", p.image_tag)],
+            schedule=p.schedule, cpu=p.cpu, memory=p.memory, gpu=p.gpu, scratch=p.scratch, timeout_minutes=p.timeout_minutes,
+            retries=p.retries, params=dict(p.params), min_improvement=p.min_improvement,
+            canary_alias=endpoints[p.endpoint].canary.alias if p.endpoint and endpoints[p.endpoint].canary else None,
+        )
+        for p in settings.pipelines
+    ]
+    return Training(
+        f"{settings.name_prefix}-training",
+        TrainingArgs(
+            pipelines=pipelines,
+            datasets_bucket=storage.bucket_names["datasets"],
+            datasets_bucket_arn=storage.bucket_arns["datasets"],
+            kms_key_arn=storage.key_arn,
+            region=settings.region,
+            identity=cluster.identity,
+            tracking_url=tracking.cluster_url,
+            tracking_passwords=tracking.writer_passwords,
+            gpu_node_selector=node_pools.gpu_node_selector,
+            gpu_toleration=node_pools.gpu_toleration,
+            node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+        ),
+        opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
+    )
+
+
 def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
               images: dict[tuple[str, str], str]) -> TrackingServer:
     t, db = settings.tracking, settings.database
@@ -264,6 +299,7 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
             ingress_group=f"{settings.name_prefix}-internal",
             node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
             reader_endpoints=tuple(e.name for e in settings.endpoints),
+            writer_models={p.name: p.model for p in settings.pipelines},
         ),
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
     )

@@ -273,6 +273,45 @@ class EndpointSettings(_Section):
     """p99 latency objective; the monitoring alert fires above it."""
 
 
+_DVC_FILE = re.compile(r"^(s3://[a-z0-9.-]+/)?[A-Za-z0-9_][^\s]*\.dvc$")
+_CRON_FIELD = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?"
+_CRON = re.compile(rf"^{_CRON_FIELD}(,{_CRON_FIELD})*( {_CRON_FIELD}(,{_CRON_FIELD})*){{4}}$|^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$")
+"""A standard 5-field cron schedule (what a Kubernetes CronJob accepts), or one of its macros."""
+
+
+class PipelineSettings(_Section):
+    """A training pipeline: one CronJob running the training image's runner (README: Training)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+    model: str = Field(min_length=1)
+    """Registered model the pipeline trains (and promotes when the gate passes)."""
+    entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """`module:attribute` of the pipeline's Task in the image, e.g. `examples.diabetes:task`."""
+    data: Annotated[str, AfterValidator(_matches(_DVC_FILE, "a .dvc file: a relative path in the training image, or s3://<bucket>/<key>.dvc"))]
+    """The data's `.dvc` file: a path in the image, or an `s3://` URL of one in the datasets bucket."""
+    schedule: Annotated[str, AfterValidator(_matches(_CRON, "a cron schedule of 5 fields (e.g. \"0 3 * * 1\") or @daily/@weekly/..."))] | None = None
+    """When it runs (UTC); unset: it runs only when started, by hand or on drift."""
+    cpu: str = Field(default="1", pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
+    memory: str = Field(default="4Gi", pattern=r"^[0-9]+(Mi|Gi)$")
+    gpu: int = Field(default=0, ge=0, le=8)
+    """GPUs per run; above zero the run lands on the GPU pool."""
+    scratch: str = Field(default="10Gi", pattern=r"^[0-9]+(Mi|Gi)$")
+    """Local disk for the data set and temporary files."""
+    timeout_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
+    retries: int = Field(default=1, ge=0, le=5)
+    """Job retries after a failed pod (its backoffLimit)."""
+    image_tag: str = Field(default="0.1.0", pattern=_IMAGE_TAG)
+    """Tag of the stack registry's `training` image (services/training) holding the runner and the task."""
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    """Hyperparameters over the task's defaults."""
+    min_improvement: float = Field(default=0.01, ge=0, le=1)
+    """How much better (a fraction of the champion's score) a new version must be to be promoted."""
+    endpoint: str | None = None
+    """The endpoint serving this model: its `DataDriftHigh` retrains the pipeline, and its canary alias gets passing versions first."""
+    retrain_min_interval_minutes: int = Field(default=360, ge=5, le=10080)
+    """At most one drift retraining of this pipeline per this many minutes."""
+
+
 class AlertSettings(_Section):
     error_ratio: float = Field(default=0.01, gt=0, lt=1)
     gpu_idle_minutes: int = Field(default=30, ge=5)
@@ -380,6 +419,8 @@ class PlatformSettings(_Section):
     monitoring: MonitoringSettings
     endpoints: list[EndpointSettings] = Field(default_factory=list)
     """Model endpoints this stack serves."""
+    pipelines: list[PipelineSettings] = Field(default_factory=list)
+    """Training pipelines: one CronJob each, on the node pools (README: Training, data versions and retraining)."""
     budget: BudgetSettings
     deploy_workloads: bool
     """Create the workloads that run the platform's own images (the self-hosted tracking server, the model
@@ -507,11 +548,36 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
     if s.endpoints and s.tracking.mode == "managed":
         add("endpoints", "model endpoints read models from the self-hosted tracking server; set tracking.mode: selfHosted "
             "(managed MLflow needs SigV4 clients, not supported by the model server yet)")
+    problems.extend(_pipeline_problems(s))
     if s.tracking.image_tag == "latest":
         add("tracking.imageTag", 'got "latest"; pin a version (for example 3.17.2-1)')
     if s.database.multi_az and s.network.az_count < 2:
         add("database.multiAz", "needs network.azCount of at least 2")
     problems.extend(_image_problems(s))
+    return problems
+
+
+def _pipeline_problems(s: PlatformSettings) -> list[str]:
+    """Pipelines: unique names, an existing endpoint serving the same model, GPUs the pool can give."""
+    problems = []
+    names = [p.name for p in s.pipelines]
+    endpoints = {e.name: e for e in s.endpoints}
+    for index, p in enumerate(s.pipelines):
+        key = f"{CONFIG_NAMESPACE}:pipelines[{index}]"
+        if p.name in names[:index]:
+            problems.append(f'{key}.name: got "{p.name}" twice; pipeline names must be unique')
+        if p.endpoint is not None and p.endpoint not in endpoints:
+            allowed = ", ".join(json.dumps(e) for e in endpoints) or "none (this stack has no endpoints)"
+            problems.append(f'{key}.endpoint: got "{p.endpoint}"; allowed: {allowed}')
+        elif p.endpoint is not None and endpoints[p.endpoint].model != p.model:
+            problems.append(f'{key}.endpoint: "{p.endpoint}" serves model "{endpoints[p.endpoint].model}", not this pipeline\'s "{p.model}"')
+        if p.gpu > s.cluster.gpu_pool.max_gpus:
+            problems.append(f"{key}.gpu: got {p.gpu}; cluster.gpuPool.maxGpus is {s.cluster.gpu_pool.max_gpus}")
+        if p.image_tag == "latest":
+            problems.append(f'{key}.imageTag: got "latest"; pin a version')
+    if s.pipelines and s.tracking.mode == "managed":
+        problems.append(f"{CONFIG_NAMESPACE}:pipelines: training pipelines log in to the self-hosted tracking server with their own users; "
+                        "set tracking.mode: selfHosted")
     return problems
 
 
@@ -524,6 +590,8 @@ def _image_problems(s: PlatformSettings) -> list[str]:
     needed = {"tracking": "the self-hosted tracking server"} if s.tracking.mode == "selfHosted" else {}
     if s.endpoints:
         needed["serving"] = "the model endpoints"
+    if s.pipelines:
+        needed["training"] = "the training pipelines"
     for repository, user in needed.items():
         if repository not in repositories:
             problems.append(f'{CONFIG_NAMESPACE}:registry.repositories: got [{allowed}]; must include "{repository}": '

@@ -15,10 +15,18 @@ a local PostgreSQL) are used as they are.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 POSTGRES_ROLE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+
+
+class WriterSettings(BaseModel):
+    """One training pipeline's tracking user: what it trains, and its password (by ARN on the platform)."""
+
+    model: str = Field(min_length=1)
+    password_secret_arn: str | None = None
+    password: SecretStr | None = None
 
 
 class TrackingSettings(BaseSettings):
@@ -52,6 +60,9 @@ class TrackingSettings(BaseSettings):
     """Read-only users `ensure-user` keeps (one per model endpoint): username -> Secrets Manager ARN of its password."""
     reader_passwords: dict[str, SecretStr] = Field(default_factory=dict)
     """The same, with the passwords themselves (local runs and tests)."""
+    writers: dict[str, WriterSettings] = Field(default_factory=dict)
+    """Training pipelines (`ensure-user` keeps one `training-<pipeline>` user each, services/tracking/writers.py):
+    pipeline -> the model it trains and its password's Secrets Manager ARN (or, locally, the password)."""
     server_url: str = "http://127.0.0.1:5000"
     """Where `ensure-user` reaches the running server."""
     default_permission: str = "READ"

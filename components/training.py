@@ -1,0 +1,267 @@
+"""Training: the stack file's pipelines as Kubernetes CronJobs on the cluster's node pools.
+
+Creates, in dependency order: the `training` namespace (restricted Pod Security, allowed to
+reach the tracking server) and a NetworkPolicy for its pipeline pods (DNS, the tracking server,
+HTTPS to S3/STS; nothing may connect to them); then per pipeline: a workload role that reads
+the datasets bucket (its DVC remote) and nothing else in AWS; its service account; a Secret with
+its tracking user's password (the user itself, `training-<pipeline>`, with write access to its
+own experiment and model only, is kept by the tracking server's `ensure-user`, see
+services/tracking/writers.py); and a CronJob running the training image's runner
+(services/training), suspended when the pipeline has no schedule (`kubectl create job
+--from=cronjob/<name>` runs it; so does the drift receiver).
+
+Kubernetes Jobs are the engine, not Argo Workflows: a run is one step (data, checks, train,
+gate, promote in one process), so a DAG engine would add a controller, CRDs and their upgrades
+for nothing a Job lacks: deadlines, retries, TTL, GPU placement, and `create job --from`.
+
+Each Job has a deadline (`activeDeadlineSeconds`, the pipeline's timeout), a retry budget
+(`backoffLimit`) and a TTL after it finishes; a pipeline asking for GPUs lands on the GPU pool
+(its node selector and the taint's toleration, as the model endpoints do). Pods run as the
+platform's non-root user with a read-only root file system and no Kubernetes API token (IRSA's
+web-identity token is a projected volume of its own, added by EKS's pod identity webhook).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.identity import OidcIdentity, workload_role
+from components.k8s_workload import (
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, env_list, resources, restricted_namespace_labels,
+)
+from components.tracking import CLIENT_NAMESPACE_LABEL
+from services.tracking.writers import writer_username
+
+TOKEN = "mlops:training:Training"
+NAMESPACE = "training"
+PIPELINE_LABEL = "mlops.platform/pipeline"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+NEVER = "0 0 31 2 *"
+"""February 31st: the schedule of a CronJob that only runs when started by hand (it is also suspended)."""
+TTL_SECONDS = 7 * 24 * 3600
+"""Finished Jobs (and their pods' logs) are kept a week, then deleted."""
+CACHE_DIR = "/tmp/training-cache"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineArgs:
+    name: str
+    model: str
+    entry_point: str
+    data: str
+    """The `.dvc` file: a path in the image, or an `s3://` URL in the datasets bucket."""
+    image: str
+    schedule: str | None = None
+    """Cron schedule (UTC); None: suspended, runs only when started (by hand or on drift)."""
+    cpu: str = "1"
+    memory: str = "4Gi"
+    gpu: int = 0
+    scratch: str = "10Gi"
+    """Local disk for the data and MLflow's temporary files (an emptyDir at /tmp)."""
+    timeout_minutes: int = 60
+    retries: int = 1
+    params: Mapping[str, Any] = field(default_factory=dict)
+    min_improvement: float = 0.01
+    canary_alias: str | None = None
+    """The endpoint's canary alias: a passing version goes there first."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.image.endswith(":latest") or (":" not in self.image.rsplit("/", 1)[-1] and "@" not in self.image):
+            problems.append(f"image: got {self.image!r}, expected an image pinned by tag or digest")
+        if not 1 <= self.timeout_minutes <= 7 * 24 * 60:
+            problems.append(f"timeout_minutes: got {self.timeout_minutes}, expected 1 to {7 * 24 * 60}")
+        if not 0 <= self.retries <= 10:
+            problems.append(f"retries: got {self.retries}, expected 0 to 10")
+        if problems:
+            raise ValueError(f"invalid PipelineArgs for {self.name}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingArgs:
+    pipelines: Sequence[PipelineArgs]
+    datasets_bucket: pulumi.Input[str]
+    datasets_bucket_arn: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+    """The data key the datasets bucket is encrypted with (SSE-KMS): reading needs kms:Decrypt through S3."""
+    region: str
+    identity: OidcIdentity
+    tracking_url: str
+    """In-cluster URL of the tracking server."""
+    tracking_passwords: Mapping[str, pulumi.Input[str]]
+    """Per pipeline: its tracking user's password (TrackingServer.writer_passwords)."""
+    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
+    gpu_toleration: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    """Where CPU pipelines run when not on the Karpenter CPU pool (dev: the system nodes)."""
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.pipelines]
+        missing = sorted(set(names) - set(self.tracking_passwords))
+        if len(set(names)) != len(names) or missing:
+            raise ValueError(f"invalid TrainingArgs: pipeline names must be unique and each needs a tracking password (missing: {missing})")
+
+
+def datasets_read_policy(bucket_arn: str, kms_key_arn: str, region: str) -> str:
+    """Read the datasets bucket (the DVC remote and any `.dvc` pointer in it); nothing else in AWS."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "ReadDatasets", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket_arn}/*"},
+        {"Sid": "ListDatasets", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn},
+        {"Sid": "DecryptDatasets", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": kms_key_arn,
+         "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}},
+    ]})
+
+
+def service_account(pipeline: str) -> str:
+    return f"pipeline-{pipeline}"
+
+
+def password_secret(pipeline: str) -> str:
+    return f"pipeline-{pipeline}-tracking"
+
+
+def pipeline_env(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.Input[str]) -> list[dict[str, Any]]:
+    """The runner's settings (services/training/settings.py) for one pipeline."""
+    from services.training.dvc import DVC_PREFIX
+
+    values: dict[str, Any] = {
+        "TRAINING_PIPELINE": p.name,
+        "TRAINING_MODEL_NAME": p.model,
+        "TRAINING_ENTRY_POINT": p.entry_point,
+        "TRAINING_DATA": p.data,
+        "TRAINING_DVC_REMOTE": pulumi.Output.concat("s3://", datasets_bucket, "/", DVC_PREFIX),
+        "TRAINING_PARAMS": json.dumps(dict(p.params), sort_keys=True),
+        "TRAINING_MIN_IMPROVEMENT": f"{p.min_improvement:g}",
+        "TRAINING_TRIGGER": "schedule" if p.schedule else "manual",
+        "TRAINING_IMAGE": p.image,
+        "TRAINING_CACHE_DIR": CACHE_DIR,
+        "MLFLOW_TRACKING_URI": args.tracking_url,
+        "MLFLOW_TRACKING_USERNAME": writer_username(p.name),
+        "AWS_REGION": args.region,
+    }
+    if p.canary_alias:
+        values["TRAINING_CANARY_ALIAS"] = p.canary_alias
+    password = {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {"secretKeyRef": {"name": password_secret(p.name), "key": "password"}}}
+    return [*env_list(values), password]
+
+
+def job_template(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.Input[str]) -> dict[str, Any]:
+    """The Job of one pipeline run: the CronJob's `jobTemplate`, and what the drift receiver creates."""
+    labels = {"app.kubernetes.io/part-of": "mlops-training", PIPELINE_LABEL: p.name, COMPONENT_LABEL: "pipeline"}
+    pod: dict[str, Any] = {
+        "serviceAccountName": service_account(p.name),
+        "automountServiceAccountToken": False,  # no Kubernetes API access; IRSA's token is its own projected volume
+        "restartPolicy": "Never",
+        "securityContext": POD_SECURITY_CONTEXT,
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": p.scratch}}],
+        "containers": [{
+            "name": "train",
+            "image": p.image,
+            "args": ["run"],
+            "env": pipeline_env(p, args, datasets_bucket),
+            "resources": _with_scratch(resources(p.cpu, p.memory, gpus=p.gpu), p.scratch),
+            "securityContext": CONTAINER_SECURITY_CONTEXT,
+            "volumeMounts": [TMP_MOUNT],
+        }],
+    }
+    if p.gpu:
+        pod["nodeSelector"] = dict(args.gpu_node_selector)
+        pod["tolerations"] = [dict(args.gpu_toleration)]
+    elif args.node_selector:
+        pod["nodeSelector"] = dict(args.node_selector)
+    return {
+        "metadata": {"labels": labels},
+        "spec": {
+            "activeDeadlineSeconds": p.timeout_minutes * 60,
+            "backoffLimit": p.retries,
+            "ttlSecondsAfterFinished": TTL_SECONDS,
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+
+
+def _with_scratch(spec: dict[str, Any], scratch: str) -> dict[str, Any]:
+    """Requests and limits with the scratch disk as ephemeral storage (the scheduler places by it)."""
+    return {"requests": {**spec["requests"], "ephemeral-storage": scratch}, "limits": {**spec["limits"], "ephemeral-storage": scratch}}
+
+
+class Training(pulumi.ComponentResource):
+    cron_jobs: dict[str, k8s.batch.v1.CronJob]
+    role_arns: dict[str, pulumi.Output[str]]
+
+    def __init__(self, name: str, args: TrainingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, None, opts)
+        self.namespace = k8s.core.v1.Namespace(
+            f"{name}-ns",
+            metadata={"name": NAMESPACE, "labels": restricted_namespace_labels({CLIENT_NAMESPACE_LABEL: "true"})},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
+        self._network_policy(name, args, in_namespace)
+        self.cron_jobs, self.role_arns = {}, {}
+        for p in args.pipelines:
+            self.cron_jobs[p.name] = self._pipeline(name, p, args, in_namespace)
+        self.register_outputs({"role_arns": self.role_arns, "namespace": NAMESPACE})
+
+    def _pipeline(self, name: str, p: PipelineArgs, args: TrainingArgs, in_namespace: pulumi.ResourceOptions) -> k8s.batch.v1.CronJob:
+        role = workload_role(
+            f"{name}-{p.name}-workload",
+            identity=args.identity,
+            namespace=NAMESPACE,
+            service_account=service_account(p.name),
+            policy=pulumi.Output.all(args.datasets_bucket_arn, args.kms_key_arn).apply(lambda a: datasets_read_policy(a[0], a[1], args.region)),
+            parent=self,
+        )
+        self.role_arns[p.name] = role.arn
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-{p.name}-sa",
+            metadata={"name": service_account(p.name), "namespace": NAMESPACE, "labels": {PIPELINE_LABEL: p.name},
+                      "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+            automount_service_account_token=False,
+            opts=in_namespace,
+        )
+        password = k8s.core.v1.Secret(
+            f"{name}-{p.name}-tracking",
+            metadata={"name": password_secret(p.name), "namespace": NAMESPACE, "labels": {PIPELINE_LABEL: p.name}},
+            string_data=pulumi.Output.secret({"password": args.tracking_passwords[p.name]}),
+            opts=in_namespace,
+        )
+        return k8s.batch.v1.CronJob(
+            f"{name}-{p.name}",
+            metadata={"name": p.name, "namespace": NAMESPACE, "labels": {PIPELINE_LABEL: p.name}},
+            spec={
+                "schedule": p.schedule or NEVER,
+                "timeZone": "Etc/UTC",
+                "suspend": p.schedule is None,
+                "concurrencyPolicy": "Forbid",  # one run of a pipeline at a time: two would race for the aliases
+                "startingDeadlineSeconds": 3600,
+                "successfulJobsHistoryLimit": 3,
+                "failedJobsHistoryLimit": 3,
+                "jobTemplate": job_template(p, args, args.datasets_bucket),
+            },
+            # its pods use the role: the policy outlives them on destroy, and exists before the first run
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.namespace, account, password, *role.ready]),
+        )
+
+    def _network_policy(self, name: str, args: TrainingArgs, opts: pulumi.ResourceOptions) -> None:
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-pipelines-netpol",
+            metadata={"name": "pipelines", "namespace": NAMESPACE},
+            spec={
+                "podSelector": {"matchLabels": {COMPONENT_LABEL: "pipeline"}},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],  # nothing connects to a training run
+                "egress": [
+                    {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                    {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlflow"}}}], "ports": [{"protocol": "TCP", "port": 5000}]},
+                    {"ports": [{"protocol": "TCP", "port": 443}]},  # S3 (the DVC remote), STS
+                ],
+            },
+            opts=opts,
+        )

@@ -1,0 +1,211 @@
+"""Training under mocks: pipelines from the stack file become CronJobs with scoped roles, their own tracking
+users, GPU placement, suspension without a schedule, deadlines, retries and TTL, valid for the cluster version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.inventory import SECRET
+from tests.conftest import offline_stack, policy
+
+CRONJOB = "kubernetes:batch/v1:CronJob"
+REPOSITORIES = {"repositories": ["serving", "tracking", "drift", "training"]}
+PIPELINES = [
+    {"name": "diabetes", "model": "diabetes", "entryPoint": "examples.diabetes:task", "data": "examples/data/diabetes.csv.dvc",
+     "endpoint": "diabetes", "params": {"alpha": 0.5}},
+    {"name": "reranker", "model": "reranker", "entryPoint": "rerank.train:task", "data": "s3://team-data/pointers/rerank.parquet.dvc",
+     "schedule": "0 3 * * 1", "gpu": 1, "cpu": "8", "memory": "32Gi", "timeoutMinutes": 240, "retries": 2, "endpoint": "reranker"},
+]
+
+
+@pytest.fixture(scope="module")
+def prod():
+    """prod (private, GPU endpoint with a canary) with two pipelines: one on demand, one weekly on a GPU."""
+    return offline_stack("prod", registry=REPOSITORIES, pipelines=PIPELINES)
+
+
+def cron_jobs(inventory) -> dict:
+    return {r.inputs["metadata"]["name"]: r for r in inventory.of_type(CRONJOB)}
+
+
+def pod_of(cron_job) -> dict:
+    return cron_job.inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def env_of(cron_job) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod_of(cron_job)["containers"][0]["env"]}
+
+
+def test_a_pipeline_without_a_schedule_is_a_suspended_cron_job(prod):
+    job = cron_jobs(prod)["diabetes"]
+    assert job.inputs["spec"]["suspend"] is True and job.inputs["spec"]["schedule"] == "0 0 31 2 *"
+    env = env_of(job)
+    assert env["TRAINING_TRIGGER"] == "manual" and json.loads(env["TRAINING_PARAMS"]) == {"alpha": 0.5}
+    assert env["TRAINING_DATA"] == "examples/data/diabetes.csv.dvc"
+    assert env["TRAINING_DVC_REMOTE"].startswith("s3://") and env["TRAINING_DVC_REMOTE"].endswith("/dvc")
+    assert "TRAINING_CANARY_ALIAS" not in env  # prod's diabetes endpoint has no canary
+
+
+def test_a_scheduled_gpu_pipeline_runs_on_the_gpu_pool_with_its_limits(prod):
+    job = cron_jobs(prod)["reranker"]
+    spec = job.inputs["spec"]
+    assert spec["suspend"] is False and spec["schedule"] == "0 3 * * 1" and spec["timeZone"] == "Etc/UTC"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    job_spec = spec["jobTemplate"]["spec"]
+    assert (job_spec["activeDeadlineSeconds"], job_spec["backoffLimit"], job_spec["ttlSecondsAfterFinished"]) == (240 * 60, 2, 7 * 24 * 3600)
+    pod = pod_of(job)
+    assert pod["nodeSelector"] == {"mlops.platform/pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+    requests = pod["containers"][0]["resources"]["requests"]
+    assert requests["nvidia.com/gpu"] == "1" and requests["cpu"] == "8" and requests["memory"] == "32Gi"
+    env = env_of(job)
+    assert env["TRAINING_TRIGGER"] == "schedule" and env["TRAINING_CANARY_ALIAS"] == "challenger"  # the endpoint's canary
+    assert "/mlops-prod/training:0.1.0@sha256:" in pod["containers"][0]["image"]
+
+
+def test_the_cpu_pipeline_is_not_on_the_gpu_pool(prod):
+    pod = pod_of(cron_jobs(prod)["diabetes"])
+    assert "tolerations" not in pod and "nvidia.com/gpu" not in pod["containers"][0]["resources"]["requests"]
+
+
+def test_pods_are_locked_down_without_an_api_token(prod):
+    for job in cron_jobs(prod).values():
+        pod = pod_of(job)
+        assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        context = pod["containers"][0]["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+        (volume,) = pod["volumes"]
+        assert volume["emptyDir"]["sizeLimit"] == pod["containers"][0]["resources"]["requests"]["ephemeral-storage"]
+    (namespace,) = [n for n in prod.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "training"]
+    assert namespace.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert namespace.inputs["metadata"]["labels"]["mlops.platform/tracking-client"] == "true"  # may reach the tracking server
+
+
+def test_each_pipeline_role_reads_the_datasets_bucket_and_nothing_else(prod):
+    roles = {r.name: r for r in prod.of_type("aws:iam/role:Role") if "-training-" in r.name}
+    assert set(roles) == {"mlops-prod-training-diabetes-workload", "mlops-prod-training-reranker-workload"}
+    for pipeline in ("diabetes", "reranker"):
+        trust = json.loads(roles[f"mlops-prod-training-{pipeline}-workload"].inputs["assumeRolePolicy"])
+        assert list(trust["Statement"][0]["Condition"]["StringEquals"].values())[0] == f"system:serviceaccount:training:pipeline-{pipeline}"
+        (grant,) = [p for p in prod.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == f"mlops-prod-training-{pipeline}-workload-policy"]
+        statements = policy(grant)["Statement"]
+        assert {s["Sid"]: s["Action"] for s in statements} == {"ReadDatasets": "s3:GetObject", "ListDatasets": "s3:ListBucket", "DecryptDatasets": "kms:Decrypt"}
+        datasets = [b for b in prod.of_type("aws:s3/bucket:Bucket") if "datasets" in b.name]
+        assert all("datasets" in s["Resource"] or s["Sid"] == "DecryptDatasets" for s in statements) and datasets
+        assert statements[2]["Condition"] == {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}
+    assert not [p for p in prod.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") if "-training-" in p.name]
+
+
+def test_the_cron_job_waits_for_its_role_policy(prod):
+    job = cron_jobs(prod)["reranker"]
+    assert any(d.endswith("mlops-prod-training-reranker-workload-policy") for d in job.depends_on)
+
+
+def test_each_pipeline_has_its_own_tracking_user_with_a_generated_password(prod):
+    job = cron_jobs(prod)["diabetes"]
+    env = env_of(job)
+    assert env["MLFLOW_TRACKING_USERNAME"] == "training-diabetes"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {"name": "pipeline-diabetes-tracking", "key": "password"}}
+    (ensure,) = [j for j in prod.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-ensure-reader")]
+    writers = json.loads({e["name"]: e["value"] for e in ensure.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}["TRACKING_WRITERS"])
+    assert {p: w["model"] for p, w in writers.items()} == {"diabetes": "diabetes", "reranker": "reranker"}
+    assert all(w["password_secret_arn"].startswith("arn:aws:secretsmanager:") for w in writers.values())
+    (tracking_grant,) = [p for p in prod.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == "mlops-prod-tracking-workload-policy"]
+    readable = [s for s in policy(tracking_grant)["Statement"] if s["Sid"] == "OwnSecrets"][0]["Resource"]
+    assert {w["password_secret_arn"] for w in writers.values()} <= set(readable)  # ensure-user reads them
+    secrets = [s for s in prod.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"].startswith("pipeline-")]
+    assert len(secrets) == 2 and all(s.inputs["stringData"] == SECRET for s in secrets)  # encrypted in state, never in a preview
+
+
+def test_pipeline_pods_may_reach_only_dns_the_tracking_server_and_https(prod):
+    (netpol,) = [n for n in prod.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy") if n.inputs["metadata"]["namespace"] == "training"]
+    spec = netpol.inputs["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/component": "pipeline"}} and spec["ingress"] == []
+    assert [rule["ports"][0]["port"] for rule in spec["egress"]] == [53, 5000, 443]
+    for job in cron_jobs(prod).values():
+        assert job.inputs["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "pipeline"
+
+
+def test_rendered_cron_jobs_are_valid_for_the_cluster_version(prod):
+    from infra.manifests import manifest_of, validate
+    from infra.settings import KUBERNETES_VERSIONS
+
+    objects = [r for r in prod.resources if r.name.startswith("mlops-prod-training-") and r.type.startswith("kubernetes:") and r.custom]
+    assert {r.type for r in objects} >= {CRONJOB, "kubernetes:core/v1:ServiceAccount", "kubernetes:core/v1:Secret"}
+    for version in KUBERNETES_VERSIONS:
+        for resource in objects:
+            assert validate(manifest_of(resource), version) == [], (resource.name, version)
+
+
+def test_a_cron_job_with_a_typo_is_caught_by_the_validation(prod):
+    from infra.manifests import manifest_of, validate
+
+    manifest = manifest_of(cron_jobs(prod)["reranker"])
+    manifest["spec"]["jobTemplate"]["spec"]["activeDeadlineSecond"] = 60
+    assert validate(manifest, "1.35") != []
+
+
+def test_without_pipelines_nothing_of_training_is_declared(stack_inventories):
+    for inventory in stack_inventories.values():
+        assert not inventory.of_type(CRONJOB) and not [r for r in inventory.resources if "-training" in r.name]
+
+
+def test_with_workloads_off_no_pipeline_is_declared():
+    inventory = offline_stack("dev", registry=REPOSITORIES, deployWorkloads=False,
+                              pipelines=[{**PIPELINES[0], "endpoint": None}])
+    assert not inventory.of_type(CRONJOB)
+
+
+def settings_problems(**overrides) -> list[str]:
+    from infra.settings import SettingsError, load_settings
+    from infra.stackfile import load_stack_config
+
+    raw = load_stack_config("dev").namespace("mlops-platform")
+    try:
+        load_settings({**raw, **overrides}, stack="dev", region="us-east-1")
+    except SettingsError as exc:
+        return exc.problems
+    return []
+
+
+def test_pipeline_settings_errors_name_the_key_and_what_is_allowed():
+    pipeline = {**PIPELINES[0]}
+    assert settings_problems(registry=REPOSITORIES, pipelines=[pipeline]) == []
+    assert settings_problems(pipelines=[pipeline]) == [
+        'mlops-platform:registry.repositories: got ["serving", "tracking", "drift"]; must include "training": '
+        "the stack pulls the image of the training pipelines from its own registry"]
+    cases = {
+        "schedule": ("every monday", 'pipelines[0].schedule: got "every monday"; not a cron schedule of 5 fields'),
+        "data": ("/data/train.csv", 'pipelines[0].data: got "/data/train.csv"; not a .dvc file'),
+        "endpoint": ("nowhere", 'pipelines[0].endpoint: got "nowhere"; allowed: "diabetes"'),
+        "gpu": (9, "pipelines[0].gpu: got 9; expected less than or equal to 8"),
+        "entryPoint": ("train.py", 'pipelines[0].entryPoint: got "train.py"'),
+        "retrainEvery": (5, "pipelines[0].retrainEvery: unknown key; allowed keys here: cpu, data, endpoint, entryPoint, gpu"),
+    }
+    for key, (value, message) in cases.items():
+        problems = settings_problems(registry=REPOSITORIES, pipelines=[{**pipeline, key: value}])
+        assert any(p.startswith("mlops-platform:" + message) for p in problems), (key, problems)
+    assert settings_problems(registry=REPOSITORIES, pipelines=[{**pipeline, "model": "other"}]) == [
+        "mlops-platform:pipelines[0].endpoint: \"diabetes\" serves model \"diabetes\", not this pipeline's \"other\""]
+    assert settings_problems(registry=REPOSITORIES, pipelines=[pipeline, pipeline]) == [
+        'mlops-platform:pipelines[1].name: got "diabetes" twice; pipeline names must be unique']
+    assert settings_problems(registry=REPOSITORIES, pipelines=[{**pipeline, "gpu": 3}]) == [
+        "mlops-platform:pipelines[0].gpu: got 3; cluster.gpuPool.maxGpus is 2"]
+
+
+@pytest.mark.parametrize("schedule", ["0 3 * * 1", "*/15 1-5 * * MON-FRI", "0 0 1,15 * *", "@daily"])
+def test_cron_schedules_kubernetes_accepts_are_accepted(schedule):
+    assert settings_problems(registry=REPOSITORIES, pipelines=[{**PIPELINES[0], "schedule": schedule}]) == []
+
+
+def test_a_weak_pipeline_password_is_refused_by_ensure_user():
+    from services.tracking.credentials import StartupError
+    from services.tracking.settings import TrackingSettings
+    from services.tracking.writers import writers_from_settings
+
+    settings = TrackingSettings(writers={"diabetes": {"model": "diabetes", "password": "password123password"}})
+    with pytest.raises(StartupError, match="the password of pipeline user training-diabetes is weak"):
+        writers_from_settings(settings)
