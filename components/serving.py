@@ -33,7 +33,7 @@ from components.k8s_workload import (
     restricted_namespace_labels, zone_spread,
 )
 from components.quantities import cpu_cores
-from components.tracking import CLIENT_NAMESPACE_LABEL
+from components.tracking import CLIENT_NAMESPACE_LABEL, client_egress_rule
 from services.tracking.auth import reader_username
 
 PLANE_TOKEN = "mlops:k8s:ServingPlane"
@@ -164,7 +164,8 @@ class ServingEndpoint(pulumi.ComponentResource):
             services[track] = k8s.core.v1.Service(
                 f"{name}-{track}-svc",
                 metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE, "labels": labels},
-                spec={"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": PORT}]},
+                # Service port = container port: the VPC CNI matches ClusterIP traffic only then (components/tracking.CLUSTER_URL)
+                spec={"selector": labels, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
                 opts=child,
             )
             disruption = {"minAvailable": 1} if replicas > 1 else {"maxUnavailable": 1}
@@ -210,7 +211,7 @@ class ServingEndpoint(pulumi.ComponentResource):
                 "egress": [
                     {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                      "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                    {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlflow"}}}], "ports": [{"protocol": "TCP", "port": 5000}]},
+                    client_egress_rule(),  # the tracking server (models, their aliases)
                     {"ports": [{"protocol": "TCP", "port": 443}]},  # S3 (captures), STS, Secrets Manager
                 ],
             },
@@ -240,13 +241,13 @@ class ServingEndpoint(pulumi.ComponentResource):
         }
         if args.canary is not None:
             weights = [
-                {"serviceName": f"{ep}-stable", "servicePort": 80, "weight": 100 - args.canary.weight},
-                {"serviceName": f"{ep}-canary", "servicePort": 80, "weight": args.canary.weight},
+                {"serviceName": f"{ep}-stable", "servicePort": PORT, "weight": 100 - args.canary.weight},
+                {"serviceName": f"{ep}-canary", "servicePort": PORT, "weight": args.canary.weight},
             ]
             annotations[f"alb.ingress.kubernetes.io/actions.{ep}-weighted"] = json.dumps({"type": "forward", "forwardConfig": {"targetGroups": weights}})
             backend = {"service": {"name": f"{ep}-weighted", "port": {"name": "use-annotation"}}}
         else:
-            backend = {"service": {"name": f"{ep}-stable", "port": {"number": 80}}}
+            backend = {"service": {"name": f"{ep}-stable", "port": {"number": PORT}}}
         k8s.networking.v1.Ingress(
             f"{name}-ingress",
             metadata={"name": ep, "namespace": NAMESPACE, "annotations": annotations},

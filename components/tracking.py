@@ -46,6 +46,26 @@ PORT = 5000
 APP_LABELS = {"app.kubernetes.io/name": "mlflow-tracking", "app.kubernetes.io/part-of": "mlops-platform"}
 CLIENT_NAMESPACE_LABEL = "mlops.platform/tracking-client"
 """Namespaces with this label set to "true" may reach the tracking server (serving, jobs)."""
+SERVER_LABELS = {**APP_LABELS, "app.kubernetes.io/component": "server"}
+"""The server's pods, and its Service's selector (the migrate and ensure-user Jobs carry only APP_LABELS)."""
+CLUSTER_URL = f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local:{PORT}"
+"""The one in-cluster address of the server (model servers, training runs, the ensure-user Job).
+
+The Service listens on the container's own port, and so does this URL: the VPC CNI's network
+policy agent admits traffic sent to a ClusterIP only when the Service port equals the container
+port (EKS user guide, "network policy considerations"; aws/aws-network-policy-agent#166), so a
+Service mapping 80 to 5000 would be dropped by clients' egress rules that allow 5000."""
+
+
+def client_egress_rule() -> dict:
+    """The egress rule a client's NetworkPolicy needs for CLUSTER_URL: the server's pods, on PORT.
+
+    The peer's podSelector equals the Service's selector, which is how the network policy
+    controller decides that the Service's ClusterIP belongs to the rule as well."""
+    return {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}, "podSelector": {"matchLabels": dict(SERVER_LABELS)}}],
+        "ports": [{"protocol": "TCP", "port": PORT}],
+    }
 DATABASE_DRIVER = "postgresql+psycopg2"
 """SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3; the image ships psycopg2
 (services/tracking/requirements.txt), so the URI names it."""
@@ -152,7 +172,7 @@ class TrackingServer(pulumi.ComponentResource):
         self.reader_secret_arns = {}
         self.writer_passwords = {}
         self._passwords: dict[str, pulumi.Output[str]] = {}
-        self.cluster_url = f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local"
+        self.cluster_url = CLUSTER_URL
         if args.mode == "managed":
             self.url = self._managed(name, args)
         else:
@@ -295,7 +315,7 @@ class TrackingServer(pulumi.ComponentResource):
         # IP literals of the VPC (kubelet probes and ALB health checks address pods by IP).
         vpc_ips = ".".join(args.vpc_cidr.split(".")[:2]) + ".*"
         hosts = ",".join([
-            "localhost", f"mlflow-tracking.{NAMESPACE}.svc", f"mlflow-tracking.{NAMESPACE}.svc.cluster.local",
+            "localhost", f"mlflow-tracking.{NAMESPACE}.svc:{PORT}", f"mlflow-tracking.{NAMESPACE}.svc.cluster.local:{PORT}",
             f"internal-*.{region}.elb.amazonaws.com", vpc_ips, *args.allowed_hosts,
         ])
         settings_env = {
@@ -315,7 +335,7 @@ class TrackingServer(pulumi.ComponentResource):
             "TRACKING_WRITERS": pulumi.Output.all(**writer_secret_arns).apply(
                 lambda arns: json.dumps({p: {"model": args.writer_models[p], "password_secret_arn": a} for p, a in arns.items()}, sort_keys=True)
             ) if writer_secret_arns else "{}",
-            "TRACKING_SERVER_URL": f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local",
+            "TRACKING_SERVER_URL": CLUSTER_URL,
         }
         pod_common = {
             **({"nodeSelector": dict(args.node_selector)} if args.node_selector else {}),
@@ -357,7 +377,7 @@ class TrackingServer(pulumi.ComponentResource):
         migration = entrypoint_job("migrate", "migrate", backoff=2, cpu="100m", memory="512Mi", after=[namespace, self.database, *role.ready],
                                    extra_env={"TRACKING_DATABASE_SECRET_ARN": db_secret_arn})
 
-        server_labels = {**APP_LABELS, "app.kubernetes.io/component": "server"}
+        server_labels = SERVER_LABELS
         deployment = k8s.apps.v1.Deployment(
             f"{name}-server",
             metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "labels": server_labels},
@@ -392,7 +412,8 @@ class TrackingServer(pulumi.ComponentResource):
         service = k8s.core.v1.Service(
             f"{name}-svc",
             metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "labels": server_labels},
-            spec={"selector": server_labels, "ports": [{"name": "http", "port": 80, "targetPort": PORT}]},
+            # Service port = container port: see CLUSTER_URL
+            spec={"selector": server_labels, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
             opts=in_namespace,
         )
         disruption = {"minAvailable": 1} if args.replicas > 1 else {"maxUnavailable": 1}
@@ -423,13 +444,13 @@ class TrackingServer(pulumi.ComponentResource):
                     {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                      "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
                     {"to": [{"ipBlock": {"cidr": args.vpc_cidr}}], "ports": [{"protocol": "TCP", "port": 5432}]},
-                    {"to": [{"podSelector": {"matchLabels": APP_LABELS}}], "ports": [{"protocol": "TCP", "port": PORT}]},
+                    {"to": [{"podSelector": {"matchLabels": SERVER_LABELS}}], "ports": [{"protocol": "TCP", "port": PORT}]},  # ensure-user
                     {"ports": [{"protocol": "TCP", "port": 443}]},  # S3, STS, Secrets Manager
                 ],
             },
             opts=in_namespace,
         )
-        cluster_url = pulumi.Output.from_input(f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local")
+        cluster_url = pulumi.Output.from_input(CLUSTER_URL)
         if args.exposure == "clusterOnly":
             return cluster_url
 
@@ -451,7 +472,7 @@ class TrackingServer(pulumi.ComponentResource):
             metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "annotations": annotations},
             spec={
                 "ingressClassName": "alb",
-                "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "mlflow-tracking", "port": {"number": 80}}}}]}}],
+                "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "mlflow-tracking", "port": {"number": PORT}}}}]}}],
             },
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[service, deployment, *([args.load_balancer_controller] if args.load_balancer_controller else [])]
@@ -461,5 +482,5 @@ class TrackingServer(pulumi.ComponentResource):
         return ingress.status.apply(
             lambda status: f"{scheme}://{status.load_balancer.ingress[0].hostname}"
             if status and status.load_balancer and status.load_balancer.ingress
-            else f"http://mlflow-tracking.{NAMESPACE}.svc.cluster.local"
+            else CLUSTER_URL
         )

@@ -260,6 +260,19 @@ def _open_ingress(inv: Inventory):
             yield rule_, "ingress rule from anywhere"
 
 
+@rule("MLOPS-NET-002", HIGH, "Services listen on their pods' container port", "set the Service's port equal to its targetPort (and name that port in clients' URLs and egress rules)")
+def _service_port(inv: Inventory):
+    """The VPC CNI's network policy agent admits traffic sent to a ClusterIP only when the
+    Service port equals the container port (EKS user guide, "network policy considerations";
+    aws/aws-network-policy-agent#166): a client whose egress rule allows the container port is
+    dropped when it calls a Service that maps 80 to it."""
+    for service in inv.of_type("kubernetes:core/v1:Service"):
+        for port in (service.inputs.get("spec") or {}).get("ports") or []:
+            target = port.get("targetPort", port.get("port"))
+            if target != port.get("port"):
+                yield service, f"port {port.get('name') or port.get('port')}: Service port {port.get('port')} forwards to {target}"
+
+
 @rule("MLOPS-IAM-001", HIGH, "no IAM policy allows every action on every resource", "list the actions the workload needs, or scope Resource")
 def _iam_star(inv: Inventory):
     for r in inv.resources:

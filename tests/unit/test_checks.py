@@ -71,6 +71,8 @@ def good(env: str = "dev") -> list[Resource]:
             "metadata": {"labels": {"app": "serving", "tier": "model"}},
             "spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}, "containers": [secure_container()]}}}),
         r("serving-netpol", "kubernetes:networking.k8s.io/v1:NetworkPolicy", metadata={"namespace": "ml"}, spec={"podSelector": {"matchLabels": {"app": "serving"}}}),
+        r("serving-svc", "kubernetes:core/v1:Service", metadata={"name": "serving", "namespace": "ml"},
+          spec={"selector": {"app": "serving"}, "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}),
         r("chart", "kubernetes:helm.sh/v3:Release", values={"grafana": {"admin": {"existingSecret": "grafana-admin"}}}),
     ]
 
@@ -106,6 +108,7 @@ BREAKS = {
     "MLOPS-RDS-003": ("prod", lambda rs: mutate(rs, "db", lambda x: x.inputs.update(backupRetentionPeriod=3)), "db"),
     "MLOPS-RDS-004": ("prod", lambda rs: mutate(rs, "db", lambda x: x.inputs.update(multiAz=False)), "db"),
     "MLOPS-NET-001": ("dev", lambda rs: mutate(rs, "sg", lambda x: x.inputs["ingress"][0].update(cidrBlocks=["0.0.0.0/0"])), "sg"),
+    "MLOPS-NET-002": ("dev", lambda rs: mutate(rs, "serving-svc", lambda x: x.inputs["spec"]["ports"][0].update(port=80)), "serving-svc"),
     "MLOPS-IAM-001": ("dev", lambda rs: mutate(rs, "role-policy", lambda x: x.inputs.update(policy=json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))), "role-policy"),
     "MLOPS-IAM-002": ("dev", lambda rs: mutate(rs, "role", lambda x: x.inputs.update(assumeRolePolicy=x.inputs["assumeRolePolicy"].replace("StringEquals", "StringLike").replace("ml:serving", "ml:*"))), "role"),
     "MLOPS-K8S-001": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x).pop("resources")), "serving"),
