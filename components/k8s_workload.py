@@ -8,7 +8,7 @@ Security Standard, so a workload that drifts from this baseline is refused by th
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 RUN_AS_USER = 10001
 
@@ -54,6 +54,14 @@ def resources(cpu: str, memory: str, *, cpu_limit: str | None = None, gpus: int 
         requests["nvidia.com/gpu"] = str(gpus)
         limits["nvidia.com/gpu"] = str(gpus)
     return {"requests": requests, "limits": limits}
+
+
+def load_balancer_ingress(cidrs: Sequence[str], port: int) -> dict[str, Any]:
+    """The NetworkPolicy ingress rule for the internal ALB in IP mode: from its own subnets' blocks
+    only. A policy cannot name the ALB's security group, and the ALB connects from its addresses in
+    those subnets, where nothing else lives (components/network.py): neither the whole VPC nor the
+    private subnets, which would admit every pod of the cluster as well."""
+    return {"from": [{"ipBlock": {"cidr": cidr}} for cidr in cidrs], "ports": [{"protocol": "TCP", "port": port}]}
 
 
 def http_probe(path: str, port: int, *, period: int = 10, failures: int = 3, initial_delay: int = 0) -> dict[str, Any]:

@@ -1,9 +1,18 @@
 """Network: a VPC across 2-3 availability zones for EKS, RDS and load balancers.
 
-Creates, in dependency order: the VPC; an internet gateway; one public and one private
-subnet per AZ (tagged so the AWS Load Balancer Controller and Karpenter find them); NAT
-gateways (one for all AZs, or one per AZ); route tables; an S3 gateway endpoint (free, and
-keeps artifact traffic off the NAT); and the interface endpoints the profile asks for.
+Creates, in dependency order: the VPC; an internet gateway; one public, one private and one
+internal-load-balancer subnet per AZ (tagged so the AWS Load Balancer Controller and Karpenter
+find them); NAT gateways (one for all AZs, or one per AZ); route tables; an S3 gateway endpoint
+(free, and keeps artifact traffic off the NAT); and the interface endpoints the profile asks for.
+
+Internal load balancers get subnets of their own, where nothing else is placed (no node, pod,
+database or endpoint: those use the private subnets), so a workload's NetworkPolicy can admit
+the internal ALB by these subnets' CIDRs alone. A NetworkPolicy cannot name the ALB's security
+group, and in IP mode the ALB connects from its own addresses in its subnets; admitting the
+private subnets instead would admit every pod of the cluster too, since pods take their
+addresses there (VPC CNI). The Load Balancer Controller places internal load balancers only in
+subnets tagged `kubernetes.io/role/internal-elb` when any subnet has that tag (v2.14.0,
+`docs/deploy/subnet_discovery.md`, copied in components/upstream/), so the tag lives here only.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ TOKEN = "mlops:network:Network"
 @dataclass(frozen=True, kw_only=True)
 class NetworkArgs:
     cidr: str = "10.0.0.0/16"
-    """VPC block, /16 to /20. Private subnets get 1/8 of it per AZ, public ones 1/256 per AZ."""
+    """VPC block, /16 to /20. Private subnets get 1/8 of it per AZ, internal load balancers 1/64, public ones 1/256."""
     az_count: int = 2
     """Availability zones used (2 or 3)."""
     nat_gateways: Literal["single", "perAz"] = "single"
@@ -56,6 +65,14 @@ def subnet_blocks(cidr: str, az_count: int) -> tuple[list[str], list[str]]:
     return private, public
 
 
+def load_balancer_blocks(cidr: str, az_count: int) -> list[str]:
+    """Blocks of the internal load balancers' subnets: 1/64 of the VPC per AZ, from its seventh eighth
+    (private subnets use the first three eighths, public ones the last). For a /16: 10.0.192.0/22,
+    10.0.196.0/22, ...; for a /20 a /26 each, above the /27 with 8 free addresses an ALB needs."""
+    seventh = list(ipaddress.IPv4Network(cidr).subnets(prefixlen_diff=3))[-2]
+    return [str(block) for block in list(seventh.subnets(prefixlen_diff=3))[:az_count]]
+
+
 class Network(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     """The VPC's id."""
@@ -65,6 +82,8 @@ class Network(pulumi.ComponentResource):
     """Subnets for internet-facing load balancers and NAT gateways, one per AZ."""
     vpc_cidr: str
     """The VPC's block, for security group rules."""
+    load_balancer_cidrs: list[str]
+    """Blocks of the internal load balancers' subnets: what workloads behind the internal ALB admit."""
     nat_gateway_count: int
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -74,6 +93,7 @@ class Network(pulumi.ComponentResource):
         if len(zones) < args.az_count:
             raise ValueError(f"the region has {len(zones)} available zones; {args.az_count} requested")
         private_blocks, public_blocks = subnet_blocks(args.cidr, args.az_count)
+        lb_blocks = load_balancer_blocks(args.cidr, args.az_count)
         cluster_tag = f"kubernetes.io/cluster/{args.cluster_name}"
 
         vpc = aws.ec2.Vpc(
@@ -88,34 +108,14 @@ class Network(pulumi.ComponentResource):
         aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=vpc.id, ingress=[], egress=[], opts=child)
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": f"{name}-igw"}, opts=child)
 
-        public_subnets, private_subnets = [], []
-        for index, zone in enumerate(zones):
-            public_subnets.append(
-                aws.ec2.Subnet(
-                    f"{name}-public-{index}",
-                    vpc_id=vpc.id,
-                    cidr_block=public_blocks[index],
-                    availability_zone=zone,
-                    map_public_ip_on_launch=False,
-                    tags={"Name": f"{name}-public-{zone}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
-                    opts=child,
-                )
-            )
-            private_subnets.append(
-                aws.ec2.Subnet(
-                    f"{name}-private-{index}",
-                    vpc_id=vpc.id,
-                    cidr_block=private_blocks[index],
-                    availability_zone=zone,
-                    tags={
-                        "Name": f"{name}-private-{zone}",
-                        "kubernetes.io/role/internal-elb": "1",
-                        "karpenter.sh/discovery": args.cluster_name,
-                        cluster_tag: "shared",
-                    },
-                    opts=child,
-                )
-            )
+        def subnet(role: str, index: int, block: str, tags: dict[str, str], **extra) -> aws.ec2.Subnet:
+            zone = zones[index]
+            return aws.ec2.Subnet(f"{name}-{role}-{index}", vpc_id=vpc.id, cidr_block=block, availability_zone=zone,
+                                  tags={"Name": f"{name}-{role}-{zone}", **tags, cluster_tag: "shared"}, opts=child, **extra)
+
+        public_subnets = [subnet("public", i, public_blocks[i], {"kubernetes.io/role/elb": "1"}, map_public_ip_on_launch=False) for i in range(len(zones))]
+        private_subnets = [subnet("private", i, private_blocks[i], {"karpenter.sh/discovery": args.cluster_name}) for i in range(len(zones))]
+        lb_subnets = [subnet("internal-lb", i, lb_blocks[i], {"kubernetes.io/role/internal-elb": "1"}) for i in range(len(zones))]
 
         public_rt = aws.ec2.RouteTable(
             f"{name}-public-rt",
@@ -128,6 +128,13 @@ class Network(pulumi.ComponentResource):
         for index, subnet in enumerate(public_subnets):
             routes.append(
                 aws.ec2.RouteTableAssociation(f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child)
+            )
+
+        # Internal load balancers answer inside the VPC only: their route table has just the VPC's local route.
+        lb_rt = aws.ec2.RouteTable(f"{name}-internal-lb-rt", vpc_id=vpc.id, routes=[], tags={"Name": f"{name}-internal-lb"}, opts=child)
+        for index, subnet in enumerate(lb_subnets):
+            routes.append(
+                aws.ec2.RouteTableAssociation(f"{name}-internal-lb-rta-{index}", subnet_id=subnet.id, route_table_id=lb_rt.id, opts=child)
             )
 
         nat_count = 1 if args.nat_gateways == "single" else len(zones)
@@ -202,6 +209,7 @@ class Network(pulumi.ComponentResource):
         self.private_subnet_ids = _ids_after(private_subnets, routes)
         self.public_subnet_ids = _ids_after(public_subnets, routes)
         self.vpc_cidr = args.cidr
+        self.load_balancer_cidrs = lb_blocks
         self.nat_gateway_count = nat_count
         self.register_outputs(
             {"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids, "public_subnet_ids": self.public_subnet_ids}

@@ -29,7 +29,7 @@ import pulumi_kubernetes as k8s
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, resources,
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, load_balancer_ingress, resources,
     restricted_namespace_labels, zone_spread,
 )
 from components.quantities import cpu_cores
@@ -73,7 +73,8 @@ class ServingEndpointArgs:
     tracking_reader_secret_arn: pulumi.Input[str]
     """Password secret of this endpoint's own read-only tracking user (`serving-<endpoint>`)."""
     identity: OidcIdentity
-    vpc_cidr: str
+    load_balancer_cidrs: Sequence[str]
+    """Blocks of the internal load balancers' subnets (components/network.py): the ALB reaches the pods from them."""
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
     gpu_toleration: Mapping[str, str] = field(default_factory=dict)
     ingress_group: str = "internal"
@@ -90,6 +91,8 @@ class ServingEndpointArgs:
             problems.append(f"canary.weight: got {self.canary.weight}, expected 1 to 99")
         if self.image.endswith(":latest") or ":" not in self.image.rsplit("/", 1)[-1]:
             problems.append(f"image: got {self.image!r}, expected a pinned tag")
+        if not self.load_balancer_cidrs:
+            problems.append("load_balancer_cidrs: required (the internal ALB reaches the pods from these subnets)")
         if problems:
             raise ValueError(f"invalid ServingEndpointArgs for {self.endpoint}: " + "; ".join(problems))
 
@@ -201,13 +204,11 @@ class ServingEndpoint(pulumi.ComponentResource):
             spec={
                 "podSelector": {"matchLabels": selector},
                 "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{
-                    "from": [
-                        {"ipBlock": {"cidr": args.vpc_cidr}},  # the internal ALB (ip targets)
-                        {"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}},  # Prometheus
-                    ],
-                    "ports": [{"protocol": "TCP", "port": PORT}],
-                }],
+                "ingress": [
+                    load_balancer_ingress(args.load_balancer_cidrs, PORT),
+                    {"from": [{"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}],  # Prometheus
+                     "ports": [{"protocol": "TCP", "port": PORT}]},
+                ],
                 "egress": [
                     {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                      "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},

@@ -34,7 +34,7 @@ import pulumi_random as random
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, resources,
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, load_balancer_ingress, resources,
     restricted_namespace_labels, zone_spread,
 )
 from services.tracking.auth import reader_username
@@ -107,6 +107,9 @@ class TrackingServerArgs:
     exposure: Literal["internalAlb", "clusterOnly"] = "internalAlb"
     certificate_arn: str | None = None
     """ACM certificate for an HTTPS listener on the internal ALB; without it the ALB listens on HTTP 80 inside the VPC."""
+    load_balancer_cidrs: Sequence[str] = ()
+    """Blocks of the internal load balancers' subnets (components/network.py): with `internalAlb`, the
+    only addresses the NetworkPolicy admits besides the client namespaces (the ALB connects from them)."""
     allowed_hosts: Sequence[str] = ()
     """Extra Host headers the server accepts (an internal DNS name for the ALB, say)."""
     protect: bool = False
@@ -135,6 +138,8 @@ class TrackingServerArgs:
                 problems.append(f"image: got {self.image!r}, expected an image pinned by tag or digest")
             if not 1 <= self.replicas <= 5:
                 problems.append(f"replicas: got {self.replicas}, expected 1 to 5")
+            if self.exposure == "internalAlb" and not self.load_balancer_cidrs:
+                problems.append("load_balancer_cidrs: required with exposure 'internalAlb' (the ALB reaches the pods from these subnets)")
         if problems:
             raise ValueError("invalid TrackingServerArgs: " + "; ".join(problems))
 
@@ -430,16 +435,13 @@ class TrackingServer(pulumi.ComponentResource):
                 "podSelector": {"matchLabels": APP_LABELS},
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [{
-                    "from": [
-                        {"namespaceSelector": {"matchLabels": {CLIENT_NAMESPACE_LABEL: "true"}}},
-                        {"ipBlock": {"cidr": args.vpc_cidr}},  # the internal ALB forwards from inside the VPC
-                    ],
+                    "from": [{"namespaceSelector": {"matchLabels": {CLIENT_NAMESPACE_LABEL: "true"}}}],
                     "ports": [{"protocol": "TCP", "port": PORT}],
                 }, {
                     # the ensure-reader Job calls the server from inside the namespace
                     "from": [{"podSelector": {"matchLabels": APP_LABELS}}],
                     "ports": [{"protocol": "TCP", "port": PORT}],
-                }],
+                }, *([load_balancer_ingress(args.load_balancer_cidrs, PORT)] if args.exposure == "internalAlb" else [])],
                 "egress": [
                     {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                      "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},

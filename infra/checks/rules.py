@@ -10,6 +10,7 @@ prod-only rules work on real previews too.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -271,6 +272,27 @@ def _service_port(inv: Inventory):
             target = port.get("targetPort", port.get("port"))
             if target != port.get("port"):
                 yield service, f"port {port.get('name') or port.get('port')}: Service port {port.get('port')} forwards to {target}"
+
+
+@rule("MLOPS-NET-003", HIGH, "NetworkPolicies admit named clients, never the whole VPC or the internet",
+      "admit clients by namespace/pod selector, and the internal ALB by its own subnets' blocks (components/k8s_workload.load_balancer_ingress)")
+def _policy_ingress_sources(inv: Inventory):
+    """An ingress peer that is the whole VPC admits every pod, node and load balancer in it (pods take
+    VPC addresses); 0.0.0.0/0, or a rule without `from`, admits anything that can route to the pod."""
+    vpcs = [ipaddress.ip_network(v.inputs["cidrBlock"]) for v in inv.of_type("aws:ec2/vpc:Vpc") if v.inputs.get("cidrBlock")]
+    for policy in inv.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"):
+        for index, ingress in enumerate((policy.inputs.get("spec") or {}).get("ingress") or []):
+            if not ingress.get("from"):
+                yield policy, f"ingress[{index}] has no `from`: it admits every source"
+            for peer in ingress.get("from") or []:
+                cidr = (peer.get("ipBlock") or {}).get("cidr")
+                if not cidr:
+                    continue
+                block = ipaddress.ip_network(cidr, strict=False)
+                if block.prefixlen == 0:
+                    yield policy, f"ingress[{index}] admits {cidr}: the internet"
+                elif any(block.version == vpc.version and block.supernet_of(vpc) for vpc in vpcs):
+                    yield policy, f"ingress[{index}] admits {cidr}: the whole VPC"
 
 
 @rule("MLOPS-IAM-001", HIGH, "no IAM policy allows every action on every resource", "list the actions the workload needs, or scope Resource")

@@ -70,7 +70,11 @@ def good(env: str = "dev") -> list[Resource]:
         r("serving", "kubernetes:apps/v1:Deployment", metadata={"name": "serving", "namespace": "ml"}, spec={"template": {
             "metadata": {"labels": {"app": "serving", "tier": "model"}},
             "spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}, "containers": [secure_container()]}}}),
-        r("serving-netpol", "kubernetes:networking.k8s.io/v1:NetworkPolicy", metadata={"namespace": "ml"}, spec={"podSelector": {"matchLabels": {"app": "serving"}}}),
+        r("vpc", "aws:ec2/vpc:Vpc", cidrBlock="10.0.0.0/16", tags=tags),
+        r("serving-netpol", "kubernetes:networking.k8s.io/v1:NetworkPolicy", metadata={"namespace": "ml"}, spec={
+            "podSelector": {"matchLabels": {"app": "serving"}}, "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.192.0/22"}}, {"namespaceSelector": {"matchLabels": {"monitoring": "true"}}}],
+                         "ports": [{"protocol": "TCP", "port": 8080}]}]}),
         r("serving-svc", "kubernetes:core/v1:Service", metadata={"name": "serving", "namespace": "ml"},
           spec={"selector": {"app": "serving"}, "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}),
         r("chart", "kubernetes:helm.sh/v3:Release", values={"grafana": {"admin": {"existingSecret": "grafana-admin"}}}),
@@ -108,6 +112,7 @@ BREAKS = {
     "MLOPS-RDS-003": ("prod", lambda rs: mutate(rs, "db", lambda x: x.inputs.update(backupRetentionPeriod=3)), "db"),
     "MLOPS-RDS-004": ("prod", lambda rs: mutate(rs, "db", lambda x: x.inputs.update(multiAz=False)), "db"),
     "MLOPS-NET-001": ("dev", lambda rs: mutate(rs, "sg", lambda x: x.inputs["ingress"][0].update(cidrBlocks=["0.0.0.0/0"])), "sg"),
+    "MLOPS-NET-003": ("dev", lambda rs: mutate(rs, "serving-netpol", lambda x: x.inputs["spec"]["ingress"][0]["from"][0]["ipBlock"].update(cidr="10.0.0.0/16")), "serving-netpol"),
     "MLOPS-NET-002": ("dev", lambda rs: mutate(rs, "serving-svc", lambda x: x.inputs["spec"]["ports"][0].update(port=80)), "serving-svc"),
     "MLOPS-IAM-001": ("dev", lambda rs: mutate(rs, "role-policy", lambda x: x.inputs.update(policy=json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))), "role-policy"),
     "MLOPS-IAM-002": ("dev", lambda rs: mutate(rs, "role", lambda x: x.inputs.update(assumeRolePolicy=x.inputs["assumeRolePolicy"].replace("StringEquals", "StringLike").replace("ml:serving", "ml:*"))), "role"),
@@ -150,6 +155,16 @@ def test_each_rule_flags_its_failing_fixture(rule_id):
     findings = rule.findings(inventory(brk(good(env))))
     assert [f.resource for f in findings] == [culprit], findings
     assert findings[0].fix and findings[0].severity in ("high", "medium", "low")
+
+
+@pytest.mark.parametrize(("ingress", "message"), [
+    ({"from": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]}, "ingress[0] admits 0.0.0.0/0: the internet"),
+    ({"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}, "ingress[0] admits 10.0.0.0/8: the whole VPC"),
+    ({"ports": [{"port": 8080}]}, "ingress[0] has no `from`: it admits every source"),
+])
+def test_network_policy_ingress_from_anywhere_is_flagged(ingress, message):
+    bad = mutate(good(), "serving-netpol", lambda x: x.inputs["spec"].update(ingress=[ingress]))
+    assert [f.message for f in rule_by_id("MLOPS-NET-003").findings(inventory(bad))] == [message]
 
 
 def test_helm_values_with_a_literal_password_are_flagged():

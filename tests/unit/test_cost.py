@@ -225,7 +225,7 @@ def test_components_read_quantities_with_the_same_parser():
     with pytest.raises(ValueError, match=r"cpu.limits\[cpu\]: not a Kubernetes quantity: 'lots'"):
         pools("lots")
     endpoint = dict(endpoint="e", model="m", image="repo/model:1.0", artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k",
-                    tracking_url="http://t", tracking_reader_secret_arn="s", identity=None, vpc_cidr="10.0.0.0/16")
+                    tracking_url="http://t", tracking_reader_secret_arn="s", identity=None, load_balancer_cidrs=["10.0.192.0/22"])
     assert [ServingEndpointArgs(**endpoint, cpu=cpu).workers for cpu in ("1500m", "2", "2500m", "250m")] == [1, 2, 2, 1]
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.network import Network, NetworkArgs, subnet_blocks
+from components.network import Network, NetworkArgs, load_balancer_blocks, subnet_blocks
 from tests.conftest import declare
 
 SUBNET = "aws:ec2/subnet:Subnet"
@@ -29,20 +29,45 @@ def test_private_subnets_route_to_a_nat_in_per_az_mode_each_their_own():
     assert len(private_routes) == 3 and len(nat_targets) == 3
 
 
-def test_one_public_and_one_private_subnet_per_az_with_discovery_tags():
+def test_one_public_one_private_and_one_internal_lb_subnet_per_az_with_discovery_tags():
     inventory = declare(lambda: Network("net", network(az_count=3)))
     subnets = inventory.of_type(SUBNET)
     public = [s for s in subnets if "public" in s.name]
     private = [s for s in subnets if "private" in s.name]
-    assert len(public) == len(private) == 3
-    assert len({s.inputs["availabilityZone"] for s in private}) == 3
+    internal_lb = [s for s in subnets if "internal-lb" in s.name]
+    assert len(public) == len(private) == len(internal_lb) == 3 == len(subnets) / 3
+    assert len({s.inputs["availabilityZone"] for s in private}) == len({s.inputs["availabilityZone"] for s in internal_lb}) == 3
     for s in public:
         assert s.inputs["tags"]["kubernetes.io/role/elb"] == "1"
         assert s.inputs["mapPublicIpOnLaunch"] is False
     for s in private:
-        assert s.inputs["tags"]["kubernetes.io/role/internal-elb"] == "1"
+        assert "kubernetes.io/role/internal-elb" not in s.inputs["tags"]  # pods live here: no load balancer
         assert s.inputs["tags"]["karpenter.sh/discovery"] == "mlops-test"
         assert s.inputs["tags"]["kubernetes.io/cluster/mlops-test"] == "shared"
+    for s in internal_lb:
+        assert s.inputs["tags"]["kubernetes.io/role/internal-elb"] == "1"
+        assert "karpenter.sh/discovery" not in s.inputs["tags"]  # no node, so no pod, ever gets an address here
+        assert s.inputs["tags"]["kubernetes.io/cluster/mlops-test"] == "shared"
+
+
+def test_internal_load_balancers_have_subnets_of_their_own_with_only_the_local_route():
+    inventory = declare(lambda: Network("net", network(az_count=2)))
+    (component,) = inventory.of_type("mlops:network:Network")
+    internal_lb = [s for s in inventory.of_type(SUBNET) if "internal-lb" in s.name]
+    assert [s.inputs["cidrBlock"] for s in internal_lb] == load_balancer_blocks("10.0.0.0/16", 2) == ["10.0.192.0/22", "10.0.196.0/22"]
+    (route_table,) = [rt for rt in inventory.of_type(ROUTE_TABLE) if "internal-lb" in rt.name]
+    assert route_table.inputs.get("routes", []) == []  # answers inside the VPC only
+    associations = [a for a in inventory.of_type("aws:ec2/routeTableAssociation:RouteTableAssociation") if "internal-lb" in a.name]
+    assert len(associations) == 2
+
+
+def test_the_pinned_controller_uses_only_role_tagged_subnets():
+    """Why tagging only the load balancers' subnets keeps the internal ALB out of the private ones."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "components/upstream/aws-load-balancer-controller-v2.14.0/subnet_discovery.md").read_text()
+    assert "If subnets with matching [role tag](#subnet-role-tag) exists: Only these become candidates" in doc
+    assert "`kubernetes.io/role/internal-elb`" in doc
 
 
 def test_s3_gateway_endpoint_always_interface_endpoints_only_when_asked():
@@ -67,11 +92,14 @@ def test_default_security_group_is_emptied():
 def test_subnet_blocks_do_not_overlap_and_fit_the_vpc():
     import ipaddress
 
-    private, public = subnet_blocks("10.20.0.0/16", 3)
-    blocks = [ipaddress.IPv4Network(b) for b in private + public]
-    assert all(b.subnet_of(ipaddress.IPv4Network("10.20.0.0/16")) for b in blocks)
-    assert not any(a.overlaps(b) for i, a in enumerate(blocks) for b in blocks[i + 1 :])
-    assert private[0] == "10.20.0.0/19" and public[0] == "10.20.224.0/24"
+    for vpc in ("10.20.0.0/16", "10.20.0.0/20"):
+        private, public = subnet_blocks(vpc, 3)
+        internal_lb = load_balancer_blocks(vpc, 3)
+        blocks = [ipaddress.IPv4Network(b) for b in private + public + internal_lb]
+        assert all(b.subnet_of(ipaddress.IPv4Network(vpc)) for b in blocks)
+        assert not any(a.overlaps(b) for i, a in enumerate(blocks) for b in blocks[i + 1 :])
+        assert all(ipaddress.IPv4Network(b).prefixlen <= 27 for b in internal_lb)  # an ALB needs a /27 or larger
+    assert subnet_blocks("10.20.0.0/16", 3)[0][0] == "10.20.0.0/19" and subnet_blocks("10.20.0.0/16", 3)[1][0] == "10.20.224.0/24"
 
 
 def test_children_are_parented_to_the_component():

@@ -174,3 +174,36 @@ def test_the_tracking_url_is_one_constant_that_the_server_accepts_as_host(stack_
     allowed = env["TRACKING_ALLOWED_HOSTS"].split(",")
     assert is_allowed_host_header(allowed, urlsplit(URL).netloc)
     assert not is_allowed_host_header(allowed, "evil.example.com")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_internal_alb_is_admitted_by_its_own_subnets_only(stack_inventories, stack):
+    """Workloads behind the internal ALB (IP targets) admit its subnets' blocks, which hold nothing else:
+    not the VPC, not the private subnets where nodes and pods take their addresses."""
+    import ipaddress
+
+    inventory = stack_inventories[stack]
+    subnets = inventory.of_type("aws:ec2/subnet:Subnet")
+    lb_blocks = sorted(s.inputs["cidrBlock"] for s in subnets if s.inputs["tags"].get("kubernetes.io/role/internal-elb") == "1")
+    others = [ipaddress.ip_network(s.inputs["cidrBlock"]) for s in subnets if s.inputs["cidrBlock"] not in lb_blocks]
+    assert lb_blocks and not any(ipaddress.ip_network(b).overlaps(o) for b in lb_blocks for o in others)
+    behind_alb = {(i.inputs["metadata"]["namespace"], path["backend"]["service"]["name"])
+                  for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") for rule in i.inputs["spec"]["rules"] for path in rule["http"]["paths"]}
+    assert behind_alb
+    for policy in inventory.of_type(NETWORK_POLICY):
+        blocks = sorted(peer["ipBlock"]["cidr"] for rule in policy.inputs["spec"].get("ingress") or [] for peer in rule.get("from") or [] if "ipBlock" in peer)
+        namespace = namespace_of(policy)
+        selector = policy.inputs["spec"]["podSelector"]
+        fronted = any(ns == namespace and selects(selector, s.inputs["spec"]["selector"]) for ns, name in behind_alb
+                      for s in inventory.of_type(SERVICE) if namespace_of(s) == ns and s.inputs["metadata"]["name"] in (name, name.replace("-weighted", "-stable")))
+        assert blocks == (lb_blocks if fronted else []), policy.name
+
+
+def test_a_cluster_only_tracking_server_admits_no_load_balancer():
+    from tests.conftest import offline_stack
+
+    inventory = offline_stack("dev", tracking={"exposure": "clusterOnly"})
+    assert not inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") or all(
+        namespace_of(i) != "mlflow" for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress"))
+    (policy,) = [p for p in inventory.of_type(NETWORK_POLICY) if namespace_of(p) == "mlflow"]
+    assert not [peer for rule in policy.inputs["spec"]["ingress"] for peer in rule["from"] if "ipBlock" in peer]
