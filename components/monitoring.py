@@ -2,8 +2,9 @@
 
 Creates, in dependency order: the `monitoring` namespace (labelled so endpoints accept its
 scrapes); the Grafana admin password, generated and kept in Secrets Manager; the Slack
-webhook (when the stack sets one as a secret) kept in Secrets Manager; Kubernetes Secrets
-holding them for Grafana and Alertmanager (values stay encrypted in Pulumi state and never
+webhook (when the stack sets one as a secret) kept in Secrets Manager; with pipelines that
+retrain on drift, a generated token for the retraining receiver; Kubernetes Secrets holding
+them for Grafana and Alertmanager (values stay encrypted in Pulumi state and never
 appear in Helm values); the kube-prometheus-stack release (Prometheus with retention and
 encrypted gp3 storage per profile, Alertmanager with the receivers, Grafana with its dashboard
 sidecar, kube-state-metrics, node-exporter, and the operator's CRDs); the DCGM exporter on GPU
@@ -44,6 +45,8 @@ TOKEN = "mlops:monitoring:Monitoring"
 NAMESPACE = "monitoring"
 MONITORING_NAMESPACE_LABEL = "mlops.platform/monitoring"
 SLACK_SECRET = "alertmanager-slack"
+RETRAIN_SECRET = "alertmanager-retrain"
+"""The bearer token Alertmanager presents to the drift retraining receiver (components/training.py)."""
 RPS_METRIC = "serving_requests_per_second"
 """Pods metric the adapter serves from `serving_requests_total` (the endpoints' HPAs scale on it)."""
 GRAFANA_SECRET = "grafana-admin"
@@ -96,6 +99,8 @@ class MonitoringArgs:
     protect_secrets: bool = False
     depends_on: Sequence[pulumi.Resource] = ()
     """What must run first (the system node group)."""
+    retrain_webhook_url: str | None = None
+    """The drift retraining receiver (components/training.py): `DataDriftHigh` is routed there too, with a generated token."""
     volume_dependencies: Sequence[pulumi.Resource]
     """What the volumes need: the `storage_class` StorageClass (which depends on the EBS CSI
     driver). The namespace and the release depend on it, so it outlives their PVCs on destroy."""
@@ -112,8 +117,19 @@ class MonitoringArgs:
             raise ValueError("invalid MonitoringArgs: " + "; ".join(problems))
 
 
-def alertmanager_config(has_slack: bool, channel: str) -> dict:
-    """Route everything to Slack when a webhook is configured; the URL is read from a mounted Secret."""
+@dataclass(frozen=True)
+class RetrainRoute:
+    """Where Alertmanager sends `DataDriftHigh` to start a pipeline's retraining (services/training/receiver.py)."""
+
+    url: str
+    credentials_file: str = f"/etc/alertmanager/secrets/{RETRAIN_SECRET}/token"
+    group_wait: str = "30s"
+
+
+def alertmanager_config(has_slack: bool, channel: str, retrain: RetrainRoute | None = None) -> dict:
+    """Route everything to Slack when a webhook is configured; the URL is read from a mounted Secret.
+    With `retrain`, `DataDriftHigh` also goes to the retraining receiver, with a bearer token read
+    from a mounted Secret, and then on to the default receiver, so people still see it."""
     receivers = [{"name": "null"}]
     if has_slack:
         receivers.append({
@@ -121,12 +137,22 @@ def alertmanager_config(has_slack: bool, channel: str) -> dict:
             "slack_configs": [{"api_url_file": f"/etc/alertmanager/secrets/{SLACK_SECRET}/url", "channel": channel, "send_resolved": True,
                                "title": "{{ .CommonLabels.alertname }}", "text": "{{ range .Alerts }}{{ .Annotations.summary }}\n{{ end }}"}],
         })
+    default = "slack" if has_slack else "null"
+    routes: list[dict[str, Any]] = [{"receiver": "null", "matchers": ['alertname="Watchdog"']}]
+    if retrain is not None:
+        receivers.append({"name": "retrain", "webhook_configs": [{
+            "url": retrain.url, "send_resolved": False,
+            "http_config": {"authorization": {"type": "Bearer", "credentials_file": retrain.credentials_file}},
+        }]})
+        drift = ['alertname="DataDriftHigh"']
+        routes += [{"receiver": "retrain", "matchers": drift, "group_wait": retrain.group_wait, "continue": True},
+                   {"receiver": default, "matchers": drift}]
     return {
         "route": {
-            "receiver": "slack" if has_slack else "null",
+            "receiver": default,
             "group_by": ["alertname", "endpoint"],
             "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
-            "routes": [{"receiver": "null", "matchers": ['alertname="Watchdog"']}],
+            "routes": routes,
         },
         "receivers": receivers,
     }
@@ -159,7 +185,8 @@ def kube_prometheus_stack_values(args: MonitoringArgs, alertmanager_secrets: lis
         }},
         "alertmanager": {
             "enabled": True,
-            "config": alertmanager_config(bool(alertmanager_secrets), args.slack_channel),
+            "config": alertmanager_config(SLACK_SECRET in alertmanager_secrets, args.slack_channel,
+                                          RetrainRoute(args.retrain_webhook_url) if args.retrain_webhook_url else None),
             "alertmanagerSpec": {"secrets": alertmanager_secrets, "storage": _volume(args.storage_class, 2),
                                  "persistentVolumeClaimRetentionPolicy": _KEEP_VOLUMES, **placement},
         },
@@ -177,6 +204,8 @@ def kube_prometheus_stack_values(args: MonitoringArgs, alertmanager_secrets: lis
 class Monitoring(pulumi.ComponentResource):
     release: k8s.helm.v3.Release
     """Depend on this from anything that declares a ServiceMonitor or PrometheusRule."""
+    retrain_token: pulumi.Output[str] | None
+    """The bearer token Alertmanager sends the retraining receiver (with `retrain_webhook_url`)."""
     grafana_secret_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -209,6 +238,17 @@ class Monitoring(pulumi.ComponentResource):
                 opts=in_namespace,
             )
             secrets_for_alertmanager.append(SLACK_SECRET)
+        self.retrain_token = None
+        if args.retrain_webhook_url is not None:
+            token = random.RandomPassword(f"{name}-retrain-token", length=40, special=False, opts=child)
+            k8s.core.v1.Secret(
+                f"{name}-retrain",
+                metadata={"name": RETRAIN_SECRET, "namespace": NAMESPACE},
+                string_data=pulumi.Output.secret({"token": token.result}),
+                opts=in_namespace,
+            )
+            secrets_for_alertmanager.append(RETRAIN_SECRET)
+            self.retrain_token = token.result
 
         self.release = versions.helm_release(
             f"{name}-kube-prometheus-stack",

@@ -23,6 +23,7 @@ web-identity token is a projected volume of its own, added by EKS's pod identity
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -32,7 +33,7 @@ import pulumi_kubernetes as k8s
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, env_list, resources, restricted_namespace_labels,
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, env_list, http_probe, resources, restricted_namespace_labels,
 )
 from components.tracking import CLIENT_NAMESPACE_LABEL
 from services.tracking.writers import writer_username
@@ -69,6 +70,9 @@ class PipelineArgs:
     min_improvement: float = 0.01
     canary_alias: str | None = None
     """The endpoint's canary alias: a passing version goes there first."""
+    endpoint: str | None = None
+    """The endpoint whose `DataDriftHigh` retrains this pipeline (through the receiver)."""
+    retrain_min_interval_minutes: int = 360
 
     def __post_init__(self) -> None:
         problems = []
@@ -99,12 +103,16 @@ class TrainingArgs:
     gpu_toleration: Mapping[str, str] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     """Where CPU pipelines run when not on the Karpenter CPU pool (dev: the system nodes)."""
+    receiver_token: pulumi.Input[str] | None = None
+    """The bearer token Alertmanager sends (Monitoring.retrain_token); required when a pipeline names an endpoint."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.pipelines]
         missing = sorted(set(names) - set(self.tracking_passwords))
         if len(set(names)) != len(names) or missing:
             raise ValueError(f"invalid TrainingArgs: pipeline names must be unique and each needs a tracking password (missing: {missing})")
+        if any(p.endpoint for p in self.pipelines) and self.receiver_token is None:
+            raise ValueError("invalid TrainingArgs: receiver_token: required when a pipeline retrains on an endpoint's drift")
 
 
 def datasets_read_policy(bucket_arn: str, kms_key_arn: str, region: str) -> str:
@@ -206,6 +214,9 @@ class Training(pulumi.ComponentResource):
         self.cron_jobs, self.role_arns = {}, {}
         for p in args.pipelines:
             self.cron_jobs[p.name] = self._pipeline(name, p, args, in_namespace)
+        retraining = [p for p in args.pipelines if p.endpoint]
+        if retraining:
+            RetrainReceiver(f"{name}-receiver", retraining, args, opts=pulumi.ResourceOptions(parent=self, depends_on=[self.namespace]))
         self.register_outputs({"role_arns": self.role_arns, "namespace": NAMESPACE})
 
     def _pipeline(self, name: str, p: PipelineArgs, args: TrainingArgs, in_namespace: pulumi.ResourceOptions) -> k8s.batch.v1.CronJob:
@@ -265,3 +276,92 @@ class Training(pulumi.ComponentResource):
             },
             opts=opts,
         )
+
+
+RECEIVER = "retrain-receiver"
+RECEIVER_PORT = 8080
+RECEIVER_URL = f"http://{RECEIVER}.{NAMESPACE}.svc.cluster.local:{RECEIVER_PORT}/alerts"
+"""Where Alertmanager posts `DataDriftHigh` (Service port = container port, as the VPC CNI's policy agent needs)."""
+RECEIVER_TOKEN = "/etc/receiver/token"
+RECEIVER_PIPELINES = "/etc/receiver/pipelines"
+
+
+def receiver_rules() -> list[dict[str, Any]]:
+    """All the receiver may do in Kubernetes: create Jobs in the training namespace (its Role's only rule)."""
+    return [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]}]
+
+
+def receiver_pipelines(pipelines: Sequence[PipelineArgs], args: TrainingArgs) -> pulumi.Output[str]:
+    """The receiver's pipelines file: each pipeline's endpoint, rate limit and Job (the CronJob's own template)."""
+    return pulumi.Output.json_dumps({
+        p.name: {"endpoint": p.endpoint, "min_interval_seconds": p.retrain_min_interval_minutes * 60, "job": job_template(p, args, args.datasets_bucket)}
+        for p in pipelines
+    })
+
+
+class RetrainReceiver(pulumi.ComponentResource):
+    """The drift webhook receiver (services/training/receiver.py): Alertmanager posts `DataDriftHigh`, it creates
+    the endpoint's pipeline Job. Its service account may create Jobs in the training namespace and nothing else;
+    only the monitoring namespace may reach it, with the bearer token both sides get from Monitoring."""
+
+    def __init__(self, name: str, pipelines: Sequence[PipelineArgs], args: TrainingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mlops:training:RetrainReceiver", name, None, opts)
+        from components.monitoring import MONITORING_NAMESPACE_LABEL
+
+        child = pulumi.ResourceOptions(parent=self)
+        labels = {"app.kubernetes.io/name": RECEIVER, "app.kubernetes.io/part-of": "mlops-training", COMPONENT_LABEL: "receiver"}
+        meta = {"name": RECEIVER, "namespace": NAMESPACE, "labels": labels}
+        account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=meta, automount_service_account_token=False, opts=child)
+        role = k8s.rbac.v1.Role(f"{name}-role", metadata=meta, rules=receiver_rules(), opts=child)
+        binding = k8s.rbac.v1.RoleBinding(
+            f"{name}-binding", metadata=meta, opts=child,
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RECEIVER},
+            subjects=[{"kind": "ServiceAccount", "name": RECEIVER, "namespace": NAMESPACE}],
+        )
+        token = k8s.core.v1.Secret(f"{name}-token", metadata=meta, string_data=pulumi.Output.secret({"token": args.receiver_token}), opts=child)
+        pipelines_file = receiver_pipelines(pipelines, args)
+        config = k8s.core.v1.ConfigMap(f"{name}-pipelines", metadata=meta, data={"pipelines.json": pipelines_file}, opts=child)
+        env = {"RECEIVER_HOST": "0.0.0.0", "RECEIVER_PORT": str(RECEIVER_PORT), "RECEIVER_TOKEN_FILE": f"{RECEIVER_TOKEN}/token",
+               "RECEIVER_PIPELINES_FILE": f"{RECEIVER_PIPELINES}/pipelines.json", "RECEIVER_LAUNCHER": "kubernetes", "RECEIVER_NAMESPACE": NAMESPACE}
+        pod = {
+            "serviceAccountName": RECEIVER,
+            "automountServiceAccountToken": True,  # it calls the Kubernetes API (create Jobs): the one pod here that needs a token
+            "securityContext": POD_SECURITY_CONTEXT,
+            **({"nodeSelector": dict(args.node_selector)} if args.node_selector else {}),
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, {"name": "token", "secret": {"secretName": RECEIVER}},
+                        {"name": "pipelines", "configMap": {"name": RECEIVER}}],
+            "containers": [{
+                "name": "receiver", "image": pipelines[0].image, "args": ["receiver"], "env": env_list(env),
+                "ports": [{"name": "http", "containerPort": RECEIVER_PORT}],
+                "resources": resources("50m", "256Mi"),
+                "readinessProbe": http_probe("/healthz", RECEIVER_PORT, period=10),
+                "livenessProbe": http_probe("/healthz", RECEIVER_PORT, period=20),
+                "securityContext": CONTAINER_SECURITY_CONTEXT,
+                "volumeMounts": [TMP_MOUNT, {"name": "token", "mountPath": RECEIVER_TOKEN, "readOnly": True},
+                                 {"name": "pipelines", "mountPath": RECEIVER_PIPELINES, "readOnly": True}],
+            }],
+        }
+        k8s.apps.v1.Deployment(
+            f"{name}-deployment", metadata=meta,
+            spec={"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels, "annotations": {
+                # a changed pipelines file rolls the pod (it reads the file at start)
+                "mlops.platform/pipelines-sha256": pipelines_file.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())}}, "spec": pod}},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role, binding, token, config]),
+        )
+        k8s.core.v1.Service(f"{name}-svc", metadata=meta, opts=child,
+                            spec={"selector": labels, "ports": [{"name": "http", "port": RECEIVER_PORT, "targetPort": RECEIVER_PORT}]})
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol", metadata=meta, opts=child,
+            spec={
+                "podSelector": {"matchLabels": labels},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}],  # Alertmanager
+                             "ports": [{"protocol": "TCP", "port": RECEIVER_PORT}]}],
+                "egress": [
+                    {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                    {"ports": [{"protocol": "TCP", "port": 443}]},  # the Kubernetes API server
+                ],
+            },
+        )
+        self.register_outputs({"url": RECEIVER_URL})

@@ -154,3 +154,34 @@ def require_rule_groups(server: Server, expected: int, *, timeout: float = 10) -
         if time.monotonic() >= deadline:
             raise RuntimeError(f"{server.name} at {server.url} loaded {loaded} rule group(s) of the {expected} written; its log: {server.log}")
         time.sleep(0.25)
+
+
+def start_alertmanager(log_dir: Path, config: Mapping[str, Any]) -> Server:
+    """A real Alertmanager (Debian's `prometheus-alertmanager`) on a free loopback port with `config`.
+
+    Its HA gossip listener is turned off (`--cluster.listen-address=`): by default it binds
+    0.0.0.0:9094 and looks for peers; a single local instance needs neither."""
+    import shutil
+
+    import yaml
+
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        raise RuntimeError("alertmanager is not installed: `make setup` installs Debian's prometheus-alertmanager package (as root)")
+    log_dir = log_dir.resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path = log_dir / "alertmanager.yml"
+    config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    port = free_port()
+    server = start(
+        "alertmanager",
+        [binary, f"--config.file={config_path}", f"--storage.path={log_dir / 'alertmanager-data'}",
+         f"--web.listen-address={LOOPBACK}:{port}", "--cluster.listen-address="],
+        url=f"http://{LOOPBACK}:{port}", log_dir=log_dir,
+    )
+    try:
+        wait_http(server, "/-/ready", timeout=60)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server

@@ -24,7 +24,7 @@ from components.registry import Registry, RegistryArgs
 from components.serving import CanaryArgs, ServingEndpoint, ServingEndpointArgs, ServingPlane
 from components.storage import Storage, StorageArgs
 from components.tracking import DatabaseArgs, TrackingServer, TrackingServerArgs
-from components.training import PipelineArgs, Training, TrainingArgs
+from components.training import RECEIVER_URL, PipelineArgs, Training, TrainingArgs
 from infra.images import workload_images
 from services.training.dvc import DVC_PREFIX
 from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError, load_settings
@@ -107,7 +107,7 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     monitoring = _monitoring(settings, storage, cluster, node_pools, addons)
     endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring, images) if tracking and workloads else []
     if tracking is not None and workloads and settings.pipelines:
-        _training(settings, storage, cluster, node_pools, tracking, images)
+        _training(settings, storage, cluster, node_pools, tracking, monitoring, images)
     Budget(
         f"{prefix}-budget",
         BudgetArgs(
@@ -185,6 +185,7 @@ def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, 
             depends_on=(cluster.system_node_group,),
             storage_class=addons.storage_class,
             volume_dependencies=(addons.storage_class_resource,),
+            retrain_webhook_url=RECEIVER_URL if _retrains_on_drift(settings) else None,
         ),
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
     )
@@ -234,8 +235,13 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
     return endpoints
 
 
+def _retrains_on_drift(settings: PlatformSettings) -> bool:
+    """A pipeline retrains on an endpoint's drift, and pipelines are declared (workloads on, self-hosted tracking)."""
+    return settings.deploy_workloads and settings.tracking.mode == "selfHosted" and any(p.endpoint for p in settings.pipelines)
+
+
 def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools, tracking: TrackingServer,
-              images: dict[tuple[str, str], str]) -> Training:
+              monitoring: Monitoring, images: dict[tuple[str, str], str]) -> Training:
     """The stack's pipelines as CronJobs (components/training.py); a pipeline's canary alias is its endpoint's."""
     endpoints = {e.name: e for e in settings.endpoints}
     pipelines = [
@@ -244,6 +250,7 @@ def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, no
             schedule=p.schedule, cpu=p.cpu, memory=p.memory, gpu=p.gpu, scratch=p.scratch, timeout_minutes=p.timeout_minutes,
             retries=p.retries, params=dict(p.params), min_improvement=p.min_improvement,
             canary_alias=endpoints[p.endpoint].canary.alias if p.endpoint and endpoints[p.endpoint].canary else None,
+            endpoint=p.endpoint, retrain_min_interval_minutes=p.retrain_min_interval_minutes,
         )
         for p in settings.pipelines
     ]
@@ -258,6 +265,7 @@ def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, no
             identity=cluster.identity,
             tracking_url=tracking.cluster_url,
             tracking_passwords=tracking.writer_passwords,
+            receiver_token=monitoring.retrain_token,
             gpu_node_selector=node_pools.gpu_node_selector,
             gpu_toleration=node_pools.gpu_toleration,
             node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},

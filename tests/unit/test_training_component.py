@@ -3,6 +3,7 @@ users, GPU placement, suspension without a schedule, deadlines, retries and TTL,
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -121,7 +122,7 @@ def test_each_pipeline_has_its_own_tracking_user_with_a_generated_password(prod)
 
 
 def test_pipeline_pods_may_reach_only_dns_the_tracking_server_and_https(prod):
-    (netpol,) = [n for n in prod.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy") if n.inputs["metadata"]["namespace"] == "training"]
+    (netpol,) = [n for n in prod.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy") if n.inputs["metadata"]["name"] == "pipelines"]
     spec = netpol.inputs["spec"]
     assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/component": "pipeline"}} and spec["ingress"] == []
     assert [rule["ports"][0]["port"] for rule in spec["egress"]] == [53, 5000, 443]
@@ -143,7 +144,7 @@ def test_rendered_cron_jobs_are_valid_for_the_cluster_version(prod):
 def test_a_cron_job_with_a_typo_is_caught_by_the_validation(prod):
     from infra.manifests import manifest_of, validate
 
-    manifest = manifest_of(cron_jobs(prod)["reranker"])
+    manifest = copy.deepcopy(manifest_of(cron_jobs(prod)["reranker"]))  # the module's inventory stays as it was
     manifest["spec"]["jobTemplate"]["spec"]["activeDeadlineSecond"] = 60
     assert validate(manifest, "1.35") != []
 
@@ -209,3 +210,58 @@ def test_a_weak_pipeline_password_is_refused_by_ensure_user():
     settings = TrackingSettings(writers={"diabetes": {"model": "diabetes", "password": "password123password"}})
     with pytest.raises(StartupError, match="the password of pipeline user training-diabetes is weak"):
         writers_from_settings(settings)
+
+
+# -- retraining on drift: the receiver --------------------------------------------------------------
+def receiver_objects(inventory) -> dict[str, object]:
+    return {r.type.rsplit(":", 1)[-1]: r for r in inventory.resources if r.name.startswith("mlops-prod-training-receiver-") and r.custom}
+
+
+def test_the_receiver_may_only_create_jobs_in_the_training_namespace(prod):
+    objects = receiver_objects(prod)
+    role, binding = objects["Role"], objects["RoleBinding"]
+    assert role.inputs["metadata"]["namespace"] == "training"
+    assert role.inputs["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]}]
+    assert binding.inputs["subjects"] == [{"kind": "ServiceAccount", "name": "retrain-receiver", "namespace": "training"}]
+    assert binding.inputs["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "retrain-receiver"}
+    assert not [r for r in prod.resources if r.type.endswith(("ClusterRole", "ClusterRoleBinding")) and "training" in r.name]
+    pod = objects["Deployment"].inputs["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True and pod["serviceAccountName"] == "retrain-receiver"
+    assert objects["ServiceAccount"].inputs["automountServiceAccountToken"] is False  # no other pod of the account gets a token
+
+
+def test_only_alertmanagers_namespace_reaches_the_receiver(prod):
+    netpol = receiver_objects(prod)["NetworkPolicy"].inputs["spec"]
+    assert netpol["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"mlops.platform/monitoring": "true"}}}],
+                                  "ports": [{"protocol": "TCP", "port": 8080}]}]
+    service = receiver_objects(prod)["Service"].inputs["spec"]
+    assert service["ports"][0]["port"] == service["ports"][0]["targetPort"] == 8080
+
+
+def test_the_receiver_creates_the_cron_jobs_own_job(prod):
+    pipelines = json.loads(receiver_objects(prod)["ConfigMap"].inputs["data"]["pipelines.json"])
+    assert set(pipelines) == {"diabetes", "reranker"}
+    for name, spec in pipelines.items():
+        assert spec["job"] == cron_jobs(prod)[name].inputs["spec"]["jobTemplate"]
+        assert spec["endpoint"] == name and spec["min_interval_seconds"] == 360 * 60
+
+
+def test_alertmanager_routes_drift_to_the_receiver_with_a_token(prod):
+    from components.training import RECEIVER_URL
+
+    (release,) = [r for r in prod.of_type("kubernetes:helm.sh/v3:Release") if r.name.endswith("-kube-prometheus-stack")]
+    alertmanager = release.inputs["values"]["alertmanager"]
+    assert "alertmanager-retrain" in alertmanager["alertmanagerSpec"]["secrets"]
+    (retrain,) = [r for r in alertmanager["config"]["receivers"] if r["name"] == "retrain"]
+    webhook = retrain["webhook_configs"][0]
+    assert webhook["url"] == RECEIVER_URL
+    assert webhook["http_config"]["authorization"] == {"type": "Bearer", "credentials_file": "/etc/alertmanager/secrets/alertmanager-retrain/token"}
+    secrets = {(s.inputs["metadata"]["namespace"], s.inputs["metadata"]["name"]) for s in prod.of_type("kubernetes:core/v1:Secret")}
+    assert {("monitoring", "alertmanager-retrain"), ("training", "retrain-receiver")} <= secrets
+
+
+def test_without_retraining_pipelines_there_is_no_receiver_and_no_route():
+    inventory = offline_stack("dev", registry=REPOSITORIES, pipelines=[{**PIPELINES[0], "endpoint": None}])
+    assert not [r for r in inventory.resources if "-training-receiver" in r.name]
+    (release,) = [r for r in inventory.of_type("kubernetes:helm.sh/v3:Release") if r.name.endswith("-kube-prometheus-stack")]
+    assert [r["name"] for r in release.inputs["values"]["alertmanager"]["config"]["receivers"]] == ["null"]
