@@ -56,6 +56,23 @@ def resources(cpu: str, memory: str, *, cpu_limit: str | None = None, gpus: int 
     return {"requests": requests, "limits": limits}
 
 
+ALB_SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+"""TLS 1.3 and 1.2 only, on every HTTPS listener of the platform's ALBs."""
+
+
+def alb_listener_annotations(certificate_arn: str | None) -> dict[str, str]:
+    """Listener annotations of an Ingress on the shared internal ALB: HTTPS 443 only with a certificate
+    (required in prod), else HTTP 80. Every Ingress of the group writes the same: `ssl-policy` is an
+    "Exclusive" annotation (one value across the group), listen ports and certificates merge, and an
+    Ingress's rules reach only the ports that Ingress lists (LB controller v2.14 annotations guide)."""
+    annotations = {"alb.ingress.kubernetes.io/ssl-policy": ALB_SSL_POLICY}
+    if certificate_arn:
+        annotations.update({"alb.ingress.kubernetes.io/listen-ports": '[{"HTTPS": 443}]', "alb.ingress.kubernetes.io/certificate-arn": certificate_arn})
+    else:
+        annotations["alb.ingress.kubernetes.io/listen-ports"] = '[{"HTTP": 80}]'
+    return annotations
+
+
 def load_balancer_ingress(cidrs: Sequence[str], port: int) -> dict[str, Any]:
     """The NetworkPolicy ingress rule for the internal ALB in IP mode: from its own subnets' blocks
     only. A policy cannot name the ALB's security group, and the ALB connects from its addresses in

@@ -29,7 +29,7 @@ import pulumi_kubernetes as k8s
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, load_balancer_ingress, resources,
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, alb_listener_annotations, env_list, http_probe, load_balancer_ingress, resources,
     restricted_namespace_labels, zone_spread,
 )
 from components.quantities import cpu_cores
@@ -78,6 +78,8 @@ class ServingEndpointArgs:
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
     gpu_toleration: Mapping[str, str] = field(default_factory=dict)
     ingress_group: str = "internal"
+    certificate_arn: str | None = None
+    """The shared internal ALB's certificate (`tracking.certificateArn`): with it the endpoint's path is on HTTPS 443 only."""
     node_selector: Mapping[str, str] = field(default_factory=dict)
     """Where CPU pods run when not on the Karpenter CPU pool (dev: the system nodes)."""
     load_balancer_controller: pulumi.Resource | None = None
@@ -238,7 +240,7 @@ class ServingEndpoint(pulumi.ComponentResource):
             "alb.ingress.kubernetes.io/target-type": "ip",
             "alb.ingress.kubernetes.io/group.name": args.ingress_group,  # one ALB for every endpoint
             "alb.ingress.kubernetes.io/healthcheck-path": "/readyz",
-            "alb.ingress.kubernetes.io/listen-ports": '[{"HTTP": 80}]',
+            **alb_listener_annotations(args.certificate_arn),
         }
         if args.canary is not None:
             weights = [

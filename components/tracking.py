@@ -34,7 +34,7 @@ import pulumi_random as random
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, env_list, http_probe, load_balancer_ingress, resources,
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, alb_listener_annotations, env_list, http_probe, load_balancer_ingress, resources,
     restricted_namespace_labels, zone_spread,
 )
 from services.tracking.auth import reader_username
@@ -456,19 +456,15 @@ class TrackingServer(pulumi.ComponentResource):
         if args.exposure == "clusterOnly":
             return cluster_url
 
-        listen = '[{"HTTPS": 443}]' if args.certificate_arn else '[{"HTTP": 80}]'
         annotations = {
             "alb.ingress.kubernetes.io/scheme": "internal",
             "alb.ingress.kubernetes.io/target-type": "ip",
-            "alb.ingress.kubernetes.io/listen-ports": listen,
+            **alb_listener_annotations(args.certificate_arn),
             "alb.ingress.kubernetes.io/healthcheck-path": "/health",
-            "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
             "alb.ingress.kubernetes.io/group.name": args.ingress_group,
             # the catch-all "/" rule is evaluated after every endpoint's path
             "alb.ingress.kubernetes.io/group.order": "1000",
         }
-        if args.certificate_arn:
-            annotations["alb.ingress.kubernetes.io/certificate-arn"] = args.certificate_arn
         ingress = k8s.networking.v1.Ingress(
             f"{name}-ingress",
             metadata={"name": "mlflow-tracking", "namespace": NAMESPACE, "annotations": annotations},

@@ -225,6 +225,7 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
                 gpu_node_selector=node_pools.gpu_node_selector,
                 gpu_toleration=node_pools.gpu_toleration,
                 ingress_group=f"{settings.name_prefix}-internal",
+                certificate_arn=settings.tracking.certificate_arn,  # one certificate for the shared internal ALB
                 node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
                 load_balancer_controller=addons.load_balancer_controller,
                 monitoring_crds=monitoring.release,

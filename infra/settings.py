@@ -228,7 +228,8 @@ class TrackingServerSettings(_Section):
     exposure: Literal["internalAlb", "clusterOnly"]
     """`internalAlb`: reachable inside the VPC (VPN, peered networks); `clusterOnly`: a ClusterIP Service."""
     certificate_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$")
-    """ACM certificate for HTTPS on the internal ALB."""
+    """ACM certificate of the internal ALB that the tracking server and the model endpoints share: with it every
+    one of them listens on HTTPS 443 only (no HTTP listener). Required in prod."""
     allowed_hosts: list[str] = Field(default_factory=list)
     """DNS names clients use for the server (e.g. mlflow.internal.example.com)."""
     managed_size: Literal["Small", "Medium", "Large"] = "Small"
@@ -503,6 +504,11 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
                 add(key, f"got {json.dumps(get(s))}; the prod profile requires {json.dumps(required)} (prod invariant)")
         if s.database.backup_retention_days < 7:
             add("database.backupRetentionDays", f"got {s.database.backup_retention_days}; the prod profile requires at least 7")
+        internal_alb = s.endpoints or (s.tracking.mode == "selfHosted" and s.tracking.exposure == "internalAlb")
+        if internal_alb and not s.tracking.certificate_arn:
+            add("tracking.certificateArn", "required in prod: the internal ALB of the tracking server and the model endpoints "
+                "then listens on HTTPS 443 only, so passwords and model inputs never cross the VPC in plain HTTP; an ACM "
+                "certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<id> (README: HTTPS on the internal ALB)")
 
     c = s.cluster
     if c.endpoint_public_access and not c.public_access_cidrs:

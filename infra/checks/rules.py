@@ -295,6 +295,43 @@ def _policy_ingress_sources(inv: Inventory):
                     yield policy, f"ingress[{index}] admits {cidr}: the whole VPC"
 
 
+_ALB = "alb.ingress.kubernetes.io/"
+
+
+def _alb_ingresses(inv: Inventory) -> list[Resource]:
+    return [
+        i for i in inv.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+        if (i.inputs.get("spec") or {}).get("ingressClassName") == "alb"
+        or ((i.inputs.get("metadata") or {}).get("annotations") or {}).get("kubernetes.io/ingress.class") == "alb"
+    ]
+
+
+@rule("MLOPS-NET-004", HIGH, "ALB Ingresses listen on HTTPS only in prod", "set tracking.certificateArn (required in prod): "
+      "every Ingress of the internal ALB then lists only HTTPS 443, with the certificate (components/k8s_workload.alb_listener_annotations)")
+def _https_ingress(inv: Inventory):
+    """Basic-auth passwords and model inputs cross the VPC on whatever the ALB listens on. The
+    controller's default listener is HTTP 80 unless the Ingress names a certificate; a group shares
+    its certificates (LB controller v2.14: `listen-ports` and `certificate-arn` merge)."""
+    if not is_prod(inv):
+        return
+    ingresses = _alb_ingresses(inv)
+    annotations = {i.name: (i.inputs.get("metadata") or {}).get("annotations") or {} for i in ingresses}
+    certified = {a.get(_ALB + "group.name") for a in annotations.values() if a.get(_ALB + "certificate-arn")} - {None}
+    for ingress in ingresses:
+        a = annotations[ingress.name]
+        own = bool(a.get(_ALB + "certificate-arn") or (ingress.inputs.get("spec") or {}).get("tls"))
+        try:
+            listen = json.loads(a.get(_ALB + "listen-ports") or ('[{"HTTPS": 443}]' if own else '[{"HTTP": 80}]'))
+        except json.JSONDecodeError:
+            yield ingress, "listen-ports is not valid JSON"
+            continue
+        plain = sorted(f"{protocol} {port}" for entry in listen for protocol, port in entry.items() if protocol != "HTTPS")
+        if plain:
+            yield ingress, f"listens on {', '.join(plain)} in prod"
+        elif not (own or a.get(_ALB + "group.name") in certified):
+            yield ingress, "HTTPS listener without a certificate (certificate-arn on it or on its group, or spec.tls hosts)"
+
+
 @rule("MLOPS-IAM-001", HIGH, "no IAM policy allows every action on every resource", "list the actions the workload needs, or scope Resource")
 def _iam_star(inv: Inventory):
     for r in inv.resources:

@@ -77,6 +77,10 @@ def good(env: str = "dev") -> list[Resource]:
                          "ports": [{"protocol": "TCP", "port": 8080}]}]}),
         r("serving-svc", "kubernetes:core/v1:Service", metadata={"name": "serving", "namespace": "ml"},
           spec={"selector": {"app": "serving"}, "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}),
+        r("serving-ingress", "kubernetes:networking.k8s.io/v1:Ingress", metadata={"name": "serving", "namespace": "ml", "annotations": {
+            "alb.ingress.kubernetes.io/listen-ports": '[{"HTTPS": 443}]', "alb.ingress.kubernetes.io/group.name": "internal",
+            "alb.ingress.kubernetes.io/certificate-arn": "arn:aws:acm:us-east-1:123456789012:certificate/0"}},
+          spec={"ingressClassName": "alb", "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "serving", "port": {"number": 8080}}}}]}}]}),
         r("chart", "kubernetes:helm.sh/v3:Release", values={"grafana": {"admin": {"existingSecret": "grafana-admin"}}}),
     ]
 
@@ -113,6 +117,7 @@ BREAKS = {
     "MLOPS-RDS-004": ("prod", lambda rs: mutate(rs, "db", lambda x: x.inputs.update(multiAz=False)), "db"),
     "MLOPS-NET-001": ("dev", lambda rs: mutate(rs, "sg", lambda x: x.inputs["ingress"][0].update(cidrBlocks=["0.0.0.0/0"])), "sg"),
     "MLOPS-NET-003": ("dev", lambda rs: mutate(rs, "serving-netpol", lambda x: x.inputs["spec"]["ingress"][0]["from"][0]["ipBlock"].update(cidr="10.0.0.0/16")), "serving-netpol"),
+    "MLOPS-NET-004": ("prod", lambda rs: mutate(rs, "serving-ingress", lambda x: x.inputs["metadata"]["annotations"].update({"alb.ingress.kubernetes.io/listen-ports": '[{"HTTP": 80}, {"HTTPS": 443}]'})), "serving-ingress"),
     "MLOPS-NET-002": ("dev", lambda rs: mutate(rs, "serving-svc", lambda x: x.inputs["spec"]["ports"][0].update(port=80)), "serving-svc"),
     "MLOPS-IAM-001": ("dev", lambda rs: mutate(rs, "role-policy", lambda x: x.inputs.update(policy=json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))), "role-policy"),
     "MLOPS-IAM-002": ("dev", lambda rs: mutate(rs, "role", lambda x: x.inputs.update(assumeRolePolicy=x.inputs["assumeRolePolicy"].replace("StringEquals", "StringLike").replace("ml:serving", "ml:*"))), "role"),
@@ -165,6 +170,24 @@ def test_each_rule_flags_its_failing_fixture(rule_id):
 def test_network_policy_ingress_from_anywhere_is_flagged(ingress, message):
     bad = mutate(good(), "serving-netpol", lambda x: x.inputs["spec"].update(ingress=[ingress]))
     assert [f.message for f in rule_by_id("MLOPS-NET-003").findings(inventory(bad))] == [message]
+
+
+def test_prod_alb_ingress_https_rule_reads_the_controller_defaults_and_the_group():
+    rule = rule_by_id("MLOPS-NET-004")
+
+    def annotations(x, **values):
+        x.inputs["metadata"]["annotations"] = values
+
+    no_listen_ports = mutate(good("prod"), "serving-ingress", lambda x: annotations(x))  # the controller's default: HTTP 80
+    assert [f.message for f in rule.findings(inventory(no_listen_ports))] == ["listens on HTTP 80 in prod"]
+    https_no_cert = mutate(good("prod"), "serving-ingress", lambda x: annotations(x, **{"alb.ingress.kubernetes.io/listen-ports": '[{"HTTPS": 443}]'}))
+    assert [f.message for f in rule.findings(inventory(https_no_cert))] == [
+        "HTTPS listener without a certificate (certificate-arn on it or on its group, or spec.tls hosts)"]
+    sibling = copy.deepcopy(next(x for x in good("prod") if x.name == "serving-ingress"))
+    sibling.name = "tracking-ingress"
+    sibling.inputs["metadata"]["annotations"].pop("alb.ingress.kubernetes.io/certificate-arn")  # the group's certificate covers it
+    assert rule.findings(inventory([*good("prod"), sibling])) == []
+    assert rule.findings(inventory(BREAKS["MLOPS-NET-004"][1](good("dev")))) == []  # plain HTTP is allowed outside prod
 
 
 def test_helm_values_with_a_literal_password_are_flagged():

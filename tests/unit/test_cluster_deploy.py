@@ -130,7 +130,8 @@ def test_a_private_cluster_without_a_runner_is_refused_before_anything_is_declar
         ClusterArgs(cluster_name="c1", kubernetes_version="1.35", vpc_id="v", subnet_ids=["s"])
 
 
-PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]}}
+PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]},
+        "tracking": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"}}
 
 
 def problems(raw: dict, stack: str = "prod") -> list[str]:

@@ -89,6 +89,22 @@ def test_endpoints_share_one_internal_alb_with_the_tracking_server(stack_invento
     assert all(i.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/scheme"] == "internal" for i in ingresses)
 
 
+@pytest.mark.parametrize(("stack", "listen"), [("prod", '[{"HTTPS": 443}]'), ("dev", '[{"HTTP": 80}]')])
+def test_every_ingress_of_the_shared_alb_listens_on_https_only_in_prod(stack_inventories, stack, listen):
+    """Tracking and endpoints alike: one listener set, one certificate, one TLS policy (an "Exclusive"
+    annotation of the ingress group), so no path of the shared ALB is reachable in plain HTTP in prod."""
+    from infra.stackfile import load_stack_config
+
+    certificate = load_stack_config(stack).namespace("mlops-platform").get("tracking", {}).get("certificateArn")
+    ingresses = stack_inventories[stack].of_type("kubernetes:networking.k8s.io/v1:Ingress")
+    assert {i.name.rsplit("-", 2)[-2] for i in ingresses} >= {"tracking", "diabetes"}
+    for ingress in ingresses:
+        annotations = ingress.inputs["metadata"]["annotations"]
+        assert annotations["alb.ingress.kubernetes.io/listen-ports"] == listen
+        assert annotations.get("alb.ingress.kubernetes.io/certificate-arn") == certificate and (certificate is None) == (stack == "dev")
+        assert annotations["alb.ingress.kubernetes.io/ssl-policy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
+
 def test_endpoint_role_writes_only_its_capture_prefix(stack_inventories):
     inventory = stack_inventories["dev"]
     (policy,) = [p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name.endswith("-ep-diabetes-workload-policy")]

@@ -15,7 +15,9 @@ VALID_DEV = {
     "budget": {"alertEmails": ["team@example.com"]},
     "cluster": {"publicAccessCidrs": ["203.0.113.0/24"]},
 }
-VALID_PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]}, "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"]}}
+CERTIFICATE = "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
+VALID_PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]}, "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"]},
+              "tracking": {"certificateArn": CERTIFICATE}}
 
 
 def load(raw, stack="dev", region="us-east-1"):
@@ -128,6 +130,24 @@ def test_prod_invariants_cannot_be_switched_off(key, getter, required):
         override["cluster"]["publicAccessCidrs"] = ["203.0.113.0/24"]
     problems = problems_of(deep_merge(VALID_PROD, override), stack="prod")
     assert f"mlops-platform:{key}: got {str(not required).lower()}; the prod profile requires {str(required).lower()} (prod invariant)" in problems
+
+
+# -- issue 13 item 10: HTTPS on the internal ALB in prod ---------------------------------------
+
+def test_prod_requires_a_certificate_for_the_internal_alb():
+    without = copy.deepcopy(VALID_PROD)
+    del without["tracking"]
+    (problem,) = problems_of(without, stack="prod")
+    assert problem.startswith("mlops-platform:tracking.certificateArn: required in prod: the internal ALB of the tracking server "
+                              "and the model endpoints then listens on HTTPS 443 only")
+    # no ALB at all (a cluster-only server, no endpoints): nothing to certify
+    load(with_(without, tracking={"exposure": "clusterOnly"}), stack="prod")
+    # endpoints always sit behind the ALB
+    endpoint = {"name": "diabetes", "model": "diabetes"}
+    assert "mlops-platform:tracking.certificateArn" in problems_of(with_(without, tracking={"exposure": "clusterOnly"}) | {"endpoints": [endpoint]},
+                                                                  stack="prod")[0]
+    load(with_(VALID_DEV, tracking={}), stack="dev")  # plain HTTP stays possible outside prod
+    assert "tracking.certificateArn: got" in problems_of(with_(VALID_PROD, tracking={"certificateArn": "not-an-arn"}), stack="prod")[0]
 
 
 def test_prod_defaults_satisfy_every_invariant():
