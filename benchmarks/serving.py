@@ -1,13 +1,21 @@
 """Benchmark: this platform's model server against `mlflow models serve`, side by side.
 
-    make bench        (or: python -m benchmarks.serving [--duration 10] [--connections 16])
+    make bench        (or: python -m benchmarks.serving [--duration 10] [--connections 16] [--models numeric,pipeline,trees])
 
-Starts moto S3 and the tracking server on loopback, registers the example model, then serves
-`models:/diabetes@champion` with both servers (the same number of worker processes each) and
-loads each with the same `wrk` settings, for 1-row and 100-row requests. Prints requests per
-second and p50/p99 latency, and the ratios against the baseline (`mlflow models serve`).
-Target: >= 10x the baseline's throughput on 1-row requests at 16 connections, with p99 at
-most a fifth of the baseline's.
+Starts moto S3 and the tracking server on loopback and registers three models: the example
+numeric scikit-learn model (Ridge, 10 features), a scikit-learn Pipeline with a categorical
+string column (ColumnTransformer + OneHotEncoder + StandardScaler + Ridge), and a tree ensemble
+(GradientBoostingRegressor, 200 trees, 32 features). For each model in turn, it serves
+`models:/<name>@champion` with both servers (the same number of worker processes each), loads
+each with the same `wrk` settings for 1-row and 32-row requests, and prints requests per second,
+p50/p99 latency and the ratios against the baseline, with the targets:
+
+    numeric    >= 20x throughput and p99 <= 1/20 of the baseline
+    pipeline   >= 10x throughput and p99 <= 1/5 of the baseline
+    trees      >= 10x throughput
+
+Timings taken while the machine is busy with something else mean little: the load average is
+recorded before each measurement and a warning is printed when it is above `--max-load`.
 """
 
 from __future__ import annotations
@@ -24,44 +32,135 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra.local import LocalPlane, start_tracking_plane
-from infra.processes import LOOPBACK, free_port, start, wait_http
+from infra.processes import LOOPBACK, Server, free_port, start, wait_http
 from infra.stackfile import REPO_ROOT
 from services.serving.settings import available_cpus
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+BASELINE, OURS = "mlflow models serve", "platform server"
+TARGETS = {"numeric": (20.0, 1 / 20), "pipeline": (10.0, 1 / 5), "trees": (10.0, None)}
+"""Per model: (minimum throughput ratio, maximum p99 ratio or None)."""
+ROWS = (1, 32)
+TREE_TYPES = ["sklearn.tree._tree.Tree"]
 
 
 @dataclass
 class Result:
+    model: str
     server: str
     rows: int
     requests_per_second: float
     p50_ms: float
     p99_ms: float
     errors: int
+    load_average: float
 
 
 def wrk(url: str, body: bytes, *, duration: int, connections: int, threads: int) -> tuple[float, float, float, int]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         script.write(f"wrk.body = {json.dumps(body.decode())}\n")
-    output = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
-        capture_output=True, text=True, timeout=duration + 60, check=True,
-    ).stdout
-    os.unlink(script.name)
+    try:
+        output = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
+            capture_output=True, text=True, timeout=duration + 60, check=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     latency = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)}
-    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|Socket errors:.*?timeout)\s*:?\s*(\d+)", output))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s*(\d+)", output))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     return rps, latency["50"], latency["99"], errors
 
 
-def body_of(rows: int) -> bytes:
-    from examples.train import training_data
+def pipeline_inputs(n: int, seed: int = 0):
+    import numpy as np
+    import pandas as pd
 
-    _, x_test, _, _ = training_data()
-    sample = x_test.sample(n=rows, replace=True, random_state=1)
-    return json.dumps({"dataframe_split": {"columns": list(sample.columns), "data": sample.values.tolist()}}).encode()
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"city": rng.choice(["lyon", "oslo", "kyiv", "lima", "pune", "cork"], n), "size": rng.normal(80, 20, n).round(2),
+                         "rooms": rng.integers(1, 6, n), "floor": rng.integers(0, 12, n)})
+
+
+def tree_inputs(n: int, seed: int = 0):
+    import pandas as pd
+    from sklearn.datasets import make_regression
+
+    x, _ = make_regression(n_samples=n, n_features=32, random_state=seed)
+    return pd.DataFrame(x, columns=[f"x{i}" for i in range(32)])
+
+
+def register(name: str, kind: str) -> None:
+    """Train the pipeline or the tree ensemble and register it as `name`@champion."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from examples.train import SKLEARN_REQUIREMENT
+
+    if kind == "pipeline":
+        x = pipeline_inputs(2000)
+        model = Pipeline([("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                                                         ("numbers", StandardScaler(), ["size", "rooms", "floor"])])), ("ridge", Ridge())])
+        model.fit(x, x["size"] * 3 + x["rooms"] * 10 - x["floor"] + (x["city"] == "oslo") * 25)
+        extra = {}
+    else:
+        x = tree_inputs(2000)
+        model = GradientBoostingRegressor(n_estimators=200, max_depth=3, random_state=0).fit(x, x["x0"] * 2 + x["x5"] - x["x9"])
+        extra = {"skops_trusted_types": TREE_TYPES}
+    mlflow.set_experiment("bench")
+    with mlflow.start_run(run_name=kind):
+        info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(x, model.predict(x)), input_example=x.head(3),
+                                        pip_requirements=[SKLEARN_REQUIREMENT], registered_model_name=name, **extra)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+
+
+def body_of(kind: str, rows: int) -> bytes:
+    if kind == "numeric":
+        from examples.train import training_data
+
+        sample = training_data()[1].sample(n=rows, replace=True, random_state=1)
+    else:
+        sample = (pipeline_inputs if kind == "pipeline" else tree_inputs)(200, seed=1).sample(n=rows, replace=True, random_state=1)
+    records = sample.to_dict(orient="records")
+    return json.dumps({"dataframe_split": {"columns": list(sample.columns), "data": [list(r.values()) for r in records]}}).encode()
+
+
+def start_pair(name: str, workers: int, workdir: Path, env: dict[str, str], stack: ExitStack) -> tuple[Server, Server]:
+    """This platform's server and `mlflow models serve` on `models:/<name>@champion`, both ready."""
+    ours_port, theirs_port = free_port(), free_port()
+    ours = start(f"serving-{name}", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{ours_port}", log_dir=workdir, cwd=REPO_ROOT,
+                 env={**env, "SERVING_MODEL_NAME": name, "SERVING_ENDPOINT": name, "SERVING_HOST": LOOPBACK, "SERVING_PORT": str(ours_port),
+                      "SERVING_WORKERS": str(workers)})
+    stack.callback(ours.stop)
+    theirs = start(f"mlflow-models-serve-{name}", [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
+                   "--env-manager", "local", "--host", LOOPBACK, "--port", str(theirs_port), "--workers", str(workers)],
+                   url=f"http://{LOOPBACK}:{theirs_port}", log_dir=workdir, cwd=REPO_ROOT, env=env)
+    stack.callback(theirs.stop)
+    wait_http(ours, "/readyz", timeout=180)
+    wait_http(theirs, "/ping", timeout=240)
+    return ours, theirs
+
+
+def measure(kind: str, pair: tuple[Server, Server], args: argparse.Namespace) -> list[Result]:
+    ours, theirs = pair
+    results = []
+    for rows in ROWS:
+        body = body_of(kind, rows)
+        for name, server in ((BASELINE, theirs), (OURS, ours)):
+            wrk(server.url + "/invocations", body, duration=2, connections=args.connections, threads=args.threads)  # warm-up
+            load = os.getloadavg()[0]
+            if load > args.max_load:
+                print(f"[bench] WARNING: load average {load:.2f} > {args.max_load} before this measurement: the machine is busy, the figures are not valid")
+            rps, p50, p99, errors = wrk(server.url + "/invocations", body, duration=args.duration, connections=args.connections, threads=args.threads)
+            results.append(Result(kind, name, rows, rps, p50, p99, errors, load))
+            print(f"[bench] {kind:9} {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}  (load {load:.2f})")
+    return results
 
 
 def main() -> None:
@@ -70,59 +169,69 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves the CPUs to the servers)")
     parser.add_argument("--workers", type=int, default=available_cpus(), help="worker processes for both servers")
+    parser.add_argument("--models", default="numeric,pipeline,trees", help="comma-separated: numeric, pipeline, trees")
+    parser.add_argument("--max-load", type=float, default=1.0, help="warn when the 1-minute load average is above this before a measurement")
     parser.add_argument("--out", default="build/bench/serving.json")
     args = parser.parse_args()
+    kinds = [k.strip() for k in args.models.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(TARGETS))
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     plane = LocalPlane(workdir=workdir)
+    results: list[Result] = []
     with ExitStack() as stack:
         print(f"[bench] {args.workers} worker(s) per server, wrk -t{args.threads} -c{args.connections} -d{args.duration}s, on {available_cpus()} CPU(s)")
         moto = start_tracking_plane(plane, stack)
         env = {**plane.client_env(), "MLFLOW_S3_ENDPOINT_URL": moto.url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-
-        ours_port, theirs_port = free_port(), free_port()
-        ours = start("serving", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{ours_port}", log_dir=workdir, cwd=REPO_ROOT,
-                     env={**env, "SERVING_MODEL_NAME": plane.model_name, "SERVING_HOST": LOOPBACK, "SERVING_PORT": str(ours_port), "SERVING_WORKERS": str(args.workers)})
-        stack.callback(ours.stop)
-        theirs = start("mlflow-models-serve", [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{plane.model_name}@champion",
-                       "--env-manager", "local", "--host", LOOPBACK, "--port", str(theirs_port), "--workers", str(args.workers)],
-                       url=f"http://{LOOPBACK}:{theirs_port}", log_dir=workdir, cwd=REPO_ROOT, env=env)
-        stack.callback(theirs.stop)
-        wait_http(ours, "/readyz", timeout=120)
-        wait_http(theirs, "/ping", timeout=180)
-
-        results = []
-        for rows in (1, 100):
-            body = body_of(rows)
-            for name, server in (("mlflow models serve", theirs), ("platform server", ours)):
-                wrk(server.url + "/invocations", body, duration=2, connections=args.connections, threads=args.threads)  # warm-up
-                rps, p50, p99, errors = wrk(server.url + "/invocations", body, duration=args.duration, connections=args.connections, threads=args.threads)
-                results.append(Result(name, rows, rps, p50, p99, errors))
-                print(f"[bench] {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}")
-        report(results, args)
+        os.environ.update(env)
+        names = {"numeric": plane.model_name, "pipeline": "bench-pipeline", "trees": "bench-trees"}
+        for kind in kinds:
+            if kind != "numeric":
+                register(names[kind], kind)
+            with ExitStack() as servers:
+                results += measure(kind, start_pair(names[kind], args.workers, workdir, env, servers), args)
+    report(results, args)
 
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print()
-    print(f"{'rows':>4}  {'server':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   {'throughput x':>12} {'p99 / baseline':>14}")
-    verdicts = []
-    for rows in (1, 100):
-        base = next(r for r in results if r.rows == rows and r.server == "mlflow models serve")
-        ours = next(r for r in results if r.rows == rows and r.server == "platform server")
-        for r in (base, ours):
-            ratio = r.requests_per_second / base.requests_per_second
-            print(f"{rows:>4}  {r.server:20} {r.requests_per_second:10.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}   {ratio:11.1f}x {r.p99_ms / base.p99_ms:14.3f}")
-        if rows == 1:
+    print(f"{'model':9} {'rows':>4}  {'server':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   {'throughput x':>12} {'p99 / baseline':>14}")
+    verdicts, ratios = [], []
+    for kind in dict.fromkeys(r.model for r in results):
+        for rows in ROWS:
+            base = next(r for r in results if (r.model, r.rows, r.server) == (kind, rows, BASELINE))
+            ours = next(r for r in results if (r.model, r.rows, r.server) == (kind, rows, OURS))
+            for r in (base, ours):
+                print(f"{kind:9} {rows:>4}  {r.server:20} {r.requests_per_second:10.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}   "
+                      f"{r.requests_per_second / base.requests_per_second:11.1f}x {r.p99_ms / base.p99_ms:14.3f}")
             throughput, tail = ours.requests_per_second / base.requests_per_second, ours.p99_ms / base.p99_ms
-            verdicts.append(f"1-row target (>= 10x throughput, p99 <= 0.2x): {throughput:.1f}x and {tail:.3f}x -> "
-                            + ("MET" if throughput >= 10 and tail <= 0.2 else "NOT MET"))
+            minimum, maximum = TARGETS[kind]
+            met = throughput >= minimum and (maximum is None or tail <= maximum) and not ours.errors
+            ratios.append({"model": kind, "rows": rows, "throughput_ratio": round(throughput, 2), "p99_ratio": round(tail, 4), "target_met": met})
+            verdicts.append(f"{kind} {rows}-row: {throughput:.1f}x throughput (target >= {minimum:g}x), p99 {tail:.3f}x of the baseline"
+                            + (f" (target <= {maximum:.2f})" if maximum else "") + f" -> {'MET' if met else 'NOT MET'}")
     print()
     for verdict in verdicts:
         print(verdict)
+    busiest = max((r.load_average for r in results), default=0.0)
+    if busiest > args.max_load:
+        print(f"WARNING: the load average reached {busiest:.2f} before a measurement: rerun on a quiet machine")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "cpus": available_cpus(), "results": [asdict(r) for r in results]}, indent=2))
+    out.write_text(json.dumps({"settings": vars(args), "cpus": available_cpus(), "machine": machine(), "results": [asdict(r) for r in results],
+                               "ratios": ratios}, indent=2))
     print(f"results written to {out}")
+
+
+def machine() -> str:
+    """The CPU model and count the figures come from."""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return f"{available_cpus()} x {model}"
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ class Held:
     """Taken by the connection layer for the declared length (it gives it back)."""
     taken: int = 0
     """Taken here, beyond that (given back when the request ends)."""
+    complete: bool = False
+    """The connection layer has the whole body already."""
 
 
 class ServingApp:
@@ -162,31 +164,41 @@ class ServingApp:
             admission = {"admitted": held.taken, "refusal": refusal}
         if admission["refusal"]:
             raise BodyUnread(*admission["refusal"])
-        held.admitted = admission["admitted"]
+        held.admitted, held.complete = admission["admitted"], admission.get("complete", False)
 
     async def _read_body(self, receive: Any, held: Held) -> bytes:
         """The whole body, within the size limit, the body budget and the body deadline."""
-        chunks, size, limit = [], 0, self.settings.max_body_bytes
+        first = None
+        if held.complete:  # the connection layer has it all: reading cannot wait, no deadline needed
+            first = await receive()
+            if first["type"] == "http.request" and not first.get("more_body") and len(first.get("body", b"")) <= held.admitted:
+                return first.get("body", b"")
+        chunks: list[bytes] = []
+        size = 0
         try:
             async with asyncio.timeout(self.settings.body_timeout_seconds):
                 while True:
-                    message = await receive()
+                    message, first = first or await receive(), None
                     if message["type"] == "http.disconnect":
                         raise BodyUnread(400, "CLIENT_DISCONNECTED", "the client went away before sending the whole body")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise BodyUnread(413, "REQUEST_TOO_LARGE", f"the body exceeds the limit of {limit} bytes")
-                    extra = size - held.admitted - held.taken
-                    if extra > 0:  # chunked, or more than declared: take the rest from the budget as it comes
-                        if not self.worker.budget.take(extra):
-                            raise BodyUnread(503, "SERVER_BUSY", "too many request bytes in flight on this worker; retry shortly")
-                        held.taken += extra
-                    chunks.append(chunk)
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    self._hold_more(held, size)
                     if not message.get("more_body"):
-                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                        return b"".join(chunks)
         except TimeoutError:
             raise BodyUnread(408, "REQUEST_TIMEOUT", f"the body did not arrive within {self.settings.body_timeout_seconds:g} s") from None
+
+    def _hold_more(self, held: Held, size: int) -> None:
+        """Chunked bodies, or more than declared: within the size limit, from the budget as they grow."""
+        limit = self.settings.max_body_bytes
+        if size > limit:
+            raise BodyUnread(413, "REQUEST_TOO_LARGE", f"the body exceeds the limit of {limit} bytes")
+        extra = size - held.admitted - held.taken
+        if extra > 0:
+            if not self.worker.budget.take(extra):
+                raise BodyUnread(503, "SERVER_BUSY", "too many request bytes in flight on this worker; retry shortly")
+            held.taken += extra
 
     def _record(self, model: LoadedModel, answer: Answer) -> None:
         """Metrics, drift window and capture for one answer (on the event loop: cheap)."""

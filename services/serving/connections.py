@@ -36,6 +36,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.limits, self.budget = current.limits, current.budget
         self.awaiting_headers, self.header_bytes, self.header_timer = True, 0, None
         self.body_complete, self.dropping, self.lingering, self.lingered = False, False, False, 0
+        self.admission: dict = {}
+        """The admission of the request being parsed (also in its scope's extensions)."""
         self.held: dict[int, int] = {}
         """Budget bytes admitted per request cycle (by id) on this connection, given back when it ends."""
         self.idle_since = time.monotonic()
@@ -92,7 +94,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.dropping = refusal is not None
         if refusal is None:
             self.held[id(cycle)] = declared
-        self.scope.setdefault("extensions", {})[ADMISSION] = {"admitted": declared if refusal is None else 0, "refusal": refusal}
+        self.admission = {"admitted": declared if refusal is None else 0, "refusal": refusal, "complete": False}
+        self.scope.setdefault("extensions", {})[ADMISSION] = self.admission
         cycle.on_response = lambda: self._response_done(cycle)
 
     def on_body(self, body: bytes) -> None:
@@ -101,6 +104,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self.body_complete = True
+        self.admission["complete"] = True  # the app reads it without waiting (or a deadline)
         super().on_message_complete()
 
     def _response_done(self, cycle: Any) -> None:
@@ -161,18 +165,30 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 class _CloseAfterResponse:
-    """The transport as a request's response cycle sees it: `close` goes through lingering close."""
+    """The transport as a request's response cycle sees it: the status line and headers are held
+    until the body is written, so a response leaves in one write (one system call, one packet),
+    and `close` goes through lingering close."""
 
     def __init__(self, protocol: GuardedProtocol) -> None:
         self._protocol, self._transport = protocol, protocol.transport
+        self._head: bytes | None = None
 
     def write(self, data: bytes) -> None:
+        cycle = self._protocol.cycle
+        if self._head is None and cycle is not None and cycle.response_started and not cycle.response_complete and data.startswith(b"HTTP/1.1 "):
+            self._head = data  # the response head: wait for the body (a `100 Continue` is written at once)
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
         self._transport.write(data)
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
 
     def close(self) -> None:
+        if self._head is not None:
+            self._transport.write(self._head)
+            self._head = None
         self._protocol.close_after_response()
 
     def __getattr__(self, name: str) -> Any:

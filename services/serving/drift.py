@@ -57,8 +57,21 @@ class DriftWindow:
         self.reference = reference["features"]
         self.buffer = np.zeros((size, len(self.columns)))
         self.size, self.min_rows, self.filled, self.position = size, min_rows, 0, 0
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
 
     def add(self, matrix: np.ndarray) -> None:
+        """Queue scored rows; they enter the window in one go (at `scores`, or once a window's worth waits)."""
+        self.pending.append(matrix)
+        self.pending_rows += len(matrix)
+        if self.pending_rows >= self.size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        matrix = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        self.pending, self.pending_rows = [], 0
         rows = matrix[-self.size:, self.index]
         end = self.position + len(rows)
         if end <= self.size:
@@ -72,6 +85,7 @@ class DriftWindow:
 
     def scores(self) -> dict[str, float]:
         """PSI per feature, or nothing while the window holds fewer than `min_rows` rows."""
+        self._flush()
         if self.filled < self.min_rows:
             return {}
         window = self.buffer[: self.filled]

@@ -210,7 +210,10 @@ class TablePath:
             body = encode_predictions(output)
         except Exception as exc:  # noqa: BLE001 - an output MLflow's encoder cannot write either
             return error_answer(explain_failure(exc, {}))
-        numeric = np.column_stack([np.asarray(table.columns[c], dtype=np.float64) for c in self.drift_columns]) if self.drift_columns else None
+        numeric = None
+        if self.drift_columns:
+            numeric = (table.matrix if table.matrix is not None and self.drift_columns == table.names
+                       else np.column_stack([np.asarray(table.columns[c], dtype=np.float64) for c in self.drift_columns]))
         return Answer(200, body, rows=table.rows, numeric=numeric, capture=_table_capture(table, output) if capture else None,
                       sample=prediction_sample(output))
 

@@ -181,6 +181,9 @@ def _verified_dtypes(pyfunc: Any, schema: Schema, reference: Any) -> dict[str, A
 def matrix_builder(names: Sequence[str], order: str) -> Callable[[Sequence[Table]], np.ndarray]:
     """Stacks tables into one float64 matrix, C or F ordered (BLAS results depend on it)."""
     def build(tables: Sequence[Table]) -> np.ndarray:
+        if all(t.matrix is not None for t in tables):  # read as one float64 matrix already
+            stacked = tables[0].matrix if len(tables) == 1 else np.concatenate([t.matrix for t in tables])
+            return np.asfortranarray(stacked) if order == "F" else np.ascontiguousarray(stacked)
         columns = [tables[0].columns[n] for n in names] if len(tables) == 1 else [np.concatenate([t.columns[n] for t in tables]) for n in names]
         transposed = np.array(columns, dtype=np.float64)
         return transposed.T if order == "F" else np.ascontiguousarray(transposed.T)

@@ -10,6 +10,7 @@ from the same `tolist()` values MLflow writes: the same JSON values, much faster
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ def error_body(error: RequestError) -> bytes:
     return orjson.dumps({"error_code": error.code, "message": error.message})
 
 
+@functools.lru_cache(maxsize=64)
 def media_type(content_type: bytes | None) -> str:
     """The body's media type, accepted on MLflow's terms: JSON, CSV or Parquet, UTF-8 only,
     no other Content-Type parameters (415 otherwise)."""
