@@ -5,10 +5,12 @@ setup:
 	@bash scripts/setup.sh
 
 ## Set up, then run the platform's main job locally: the offline preview of the dev stack,
-## then the service plane on loopback (S3, tracking server, example model) until Ctrl-C.
+## then the service plane on loopback (S3, tracking server, example pipeline, model server,
+## Prometheus, Alertmanager, drift receiver), the retraining loop once with demo timings
+## (drift noticed in seconds, not the platform's 30 minutes), then everything until Ctrl-C.
 local: setup
 	.venv/bin/python -m infra.cli preview --stack dev --counts-only --json build/inventory-dev.json
-	.venv/bin/python -m infra.cli local
+	.venv/bin/python -m infra.cli local --retrain-demo --scrape-interval 2s --drift-interval 2 --drift-for 10s
 
 ## Set up, then run every test.
 test: setup

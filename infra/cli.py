@@ -325,7 +325,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 
     timings = LocalTimings(scrape_interval=args.scrape_interval, drift_interval_seconds=args.drift_interval, drift_for=args.drift_for)
     try:
-        run(Path(args.workdir), once=args.once, timings=timings)
+        run(Path(args.workdir), once=args.once, timings=timings, retrain_demo=args.retrain_demo)
     except RuntimeError as exc:
         raise CliError(str(exc)) from None
     return EXIT_OK
@@ -437,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     local.add_argument("--workdir", default="build/local", help="databases, logs and the admin password (default: build/local)")
     local.add_argument("--once", action="store_true", help="stop everything after the demo instead of waiting for Ctrl-C")
+    local.add_argument("--retrain-demo", action="store_true",
+                       help="then run the retraining loop: newer data, shifted traffic, drift alert, retrain, gate, model swap (README: Training)")
     local.add_argument("--scrape-interval", type=_duration, default="5s", metavar="DURATION",
                        help="Prometheus scrape and rule evaluation interval (default: 5s)")
     local.add_argument("--drift-interval", type=_positive_seconds, default=15.0, metavar="SECONDS",

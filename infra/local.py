@@ -3,10 +3,15 @@
 Starts, each in its own process group on a free 127.0.0.1 port: a moto S3 endpoint (the
 artifact bucket), the tracking server from `services/tracking` (sqlite backend, basic auth
 with a generated admin password, artifacts proxied into the moto bucket); trains the
-example model, registers it and points `champion` at it; starts the model server from
-`services/serving` on `models:/diabetes@champion` and sends it a sample request; and starts
-a real Prometheus (Debian's) scraping the model server with the platform's alert rules. Ctrl-C (or the end of `--once`)
-stops everything, whole process groups included. `LocalTimings` says how fast drift is noticed.
+example pipeline (its data versioned with DVC on a moto remote, trained by the runner from
+`services/training` as the pipeline's own tracking user), which registers version 1 and points
+`champion` at it; starts the model server from `services/serving` on
+`models:/diabetes@champion` and sends it a sample request; starts the drift receiver and a real
+Alertmanager routing `DataDriftHigh` to it, and a real Prometheus (Debian's) scraping the model
+server with the platform's alert rules, sending alerts to that Alertmanager
+(infra/local_training.py). With `retrain_demo`, it then runs the retraining loop and prints
+each step. Ctrl-C (or the end of `--once`) stops everything, whole process groups included.
+`LocalTimings` says how fast drift is noticed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import boto3
 
+from infra.local_training import DATASETS_BUCKET, LocalPipeline
 from infra.processes import LOOPBACK, Server, free_port, start, start_moto, wait_http
 from infra.stackfile import REPO_ROOT
 
@@ -67,6 +73,7 @@ class LocalPlane:
     model_name: str = "diabetes"
     model_version: str = ""
     notes: list[str] = field(default_factory=list)
+    pipeline: LocalPipeline | None = None
 
     @property
     def tracking_url(self) -> str:
@@ -123,19 +130,16 @@ def start_tracking(plane: LocalPlane, moto: Server) -> Server:
     return server
 
 
-def register_example(plane: LocalPlane) -> None:
-    """Train, log, register and alias the example model, as a data scientist would."""
-    import subprocess
+def register_example(plane: LocalPlane, moto: Server) -> None:
+    """Version the example data with DVC on the moto remote, create the pipeline's tracking user,
+    and train, register and promote version 1 with the runner, as the platform's CronJob would."""
+    from infra import local_training
 
-    result = subprocess.run(
-        [sys.executable, "-m", "examples.train", "--model", plane.model_name, "--alias", "champion"],
-        cwd=REPO_ROOT, env={**os.environ, **plane.client_env()}, capture_output=True, text=True, timeout=300,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"example training failed:\n{result.stdout}\n{result.stderr}")
-    line = result.stdout.strip().splitlines()[-1]
-    plane.model_version = line.split(" version ")[1].split()[0]
-    say(line)
+    pipeline = plane.pipeline = LocalPipeline(plane.workdir, moto.url, plane.tracking_url, plane.model_name)
+    md5 = local_training.publish_data(pipeline)
+    say(f"example data tracked with DVC: {pipeline.data}.dvc (md5 {md5}), pushed to {pipeline.remote}")
+    local_training.create_pipeline_user(pipeline, plane.admin_password)
+    plane.model_version = local_training.train(pipeline)
 
 
 def start_serving(plane: LocalPlane, moto: Server) -> Server:
@@ -184,15 +188,17 @@ def start_tracking_plane(plane: LocalPlane, stack: ExitStack) -> Server:
     moto = start_moto(plane.workdir)
     stack.callback(moto.stop)
     plane.servers["s3"] = moto
-    boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local").create_bucket(Bucket=BUCKET)
+    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local")
+    for bucket in (BUCKET, DATASETS_BUCKET):
+        s3.create_bucket(Bucket=bucket)
 
     say("starting the tracking server (MLflow, basic auth, artifacts in S3)")
     tracking = start_tracking(plane, moto)
     stack.callback(tracking.stop)
     plane.servers["tracking"] = tracking
 
-    say("training the example model and registering it as @champion")
-    register_example(plane)
+    say("training the example pipeline and registering it as @champion")
+    register_example(plane, moto)
     return moto
 
 
@@ -204,7 +210,9 @@ def start_local_prometheus(plane: LocalPlane) -> Server:
     rules = plane.workdir / "rules.yaml"
     rules.write_text(rules_file(with_drift_for(groups, plane.timings.drift_for)))
     target = plane.servers["serving"].url.removeprefix("http://")
-    return start_prometheus(plane.workdir / "prometheus", {"serving": target}, rules_file=rules, scrape_interval=plane.timings.scrape_interval)
+    alertmanagers = [plane.servers["alertmanager"].url.removeprefix("http://")] if "alertmanager" in plane.servers else []
+    return start_prometheus(plane.workdir / "prometheus", {"serving": target}, rules_file=rules, scrape_interval=plane.timings.scrape_interval,
+                            alertmanagers=alertmanagers)
 
 
 def with_drift_for(groups: list[dict], duration: str) -> list[dict]:
@@ -231,7 +239,7 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def run(workdir: Path, *, once: bool, timings: LocalTimings = LocalTimings()) -> LocalPlane:
+def run(workdir: Path, *, once: bool, timings: LocalTimings = LocalTimings(), retrain_demo: bool = False) -> LocalPlane:
     _stop_on_sigterm()
     workdir = workdir.resolve()  # the servers run from the repository, the caller maybe not
     workdir.mkdir(parents=True, exist_ok=True)
@@ -246,12 +254,16 @@ def run(workdir: Path, *, once: bool, timings: LocalTimings = LocalTimings()) ->
             plane.servers["serving"] = serving
             plane.notes.append("sample request    " + sample_request(plane))
 
+            start_retraining(plane, stack)
+
             say("starting Prometheus, scraping the model server, with the platform's alert rules")
             prometheus = start_local_prometheus(plane)
             stack.callback(prometheus.stop)
             plane.servers["prometheus"] = prometheus
 
             print_summary(plane)
+            if retrain_demo:
+                follow_retraining(plane)
             if not once:
                 say("running; press Ctrl-C to stop everything")
                 try:
@@ -269,6 +281,34 @@ def run(workdir: Path, *, once: bool, timings: LocalTimings = LocalTimings()) ->
     return plane
 
 
+def start_retraining(plane: LocalPlane, stack: ExitStack) -> None:
+    """The drift receiver (the runner as a process) and a real Alertmanager routing DataDriftHigh to it."""
+    from infra import local_training
+
+    say("starting the drift receiver and Alertmanager (DataDriftHigh -> retrain the pipeline)")
+    receiver, token = local_training.start_receiver(plane.pipeline, plane.workdir)
+    stack.callback(receiver.stop)
+    plane.servers["receiver"] = receiver
+    alertmanager = local_training.start_local_alertmanager(plane.workdir, receiver, token)
+    stack.callback(alertmanager.stop)
+    plane.servers["alertmanager"] = alertmanager
+
+
+def follow_retraining(plane: LocalPlane) -> None:
+    """The retraining loop, each step printed; it may take the alert's `for` plus a training run."""
+    from infra import local_training
+
+    say("retraining loop: newer data, shifted traffic, drift, alert, retrain, gate, swap")
+    timeout = 120 + 3 * _seconds(plane.timings.drift_for)
+    local_training.follow_retraining(plane.pipeline, plane.servers, plane.admin_password, timeout=timeout)
+    say("retraining loop done")
+
+
+def _seconds(duration: str) -> float:
+    value, unit = re.match(r"^(\d+)(ms|s|m|h)$", duration).groups()
+    return int(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
 def print_summary(plane: LocalPlane) -> None:
     print()
     print("  tracking server   " + plane.tracking_url + "   (user admin, password in " + str(plane.workdir / "admin-password") + ")")
@@ -282,6 +322,11 @@ def print_summary(plane: LocalPlane) -> None:
         print(f"  prometheus        {url}/graph   (alerts: {url}/alerts; try serving_feature_drift_psi)")
         t = plane.timings
         print(f"  drift alert       {DRIFT_ALERT} after {t.drift_for} above the threshold (drift scored every {t.drift_interval_seconds:g} s, scraped every {t.scrape_interval})")
+    if "receiver" in plane.servers:
+        print(f"  alertmanager      {plane.servers['alertmanager'].url}   (DataDriftHigh -> receiver {plane.servers['receiver'].url}/alerts)")
+    if plane.pipeline is not None:
+        print(f"  DVC remote        {plane.pipeline.remote}   (endpoint {plane.pipeline.s3_url}; data {plane.pipeline.data}.dvc)")
+        print(f"  pipeline user     training-diabetes   (password in {plane.workdir / 'pipeline-password'}; runs in experiment pipelines/diabetes)")
     for note in plane.notes:
         print("  " + note)
     print(f"  logs              {plane.workdir}/*.log")

@@ -94,7 +94,7 @@ def start_moto(log_dir: Path) -> Server:
 
 
 def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path | None = None, scrape_interval: str = "2s",
-                     scrape_configs: Sequence[Mapping[str, Any]] = ()) -> Server:
+                     scrape_configs: Sequence[Mapping[str, Any]] = (), alertmanagers: Sequence[str] = ()) -> Server:
     """A real Prometheus (Debian's `prometheus`) on a free loopback port, scraping `targets`
     (job name -> host:port) and evaluating `rules_file`. `scrape_configs` are added as they are
     (a test gives the ones the Prometheus Operator would generate, relabelings included).
@@ -102,7 +102,8 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
     Paths in the generated config are absolute: Prometheus resolves `rule_files` relative to the
     config file's directory, and a glob that matches nothing is not an error, so a path relative
     to the caller's directory would start a Prometheus without alerts. Once it is ready, it must
-    report every rule group of `rules_file` (`require_rule_groups`), or it is stopped."""
+    report every rule group of `rules_file` (`require_rule_groups`), or it is stopped. Firing alerts go to
+    `alertmanagers` (host:port each), if any."""
     import shutil
 
     import yaml
@@ -117,6 +118,8 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()]
         + [dict(c) for c in scrape_configs],
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     written = 0
     if rules_file is not None:
         rules_file = rules_file.resolve()

@@ -80,7 +80,7 @@ def _ensure_resources(client, writer: Writer) -> str:
 
 
 @contextmanager
-def _credentials(username: str, password: str):
+def as_user(username: str, password: str):
     """MLflow's clients read their credentials from the environment: set them for this block only."""
     import os
 
@@ -104,7 +104,7 @@ def sync_writers(server_url: str, admin_username: str, admin_password: str, writ
 
     from services.tracking.readers import _call
 
-    with _credentials(admin_username, admin_password):
+    with as_user(admin_username, admin_password):
         auth, client = AuthServiceClient(server_url), MlflowClient(server_url)
         for username, writer in sorted(writers.items()):
             try:

@@ -154,7 +154,8 @@ class ProcessLauncher:
         self.count += 1
         log_path = self.log_dir / f"retrain-{pipeline.name}-{self.count}.log"
         with open(log_path, "wb") as handle:
-            process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True,
+            # in the receiver's process group: stopping the receiver's group stops its runs too
+            process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, cwd=self.cwd,
                                        env={**os.environ, **self.env, **run_env(pipeline.env, reason)})
         self.running[pipeline.name] = process
         return f"process {process.pid} (log {log_path})"

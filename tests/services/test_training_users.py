@@ -47,9 +47,9 @@ def pipeline_user(tracking, monkeypatch):
 def admin_client(tracking):
     from mlflow import MlflowClient
 
-    from services.tracking.writers import _credentials
+    from services.tracking.writers import as_user
 
-    return _credentials(tracking.username, tracking.password), MlflowClient(tracking.url)
+    return as_user(tracking.username, tracking.password), MlflowClient(tracking.url)
 
 
 def test_a_pipeline_user_runs_its_pipeline_and_writes_nothing_else(tracking, pipeline_user, tmp_path):
@@ -87,14 +87,14 @@ def test_a_pipeline_user_runs_its_pipeline_and_writes_nothing_else(tracking, pip
 def test_ensure_user_resets_the_password_and_removes_users_of_gone_pipelines(tracking):
     from mlflow.server.auth.client import AuthServiceClient
 
-    from services.tracking.writers import _credentials
+    from services.tracking.writers import as_user
 
     first, second = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     sync_writers(tracking.url, tracking.username, tracking.password, {writer_username("gone"): Writer("gone", "gone-model", first)})
     sync_writers(tracking.url, tracking.username, tracking.password, {writer_username("gone"): Writer("gone", "gone-model", second)})
-    with _credentials(writer_username("gone"), second):
+    with as_user(writer_username("gone"), second):
         assert AuthServiceClient(tracking.url).get_user(writer_username("gone")).username == writer_username("gone")
 
     sync_writers(tracking.url, tracking.username, tracking.password, {})
-    with _credentials(tracking.username, tracking.password), pytest.raises(Exception, match="not found|RESOURCE_DOES_NOT_EXIST"):
+    with as_user(tracking.username, tracking.password), pytest.raises(Exception, match="not found|RESOURCE_DOES_NOT_EXIST"):
         AuthServiceClient(tracking.url).get_user(writer_username("gone"))
