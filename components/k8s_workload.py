@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from components.quantities import cpu_cores
+
 RUN_AS_USER = 10001
 
 CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
@@ -44,11 +46,22 @@ def env_list(values: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"name": name, "value": value} for name, value in values.items()]
 
 
+MIN_CPU_LIMIT = "1"
+"""The smallest CPU limit a container gets: a Python process under a sub-core limit is throttled
+through its imports for tens of seconds, past its probes."""
+
+
+def default_cpu_limit(cpu: str) -> str:
+    """The request, and at least MIN_CPU_LIMIT: a container may use what scheduling reserved for it
+    (the model server runs one worker per requested core), a small one may burst to a core to start."""
+    return cpu if cpu_cores(cpu) >= cpu_cores(MIN_CPU_LIMIT) else MIN_CPU_LIMIT
+
+
 def resources(cpu: str, memory: str, *, cpu_limit: str | None = None, gpus: int = 0) -> dict[str, Any]:
-    """Requests for scheduling; a memory limit (OOM stays local); CPU unlimited unless asked (no throttling)."""
-    limits: dict[str, Any] = {"memory": memory}
-    if cpu_limit:
-        limits["cpu"] = cpu_limit
+    """Requests for scheduling, and limits on everything: memory at the request (an OOM stays in its
+    container), CPU at `cpu_limit` or default_cpu_limit (a busy or runaway pod cannot starve its node's
+    neighbours, the system add-ons among them; CKV_K8S_11, MLOPS-K8S-010)."""
+    limits: dict[str, Any] = {"cpu": cpu_limit or default_cpu_limit(cpu), "memory": memory}
     requests: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
         requests["nvidia.com/gpu"] = str(gpus)
@@ -71,6 +84,20 @@ def alb_listener_annotations(certificate_arn: str | None) -> dict[str, str]:
     else:
         annotations["alb.ingress.kubernetes.io/listen-ports"] = '[{"HTTP": 80}]'
     return annotations
+
+
+KUBERNETES_API_SKIP = "CKV_K8S_38"
+"""checkov's check that pods do not mount a service-account token."""
+
+
+def kubernetes_api_client(reason: str) -> dict[str, str]:
+    """Annotations of a workload whose pods call the Kubernetes API and so keep a service-account token
+    (`automountServiceAccountToken: true`): checkov's in-manifest skip of CKV_K8S_38 with the reason,
+    which is also the mark MLOPS-K8S-011 accepts. Every other pod sets the automount off: IRSA needs no
+    such token (the EKS pod identity webhook projects its own `aws-iam-token` volume)."""
+    if not reason.strip() or "=" in reason:
+        raise ValueError(f"kubernetes_api_client: a reason without '=' is required (checkov splits the annotation at '='), got {reason!r}")
+    return {"checkov.io/skip1": f"{KUBERNETES_API_SKIP}={reason}"}
 
 
 def load_balancer_ingress(cidrs: Sequence[str], port: int) -> dict[str, Any]:

@@ -278,7 +278,8 @@ class ServingEndpoint(pulumi.ComponentResource):
         }
         pod_spec: dict = {
             "serviceAccountName": ep,
-            "automountServiceAccountToken": True,  # IRSA's projected token
+            # no Kubernetes API calls: no API token (IRSA's token is a volume the EKS pod identity webhook projects itself)
+            "automountServiceAccountToken": False,
             "securityContext": POD_SECURITY_CONTEXT,
             "terminationGracePeriodSeconds": 30,
             "topologySpreadConstraints": zone_spread(labels),

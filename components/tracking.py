@@ -345,7 +345,8 @@ class TrackingServer(pulumi.ComponentResource):
         pod_common = {
             **({"nodeSelector": dict(args.node_selector)} if args.node_selector else {}),
             "serviceAccountName": SERVICE_ACCOUNT,
-            "automountServiceAccountToken": True,  # IRSA's projected token rides on it
+            # no Kubernetes API calls: no API token (IRSA's token is a volume the EKS pod identity webhook projects itself)
+            "automountServiceAccountToken": False,
             "securityContext": POD_SECURITY_CONTEXT,
             "volumes": [TMP_VOLUME],
         }

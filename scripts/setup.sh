@@ -27,6 +27,17 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   echo "$wanted" > "$stamp"
 fi
 
+# checkov, the Kubernetes scanner tests/unit/test_checkov.py runs on the rendered manifests, in a
+# venv of its own (its dependency tree conflicts with requirements.lock); reinstalled when its lock changes.
+checkov_stamp=.venv-checkov/.setup-stamp
+checkov_wanted=$(sha256sum requirements-checkov.lock | cut -c1-16)
+if [ "$(cat "$checkov_stamp" 2>/dev/null || true)" != "$checkov_wanted" ]; then
+  echo "setup: installing checkov into .venv-checkov (requirements-checkov.lock); ~20 seconds"
+  [ -x .venv-checkov/bin/python ] || "$PYTHON" -m venv .venv-checkov
+  .venv-checkov/bin/python -m pip install --quiet -r requirements-checkov.lock 2>&1 | { grep -v "is neither a file nor a directory" || true; }
+  echo "$checkov_wanted" > "$checkov_stamp"
+fi
+
 # System tools some tests and the local demo run for real (see README, "What runs where").
 missing=()
 while read -r binary package; do

@@ -439,6 +439,32 @@ _container_rule(
 )
 
 
+_container_rule(
+    "MLOPS-K8S-010", "containers declare a CPU limit", "set resources.limits.cpu (components/k8s_workload.resources does: the request, at least one core)",
+    lambda c, p: None if "cpu" in ((c.get("resources") or {}).get("limits") or {}) else "no CPU limit",
+)
+
+KUBERNETES_API_SKIP = "CKV_K8S_38"
+
+
+def _needs_kubernetes_api(workload: Resource) -> bool:
+    """Marked as calling the Kubernetes API: checkov's in-manifest skip of CKV_K8S_38, with a reason."""
+    annotations = (workload.inputs.get("metadata") or {}).get("annotations") or {}
+    return any(key.startswith("checkov.io/skip") and str(value).startswith(KUBERNETES_API_SKIP + "=") and str(value).split("=", 1)[1].strip()
+               for key, value in annotations.items())
+
+
+@rule("MLOPS-K8S-011", MEDIUM, "pods mount no service-account token unless marked as calling the Kubernetes API",
+      "set the pod's automountServiceAccountToken: false (IRSA needs no API token), or mark the workload with "
+      "components/k8s_workload.kubernetes_api_client(reason)")
+def _service_account_token(inv: Inventory):
+    """A mounted token lets anyone who takes over the pod call the API server as its service account.
+    The pod spec must say false itself (checkov's CKV_K8S_38 reads the pod spec, not the account)."""
+    for r, pod in workloads(inv):
+        if pod.get("automountServiceAccountToken") is not False and not _needs_kubernetes_api(r):
+            yield r, "mounts a service-account token (automountServiceAccountToken is not false) and is not marked as calling the Kubernetes API"
+
+
 @rule("MLOPS-K8S-002", MEDIUM, "long-running containers have readiness and liveness probes", "add readinessProbe and livenessProbe")
 def _probes(inv: Inventory):
     for r, pod in workloads(inv):

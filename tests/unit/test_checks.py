@@ -27,7 +27,7 @@ def secure_container(**overrides):
     container = {
         "name": "app",
         "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/serving:1.2.3",
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
         "securityContext": {
@@ -69,7 +69,8 @@ def good(env: str = "dev") -> list[Resource]:
             {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}]})),
         r("serving", "kubernetes:apps/v1:Deployment", metadata={"name": "serving", "namespace": "ml"}, spec={"template": {
             "metadata": {"labels": {"app": "serving", "tier": "model"}},
-            "spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}, "containers": [secure_container()]}}}),
+            "spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}, "automountServiceAccountToken": False,
+                     "containers": [secure_container()]}}}),
         r("vpc", "aws:ec2/vpc:Vpc", cidrBlock="10.0.0.0/16", tags=tags),
         r("serving-netpol", "kubernetes:networking.k8s.io/v1:NetworkPolicy", metadata={"namespace": "ml"}, spec={
             "podSelector": {"matchLabels": {"app": "serving"}}, "policyTypes": ["Ingress"],
@@ -130,6 +131,8 @@ BREAKS = {
     "MLOPS-K8S-007": ("dev", lambda rs: mutate(rs, "serving", lambda x: (x.inputs["spec"]["template"]["spec"].pop("securityContext"), container_of(x)["securityContext"].pop("seccompProfile"))), "serving"),
     "MLOPS-K8S-008": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x).update(image="serving:latest")), "serving"),
     "MLOPS-K8S-009": ("dev", drop("serving-netpol"), "serving"),
+    "MLOPS-K8S-010": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x)["resources"]["limits"].pop("cpu")), "serving"),
+    "MLOPS-K8S-011": ("dev", lambda rs: mutate(rs, "serving", lambda x: x.inputs["spec"]["template"]["spec"].update(automountServiceAccountToken=True)), "serving"),
     "MLOPS-SEC-001": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x)["env"].append({"name": "API_TOKEN", "value": "hunter2"})), "serving"),
     "MLOPS-DATA-001": ("prod", lambda rs: mutate(rs, "b", lambda x: setattr(x, "protect", False)), "b"),
     "MLOPS-DATA-002": ("dev", lambda rs: mutate(rs, "b", lambda x: x.inputs.update(forceDestroy=False)), "b"),
@@ -188,6 +191,20 @@ def test_prod_alb_ingress_https_rule_reads_the_controller_defaults_and_the_group
     sibling.inputs["metadata"]["annotations"].pop("alb.ingress.kubernetes.io/certificate-arn")  # the group's certificate covers it
     assert rule.findings(inventory([*good("prod"), sibling])) == []
     assert rule.findings(inventory(BREAKS["MLOPS-NET-004"][1](good("dev")))) == []  # plain HTTP is allowed outside prod
+
+
+def test_a_workload_marked_as_calling_the_kubernetes_api_keeps_its_token():
+    from components.k8s_workload import kubernetes_api_client
+
+    rule = rule_by_id("MLOPS-K8S-011")
+    with_token = BREAKS["MLOPS-K8S-011"][1](good())
+    marked = mutate(with_token, "serving", lambda x: x.inputs["metadata"].update(annotations=kubernetes_api_client("creates Jobs in its namespace")))
+    assert rule.findings(inventory(marked)) == []
+    no_reason = mutate(with_token, "serving", lambda x: x.inputs["metadata"].update(annotations={"checkov.io/skip1": "CKV_K8S_38="}))
+    unset = mutate(good(), "serving", lambda x: x.inputs["spec"]["template"]["spec"].pop("automountServiceAccountToken"))  # the account's default
+    assert [f.resource for f in rule.findings(inventory(no_reason)) + rule.findings(inventory(unset))] == ["serving", "serving"]
+    with pytest.raises(ValueError, match="a reason without '='"):
+        kubernetes_api_client("a=b")
 
 
 def test_helm_values_with_a_literal_password_are_flagged():

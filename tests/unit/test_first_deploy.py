@@ -35,6 +35,8 @@ def problems(**raw) -> list[str]:
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
 def test_every_profile_deploys_workloads_unless_told_this_is_phase_one(profile):
     raw = {"cluster": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}} if profile == "dev" else {}
+    if profile == "prod":  # prod's internal ALB needs a certificate
+        raw = {"tracking": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"}}
     assert settings(profile, **raw).deploy_workloads is True
     assert settings(profile, **raw, deployWorkloads="false").deploy_workloads is False  # as the Pulumi CLI hands it over
     assert settings(profile, **raw).image_digests == {}

@@ -50,6 +50,9 @@ def test_pods_are_locked_down(stack_inventories, stack):
         assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
         assert context["capabilities"]["drop"] == ["ALL"] and context["runAsUser"] != 0
         assert {p for p in ("readinessProbe", "livenessProbe", "startupProbe")} <= set(pod["containers"][0])
+        assert pod["automountServiceAccountToken"] is False  # no API token (issue 13 item 9, CKV_K8S_38)
+        resources = pod["containers"][0]["resources"]
+        assert resources["limits"]["cpu"] == resources["requests"]["cpu"] or resources["limits"]["cpu"] == "1"  # CKV_K8S_11
 
 
 def test_gpu_endpoints_land_on_the_gpu_pool(stack_inventories):
