@@ -36,7 +36,7 @@ from components.k8s_workload import (
     CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, env_list, http_probe, kubernetes_api_client, resources,
     restricted_namespace_labels,
 )
-from components.tracking import CLIENT_NAMESPACE_LABEL
+from components.tracking import CLIENT_NAMESPACE_LABEL, client_egress_rule
 from services.tracking.writers import writer_username
 
 TOKEN = "mlops:training:Training"
@@ -271,7 +271,7 @@ class Training(pulumi.ComponentResource):
                 "egress": [
                     {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                      "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                    {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlflow"}}}], "ports": [{"protocol": "TCP", "port": 5000}]},
+                    client_egress_rule(),  # the tracking server's pods, on the port of its Service (components/tracking.CLUSTER_URL)
                     {"ports": [{"protocol": "TCP", "port": 443}]},  # S3 (the DVC remote), STS
                 ],
             },

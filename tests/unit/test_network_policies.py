@@ -24,6 +24,17 @@ NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SERVICE = "kubernetes:core/v1:Service"
 CLUSTER_URL = re.compile(r"^https?://(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?(:(?P<port>\d+))?(/.*)?$")
 STACKS = ("dev", "staging", "prod")
+RETRAINING = {"registry": {"repositories": ["serving", "tracking", "drift", "training"]},
+              "pipelines": [{"name": "diabetes", "model": "diabetes", "entryPoint": "examples.diabetes:task", "data": "data/diabetes.csv.dvc",
+                             "endpoint": "diabetes"}]}
+"""dev with a training pipeline retrained on drift: its CronJob and the drift receiver join the calls."""
+
+
+@pytest.fixture(scope="module")
+def inventories(stack_inventories) -> dict[str, Inventory]:
+    from tests.conftest import offline_stack
+
+    return {**stack_inventories, "dev+training": offline_stack("dev", **RETRAINING)}
 
 
 @dataclass(frozen=True)
@@ -107,12 +118,13 @@ def cluster_calls(inventory: Inventory) -> list[tuple[Pod, str, str, int]]:
     return calls
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_every_in_cluster_call_is_admitted_end_to_end(stack_inventories, stack):
-    inventory = stack_inventories[stack]
+@pytest.mark.parametrize("stack", [*STACKS, "dev+training"])
+def test_every_in_cluster_call_is_admitted_end_to_end(inventories, stack):
+    inventory = inventories[stack]
     calls = cluster_calls(inventory)
-    # serving -> tracking (every endpoint track), the ensure-user Job -> tracking
-    assert {(c.namespace, s) for c, s, _, _ in calls} >= {("serving", "mlflow-tracking"), ("mlflow", "mlflow-tracking")}
+    # serving -> tracking (every endpoint track), the ensure-user Job -> tracking, training runs -> tracking
+    expected = {("serving", "mlflow-tracking"), ("mlflow", "mlflow-tracking")} | ({("training", "mlflow-tracking")} if "training" in stack else set())
+    assert {(c.namespace, s) for c, s, _, _ in calls} >= expected
     ns_labels = namespace_labels(inventory)
     for client, service_name, namespace, port in calls:
         call = f"{client.workload} -> {service_name}.{namespace}:{port}"
@@ -133,11 +145,11 @@ def test_every_in_cluster_call_is_admitted_end_to_end(stack_inventories, stack):
                                        selected_labels=client.labels) for r in ingress.get("ingress") or []), f"{call}: {server.workload}'s ingress drops it"
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_egress_rules_to_in_cluster_services_name_the_container_port(stack_inventories, stack):
+@pytest.mark.parametrize("stack", [*STACKS, "dev+training"])
+def test_egress_rules_to_in_cluster_services_name_the_container_port(inventories, stack):
     """Every egress rule whose peers cover a Service of the stack: the ports it allows are Service
     ports equal to the container ports behind them (what the agent matches on a ClusterIP)."""
-    inventory = stack_inventories[stack]
+    inventory = inventories[stack]
     ns_labels = namespace_labels(inventory)
     checked = 0
     for policy in inventory.of_type(NETWORK_POLICY):
