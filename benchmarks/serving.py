@@ -54,6 +54,8 @@ class Result:
     p99_ms: float
     errors: int
     load_average: float
+    cpu_ms_per_request: float
+    """CPU time the server's processes spent per answered request (robust to other load on the machine)."""
 
 
 def wrk(url: str, body: bytes, *, duration: int, connections: int, threads: int) -> tuple[float, float, float, int]:
@@ -157,10 +159,28 @@ def measure(kind: str, pair: tuple[Server, Server], args: argparse.Namespace) ->
             load = os.getloadavg()[0]
             if load > args.max_load:
                 print(f"[bench] WARNING: load average {load:.2f} > {args.max_load} before this measurement: the machine is busy, the figures are not valid")
+            cpu_before = cpu_seconds(server.process.pid)
             rps, p50, p99, errors = wrk(server.url + "/invocations", body, duration=args.duration, connections=args.connections, threads=args.threads)
-            results.append(Result(kind, name, rows, rps, p50, p99, errors, load))
-            print(f"[bench] {kind:9} {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}  (load {load:.2f})")
+            cpu_ms = 1000 * (cpu_seconds(server.process.pid) - cpu_before) / max(1.0, rps * args.duration)
+            results.append(Result(kind, name, rows, rps, p50, p99, errors, load, round(cpu_ms, 4)))
+            print(f"[bench] {kind:9} {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
+                  f"cpu {cpu_ms:6.3f} ms/request  errors {errors}  (load {load:.2f})")
     return results
+
+
+def cpu_seconds(group: int) -> float:
+    """User + system CPU seconds of every process in a process group (a server and its workers)."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def main() -> None:
@@ -197,7 +217,7 @@ def main() -> None:
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print()
-    print(f"{'model':9} {'rows':>4}  {'server':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   {'throughput x':>12} {'p99 / baseline':>14}")
+    print(f"{'model':9} {'rows':>4}  {'server':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   {'throughput x':>12} {'p99 / baseline':>14} {'cpu ms/req':>10}")
     verdicts, ratios = [], []
     for kind in dict.fromkeys(r.model for r in results):
         for rows in ROWS:
@@ -205,7 +225,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             ours = next(r for r in results if (r.model, r.rows, r.server) == (kind, rows, OURS))
             for r in (base, ours):
                 print(f"{kind:9} {rows:>4}  {r.server:20} {r.requests_per_second:10.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}   "
-                      f"{r.requests_per_second / base.requests_per_second:11.1f}x {r.p99_ms / base.p99_ms:14.3f}")
+                      f"{r.requests_per_second / base.requests_per_second:11.1f}x {r.p99_ms / base.p99_ms:14.3f} {r.cpu_ms_per_request:10.3f}")
             throughput, tail = ours.requests_per_second / base.requests_per_second, ours.p99_ms / base.p99_ms
             minimum, maximum = TARGETS[kind]
             met = throughput >= minimum and (maximum is None or tail <= maximum) and not ours.errors

@@ -40,7 +40,20 @@ PLANE_TOKEN = "mlops:k8s:ServingPlane"
 ENDPOINT_TOKEN = "mlops:k8s:ServingEndpoint"
 NAMESPACE = "serving"
 PORT = 8080
+PRESTOP_SECONDS = 15
+"""preStop sleep (Kubernetes' sleep action, GA in 1.34, on by default since 1.30): the load balancer
+controller deregisters a terminating pod from the ALB within seconds; until then requests still come."""
+
 from components.monitoring import MONITORING_NAMESPACE_LABEL, RPS_METRIC, model_server_relabelings  # noqa: E402
+
+
+def termination_grace_seconds() -> int:
+    """Room for the preStop sleep, then the model server's own drain (services/serving/lifecycle.py):
+    not ready but still serving for its shutdown delay, then in-flight requests, plus a margin."""
+    from services.serving.settings import ServingSettings
+
+    fields = ServingSettings.model_fields
+    return PRESTOP_SECONDS + math.ceil(fields["shutdown_delay_seconds"].default + fields["drain_seconds"].default) + 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,7 +294,7 @@ class ServingEndpoint(pulumi.ComponentResource):
             # no Kubernetes API calls: no API token (IRSA's token is a volume the EKS pod identity webhook projects itself)
             "automountServiceAccountToken": False,
             "securityContext": POD_SECURITY_CONTEXT,
-            "terminationGracePeriodSeconds": 30,
+            "terminationGracePeriodSeconds": termination_grace_seconds(),
             "topologySpreadConstraints": zone_spread(labels),
             "volumes": [TMP_VOLUME],
             "containers": [{
@@ -293,6 +306,8 @@ class ServingEndpoint(pulumi.ComponentResource):
                 "readinessProbe": http_probe("/readyz", PORT, period=5),
                 "livenessProbe": http_probe("/healthz", PORT, period=10, initial_delay=10),
                 "startupProbe": http_probe("/readyz", PORT, period=5, failures=60),  # model download may take minutes
+                # the ALB keeps sending for a while after a pod starts terminating: serve on until it has deregistered it
+                "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
                 "securityContext": CONTAINER_SECURITY_CONTEXT,
                 "volumeMounts": [TMP_MOUNT],
             }],

@@ -315,3 +315,19 @@ def test_a_sigterm_under_steady_load_loses_no_request(tracking, registered, tmp_
     assert set(outcomes) == {"200"}, {o: outcomes.count(o) for o in set(outcomes)}
     assert len(outcomes) > 100 and len(after) > 30, (len(outcomes), len(after))
     assert server.process.returncode in (0, -signal.SIGTERM)
+
+
+def test_endpoint_pods_outlast_the_load_balancer_and_the_drain(stack_inventories):
+    """On the cluster: a preStop sleep while the ALB deregisters the pod, then the server's own
+    drain, all inside the termination grace period; idle connections outlive the ALB's 60 s."""
+    from components.serving import PRESTOP_SECONDS
+    from services.serving.settings import ServingSettings
+
+    defaults = {name: field.default for name, field in ServingSettings.model_fields.items()}
+    deployments = [d for inventory in stack_inventories.values() for d in inventory.of_type("kubernetes:apps/v1:Deployment") if "-ep-" in d.name]
+    assert deployments
+    for deployment in deployments:
+        pod = deployment.inputs["spec"]["template"]["spec"]
+        assert pod["containers"][0]["lifecycle"]["preStop"] == {"sleep": {"seconds": PRESTOP_SECONDS}}
+        assert pod["terminationGracePeriodSeconds"] >= PRESTOP_SECONDS + defaults["shutdown_delay_seconds"] + defaults["drain_seconds"]
+    assert PRESTOP_SECONDS >= 10 and defaults["keepalive_seconds"] > 60
