@@ -166,7 +166,7 @@ def test_apt_and_pip_caches_are_keyed_on_what_they_hold():
         caches = {s["with"]["path"]: s["with"]["key"] for s in load("ci.yml")["jobs"][job]["steps"] if s.get("uses", "").startswith("actions/cache@")}
         assert caches == {
             "/var/cache/apt/archives/*.deb": "apt-bookworm-${{ hashFiles('scripts/system-packages.txt') }}",
-            "~/.cache/pip": "pip-py3.11-${{ hashFiles('requirements.lock', 'pyproject.toml') }}",
+            "~/.cache/pip": "pip-py3.11-${{ hashFiles('requirements.lock', 'requirements-checkov.lock', 'pyproject.toml') }}",
         }
         runs = " ".join(s.get("run", "") for s in load("ci.yml")["jobs"][job]["steps"])
         assert "rm -f /etc/apt/apt.conf.d/docker-clean" in runs  # else Debian's image deletes every .deb it installs
