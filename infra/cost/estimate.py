@@ -9,6 +9,9 @@ Three kinds of line:
   ceiling, so it is counted once. (`pools.py` sizes floors and ceilings.)
 - `not-priced`: a resource type or instance type the table cannot price, with the reason.
   Never silently zero.
+- `pipeline`: a training pipeline's own worst case (a CronJob: its runs a month × each run's
+  deadline and attempts, on the cheapest node of its pool that fits it; `pipelines.py`). It runs
+  inside its pool's ceiling, so neither total adds it.
 Resource types that cost nothing by themselves (IAM, route tables, Kubernetes objects that run
 on already-priced nodes...) are listed in FREE_TYPES with the reason, and produce no line.
 """
@@ -433,6 +436,12 @@ def _helm_release(p: _Pricer, r: Resource) -> None:
             p.line(r, f"{what} volume {gb:g} GB gp3", "ebs.gp3.storage", gb, "persistent volume claimed by the chart", per_hour=False)
 
 
+def _cron_job(p: _Pricer, r: Resource) -> None:
+    from infra.cost.pipelines import price_cron_job  # it uses this module's pool helpers
+
+    price_cron_job(p, r)
+
+
 def _sagemaker_mlflow(p: _Pricer, r: Resource) -> None:
     size = str(r.inputs.get("trackingServerSize", "Small")).lower()
     p.line(r, f"SageMaker managed MLflow ({size})", f"sagemaker.mlflow.{size}", 1, "730 h")
@@ -459,6 +468,7 @@ RULES: dict[str, Callable[[_Pricer, Resource], None]] = {
     "aws:ebs/volume:Volume": _ebs_volume,
     "aws:sagemaker/mlflowTrackingServer:MlflowTrackingServer": _sagemaker_mlflow,
     "kubernetes:helm.sh/v3:Release": _helm_release,
+    "kubernetes:batch/v1:CronJob": _cron_job,
 }
 
 
