@@ -19,6 +19,9 @@ from infra.stackfile import StackConfig, StackFileError, load_stack_config, load
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
+# What `add_subparsers` returns: each command adds its own parser to it.
+Subcommands = argparse._SubParsersAction
+
 
 class CliError(Exception):
     """A problem the user can fix; printed without a traceback, exit code 2."""
@@ -342,13 +345,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mlops",
-        description="The MLOps platform's command line: preview a stack offline and review it before `pulumi up`.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_preview_command(commands: Subcommands) -> None:
+    """`mlops preview`: the resource tree and inventory of an offline preview."""
     preview = commands.add_parser(
         "preview",
         help="print the resource tree a stack would create, and optionally write its inventory",
@@ -364,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--counts-only", action="store_true", help="print only the counts by type")
     preview.set_defaults(handler=cmd_preview)
 
+
+def _add_cost_command(commands: Subcommands) -> None:
+    """`mlops cost`: monthly estimate, comparison and budget gate; `cost refresh-prices`."""
     cost = commands.add_parser(
         "cost",
         help="estimate a stack's monthly cost, compare two inventories, gate on the budget",
@@ -387,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--output", metavar="FILE", help="refresh-prices: write the table here instead of infra/cost/prices.json")
     cost.set_defaults(handler=cmd_cost)
 
+
+def _add_cost_comment_command(commands: Subcommands) -> None:
+    """`mlops cost-comment`: the pull-request cost comment over two directories of inventories."""
     comment = commands.add_parser(
         "cost-comment",
         help="the pull-request cost comment for every stack inventory in HEAD_DIR, diffed against BASE_DIR",
@@ -398,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     comment.add_argument("--output", metavar="FILE", help="write the markdown here instead of printing it")
     comment.set_defaults(handler=cmd_cost_comment)
 
+
+def _add_check_command(commands: Subcommands) -> None:
+    """`mlops check`: the rule pack over a stack."""
     check = commands.add_parser(
         "check",
         help="run the security and reliability rules over a stack; exit 1 on any unwaived finding",
@@ -409,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--list-rules", action="store_true", help="print every rule with its ID, severity and fix")
     check.set_defaults(handler=cmd_check)
 
+
+def _add_render_command(commands: Subcommands) -> None:
+    """`mlops render`: every Kubernetes object as validated YAML."""
     render = commands.add_parser(
         "render",
         help="write every Kubernetes object the stack declares as YAML, validated against the cluster version's schemas",
@@ -418,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--kubernetes-version", help="validate against this version (default: the stack's cluster.kubernetesVersion)")
     render.set_defaults(handler=cmd_render)
 
+
+def _add_plan_command(commands: Subcommands) -> None:
+    """`mlops plan`: the create (or destroy) order in waves."""
     plan = commands.add_parser(
         "plan",
         help="the order `pulumi up` creates a stack's resources in (or `pulumi destroy` deletes them in, with --destroy)",
@@ -428,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--destroy", action="store_true", help="the order of `pulumi destroy` instead")
     plan.set_defaults(handler=cmd_plan)
 
+
+def _add_local_command(commands: Subcommands) -> None:
+    """`mlops local`: the service plane on loopback."""
     local = commands.add_parser(
         "local",
         help="run the service plane on this machine (loopback only): S3, tracking server, example model",
@@ -446,6 +462,22 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--drift-for", type=_duration, default="30m", metavar="DURATION",
                        help="how long PSI stays above the threshold before DataDriftHigh fires (default: 30m, the platform's)")
     local.set_defaults(handler=cmd_local)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlops",
+        description="The MLOps platform's command line: preview a stack offline and review it before `pulumi up`.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_preview_command(commands)
+    _add_cost_command(commands)
+    _add_cost_comment_command(commands)
+    _add_check_command(commands)
+    _add_render_command(commands)
+    _add_plan_command(commands)
+    _add_local_command(commands)
     return parser
 
 
