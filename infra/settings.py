@@ -372,7 +372,12 @@ def _no_wildcard(what: str, pattern: re.Pattern[str], allowed: str):
 
 
 GithubRepository = Annotated[str, AfterValidator(_no_wildcard("the repository", _GITHUB_REPOSITORY, "one repository as owner/name, e.g. acme/mlops-platform"))]
-GithubEnvironment = Annotated[str, AfterValidator(_no_wildcard("the environment", _GITHUB_ENVIRONMENT, "a GitHub environment name (letters, digits, '.', '_', '-')"))]
+GithubEnvironment = Annotated[
+    str, AfterValidator(_no_wildcard("the environment", _GITHUB_ENVIRONMENT, "a GitHub environment name (letters, digits, '.', '_', '-')"))]
+GithubOidcProviderArn = Annotated[
+    str, AfterValidator(_matches(_GITHUB_OIDC_PROVIDER_ARN, "the ARN of an IAM OIDC provider for token.actions.githubusercontent.com"))]
+ManagedPolicyArn = Annotated[
+    str, AfterValidator(_matches(_MANAGED_POLICY_ARN, "a managed policy ARN (arn:aws:iam::aws:policy/Name or arn:aws:iam::123456789012:policy/name)"))]
 
 
 class CiSettings(_Section):
@@ -386,11 +391,10 @@ class CiSettings(_Section):
     default: the stack's name. Give each a protection rule (required reviewers, the main branch only)."""
     preview_role: bool = True
     """Create the read-only role pull requests assume for `pulumi preview` (`sub` = `repo:<repository>:pull_request`)."""
-    oidc_provider_arn: Annotated[str, AfterValidator(_matches(_GITHUB_OIDC_PROVIDER_ARN, "the ARN of an IAM OIDC provider for token.actions.githubusercontent.com"))] | None = None
+    oidc_provider_arn: GithubOidcProviderArn | None = None
     """An account has one provider per issuer: the first stack in an account creates it; every other stack in the
     same account sets this to that stack's `ciOidcProviderArn` output."""
-    deploy_policy_arns: Annotated[list[Annotated[str, AfterValidator(_matches(_MANAGED_POLICY_ARN, "a managed policy ARN (arn:aws:iam::aws:policy/Name or arn:aws:iam::123456789012:policy/name)"))]], AfterValidator(_unique)] = Field(
-        default_factory=lambda: [ADMINISTRATOR_ACCESS], min_length=1)
+    deploy_policy_arns: Annotated[list[ManagedPolicyArn], AfterValidator(_unique)] = Field(default_factory=lambda: [ADMINISTRATOR_ACCESS], min_length=1)
     """What `pulumi up` may do. AdministratorAccess by default: the program creates IAM roles, so a narrower policy
     is only as narrow as the roles it may create (README: Delivery, why the deploy role is broad)."""
     state_bucket: Annotated[str, AfterValidator(_matches(_S3_BUCKET, "an S3 bucket name"))] | None = None
@@ -491,24 +495,62 @@ PROD_INVARIANTS: tuple[tuple[str, Any, Any], ...] = (
 )
 
 
+def _problem(key: str, message: str) -> str:
+    """One settings problem as the error lists it: the full config key, then what is wrong."""
+    return f"{CONFIG_NAMESPACE}:{key}: {message}"
+
+
+def _unpinned_tag(key: str, tag: str, example: str = "") -> list[str]:
+    """An image tag must name a version: `latest` moves under a running stack (rule MLOPS-K8S-008 checks the manifests)."""
+    return [_problem(key, 'got "latest"; pin a version' + (f" (for example {example})" if example else ""))] if tag == "latest" else []
+
+
 def _cross_field_problems(s: PlatformSettings) -> list[str]:
     """Rules that span several keys, checked after each key is individually valid."""
-    problems: list[str] = []
+    problems = [*_prod_problems(s), *_cluster_problems(s)]
+
+    from infra.checks.rules import rule_by_id  # the rule list, without a settings import cycle
+
+    for index, waiver in enumerate(s.waivers):
+        if rule_by_id(waiver.rule) is None:
+            problems.append(_problem(f"waivers[{index}].rule", f'got "{waiver.rule}"; no such rule (see `python -m infra.cli check --list-rules`)'))
+    problems.extend(_endpoint_problems(s))
+    if s.endpoints and s.tracking.mode == "managed":
+        problems.append(_problem("endpoints", "model endpoints read models from the self-hosted tracking server; set tracking.mode: selfHosted "
+                                 "(managed MLflow needs SigV4 clients, not supported by the model server yet)"))
+    problems.extend(_pipeline_problems(s))
+    problems.extend(_unpinned_tag("tracking.imageTag", s.tracking.image_tag, example="3.17.2-1"))
+    if s.database.multi_az and s.network.az_count < 2:
+        problems.append(_problem("database.multiAz", "needs network.azCount of at least 2"))
+    problems.extend(_image_problems(s))
+    return problems
+
+
+def _prod_problems(s: PlatformSettings) -> list[str]:
+    """The prod profile's invariants, backup retention, and HTTPS on the internal ALB."""
+    if s.profile != "prod":
+        return []
+    problems = []
+    for key, get, required in PROD_INVARIANTS:
+        if get(s) != required:
+            problems.append(_problem(key, f"got {json.dumps(get(s))}; the prod profile requires {json.dumps(required)} (prod invariant)"))
+    if s.database.backup_retention_days < 7:
+        problems.append(_problem("database.backupRetentionDays", f"got {s.database.backup_retention_days}; the prod profile requires at least 7"))
+    internal_alb = s.endpoints or (s.tracking.mode == "selfHosted" and s.tracking.exposure == "internalAlb")
+    if internal_alb and not s.tracking.certificate_arn:
+        problems.append(_problem(
+            "tracking.certificateArn", "required in prod: the internal ALB of the tracking server and the model endpoints "
+            "then listens on HTTPS 443 only, so passwords and model inputs never cross the VPC in plain HTTP; an ACM "
+            "certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<id> (README: HTTPS on the internal ALB)"))
+    return problems
+
+
+def _cluster_problems(s: PlatformSettings) -> list[str]:
+    """Who reaches the API server (public CIDRs, deploy runners), and the system node group's sizes."""
+    problems = []
 
     def add(key: str, message: str) -> None:
-        problems.append(f"{CONFIG_NAMESPACE}:{key}: {message}")
-
-    if s.profile == "prod":
-        for key, get, required in PROD_INVARIANTS:
-            if get(s) != required:
-                add(key, f"got {json.dumps(get(s))}; the prod profile requires {json.dumps(required)} (prod invariant)")
-        if s.database.backup_retention_days < 7:
-            add("database.backupRetentionDays", f"got {s.database.backup_retention_days}; the prod profile requires at least 7")
-        internal_alb = s.endpoints or (s.tracking.mode == "selfHosted" and s.tracking.exposure == "internalAlb")
-        if internal_alb and not s.tracking.certificate_arn:
-            add("tracking.certificateArn", "required in prod: the internal ALB of the tracking server and the model endpoints "
-                "then listens on HTTPS 443 only, so passwords and model inputs never cross the VPC in plain HTTP; an ACM "
-                "certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<id> (README: HTTPS on the internal ALB)")
+        problems.append(_problem(key, message))
 
     c = s.cluster
     if c.endpoint_public_access and not c.public_access_cidrs:
@@ -532,34 +574,25 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
         add("cluster.systemNodeGroup.minSize", f"got {ng.min_size}, above maxSize {ng.max_size}")
     elif not ng.min_size <= ng.desired_size <= ng.max_size:
         add("cluster.systemNodeGroup.desiredSize", f"got {ng.desired_size}; must lie between minSize {ng.min_size} and maxSize {ng.max_size}")
+    return problems
 
-    from infra.checks.rules import rule_by_id  # the rule list, without a settings import cycle
 
-    for index, waiver in enumerate(s.waivers):
-        if rule_by_id(waiver.rule) is None:
-            add(f"waivers[{index}].rule", f'got "{waiver.rule}"; no such rule (see `python -m infra.cli check --list-rules`)')
+def _endpoint_problems(s: PlatformSettings) -> list[str]:
+    """Endpoints: unique names, replica bounds, GPUs the pool can give, a distinct canary alias, a pinned image."""
+    problems = []
     names = [e.name for e in s.endpoints]
     for index, endpoint in enumerate(s.endpoints):
         key = f"endpoints[{index}]"
         if names.count(endpoint.name) > 1:
-            add(f"{key}.name", f'got "{endpoint.name}" twice; endpoint names must be unique')
+            problems.append(_problem(f"{key}.name", f'got "{endpoint.name}" twice; endpoint names must be unique'))
         if endpoint.replicas.min > endpoint.replicas.max:
-            add(f"{key}.replicas.min", f"got {endpoint.replicas.min}, above replicas.max {endpoint.replicas.max}")
+            problems.append(_problem(f"{key}.replicas.min", f"got {endpoint.replicas.min}, above replicas.max {endpoint.replicas.max}"))
         if endpoint.gpu and endpoint.gpu * endpoint.replicas.min > s.cluster.gpu_pool.max_gpus:
-            add(f"{key}.gpu", f"needs {endpoint.gpu * endpoint.replicas.min} GPUs at minimum replicas; cluster.gpuPool.maxGpus is {s.cluster.gpu_pool.max_gpus}")
+            problems.append(_problem(f"{key}.gpu", f"needs {endpoint.gpu * endpoint.replicas.min} GPUs at minimum replicas; "
+                                     f"cluster.gpuPool.maxGpus is {s.cluster.gpu_pool.max_gpus}"))
         if endpoint.canary and endpoint.canary.alias == endpoint.alias:
-            add(f"{key}.canary.alias", f'got "{endpoint.canary.alias}", the same alias as the stable version')
-        if endpoint.image_tag == "latest":
-            add(f"{key}.imageTag", 'got "latest"; pin a version')
-    if s.endpoints and s.tracking.mode == "managed":
-        add("endpoints", "model endpoints read models from the self-hosted tracking server; set tracking.mode: selfHosted "
-            "(managed MLflow needs SigV4 clients, not supported by the model server yet)")
-    problems.extend(_pipeline_problems(s))
-    if s.tracking.image_tag == "latest":
-        add("tracking.imageTag", 'got "latest"; pin a version (for example 3.17.2-1)')
-    if s.database.multi_az and s.network.az_count < 2:
-        add("database.multiAz", "needs network.azCount of at least 2")
-    problems.extend(_image_problems(s))
+            problems.append(_problem(f"{key}.canary.alias", f'got "{endpoint.canary.alias}", the same alias as the stable version'))
+        problems.extend(_unpinned_tag(f"{key}.imageTag", endpoint.image_tag))
     return problems
 
 
@@ -579,8 +612,7 @@ def _pipeline_problems(s: PlatformSettings) -> list[str]:
             problems.append(f'{key}.endpoint: "{p.endpoint}" serves model "{endpoints[p.endpoint].model}", not this pipeline\'s "{p.model}"')
         if p.gpu > s.cluster.gpu_pool.max_gpus:
             problems.append(f"{key}.gpu: got {p.gpu}; cluster.gpuPool.maxGpus is {s.cluster.gpu_pool.max_gpus}")
-        if p.image_tag == "latest":
-            problems.append(f'{key}.imageTag: got "latest"; pin a version')
+        problems.extend(_unpinned_tag(f"pipelines[{index}].imageTag", p.image_tag))
     if s.pipelines and s.tracking.mode == "managed":
         problems.append(f"{CONFIG_NAMESPACE}:pipelines: training pipelines log in to the self-hosted tracking server with their own users; "
                         "set tracking.mode: selfHosted")

@@ -60,7 +60,8 @@ def test_stack_overrides_only_what_it_sets():
         (with_(VALID_DEV, network={"cidr": "10.0.0.1/16"}), "network.cidr: got \"10.0.0.1/16\"; not an IPv4 CIDR block"),
         (with_(VALID_DEV, network={"interfaceEndpoints": ["sts", "sts"]}), "network.interfaceEndpoints: got [\"sts\", \"sts\"]; entries must be unique"),
         (with_(VALID_DEV, network={"interfaceEndpoints": ["dynamodb"]}), "network.interfaceEndpoints[0]: got \"dynamodb\"; allowed:"),
-        (with_(VALID_DEV, network={"natGateway": "single"}), "network.natGateway: unknown key; allowed keys here: azCount, cidr, interfaceEndpoints, natGateways"),
+        (with_(VALID_DEV, network={"natGateway": "single"}),
+         "network.natGateway: unknown key; allowed keys here: azCount, cidr, interfaceEndpoints, natGateways"),
         (with_(VALID_DEV, bogus=1), "mlops-platform:bogus: unknown key; allowed keys here:"),
         (with_(VALID_DEV, storage={"versioning": "maybe"}), 'storage.versioning: got "maybe"; expected a valid boolean'),
         (with_(VALID_DEV, storage={"noncurrentVersionDays": 0}), "storage.noncurrentVersionDays: got 0; expected greater than or equal to 1"),
@@ -168,3 +169,15 @@ def test_profile_defaults_carry_every_setting(profile):
         assert section in defaults, section
     assert "deletionProtection" in defaults
     assert "capacityType" in defaults["cluster"]["gpuPool"] and "maxGpus" in defaults["cluster"]["gpuPool"]
+
+
+def test_latest_is_refused_for_every_image_tag_with_its_key():
+    raw = with_(VALID_DEV, tracking={"imageTag": "latest"},
+                endpoints=[{"name": "ab", "model": "m", "imageTag": "latest"}],
+                pipelines=[{"name": "pipe", "model": "m", "entryPoint": "examples.diabetes:task", "data": "data/d.csv.dvc",
+                            "imageTag": "latest"}])
+    assert [p for p in problems_of(raw) if "latest" in p] == [
+        'mlops-platform:endpoints[0].imageTag: got "latest"; pin a version',
+        'mlops-platform:pipelines[0].imageTag: got "latest"; pin a version',
+        'mlops-platform:tracking.imageTag: got "latest"; pin a version (for example 3.17.2-1)',
+    ]
