@@ -64,11 +64,24 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     image is declared: no self-hosted tracking server, no endpoint (the first deploy's phase 1)."""
     tags = platform_tags(env=settings.profile, stack=pulumi.get_stack(), owner=settings.owner)
     register_platform_tags(tags)
-    prefix = settings.name_prefix
-    protect = settings.deletion_protection
+    network = _network(settings)
+    storage, registry = _storage_and_registry(settings)
+    ci = _ci_access(settings)
+    cluster, node_pools, addons = _compute(settings, network, tags, ci_admins=(ci.deploy.arn,) if ci else ())
+    # Managed MLflow pulls no image of ours, so it belongs to phase 1 as well.
+    workloads = settings.deploy_workloads
+    tracking = _tracking(settings, network, storage, cluster, addons, images) if workloads or settings.tracking.mode == "managed" else None
+    monitoring = _monitoring(settings, storage, cluster, node_pools, addons)
+    endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring, images) if tracking and workloads else []
+    if tracking is not None and workloads and settings.pipelines:
+        _training(settings, storage, cluster, node_pools, tracking, monitoring, images)
+    _budget(settings)
+    _exports(settings, network, storage, registry, cluster, node_pools, ci, tracking, endpoints)
 
-    network = Network(
-        f"{prefix}-net",
+
+def _network(settings: PlatformSettings) -> Network:
+    return Network(
+        f"{settings.name_prefix}-net",
         NetworkArgs(
             cidr=settings.network.cidr,
             az_count=settings.network.az_count,
@@ -77,6 +90,11 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
             cluster_name=settings.cluster_name,
         ),
     )
+
+
+def _storage_and_registry(settings: PlatformSettings) -> tuple[Storage, Registry]:
+    """The buckets and their KMS key, then the image repositories encrypted with that key."""
+    prefix, protect = settings.name_prefix, settings.deletion_protection
     storage = Storage(
         f"{prefix}-storage",
         StorageArgs(
@@ -99,17 +117,12 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
             protect=protect,
         ),
     )
-    ci = _ci_access(settings)
-    cluster, node_pools, addons = _compute(settings, network, tags, ci_admins=(ci.deploy.arn,) if ci else ())
-    # Managed MLflow pulls no image of ours, so it belongs to phase 1 as well.
-    workloads = settings.deploy_workloads
-    tracking = _tracking(settings, network, storage, cluster, addons, images) if workloads or settings.tracking.mode == "managed" else None
-    monitoring = _monitoring(settings, storage, cluster, node_pools, addons)
-    endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring, images) if tracking and workloads else []
-    if tracking is not None and workloads and settings.pipelines:
-        _training(settings, storage, cluster, node_pools, tracking, monitoring, images)
-    Budget(
-        f"{prefix}-budget",
+    return storage, registry
+
+
+def _budget(settings: PlatformSettings) -> Budget:
+    return Budget(
+        f"{settings.name_prefix}-budget",
         BudgetArgs(
             stack=pulumi.get_stack(),
             monthly_usd=settings.budget.monthly_usd,
@@ -118,6 +131,10 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
         ),
     )
 
+
+def _exports(settings: PlatformSettings, network: Network, storage: Storage, registry: Registry, cluster: Cluster,
+             node_pools: NodePools, ci: CiAccess | None, tracking: TrackingServer | None, endpoints: list[ServingEndpoint]) -> None:
+    """The stack outputs: what CI, the README's commands and `dvc remote add` read after `pulumi up`."""
     pulumi.export("profile", settings.profile)
     pulumi.export("vpcId", network.vpc_id)
     pulumi.export("privateSubnetIds", network.private_subnet_ids)
@@ -130,7 +147,7 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     pulumi.export("clusterName", cluster.name)
     pulumi.export("clusterEndpoint", cluster.endpoint)
     pulumi.export("karpenterInterruptionQueue", node_pools.queue_name)
-    pulumi.export("deployWorkloads", workloads)
+    pulumi.export("deployWorkloads", settings.deploy_workloads)
     if ci is not None:
         pulumi.export("ciOidcProviderArn", ci.oidc_provider_arn)
         pulumi.export("ciDeployRoleArn", ci.deploy.arn)
@@ -141,6 +158,12 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     if tracking is not None and tracking.admin_secret_arn is not None:
         pulumi.export("trackingAdminSecretArn", tracking.admin_secret_arn)
     pulumi.export("endpointPaths", {e.endpoint: e.url_path for e in endpoints})
+
+
+def _platform_node_selector(settings: PlatformSettings) -> dict[str, str]:
+    """Where the platform's own pods run: on the system node group with `workloadPlacement: systemNodes`,
+    anywhere (Karpenter's CPU pool) otherwise. GPU pods use the GPU pool's selector instead."""
+    return dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {}
 
 
 def _ci_access(settings: PlatformSettings) -> CiAccess | None:
@@ -180,7 +203,7 @@ def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, 
             endpoints=[EndpointObjective(e.name, e.latency_objective_ms) for e in settings.endpoints],
             gpu_node_selector=node_pools.gpu_node_selector,
             gpu_toleration=node_pools.gpu_toleration,
-            node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+            node_selector=_platform_node_selector(settings),
             protect_secrets=settings.deletion_protection,
             depends_on=(cluster.system_node_group,),
             storage_class=addons.storage_class,
@@ -226,7 +249,7 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
                 gpu_toleration=node_pools.gpu_toleration,
                 ingress_group=f"{settings.name_prefix}-internal",
                 certificate_arn=settings.tracking.certificate_arn,  # one certificate for the shared internal ALB
-                node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+                node_selector=_platform_node_selector(settings),
                 load_balancer_controller=addons.load_balancer_controller,
                 monitoring_crds=monitoring.release,
             ),
@@ -269,7 +292,7 @@ def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, no
             receiver_token=monitoring.retrain_token,
             gpu_node_selector=node_pools.gpu_node_selector,
             gpu_toleration=node_pools.gpu_toleration,
-            node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+            node_selector=_platform_node_selector(settings),
         ),
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
     )
@@ -307,7 +330,7 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
             load_balancer_controller=addons.load_balancer_controller,
             managed_size=t.managed_size,
             ingress_group=f"{settings.name_prefix}-internal",
-            node_selector=dict(SYSTEM_POOL_LABEL) if settings.cluster.workload_placement == "systemNodes" else {},
+            node_selector=_platform_node_selector(settings),
             reader_endpoints=tuple(e.name for e in settings.endpoints),
             writer_models={p.name: p.model for p in settings.pipelines},
         ),
@@ -321,28 +344,7 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
 
     `ci_admins`: the CI deploy role, which runs `pulumi up` and so manages the cluster's objects."""
     c = settings.cluster
-    cluster = Cluster(
-        f"{settings.name_prefix}-cluster",
-        ClusterArgs(
-            cluster_name=settings.cluster_name,
-            kubernetes_version=c.kubernetes_version,
-            vpc_id=network.vpc_id,
-            subnet_ids=network.private_subnet_ids,
-            endpoint_public_access=c.endpoint_public_access,
-            public_access_cidrs=tuple(c.public_access_cidrs),
-            log_types=tuple(c.log_types),
-            log_retention_days=c.log_retention_days,
-            admin_role_arns=(*c.admin_role_arns, *ci_admins),
-            system_instance_type=c.system_node_group.instance_type,
-            system_min_size=c.system_node_group.min_size,
-            system_max_size=c.system_node_group.max_size,
-            system_desired_size=c.system_node_group.desired_size,
-            deletion_protection=settings.deletion_protection,
-            deploy_runner_cidrs=tuple(c.deploy_runner_cidrs),
-            deploy_runner_security_group_ids=tuple(c.deploy_runner_security_group_ids),
-            instance_tags={**tags, "component": "cluster"},
-        ),
-    )
+    cluster = _cluster(settings, network, tags, ci_admins)
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
     addons = ClusterAddons(
         f"{settings.name_prefix}-addons",
@@ -394,6 +396,33 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
         opts=on_cluster,
     )
     return cluster, node_pools, addons
+
+
+def _cluster(settings: PlatformSettings, network: Network, tags: dict[str, str], ci_admins: tuple[pulumi.Output[str], ...]) -> Cluster:
+    """The EKS control plane, its system node group and the identities of the platform's pods."""
+    c = settings.cluster
+    return Cluster(
+        f"{settings.name_prefix}-cluster",
+        ClusterArgs(
+            cluster_name=settings.cluster_name,
+            kubernetes_version=c.kubernetes_version,
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            endpoint_public_access=c.endpoint_public_access,
+            public_access_cidrs=tuple(c.public_access_cidrs),
+            log_types=tuple(c.log_types),
+            log_retention_days=c.log_retention_days,
+            admin_role_arns=(*c.admin_role_arns, *ci_admins),
+            system_instance_type=c.system_node_group.instance_type,
+            system_min_size=c.system_node_group.min_size,
+            system_max_size=c.system_node_group.max_size,
+            system_desired_size=c.system_node_group.desired_size,
+            deletion_protection=settings.deletion_protection,
+            deploy_runner_cidrs=tuple(c.deploy_runner_cidrs),
+            deploy_runner_security_group_ids=tuple(c.deploy_runner_security_group_ids),
+            instance_tags={**tags, "component": "cluster"},
+        ),
+    )
 
 
 def main() -> None:
