@@ -16,7 +16,6 @@ each step. Ctrl-C (or the end of `--once`) stops everything, whole process group
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import sys
@@ -321,7 +320,8 @@ def print_summary(plane: LocalPlane) -> None:
         url = plane.servers["prometheus"].url
         print(f"  prometheus        {url}/graph   (alerts: {url}/alerts; try serving_feature_drift_psi)")
         t = plane.timings
-        print(f"  drift alert       {DRIFT_ALERT} after {t.drift_for} above the threshold (drift scored every {t.drift_interval_seconds:g} s, scraped every {t.scrape_interval})")
+        print(f"  drift alert       {DRIFT_ALERT} after {t.drift_for} above the threshold "
+              f"(drift scored every {t.drift_interval_seconds:g} s, scraped every {t.scrape_interval})")
     if "receiver" in plane.servers:
         print(f"  alertmanager      {plane.servers['alertmanager'].url}   (DataDriftHigh -> receiver {plane.servers['receiver'].url}/alerts)")
     if plane.pipeline is not None:

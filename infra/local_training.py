@@ -198,7 +198,8 @@ def follow_retraining(pipeline: LocalPipeline, servers: dict[str, Server], admin
     say(f"3. the model server's drift score for bmi: PSI {psi:.2f}")
     _until("DataDriftHigh firing in Prometheus", lambda: _drift_alert_state(prometheus) == "firing", timeout)
     say("4. DataDriftHigh{feature=\"bmi\"} is firing; Prometheus sent it to Alertmanager")
-    line = _until("the receiver starting a retrain", lambda: next((l for l in receiver.tail(200).splitlines() if "retraining " in l), None), timeout, receiver.log)
+    line = _until("the receiver starting a retrain", lambda: next((row for row in receiver.tail(200).splitlines() if "retraining " in row), None), timeout,
+                  receiver.log)
     say("5. Alertmanager delivered it; the receiver started the pipeline: " + line.split("retraining ", 1)[1])
     version = _until("a new champion", lambda: (lambda v: v if v and v != before else None)(_champion(pipeline, admin_password)), timeout,
                      pipeline.workdir / "retrain-diabetes-1.log")

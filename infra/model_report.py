@@ -54,7 +54,10 @@ def render(head: dict | None, base: dict | None, *, base_ref: str, failure: str 
         return "\n".join(lines) + "\n"
     metric = head["metric"]
     challenger, champion = head["challenger"], head.get("champion")
-    show = lambda score: f"{score['value']:.4g}" if score and score.get("value") is not None else (f"error: {score['error']}" if score else "none")
+
+    def show(score: dict | None) -> str:
+        return f"{score['value']:.4g}" if score and score.get("value") is not None else (f"error: {score['error']}" if score else "none")
+
     lines += [f"| | this pull request (challenger) | `{base_ref}` (champion) |", "| --- | --- | --- |",
               f"| held-out {metric} | {show(challenger)} | {show(champion)} |",
               f"| data version (DVC md5) | `{head['data']['md5']}` | `{base['data']['md5']}` |" if base else

@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
-from pulumi.runtime import rpc, settings as pulumi_settings
-from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.config import set_all_config
+from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from infra.inventory import STACK_TYPE, Inventory, Resource, mask_secrets

@@ -116,7 +116,8 @@ def _as_list(value: Any) -> list[Any]:
 
 # -- S3 -----------------------------------------------------------------------------------
 
-@rule("MLOPS-S3-001", HIGH, "buckets are encrypted with a KMS key", "add a BucketServerSideEncryptionConfiguration with sse_algorithm aws:kms (components/storage.py does)")
+@rule("MLOPS-S3-001", HIGH, "buckets are encrypted with a KMS key",
+      "add a BucketServerSideEncryptionConfiguration with sse_algorithm aws:kms (components/storage.py does)")
 def _s3_kms(inv: Inventory):
     for bucket in inv.of_type("aws:s3/bucket:Bucket"):
         configs = _companions(inv, bucket, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
@@ -136,7 +137,8 @@ def _s3_public(inv: Inventory):
             yield bucket, "public access is not fully blocked"
 
 
-@rule("MLOPS-S3-003", MEDIUM, "bucket policy denies requests without TLS", "add a Deny statement on aws:SecureTransport=false (components/storage.tls_only_policy)")
+@rule("MLOPS-S3-003", MEDIUM, "bucket policy denies requests without TLS",
+      "add a Deny statement on aws:SecureTransport=false (components/storage.tls_only_policy)")
 def _s3_tls(inv: Inventory):
     for bucket in inv.of_type("aws:s3/bucket:Bucket"):
         policies = _companions(inv, bucket, "aws:s3/bucketPolicy:BucketPolicy")
@@ -192,7 +194,8 @@ def _eks_logs(inv: Inventory):
             yield cluster, f"control-plane log types missing: {', '.join(sorted(missing))}"
 
 
-@rule("MLOPS-EKS-003", HIGH, "the API endpoint is private in prod and never open to the internet", "set cluster.endpointPublicAccess: false (prod) or an allow-list of CIDRs")
+@rule("MLOPS-EKS-003", HIGH, "the API endpoint is private in prod and never open to the internet",
+      "set cluster.endpointPublicAccess: false (prod) or an allow-list of CIDRs")
 def _eks_endpoint(inv: Inventory):
     for cluster in inv.of_type("aws:eks/cluster:Cluster"):
         vpc = cluster.inputs.get("vpcConfig") or {}
@@ -244,7 +247,8 @@ def _rds_prod(inv: Inventory):
 LOAD_BALANCER_ROLE_TAG = ("mlops.platform/role", "load-balancer")
 
 
-@rule("MLOPS-NET-001", HIGH, "no security group admits 0.0.0.0/0 except load balancer listeners", "narrow the CIDR, or tag the group mlops.platform/role=load-balancer and allow only 80/443")
+@rule("MLOPS-NET-001", HIGH, "no security group admits 0.0.0.0/0 except load balancer listeners",
+      "narrow the CIDR, or tag the group mlops.platform/role=load-balancer and allow only 80/443")
 def _open_ingress(inv: Inventory):
     key, value = LOAD_BALANCER_ROLE_TAG
     for sg in inv.of_type("aws:ec2/securityGroup:SecurityGroup"):
@@ -261,7 +265,8 @@ def _open_ingress(inv: Inventory):
             yield rule_, "ingress rule from anywhere"
 
 
-@rule("MLOPS-NET-002", HIGH, "Services listen on their pods' container port", "set the Service's port equal to its targetPort (and name that port in clients' URLs and egress rules)")
+@rule("MLOPS-NET-002", HIGH, "Services listen on their pods' container port",
+      "set the Service's port equal to its targetPort (and name that port in clients' URLs and egress rules)")
 def _service_port(inv: Inventory):
     """The VPC CNI's network policy agent admits traffic sent to a ClusterIP only when the
     Service port equals the container port (EKS user guide, "network policy considerations";
@@ -348,7 +353,8 @@ def _iam_star(inv: Inventory):
                         yield r, f"allows {', '.join(a for a in actions if a == '*' or a.endswith(':*'))} on *"
 
 
-@rule("MLOPS-IAM-002", HIGH, "each workload role trusts exactly one service account", "use components.identity.workload_role, which pins sub to system:serviceaccount:<ns>:<sa>")
+@rule("MLOPS-IAM-002", HIGH, "each workload role trusts exactly one service account",
+      "use components.identity.workload_role, which pins sub to system:serviceaccount:<ns>:<sa>")
 def _iam_trust(inv: Inventory):
     for role in inv.of_type("aws:iam/role:Role"):
         for s in _statements(role.inputs.get("assumeRolePolicy")):
@@ -399,7 +405,8 @@ def _security(container: dict[str, Any], pod: dict[str, Any], key: str) -> Any:
 
 _container_rule(
     "MLOPS-K8S-001", "containers declare CPU and memory requests and a memory limit", "set resources.requests.cpu/memory and resources.limits.memory",
-    lambda c, p: None if ((c.get("resources") or {}).get("requests") or {}).keys() >= {"cpu", "memory"} and "memory" in ((c.get("resources") or {}).get("limits") or {}) else "resources incomplete",
+    lambda c, p: None if ((c.get("resources") or {}).get("requests") or {}).keys() >= {"cpu", "memory"}
+    and "memory" in ((c.get("resources") or {}).get("limits") or {}) else "resources incomplete",
 )
 _container_rule(
     "MLOPS-K8S-003", "containers run as non-root", "set securityContext.runAsNonRoot: true and a non-zero runAsUser",
@@ -412,7 +419,8 @@ _container_rule(
 )
 _container_rule(
     "MLOPS-K8S-005", "no privilege escalation", "set securityContext.allowPrivilegeEscalation: false (and never privileged)",
-    lambda c, p: None if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is False and not (c.get("securityContext") or {}).get("privileged") else "privilege escalation allowed",
+    lambda c, p: None if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is False
+    and not (c.get("securityContext") or {}).get("privileged") else "privilege escalation allowed",
     HIGH,
 )
 _container_rule(
@@ -563,7 +571,8 @@ def _protected(inv: Inventory):
             yield r, "not protected from `pulumi destroy`"
 
 
-@rule("MLOPS-DATA-002", LOW, "non-prod stacks can be destroyed in one pass", "outside prod: force_destroy buckets, force_delete registries, no protect, skip the final DB snapshot")
+@rule("MLOPS-DATA-002", LOW, "non-prod stacks can be destroyed in one pass",
+      "outside prod: force_destroy buckets, force_delete registries, no protect, skip the final DB snapshot")
 def _destroyable(inv: Inventory):
     if is_prod(inv):
         return

@@ -158,14 +158,17 @@ class _Pricer:
         hourly_unit = price.unit == "hour" if per_hour is None else per_hour
         if hourly_unit:
             hourly = price.price * quantity
-            self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=round(hourly, 6), monthly=round(hourly * self.hours, 2), assumption=assumption))
+            self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=round(hourly, 6), monthly=round(hourly * self.hours, 2),
+                                   assumption=assumption))
         else:
-            self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=None, monthly=round(price.price * quantity, 2), assumption=assumption))
+            self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=None, monthly=round(price.price * quantity, 2),
+                                   assumption=assumption))
 
     def not_priced(self, r: Resource, item: str, reason: str) -> None:
         self.lines.append(Line(**self.base(r, item), kind=NOT_PRICED, assumption=reason))
 
-    def pool_line(self, r: Resource, item: str, kind: str, quantity: float, unit: str, hourly: float | None, assumption: str, *, monthly: float | None = None) -> None:
+    def pool_line(self, r: Resource, item: str, kind: str, quantity: float, unit: str, hourly: float | None, assumption: str, *,
+                  monthly: float | None = None) -> None:
         """A line whose cost the caller computed (a pool's nodes or their volumes)."""
         monthly = hourly * self.hours if monthly is None and hourly is not None else monthly
         self.lines.append(Line(**self.base(r, item), kind=kind, quantity=quantity, unit=unit, hourly=None if hourly is None else round(hourly, 6),
@@ -361,7 +364,8 @@ def _ingress(p: _Pricer, r: Resource) -> None:
     if spec.get("ingressClassName") == "alb" or annotations.get("kubernetes.io/ingress.class") == "alb":
         if "alb.ingress.kubernetes.io/group.name" in annotations:
             group = annotations["alb.ingress.kubernetes.io/group.name"]
-            sharing = [x for x in p.inventory.of_type(r.type) if ((x.inputs.get("metadata") or {}).get("annotations") or {}).get("alb.ingress.kubernetes.io/group.name") == group]
+            sharing = [x for x in p.inventory.of_type(r.type)
+                       if ((x.inputs.get("metadata") or {}).get("annotations") or {}).get("alb.ingress.kubernetes.io/group.name") == group]
             if sharing and sharing[0].urn != r.urn:
                 return  # an ingress group shares one ALB; price it once
         _load_balancer(p, r, "application")
@@ -376,9 +380,11 @@ def _rds(p: _Pricer, r: Resource) -> None:
     cls = r.inputs.get("instanceClass", "?")
     multi = bool(r.inputs.get("multiAz"))
     deployment = "multi-az" if multi else "single-az"
-    p.line(r, f"RDS PostgreSQL {cls} ({'Multi-AZ' if multi else 'Single-AZ'})", f"rds.instance.{cls}.{deployment}", 1, "730 h" + ("; Multi-AZ: primary + standby" if multi else ""))
+    p.line(r, f"RDS PostgreSQL {cls} ({'Multi-AZ' if multi else 'Single-AZ'})", f"rds.instance.{cls}.{deployment}", 1,
+           "730 h" + ("; Multi-AZ: primary + standby" if multi else ""))
     if r.inputs.get("manageMasterUserPassword"):
-        p.line(r, "Secrets Manager secret of the master password", "secretsmanager.secret", 1, "RDS keeps the generated password in Secrets Manager", per_hour=False)
+        p.line(r, "Secrets Manager secret of the master password", "secretsmanager.secret", 1, "RDS keeps the generated password in Secrets Manager",
+               per_hour=False)
     gb = r.inputs.get("allocatedStorage", 20)
     p.line(r, f"RDS storage {gb} GB gp3", f"rds.storage.gp3.{deployment}", gb, "allocated storage" + ("; Multi-AZ doubles it" if multi else ""), per_hour=False)
 
@@ -407,12 +413,14 @@ def _log_group(p: _Pricer, r: Resource) -> None:
     p.line(r, f"CloudWatch Logs ingestion {gb:g} GB", "logs.ingestion", gb, "usage logsGbPerLogGroup", per_hour=False)
     retention = r.inputs.get("retentionInDays") or 3653
     stored = round(gb * min(retention, 365) / 30, 2)
-    p.line(r, f"CloudWatch Logs storage {stored:g} GB", "logs.storage", stored, f"{gb:g} GB/month kept {retention} days (compressed size not modelled)", per_hour=False)
+    p.line(r, f"CloudWatch Logs storage {stored:g} GB", "logs.storage", stored, f"{gb:g} GB/month kept {retention} days (compressed size not modelled)",
+           per_hour=False)
 
 
 def _sqs(p: _Pricer, r: Resource) -> None:
     billable = max(p.usage["sqsMillionRequests"] - 1, 0)
-    p.line(r, f"SQS requests beyond the free million ({billable:g} M)", "sqs.requests", billable, "usage sqsMillionRequests; first million free", per_hour=False)
+    p.line(r, f"SQS requests beyond the free million ({billable:g} M)", "sqs.requests", billable, "usage sqsMillionRequests; first million free",
+           per_hour=False)
 
 
 def _ebs_volume(p: _Pricer, r: Resource) -> None:

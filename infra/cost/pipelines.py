@@ -84,7 +84,8 @@ def price_cron_job(p, r: Resource) -> None:
     pool = (pod.get("nodeSelector") or {}).get(pools.POOL_LABEL, "cpu")
     node_pool = next((n for n in p.inventory.of_type("kubernetes:karpenter.sh/v1:NodePool") if (n.inputs.get("metadata") or {}).get("name") == pool), None)
     if node_pool is None:
-        p.pool_line(r, item, PIPELINE, hours, "run-hours", 0.0, f"{bound}; runs on the always-on `{pool}` nodes (priced in the baseline), needing no node of its own",
+        p.pool_line(r, item, PIPELINE, hours, "run-hours", 0.0,
+                    f"{bound}; runs on the always-on `{pool}` nodes (priced in the baseline), needing no node of its own",
                     monthly=0.0)
         return
     volume_gib, volume_type = _node_class_volume(p.inventory, node_pool.inputs.get("spec") or {})

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra.cost.estimate import BASELINE, NOT_PRICED, WORST_CASE, Estimate, Line
+from infra.cost.estimate import NOT_PRICED, WORST_CASE, Estimate, Line
 
 COMMENT_MARKER = "<!-- mlops-platform cost comment -->"
 
@@ -112,7 +112,8 @@ def compare(base: Estimate, head: Estimate) -> Comparison:
     for key in before.keys() & after.keys():
         old, new = before[key], after[key]
         if (old.monthly or 0) != (new.monthly or 0) or old.item != new.item or old.kind != new.kind:
-            changes.append(Change("changed", new.resource, new.item if old.item == new.item else f"{old.item} → {new.item}", new.kind, old.monthly, new.monthly))
+            changes.append(Change("changed", new.resource, new.item if old.item == new.item else f"{old.item} → {new.item}", new.kind, old.monthly,
+                                  new.monthly))
     changes.sort(key=lambda c: (c.kind == WORST_CASE, -abs(c.delta), c.resource))
     return Comparison(stack=head.stack, base=base, head=head, changes=changes)
 
@@ -139,7 +140,8 @@ def render_markdown(comparisons: list[Comparison]) -> str:
     out.append("| stack | before | after | change | worst case after (pools full) |")
     out.append("| --- | ---: | ---: | ---: | ---: |")
     for c in comparisons:
-        out.append(f"| {c.stack} | {money(c.base.baseline_monthly)} | {money(c.head.baseline_monthly)} | {signed(c.delta)} | {money(c.head.worst_case_monthly)} |")
+        out.append(f"| {c.stack} | {money(c.base.baseline_monthly)} | {money(c.head.baseline_monthly)} | {signed(c.delta)} "
+                   f"| {money(c.head.worst_case_monthly)} |")
     for c in comparisons:
         out.append("")
         out.append(f"<details><summary><b>{c.stack}</b>: {signed(c.delta)}/month, {len(c.changes)} changed line(s)</summary>")

@@ -92,7 +92,8 @@ def start_serving(tracking: Tracking, model_name: str, log_dir: Path, **settings
         "SERVING_ENDPOINT": model_name,
         **{f"SERVING_{k.upper()}": v for k, v in settings.items()},
     }
-    server = start(f"serving-{model_name}", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{port}", log_dir=log_dir, env=env, cwd=REPO_ROOT)
+    server = start(f"serving-{model_name}", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{port}", log_dir=log_dir, env=env,
+                   cwd=REPO_ROOT)
     try:
         wait_http(server, "/readyz", timeout=120)
     except RuntimeError:

@@ -146,7 +146,8 @@ def test_per_endpoint_alerts_and_dashboards_match_what_the_operator_scrapes(drif
     prometheus = start_prometheus(tmp_path, {}, scrape_configs=configs, scrape_interval="1s")
     try:
         x_train, _, _, _ = training_data()
-        (latency_rule,) = [r for g in rule_groups(AlertThresholds(), [EndpointObjective(MODEL, 250)]) for r in g["rules"] if r["alert"] == "EndpointLatencyHigh"]
+        (latency_rule,) = [r for g in rule_groups(AlertThresholds(), [EndpointObjective(MODEL,
+                                                                                        250)]) for r in g["rules"] if r["alert"] == "EndpointLatencyHigh"]
         latency = latency_rule["expr"].rsplit(" > ", 1)[0]  # the alert's query, without its threshold
         deadline, found = time.time() + 45, []
         while time.time() < deadline and not found:

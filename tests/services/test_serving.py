@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 
 import boto3
-import numpy as np
 import pytest
 
 from tests.services.conftest import BUCKET, start_serving
@@ -280,7 +279,7 @@ def test_a_broken_new_version_leaves_the_old_one_serving(live_server, rows, trac
     failures = 0.0
     while time.time() < deadline and failures < 1:
         text = get(live_server, "/metrics")[1]
-        line = next((l for l in text.splitlines() if l.startswith("serving_model_load_failures_total{")), "x 0")
+        line = next((row for row in text.splitlines() if row.startswith("serving_model_load_failures_total{")), "x 0")
         failures = float(line.split()[-1])
         time.sleep(0.3)
     assert failures >= 1

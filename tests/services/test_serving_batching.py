@@ -83,7 +83,7 @@ def test_concurrent_requests_become_fewer_model_calls_with_the_same_answers(batc
     assert json.loads(get(server, "/version")[1])["batching"] is True
     requests = bodies(x, CONCURRENT)
     alone = [post(server, body) for body in requests]
-    for body, (status, answer, _) in zip(requests, alone):
+    for body, (status, answer, _) in zip(requests, alone, strict=True):
         assert status == 200 and answer == mlflow_answer(pyfunc, body)[1]
     before = model_calls(server)
     together = concurrently(server, requests)

@@ -54,7 +54,8 @@ def log_pyfunc(name: str, model, x: pd.DataFrame, **kwargs):
     from mlflow.models import infer_signature
 
     return mlflow.pyfunc.log_model(name="model", python_model=model, input_example=x.head(3), registered_model_name=name, pip_requirements=["mlflow"],
-                                   signature=infer_signature(x, model.predict(None, x, kwargs.pop("example_params", None)), kwargs.pop("params", None)), **kwargs)
+                                   signature=infer_signature(x, model.predict(None, x, kwargs.pop("example_params", None)), kwargs.pop("params", None)),
+                                       **kwargs)
 
 
 def train_and_log(kind: str, name: str, x: pd.DataFrame):
@@ -71,7 +72,8 @@ def train_and_log(kind: str, name: str, x: pd.DataFrame):
     if kind == "proba":
         return log_sklearn(name, LogisticRegression(max_iter=500).fit(x, target), x, predict_fn="predict_proba")
     if kind == "pipe":
-        pipe = Pipeline([("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]), ("numbers", StandardScaler(), ["size", "rooms"])])),
+        pipe = Pipeline([("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]), ("numbers", StandardScaler(), ["size",
+            "rooms"])])),
                          ("ridge", Ridge())])
         return log_sklearn(name, pipe.fit(x, x["size"] * 3 + x["rooms"] * 10 + (x["city"] == "oslo") * 25), x)
     if kind == "ints":
@@ -178,7 +180,8 @@ def test_what_mlflow_converts_is_converted_the_same_way(servers, registered_mode
     and extra columns: MLflow's parsing handles these, and the answer is its answer."""
     server, pyfunc = servers("pipe"), registered_models["pipe"]
     for body in (split_body(HOUSE, ["lyon", 80, 3.0]), split_body(HOUSE, ["lyon", "80.5", 3]), split_body(HOUSE, [None, 80.0, 3]),
-                 split_body([*HOUSE, "unused"], ["lyon", 80.0, 3, "x"]), {"dataframe_split": {"index": [7], **split_body(HOUSE, ["kyiv", 70.0, 2])["dataframe_split"]}}):
+                 split_body([*HOUSE, "unused"], ["lyon", 80.0, 3, "x"]), {"dataframe_split": {"index": [7], **split_body(HOUSE, ["kyiv", 70.0,
+                     2])["dataframe_split"]}}):
         status, answer, _ = post(server, body)
         assert status == 200 and answer == mlflow_answer(pyfunc, body)[1], (body, answer)
 

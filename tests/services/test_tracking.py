@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import urllib.error
@@ -13,7 +12,7 @@ import pytest
 
 from infra.processes import free_port
 from infra.stackfile import REPO_ROOT
-from tests.services.conftest import AWS_ENV, BUCKET, tracking_env
+from tests.services.conftest import BUCKET, tracking_env
 
 
 def test_unauthenticated_requests_are_refused(tracking):
@@ -69,7 +68,8 @@ def test_moving_the_alias_points_loads_at_the_new_version(as_admin):
 
 
 def run_entrypoint(command: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.tracking.entrypoint", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "services.tracking.entrypoint", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.mark.parametrize("password", ["aaaaaaaaaaaaaaaa", "passwordpassword", "password1234", "qwertyuiopasdfgh", "short", ""])

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from infra.processes import free_port
-from infra.stackfile import REPO_ROOT
 from tests.services.conftest import AWS_ENV, start_serving, tracking_env
 from tests.services.test_tracking import run_entrypoint
 
@@ -166,11 +165,12 @@ def test_a_reader_changes_nothing(tracking, admins_model):
 def test_every_write_route_of_the_server_refuses_a_reader(tracking, readers, tmp_path):
     user, password = "serving-reranker", READERS["serving-reranker"]
     routes = server_routes(tmp_path)
-    writes = sorted({(m, re.sub(r"<[^>]+>|\{[^}]+\}", "x", p)) for m, p in routes if m not in ("GET", "HEAD", "OPTIONS")} - {("POST", p) for p in READ_ONLY_POSTS})
+    writes = sorted({(m, re.sub(r"<[^>]+>|\{[^}]+\}", "x", p)) for m, p in routes if m not in ("GET", "HEAD", "OPTIONS")}
+                    - {("POST", p) for p in READ_ONLY_POSTS})
     assert len(writes) > 250 and ("POST", "/v1/traces") in writes and ("PUT", "/api/2.0/mlflow-artifacts/artifacts/x") in writes
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda route: call(tracking.url, user, password, *route), writes))
-    allowed = [(route, status) for route, status in zip(writes, answers) if status != 403]
+    allowed = [(route, status) for route, status in zip(writes, answers, strict=True) if status != 403]
     assert allowed == [], f"{len(allowed)} of {len(writes)} write routes did not answer 403 to a read-only user"
     for path in sorted(READ_ONLY_POSTS):  # the searches a reader may run
         assert call(tracking.url, user, password, "POST", path, {"experiment_ids": ["0"], "max_results": 1}) != 403, path

@@ -4,12 +4,10 @@ version, the gate's promotion, and the model server swapping to it."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 
 from infra.stackfile import REPO_ROOT
 

@@ -60,7 +60,8 @@ def good(env: str = "dev") -> list[Resource]:
           vpcConfig={"endpointPublicAccess": not prod, "publicAccessCidrs": ["203.0.113.0/24"]}, tags=tags),
         r("db", "aws:rds/instance:Instance", protect=prod, storageEncrypted=True, publiclyAccessible=False, backupRetentionPeriod=7,
           deletionProtection=prod, multiAz=prod, tags=tags),
-        r("sg", "aws:ec2/securityGroup:SecurityGroup", ingress=[{"protocol": "tcp", "fromPort": 5432, "toPort": 5432, "cidrBlocks": ["10.0.0.0/16"]}], tags=tags),
+        r("sg", "aws:ec2/securityGroup:SecurityGroup", ingress=[{"protocol": "tcp", "fromPort": 5432, "toPort": 5432, "cidrBlocks": ["10.0.0.0/16"]}],
+          tags=tags),
         r("lb-sg", "aws:ec2/securityGroup:SecurityGroup", ingress=[{"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidrBlocks": ["0.0.0.0/0"]}],
           tags={**tags, "mlops.platform/role": "load-balancer"}),
         r("role", "aws:iam/role:Role", assumeRolePolicy=json.dumps(trust), tags=tags),
@@ -81,7 +82,8 @@ def good(env: str = "dev") -> list[Resource]:
         r("serving-ingress", "kubernetes:networking.k8s.io/v1:Ingress", metadata={"name": "serving", "namespace": "ml", "annotations": {
             "alb.ingress.kubernetes.io/listen-ports": '[{"HTTPS": 443}]', "alb.ingress.kubernetes.io/group.name": "internal",
             "alb.ingress.kubernetes.io/certificate-arn": "arn:aws:acm:us-east-1:123456789012:certificate/0"}},
-          spec={"ingressClassName": "alb", "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "serving", "port": {"number": 8080}}}}]}}]}),
+          spec={"ingressClassName": "alb", "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "serving",
+              "port": {"number": 8080}}}}]}}]}),
         r("chart", "kubernetes:helm.sh/v3:Release", values={"grafana": {"admin": {"existingSecret": "grafana-admin"}}}),
     ]
 
@@ -117,22 +119,30 @@ BREAKS = {
     "MLOPS-RDS-003": ("prod", lambda rs: mutate(rs, "db", lambda x: x.inputs.update(backupRetentionPeriod=3)), "db"),
     "MLOPS-RDS-004": ("prod", lambda rs: mutate(rs, "db", lambda x: x.inputs.update(multiAz=False)), "db"),
     "MLOPS-NET-001": ("dev", lambda rs: mutate(rs, "sg", lambda x: x.inputs["ingress"][0].update(cidrBlocks=["0.0.0.0/0"])), "sg"),
-    "MLOPS-NET-003": ("dev", lambda rs: mutate(rs, "serving-netpol", lambda x: x.inputs["spec"]["ingress"][0]["from"][0]["ipBlock"].update(cidr="10.0.0.0/16")), "serving-netpol"),
-    "MLOPS-NET-004": ("prod", lambda rs: mutate(rs, "serving-ingress", lambda x: x.inputs["metadata"]["annotations"].update({"alb.ingress.kubernetes.io/listen-ports": '[{"HTTP": 80}, {"HTTPS": 443}]'})), "serving-ingress"),
+    "MLOPS-NET-003": ("dev", lambda rs: mutate(rs, "serving-netpol",
+                                               lambda x: x.inputs["spec"]["ingress"][0]["from"][0]["ipBlock"].update(cidr="10.0.0.0/16")), "serving-netpol"),
+    "MLOPS-NET-004": ("prod", lambda rs: mutate(rs, "serving-ingress",
+                                                lambda x: x.inputs["metadata"]["annotations"].update(
+                                                    {"alb.ingress.kubernetes.io/listen-ports": '[{"HTTP": 80}, {"HTTPS": 443}]'})),
+                      "serving-ingress"),
     "MLOPS-NET-002": ("dev", lambda rs: mutate(rs, "serving-svc", lambda x: x.inputs["spec"]["ports"][0].update(port=80)), "serving-svc"),
-    "MLOPS-IAM-001": ("dev", lambda rs: mutate(rs, "role-policy", lambda x: x.inputs.update(policy=json.dumps({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))), "role-policy"),
-    "MLOPS-IAM-002": ("dev", lambda rs: mutate(rs, "role", lambda x: x.inputs.update(assumeRolePolicy=x.inputs["assumeRolePolicy"].replace("StringEquals", "StringLike").replace("ml:serving", "ml:*"))), "role"),
+    "MLOPS-IAM-001": ("dev", lambda rs: mutate(rs, "role-policy", lambda x: x.inputs.update(policy=json.dumps({"Statement": [{"Effect": "Allow",
+        "Action": "s3:*", "Resource": "*"}]}))), "role-policy"),
+    "MLOPS-IAM-002": ("dev", lambda rs: mutate(rs, "role", lambda x: x.inputs.update(assumeRolePolicy=x.inputs["assumeRolePolicy"].replace("StringEquals",
+        "StringLike").replace("ml:serving", "ml:*"))), "role"),
     "MLOPS-K8S-001": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x).pop("resources")), "serving"),
     "MLOPS-K8S-002": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x).pop("livenessProbe")), "serving"),
     "MLOPS-K8S-003": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x)["securityContext"].update(runAsUser=0)), "serving"),
     "MLOPS-K8S-004": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x)["securityContext"].update(readOnlyRootFilesystem=False)), "serving"),
     "MLOPS-K8S-005": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x)["securityContext"].update(allowPrivilegeEscalation=True)), "serving"),
     "MLOPS-K8S-006": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x)["securityContext"].update(capabilities={"drop": []})), "serving"),
-    "MLOPS-K8S-007": ("dev", lambda rs: mutate(rs, "serving", lambda x: (x.inputs["spec"]["template"]["spec"].pop("securityContext"), container_of(x)["securityContext"].pop("seccompProfile"))), "serving"),
+    "MLOPS-K8S-007": ("dev", lambda rs: mutate(rs, "serving", lambda x: (x.inputs["spec"]["template"]["spec"].pop("securityContext"),
+                                                                         container_of(x)["securityContext"].pop("seccompProfile"))), "serving"),
     "MLOPS-K8S-008": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x).update(image="serving:latest")), "serving"),
     "MLOPS-K8S-009": ("dev", drop("serving-netpol"), "serving"),
     "MLOPS-K8S-010": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x)["resources"]["limits"].pop("cpu")), "serving"),
-    "MLOPS-K8S-011": ("dev", lambda rs: mutate(rs, "serving", lambda x: x.inputs["spec"]["template"]["spec"].update(automountServiceAccountToken=True)), "serving"),
+    "MLOPS-K8S-011": ("dev", lambda rs: mutate(rs, "serving", lambda x: x.inputs["spec"]["template"]["spec"].update(automountServiceAccountToken=True)),
+                      "serving"),
     "MLOPS-SEC-001": ("dev", lambda rs: mutate(rs, "serving", lambda x: container_of(x)["env"].append({"name": "API_TOKEN", "value": "hunter2"})), "serving"),
     "MLOPS-DATA-001": ("prod", lambda rs: mutate(rs, "b", lambda x: setattr(x, "protect", False)), "b"),
     "MLOPS-DATA-002": ("dev", lambda rs: mutate(rs, "b", lambda x: x.inputs.update(forceDestroy=False)), "b"),
@@ -238,7 +248,8 @@ def test_sec_002_fails_the_check_and_a_waiver_moves_it_aside(tmp_path):
     failed = run_cli("check", "--stack-file", str(leaky))
     assert failed.returncode == 1 and "FAIL MLOPS-SEC-002 [high] config:datadog:apiKey" in failed.stdout, failed.stdout + failed.stderr
     waived = tmp_path / "Pulumi.leaky2.yaml"
-    waived.write_text(plain + "  mlops-platform:waivers:\n    - {rule: MLOPS-SEC-002, resource: \"config:datadog:apiKey\", reason: \"a public demo key, rotated daily\"}\n")
+    waived.write_text(plain + "  mlops-platform:waivers:\n"
+                      "    - {rule: MLOPS-SEC-002, resource: \"config:datadog:apiKey\", reason: \"a public demo key, rotated daily\"}\n")
     passed = run_cli("check", "--stack-file", str(waived))
     assert passed.returncode == 0 and "WAIVED MLOPS-SEC-002 [high] config:datadog:apiKey" in passed.stdout, passed.stdout + passed.stderr
 
@@ -269,7 +280,8 @@ def test_an_unknown_key_in_an_endpoint_or_canary_names_the_key(endpoint, message
 
 def test_waivers_move_findings_aside_and_unused_ones_are_reported():
     bad = BREAKS["MLOPS-ECR-002"][1](good())
-    waivers = [Waiver("MLOPS-ECR-002", "repo", "scanning happens in the CI pipeline before push"), Waiver("MLOPS-S3-001", "nothing", "stale waiver for a removed bucket")]
+    waivers = [Waiver("MLOPS-ECR-002", "repo", "scanning happens in the CI pipeline before push"), Waiver("MLOPS-S3-001", "nothing",
+        "stale waiver for a removed bucket")]
     report = run_checks(inventory(bad), waivers)
     assert report.findings == [] and not report.failed
     assert [(f.rule, reason) for f, reason in report.waived] == [("MLOPS-ECR-002", "scanning happens in the CI pipeline before push")]

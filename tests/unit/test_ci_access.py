@@ -67,9 +67,11 @@ def test_a_wildcard_repository_is_refused_by_name(repository):
     ({"githubRepository": REPO, "deployEnvironments": []}, "mlops-platform:ci.deployEnvironments: got []; expected at least 1 entry"),
     ({"githubRepository": REPO, "deployEnvironments": ["prod", "prod"]}, "mlops-platform:ci.deployEnvironments: got"),
     ({"githubRepository": REPO, "oidcProviderArn": "arn:aws:iam::123456789012:oidc-provider/accounts.google.com"},
-     'mlops-platform:ci.oidcProviderArn: got "arn:aws:iam::123456789012:oidc-provider/accounts.google.com"; not the ARN of an IAM OIDC provider for token.actions.githubusercontent.com'),
+     'mlops-platform:ci.oidcProviderArn: got "arn:aws:iam::123456789012:oidc-provider/accounts.google.com"; '
+     'not the ARN of an IAM OIDC provider for token.actions.githubusercontent.com'),
     ({"githubRepository": REPO, "maxSessionHours": 13}, "mlops-platform:ci.maxSessionHours: got 13; expected less than or equal to 12"),
-    ({"githubRepository": REPO, "repository": REPO}, "mlops-platform:ci.repository: unknown key; allowed keys here: deployEnvironments, deployPolicyArns, githubRepository,"),
+    ({"githubRepository": REPO, "repository": REPO},
+     "mlops-platform:ci.repository: unknown key; allowed keys here: deployEnvironments, deployPolicyArns, githubRepository,"),
 ])
 def test_bad_ci_settings_name_the_key(raw, expected):
     found = problems(ci=raw)

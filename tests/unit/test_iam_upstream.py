@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from components.node_pools import controller_policy
-from tests.unit.test_cluster_deploy import role_arn
 from tests.conftest import policy
+from tests.unit.test_cluster_deploy import role_arn
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "components" / "upstream"
 LBC_UPSTREAM = UPSTREAM / "aws-load-balancer-controller-v2.14.0" / "iam_policy.json"
@@ -44,7 +44,7 @@ def test_load_balancer_controller_policy_is_upstreams_statement_by_statement(sta
     upstream = json.loads(LBC_UPSTREAM.read_text())
     assert ours["Version"] == upstream["Version"]
     assert len(ours["Statement"]) == len(upstream["Statement"]) == 16
-    for index, (mine, theirs) in enumerate(zip(ours["Statement"], upstream["Statement"])):
+    for index, (mine, theirs) in enumerate(zip(ours["Statement"], upstream["Statement"], strict=True)):
         assert mine == theirs, f"statement {index} differs from upstream"
 
 
@@ -91,7 +91,7 @@ def test_karpenter_policy_is_upstreams_with_placeholders_filled():
                              "KarpenterNodeRole.Arn": "arn:aws:iam::111122223333:role/nodes"},
     )
     assert [s["Sid"] for s in ours] == [s["Sid"] for s in upstream]
-    for mine, theirs in zip(ours, upstream):
+    for mine, theirs in zip(ours, upstream, strict=True):
         assert mine == theirs, mine["Sid"]
 
 
@@ -130,7 +130,8 @@ def test_instance_profiles_require_this_clusters_tags_as_upstream():
     assert set(change["Action"]) == {"iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile"}
     assert change["Condition"] == {"StringEquals": owned_now, "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"}}
     # no other statement grants instance-profile writes
-    writes = {"iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile"}
+    writes = {"iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile",
+              "iam:DeleteInstanceProfile"}
     granting = {sid for sid, s in statements.items() if writes & set(s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
     assert granting == {"AllowScopedInstanceProfileCreationActions", "AllowScopedInstanceProfileTagActions", "AllowScopedInstanceProfileActions"}
 

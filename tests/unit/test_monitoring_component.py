@@ -8,7 +8,6 @@ import re
 import pytest
 
 from components.alerts import AlertThresholds
-
 from infra.offline import run_offline
 from infra.program import main as program
 from infra.settings import load_settings
@@ -86,7 +85,8 @@ def test_every_endpoint_has_a_service_monitor_and_a_latency_rule(stack_inventori
     for e in endpoints:
         assert latency[e.name].endswith(f"> {e.latency_objective_ms / 1000:g}")
     alerts = {r["alert"] for g in rule.inputs["spec"]["groups"] for r in g["rules"]}
-    assert {"EndpointErrorRatioHigh", "EndpointDown", "EndpointNoReadyReplica", "TrackingServerDown", "GpuNodeIdle", "GpuPodsPending", "DataDriftHigh"} <= alerts
+    assert {"EndpointErrorRatioHigh", "EndpointDown", "EndpointNoReadyReplica", "TrackingServerDown", "GpuNodeIdle", "GpuPodsPending",
+            "DataDriftHigh"} <= alerts
     release = kps(inventory)
     for monitor in inventory.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor"):
         assert release.urn in monitor.depends_on  # the CRDs come with the chart
@@ -99,11 +99,13 @@ def test_dcgm_exporter_runs_on_gpu_nodes_only(stack_inventories):
 
 
 def test_dashboards_are_generated_and_provisioned_through_the_sidecar(stack_inventories):
-    maps = [c for c in stack_inventories["dev"].of_type("kubernetes:core/v1:ConfigMap") if (c.inputs["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
+    maps = [c for c in stack_inventories["dev"].of_type("kubernetes:core/v1:ConfigMap")
+            if (c.inputs["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
     boards = {name: json.loads(content) for c in maps for name, content in c.inputs["data"].items()}
     assert set(boards) == {"mlops-serving.json", "mlops-gpus.json", "mlops-tracking.json"}
     serving = " ".join(t["expr"] for p in boards["mlops-serving.json"]["panels"] for t in p["targets"])
-    for metric in ("serving_requests_total", "serving_request_duration_seconds_bucket", "serving_batch_rows", "serving_model_version_info", "serving_feature_drift_psi"):
+    for metric in ("serving_requests_total", "serving_request_duration_seconds_bucket", "serving_batch_rows", "serving_model_version_info",
+                   "serving_feature_drift_psi"):
         assert metric in serving
     gpus = " ".join(t["expr"] for p in boards["mlops-gpus.json"]["panels"] for t in p["targets"])
     assert "DCGM_FI_DEV_GPU_UTIL" in gpus and "DCGM_FI_DEV_FB_USED" in gpus

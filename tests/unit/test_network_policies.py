@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from infra.inventory import Inventory, Resource
 from infra.checks.rules import workloads
+from infra.inventory import Inventory, Resource
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SERVICE = "kubernetes:core/v1:Service"
@@ -175,7 +175,8 @@ def test_the_tracking_url_is_one_constant_that_the_server_accepts_as_host(stack_
 
     from mlflow.server.security_utils import is_allowed_host_header
 
-    from components.tracking import CLUSTER_URL as URL, PORT
+    from components.tracking import CLUSTER_URL as URL
+    from components.tracking import PORT
 
     inventory = stack_inventories["dev"]
     urls = {str(e["value"]) for _, pod in workloads(inventory) for c in pod["containers"] for e in c.get("env") or []
@@ -207,7 +208,8 @@ def test_the_internal_alb_is_admitted_by_its_own_subnets_only(stack_inventories,
         namespace = namespace_of(policy)
         selector = policy.inputs["spec"]["podSelector"]
         fronted = any(ns == namespace and selects(selector, s.inputs["spec"]["selector"]) for ns, name in behind_alb
-                      for s in inventory.of_type(SERVICE) if namespace_of(s) == ns and s.inputs["metadata"]["name"] in (name, name.replace("-weighted", "-stable")))
+                      for s in inventory.of_type(SERVICE) if namespace_of(s) == ns and s.inputs["metadata"]["name"] in (name, name.replace("-weighted",
+                          "-stable")))
         assert blocks == (lb_blocks if fronted else []), policy.name
 
 

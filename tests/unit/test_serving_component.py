@@ -125,7 +125,8 @@ BASE = {"profile": "dev", "budget": {"alertEmails": ["a@example.com"]}, "cluster
     [
         ([{"name": "ab", "model": "m"}, {"name": "ab", "model": "n"}], 'endpoints[1].name: got "ab" twice'),
         ([{"name": "ab", "model": "m", "replicas": {"min": 3, "max": 2}}], "endpoints[0].replicas.min: got 3, above replicas.max 2"),
-        ([{"name": "ab", "model": "m", "gpu": 2, "replicas": {"min": 2, "max": 2}}], "endpoints[0].gpu: needs 4 GPUs at minimum replicas; cluster.gpuPool.maxGpus is 2"),
+        ([{"name": "ab", "model": "m", "gpu": 2, "replicas": {"min": 2, "max": 2}}],
+         "endpoints[0].gpu: needs 4 GPUs at minimum replicas; cluster.gpuPool.maxGpus is 2"),
         ([{"name": "ab", "model": "m", "canary": {"alias": "champion", "weight": 10}}], "endpoints[0].canary.alias: got \"champion\""),
         ([{"name": "ab", "model": "m", "canary": {"alias": "c", "weight": 100}}], "endpoints[0].canary.weight: got 100"),
         ([{"name": "Bad_Name", "model": "m"}], 'endpoints[0].name: got "Bad_Name"'),

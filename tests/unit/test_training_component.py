@@ -93,7 +93,8 @@ def test_each_pipeline_role_reads_the_datasets_bucket_and_nothing_else(prod):
         assert list(trust["Statement"][0]["Condition"]["StringEquals"].values())[0] == f"system:serviceaccount:training:pipeline-{pipeline}"
         (grant,) = [p for p in prod.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == f"mlops-prod-training-{pipeline}-workload-policy"]
         statements = policy(grant)["Statement"]
-        assert {s["Sid"]: s["Action"] for s in statements} == {"ReadDatasets": "s3:GetObject", "ListDatasets": "s3:ListBucket", "DecryptDatasets": "kms:Decrypt"}
+        assert {s["Sid"]: s["Action"] for s in statements} == {"ReadDatasets": "s3:GetObject", "ListDatasets": "s3:ListBucket",
+                                                               "DecryptDatasets": "kms:Decrypt"}
         datasets = [b for b in prod.of_type("aws:s3/bucket:Bucket") if "datasets" in b.name]
         assert all("datasets" in s["Resource"] or s["Sid"] == "DecryptDatasets" for s in statements) and datasets
         assert statements[2]["Condition"] == {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}

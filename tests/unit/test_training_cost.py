@@ -29,7 +29,7 @@ def prod():
 
 
 def line(result, pipeline: str):
-    (found,) = [l for l in result.lines if l.item == f"training pipeline `{pipeline}` worst case"]
+    (found,) = [line for line in result.lines if line.item == f"training pipeline `{pipeline}` worst case"]
     return found
 
 

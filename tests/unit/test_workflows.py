@@ -251,7 +251,8 @@ def test_the_trivy_ignore_file_states_its_policy_and_every_entry_has_a_reason_an
     assert "# Policy:" in text
     assert trivyignore_problems(text, datetime.date.today()) == []
     today = datetime.date(2026, 11, 29)
-    assert trivyignore_problems("CVE-2026-1 exp:2026-12-31\n# a\nCVE-2026-2\n# no fix upstream yet; not reachable (a, 2026-11-29)\nCVE-2026-3 exp:2028-01-01\n", today) == [
+    ignore_file = "CVE-2026-1 exp:2026-12-31\n# a\nCVE-2026-2\n# no fix upstream yet; not reachable (a, 2026-11-29)\nCVE-2026-3 exp:2028-01-01\n"
+    assert trivyignore_problems(ignore_file, today) == [
         "CVE-2026-1 exp:2026-12-31: no reason on the line above", "CVE-2026-2: no reason on the line above", "CVE-2026-2: no exp:YYYY-MM-DD",
         "CVE-2026-3 exp:2028-01-01: expiry not within the next 90 days"]
 
