@@ -19,7 +19,9 @@ stamp=.venv/.setup-stamp
 wanted=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   echo "setup: installing pinned Python packages (requirements.lock); takes ~2 minutes the first time"
-  # This workplace's pip config names local mirrors that may be absent; drop that noise only.
+  # pip warns "... is neither a file nor a directory" for each local package location in the user's pip
+  # configuration (find-links, a file:// index) that does not exist on this machine; those lines are
+  # dropped, every other line pip prints is kept.
   quiet_pip() { .venv/bin/python -m pip "$@" 2>&1 | { grep -v "is neither a file nor a directory" || true; }; }
   quiet_pip install --quiet --upgrade pip
   quiet_pip install --quiet -r requirements.lock
