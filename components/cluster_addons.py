@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import pulumi
 import pulumi_aws as aws
@@ -29,6 +29,7 @@ import pulumi_kubernetes as k8s
 from components import versions
 from components.cluster import SYSTEM_POOL_LABEL
 from components.identity import OidcIdentity, RoleWithPolicies, workload_role
+from components.options import dependencies
 
 TOKEN = "mlops:k8s:ClusterAddons"
 LBC_SERVICE_ACCOUNT = "aws-load-balancer-controller"
@@ -44,8 +45,6 @@ class ClusterAddonsArgs:
     cluster_name: pulumi.Input[str]
     vpc_id: pulumi.Input[str]
     identity: OidcIdentity
-    depends_on: Sequence[pulumi.Resource] = ()
-    """What must exist first (the system node group)."""
     replicas: int = 1
     """Load Balancer Controller replicas (2 in prod)."""
     ebs_csi_version: str | None = None
@@ -92,8 +91,13 @@ class ClusterAddons(pulumi.ComponentResource):
     """Depend on it from anything with PVCs of this class (Prometheus, Alertmanager): on destroy the
     class and the EBS CSI driver behind it outlive the claims, so their volumes are deleted."""
 
+    load_balancer_controller_role_arn: pulumi.Output[str]
+    ebs_csi_role_arn: pulumi.Output[str]
+
     def __init__(self, name: str, args: ClusterAddonsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        """`opts.depends_on`: what must exist before the add-ons install (the system node group)."""
         super().__init__(TOKEN, name, None, opts)
+        self._after = dependencies(opts)
         lbc_role = self._load_balancer_controller(name, args)
         ebs_role = self._ebs_csi(name, args)
         self.metrics_server = versions.helm_release(
@@ -102,9 +106,10 @@ class ClusterAddons(pulumi.ComponentResource):
             release="metrics-server",
             namespace="kube-system",
             values=metrics_server_values(args.replicas),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(self._after)),
         )
-        self.register_outputs({"load_balancer_controller_role_arn": lbc_role.arn, "ebs_csi_role_arn": ebs_role.arn})
+        self.load_balancer_controller_role_arn, self.ebs_csi_role_arn = lbc_role.arn, ebs_role.arn
+        self.register_outputs({"load_balancer_controller_role_arn": self.load_balancer_controller_role_arn, "ebs_csi_role_arn": self.ebs_csi_role_arn})
 
     def _load_balancer_controller(self, name: str, args: ClusterAddonsArgs) -> RoleWithPolicies:
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
@@ -134,7 +139,7 @@ class ClusterAddons(pulumi.ComponentResource):
                 "defaultTags": dict(args.resource_tags),
             },
             # its policy outlives it: on destroy it still deletes the ALBs of Ingresses removed before it
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *lbc_role.ready]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self._after, *lbc_role.ready]),
         )
         return lbc_role
 
@@ -157,7 +162,7 @@ class ClusterAddons(pulumi.ComponentResource):
             resolve_conflicts_on_create="OVERWRITE",
             resolve_conflicts_on_update="PRESERVE",
             # its policy outlives it: volumes of PVCs deleted before it are still removed
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *ebs_role.ready]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self._after, *ebs_role.ready]),
         )
         self.storage_class = "gp3-encrypted"
         self.storage_class_resource = k8s.storage.v1.StorageClass(

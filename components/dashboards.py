@@ -14,6 +14,7 @@ import re
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
+from components import tracking
 from components.node_pools import POOL_LABEL
 
 EP = 'endpoint=~"$endpoint"'
@@ -78,12 +79,13 @@ def gpu_dashboard() -> dict:
 
 
 def tracking_dashboard() -> dict:
+    ns = f'namespace="{tracking.NAMESPACE}"'
     board = (
         dashboard.Dashboard("Tracking server").uid("mlops-tracking").tags(["mlops", "mlflow"]).refresh("1m").time("now-6h", "now")
-        .with_panel(_panel("Ready replicas", "short", ('kube_deployment_status_replicas_available{namespace="mlflow", deployment="mlflow-tracking"}', "ready")))
-        .with_panel(_panel("Container restarts", "short", ('sum(increase(kube_pod_container_status_restarts_total{namespace="mlflow"}[1h]))', "restarts/h")))
-        .with_panel(_panel("CPU", "short", ('sum(rate(container_cpu_usage_seconds_total{namespace="mlflow", container="mlflow"}[5m]))', "cores")))
-        .with_panel(_panel("Memory", "bytes", ('sum(container_memory_working_set_bytes{namespace="mlflow", container="mlflow"})', "working set")))
+        .with_panel(_panel("Ready replicas", "short", (f'kube_deployment_status_replicas_available{{{ns}, deployment="{tracking.SERVICE}"}}', "ready")))
+        .with_panel(_panel("Container restarts", "short", (f"sum(increase(kube_pod_container_status_restarts_total{{{ns}}}[1h]))", "restarts/h")))
+        .with_panel(_panel("CPU", "short", (f'sum(rate(container_cpu_usage_seconds_total{{{ns}, container="{tracking.CONTAINER}"}}[5m]))', "cores")))
+        .with_panel(_panel("Memory", "bytes", (f'sum(container_memory_working_set_bytes{{{ns}, container="{tracking.CONTAINER}"}})', "working set")))
     )
     return board.build()
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import pulumi
+import pulumi_kubernetes as k8s
+
 from components.quantities import cpu_cores
 
 RUN_AS_USER = 10001
@@ -69,6 +72,39 @@ def resources(cpu: str, memory: str, *, cpu_limit: str | None = None, gpus: int 
     return {"requests": requests, "limits": limits}
 
 
+def pinned_image(image: str) -> bool:
+    """Whether `image` names a version (`repo:tag` or `repo@sha256:...`) other than `latest`: a
+    workload must run the image that was reviewed, and a moving tag changes under a running pod."""
+    last = image.rsplit("/", 1)[-1]
+    return not image.endswith(":latest") and (":" in last or "@" in image)
+
+
+def dns_egress_rule() -> dict[str, Any]:
+    """The NetworkPolicy egress rule every workload needs first: CoreDNS (`k8s-app: kube-dns`) in
+    any namespace, on UDP and TCP 53 (large answers fall back to TCP)."""
+    return {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+
+
+def aws_api_egress_rule() -> dict[str, Any]:
+    """Egress on HTTPS 443 to any address: the AWS APIs (S3, STS, Secrets Manager) have no fixed
+    blocks a policy could name; the VPC endpoints, where the stack has them, answer on the same port."""
+    return {"ports": [{"protocol": "TCP", "port": 443}]}
+
+
+def disruption_budget(resource_name: str, *, name: str, namespace: str, labels: Mapping[str, str], replicas: int,
+                      opts: pulumi.ResourceOptions) -> k8s.policy.v1.PodDisruptionBudget:
+    """A PodDisruptionBudget that never blocks a node drain: with several replicas one must stay up,
+    with one the drain may evict it (a `minAvailable: 1` on a single pod would stall the drain forever)."""
+    disruption = {"minAvailable": 1} if replicas > 1 else {"maxUnavailable": 1}
+    return k8s.policy.v1.PodDisruptionBudget(
+        resource_name,
+        metadata={"name": name, "namespace": namespace},
+        spec={**disruption, "selector": {"matchLabels": dict(labels)}},
+        opts=opts,
+    )
+
+
 ALB_SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 """TLS 1.3 and 1.2 only, on every HTTPS listener of the platform's ALBs."""
 
@@ -84,6 +120,19 @@ def alb_listener_annotations(certificate_arn: str | None) -> dict[str, str]:
     else:
         annotations["alb.ingress.kubernetes.io/listen-ports"] = '[{"HTTP": 80}]'
     return annotations
+
+
+def internal_alb_annotations(*, group: str, healthcheck_path: str, certificate_arn: str | None) -> dict[str, str]:
+    """Annotations of an Ingress on the shared internal ALB (the tracking server's and every endpoint's):
+    internal scheme, pods as IP targets (the NetworkPolicies admit the ALB's subnets), one ingress
+    `group` so all of them share one load balancer, the listener of alb_listener_annotations."""
+    return {
+        "alb.ingress.kubernetes.io/scheme": "internal",
+        "alb.ingress.kubernetes.io/target-type": "ip",
+        "alb.ingress.kubernetes.io/group.name": group,
+        "alb.ingress.kubernetes.io/healthcheck-path": healthcheck_path,
+        **alb_listener_annotations(certificate_arn),
+    }
 
 
 KUBERNETES_API_SKIP = "CKV_K8S_38"

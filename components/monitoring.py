@@ -40,6 +40,7 @@ from components import versions
 from components.alerts import AlertThresholds, EndpointObjective, rule_groups
 from components.dashboards import CAPACITY_TYPE_LABEL, dashboards
 from components.node_pools import POOL_LABEL
+from components.options import dependencies
 
 TOKEN = "mlops:monitoring:Monitoring"
 NAMESPACE = "monitoring"
@@ -97,8 +98,6 @@ class MonitoringArgs:
     node_selector: dict[str, str] = field(default_factory=dict)
     """Where Prometheus, Alertmanager and Grafana run (dev: the system nodes)."""
     protect_secrets: bool = False
-    depends_on: Sequence[pulumi.Resource] = ()
-    """What must run first (the system node group)."""
     retrain_webhook_url: str | None = None
     """The drift retraining receiver (components/training.py): `DataDriftHigh` is routed there too, with a generated token."""
     volume_dependencies: Sequence[pulumi.Resource]
@@ -209,8 +208,8 @@ class Monitoring(pulumi.ComponentResource):
     grafana_secret_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        """`opts.depends_on`: what must run before the Prometheus stack installs (the system node group)."""
         super().__init__(TOKEN, name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         namespace = k8s.core.v1.Namespace(
             f"{name}-ns",
             metadata={"name": NAMESPACE, "labels": {MONITORING_NAMESPACE_LABEL: "true", "pod-security.kubernetes.io/enforce": "privileged"}},
@@ -218,17 +217,43 @@ class Monitoring(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.volume_dependencies)),
         )
         in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
+        self.grafana_secret_arn = self._grafana_admin(name, args, in_namespace)
+        secrets_for_alertmanager = self._alertmanager_secrets(name, args, in_namespace)
+        self.release = versions.helm_release(
+            f"{name}-kube-prometheus-stack",
+            versions.KUBE_PROMETHEUS_STACK,
+            release="kube-prometheus-stack",
+            namespace=NAMESPACE,
+            values=kube_prometheus_stack_values(args, secrets_for_alertmanager),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[namespace, *dependencies(opts), *args.volume_dependencies]),
+        )
+        self._exporters(name, args, after_stack=pulumi.ResourceOptions(parent=self, depends_on=[self.release]))
+        for file_name, content in dashboards().items():
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard-{file_name.removesuffix('.json')}",
+                metadata={"name": file_name.removesuffix(".json"), "namespace": NAMESPACE, "labels": {"grafana_dashboard": "1"}},
+                data={file_name: content},
+                opts=in_namespace,
+            )
+        self.register_outputs({"grafana_secret_arn": self.grafana_secret_arn})
 
-        password = random.RandomPassword(f"{name}-grafana-password", length=32, special=False, opts=child)
+    def _grafana_admin(self, name: str, args: MonitoringArgs, in_namespace: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """Grafana's generated admin password: in Secrets Manager for people, in a Secret for the chart;
+        the Secrets Manager secret's ARN."""
+        password = random.RandomPassword(f"{name}-grafana-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=self))
         grafana_secret = self._secret(name, "grafana-admin", "Grafana admin password", password.result, args)
-        self.grafana_secret_arn = grafana_secret.arn
         k8s.core.v1.Secret(
             f"{name}-grafana-admin",
             metadata={"name": GRAFANA_SECRET, "namespace": NAMESPACE},
             string_data=pulumi.Output.secret({"admin-user": "admin", "admin-password": password.result}),
             opts=in_namespace,
         )
-        secrets_for_alertmanager = []
+        return grafana_secret.arn
+
+    def _alertmanager_secrets(self, name: str, args: MonitoringArgs, in_namespace: pulumi.ResourceOptions) -> list[str]:
+        """The Secrets Alertmanager mounts: the Slack webhook (when configured) and the retraining
+        receiver's generated token (with `retrain_webhook_url`, also kept as `retrain_token`); their names."""
+        mounted = []
         if args.slack_webhook is not None:
             self._secret(name, "slack-webhook", "Alertmanager Slack webhook", args.slack_webhook, args)
             k8s.core.v1.Secret(
@@ -237,29 +262,23 @@ class Monitoring(pulumi.ComponentResource):
                 string_data=pulumi.Output.secret({"url": args.slack_webhook}),
                 opts=in_namespace,
             )
-            secrets_for_alertmanager.append(SLACK_SECRET)
+            mounted.append(SLACK_SECRET)
         self.retrain_token = None
         if args.retrain_webhook_url is not None:
-            token = random.RandomPassword(f"{name}-retrain-token", length=40, special=False, opts=child)
+            token = random.RandomPassword(f"{name}-retrain-token", length=40, special=False, opts=pulumi.ResourceOptions(parent=self))
             k8s.core.v1.Secret(
                 f"{name}-retrain",
                 metadata={"name": RETRAIN_SECRET, "namespace": NAMESPACE},
                 string_data=pulumi.Output.secret({"token": token.result}),
                 opts=in_namespace,
             )
-            secrets_for_alertmanager.append(RETRAIN_SECRET)
+            mounted.append(RETRAIN_SECRET)
             self.retrain_token = token.result
+        return mounted
 
-        self.release = versions.helm_release(
-            f"{name}-kube-prometheus-stack",
-            versions.KUBE_PROMETHEUS_STACK,
-            release="kube-prometheus-stack",
-            namespace=NAMESPACE,
-            values=kube_prometheus_stack_values(args, secrets_for_alertmanager),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[namespace, *args.depends_on, *args.volume_dependencies]),
-        )
-        after_stack = pulumi.ResourceOptions(parent=self, depends_on=[self.release])
-
+    def _exporters(self, name: str, args: MonitoringArgs, *, after_stack: pulumi.ResourceOptions) -> None:
+        """What needs the stack's CRDs: DCGM exporter on GPU nodes, prometheus-adapter (the RPS metric
+        for HPAs), and the platform's alert rules."""
         versions.helm_release(
             f"{name}-dcgm-exporter",
             versions.DCGM_EXPORTER,
@@ -297,14 +316,6 @@ class Monitoring(pulumi.ComponentResource):
             spec={"groups": rule_groups(args.thresholds, list(args.endpoints))},
             opts=after_stack,
         )
-        for file_name, content in dashboards().items():
-            k8s.core.v1.ConfigMap(
-                f"{name}-dashboard-{file_name.removesuffix('.json')}",
-                metadata={"name": file_name.removesuffix(".json"), "namespace": NAMESPACE, "labels": {"grafana_dashboard": "1"}},
-                data={file_name: content},
-                opts=in_namespace,
-            )
-        self.register_outputs({"grafana_secret_arn": self.grafana_secret_arn})
 
     def _secret(self, name: str, role: str, description: str, value: pulumi.Input[str], args: MonitoringArgs) -> aws.secretsmanager.Secret:
         secret = aws.secretsmanager.Secret(

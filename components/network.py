@@ -92,31 +92,56 @@ class Network(pulumi.ComponentResource):
         zones = aws.get_availability_zones(state="available", opts=pulumi.InvokeOptions(parent=self)).names[: args.az_count]
         if len(zones) < args.az_count:
             raise ValueError(f"the region has {len(zones)} available zones; {args.az_count} requested")
-        private_blocks, public_blocks = subnet_blocks(args.cidr, args.az_count)
-        lb_blocks = load_balancer_blocks(args.cidr, args.az_count)
-        cluster_tag = f"kubernetes.io/cluster/{args.cluster_name}"
-
-        vpc = aws.ec2.Vpc(
-            f"{name}-vpc",
-            cidr_block=args.cidr,
-            enable_dns_hostnames=True,
-            enable_dns_support=True,
-            tags={"Name": f"{name}-vpc"},
-            opts=child,
-        )
+        vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=args.cidr, enable_dns_hostnames=True, enable_dns_support=True, tags={"Name": f"{name}-vpc"}, opts=child)
         # Lock down the default security group: nothing may use it by accident.
         aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=vpc.id, ingress=[], egress=[], opts=child)
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": f"{name}-igw"}, opts=child)
+        subnets = self._subnets(name, args, vpc, zones)
+        # what makes the subnets usable: route associations, NATs, endpoints
+        routes: list[pulumi.Resource] = self._public_routes(name, vpc, igw, subnets["public"])
+        routes += self._internal_lb_routes(name, vpc, subnets["internal-lb"])
+        nat_count = 1 if args.nat_gateways == "single" else len(zones)
+        nats = self._nat_gateways(name, nat_count, igw, subnets["public"])
+        private_routes, private_rts = self._private_routes(name, vpc, zones, nats, subnets["private"])
+        routes += [*private_routes, *nats]
+        routes += self._endpoints(name, args, vpc, private_rts, subnets["private"])
 
-        def subnet(role: str, index: int, block: str, tags: dict[str, str], **extra) -> aws.ec2.Subnet:
-            zone = zones[index]
-            return aws.ec2.Subnet(f"{name}-{role}-{index}", vpc_id=vpc.id, cidr_block=block, availability_zone=zone,
-                                  tags={"Name": f"{name}-{role}-{zone}", **tags, cluster_tag: "shared"}, opts=child, **extra)
+        self.vpc_id = vpc.id
+        # Whoever uses the subnets also waits for their routes, NAT gateways and endpoints: nodes need
+        # egress to join, and on `pulumi destroy` the controllers still cleaning up (load balancers,
+        # instances, volumes) keep their way to the AWS APIs until they are gone themselves.
+        self.private_subnet_ids = _ids_after(subnets["private"], routes)
+        self.public_subnet_ids = _ids_after(subnets["public"], routes)
+        self.vpc_cidr = args.cidr
+        self.load_balancer_cidrs = load_balancer_blocks(args.cidr, args.az_count)
+        self.nat_gateway_count = nat_count
+        self.register_outputs(
+            {"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids, "public_subnet_ids": self.public_subnet_ids}
+        )
 
-        public_subnets = [subnet("public", i, public_blocks[i], {"kubernetes.io/role/elb": "1"}, map_public_ip_on_launch=False) for i in range(len(zones))]
-        private_subnets = [subnet("private", i, private_blocks[i], {"karpenter.sh/discovery": args.cluster_name}) for i in range(len(zones))]
-        lb_subnets = [subnet("internal-lb", i, lb_blocks[i], {"kubernetes.io/role/internal-elb": "1"}) for i in range(len(zones))]
+    def _subnets(self, name: str, args: NetworkArgs, vpc: aws.ec2.Vpc, zones: Sequence[str]) -> dict[str, list[aws.ec2.Subnet]]:
+        """One public, one private and one internal-load-balancer subnet per AZ, each tagged for who finds it:
+        the LB controller (`role/elb`, `role/internal-elb`), Karpenter (`karpenter.sh/discovery`)."""
+        private_blocks, public_blocks = subnet_blocks(args.cidr, args.az_count)
+        cluster_tag = f"kubernetes.io/cluster/{args.cluster_name}"
+        kinds = {
+            "public": (public_blocks, {"kubernetes.io/role/elb": "1"}, {"map_public_ip_on_launch": False}),
+            "private": (private_blocks, {"karpenter.sh/discovery": args.cluster_name}, {}),
+            "internal-lb": (load_balancer_blocks(args.cidr, args.az_count), {"kubernetes.io/role/internal-elb": "1"}, {}),
+        }
+        return {
+            role: [
+                aws.ec2.Subnet(f"{name}-{role}-{index}", vpc_id=vpc.id, cidr_block=blocks[index], availability_zone=zone,
+                               tags={"Name": f"{name}-{role}-{zone}", **tags, cluster_tag: "shared"}, opts=pulumi.ResourceOptions(parent=self), **extra)
+                for index, zone in enumerate(zones)
+            ]
+            for role, (blocks, tags, extra) in kinds.items()
+        }
 
+    def _public_routes(self, name: str, vpc: aws.ec2.Vpc, igw: aws.ec2.InternetGateway,
+                       subnets: Sequence[aws.ec2.Subnet]) -> list[pulumi.Resource]:
+        """The public subnets' route table: the internet through the gateway."""
+        child = pulumi.ResourceOptions(parent=self)
         public_rt = aws.ec2.RouteTable(
             f"{name}-public-rt",
             vpc_id=vpc.id,
@@ -124,51 +149,58 @@ class Network(pulumi.ComponentResource):
             tags={"Name": f"{name}-public"},
             opts=child,
         )
-        routes: list[pulumi.Resource] = []  # what makes the subnets usable: route associations, NATs, endpoints
-        for index, subnet in enumerate(public_subnets):
-            routes.append(
-                aws.ec2.RouteTableAssociation(f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child)
-            )
+        return [aws.ec2.RouteTableAssociation(f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child)
+                for index, subnet in enumerate(subnets)]
 
-        # Internal load balancers answer inside the VPC only: their route table has just the VPC's local route.
+    def _internal_lb_routes(self, name: str, vpc: aws.ec2.Vpc, subnets: Sequence[aws.ec2.Subnet]) -> list[pulumi.Resource]:
+        """Internal load balancers answer inside the VPC only: their route table has just the VPC's local route."""
+        child = pulumi.ResourceOptions(parent=self)
         lb_rt = aws.ec2.RouteTable(f"{name}-internal-lb-rt", vpc_id=vpc.id, routes=[], tags={"Name": f"{name}-internal-lb"}, opts=child)
-        for index, subnet in enumerate(lb_subnets):
-            routes.append(
-                aws.ec2.RouteTableAssociation(f"{name}-internal-lb-rta-{index}", subnet_id=subnet.id, route_table_id=lb_rt.id, opts=child)
-            )
+        return [aws.ec2.RouteTableAssociation(f"{name}-internal-lb-rta-{index}", subnet_id=subnet.id, route_table_id=lb_rt.id, opts=child)
+                for index, subnet in enumerate(subnets)]
 
-        nat_count = 1 if args.nat_gateways == "single" else len(zones)
+    def _nat_gateways(self, name: str, count: int, igw: aws.ec2.InternetGateway, public: Sequence[aws.ec2.Subnet]) -> list[aws.ec2.NatGateway]:
+        """`count` NAT gateways in the first public subnets, each with its Elastic IP."""
         nats = []
-        for index in range(nat_count):
-            eip = aws.ec2.Eip(f"{name}-nat-eip-{index}", domain="vpc", tags={"Name": f"{name}-nat-{index}"}, opts=child)
-            nats.append(
-                aws.ec2.NatGateway(
-                    f"{name}-nat-{index}",
-                    allocation_id=eip.id,
-                    subnet_id=public_subnets[index].id,
-                    tags={"Name": f"{name}-nat-{index}"},
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
-                )
-            )
+        for index in range(count):
+            eip = aws.ec2.Eip(f"{name}-nat-eip-{index}", domain="vpc", tags={"Name": f"{name}-nat-{index}"}, opts=pulumi.ResourceOptions(parent=self))
+            nats.append(aws.ec2.NatGateway(
+                f"{name}-nat-{index}",
+                allocation_id=eip.id,
+                subnet_id=public[index].id,
+                tags={"Name": f"{name}-nat-{index}"},
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+            ))
+        return nats
 
-        private_rts = []
-        for index, subnet in enumerate(private_subnets):
-            nat = nats[index % nat_count]
+    def _private_routes(self, name: str, vpc: aws.ec2.Vpc, zones: Sequence[str], nats: Sequence[aws.ec2.NatGateway],
+                        subnets: Sequence[aws.ec2.Subnet]) -> tuple[list[pulumi.Resource], list[aws.ec2.RouteTable]]:
+        """A route table per private subnet, egress through its AZ's NAT (or the one shared NAT);
+        (the associations, the tables)."""
+        child = pulumi.ResourceOptions(parent=self)
+        associations: list[pulumi.Resource] = []
+        tables = []
+        for index, subnet in enumerate(subnets):
             route_table = aws.ec2.RouteTable(
                 f"{name}-private-rt-{index}",
                 vpc_id=vpc.id,
-                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nats[index % len(nats)].id)],
                 tags={"Name": f"{name}-private-{zones[index]}"},
                 opts=child,
             )
-            routes.append(
+            associations.append(
                 aws.ec2.RouteTableAssociation(f"{name}-private-rta-{index}", subnet_id=subnet.id, route_table_id=route_table.id, opts=child)
             )
-            private_rts.append(route_table)
-        routes.extend(nats)
+            tables.append(route_table)
+        return associations, tables
 
+    def _endpoints(self, name: str, args: NetworkArgs, vpc: aws.ec2.Vpc, private_rts: Sequence[aws.ec2.RouteTable],
+                   private: Sequence[aws.ec2.Subnet]) -> list[pulumi.Resource]:
+        """The S3 gateway endpoint (free; keeps artifact traffic off the NAT) and the interface endpoints
+        the profile asks for, behind a security group admitting HTTPS from the VPC."""
+        child = pulumi.ResourceOptions(parent=self)
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
-        s3_endpoint = aws.ec2.VpcEndpoint(
+        endpoints: list[pulumi.Resource] = [aws.ec2.VpcEndpoint(
             f"{name}-s3",
             vpc_id=vpc.id,
             service_name=f"com.amazonaws.{region}.s3",
@@ -176,44 +208,31 @@ class Network(pulumi.ComponentResource):
             route_table_ids=[rt.id for rt in private_rts],
             tags={"Name": f"{name}-s3"},
             opts=child,
+        )]
+        if not args.interface_endpoints:
+            return endpoints
+        endpoint_sg = aws.ec2.SecurityGroup(
+            f"{name}-endpoints-sg",
+            description="HTTPS from inside the VPC to AWS interface endpoints",
+            vpc_id=vpc.id,
+            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[args.cidr])],
+            egress=[],
+            tags={"Name": f"{name}-endpoints"},
+            opts=child,
         )
-        routes.append(s3_endpoint)
-
-        if args.interface_endpoints:
-            endpoint_sg = aws.ec2.SecurityGroup(
-                f"{name}-endpoints-sg",
-                description="HTTPS from inside the VPC to AWS interface endpoints",
+        for service in args.interface_endpoints:
+            endpoints.append(aws.ec2.VpcEndpoint(
+                f"{name}-{service.replace('.', '-')}",
                 vpc_id=vpc.id,
-                ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[args.cidr])],
-                egress=[],
-                tags={"Name": f"{name}-endpoints"},
+                service_name=f"com.amazonaws.{region}.{service}",
+                vpc_endpoint_type="Interface",
+                private_dns_enabled=True,
+                subnet_ids=[s.id for s in private],
+                security_group_ids=[endpoint_sg.id],
+                tags={"Name": f"{name}-{service}"},
                 opts=child,
-            )
-            for service in args.interface_endpoints:
-                routes.append(aws.ec2.VpcEndpoint(
-                    f"{name}-{service.replace('.', '-')}",
-                    vpc_id=vpc.id,
-                    service_name=f"com.amazonaws.{region}.{service}",
-                    vpc_endpoint_type="Interface",
-                    private_dns_enabled=True,
-                    subnet_ids=[s.id for s in private_subnets],
-                    security_group_ids=[endpoint_sg.id],
-                    tags={"Name": f"{name}-{service}"},
-                    opts=child,
-                ))
-
-        self.vpc_id = vpc.id
-        # Whoever uses the subnets also waits for their routes, NAT gateways and endpoints: nodes need
-        # egress to join, and on `pulumi destroy` the controllers still cleaning up (load balancers,
-        # instances, volumes) keep their way to the AWS APIs until they are gone themselves.
-        self.private_subnet_ids = _ids_after(private_subnets, routes)
-        self.public_subnet_ids = _ids_after(public_subnets, routes)
-        self.vpc_cidr = args.cidr
-        self.load_balancer_cidrs = lb_blocks
-        self.nat_gateway_count = nat_count
-        self.register_outputs(
-            {"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids, "public_subnet_ids": self.public_subnet_ids}
-        )
+            ))
+        return endpoints
 
 
 def _ids_after(subnets: Sequence[aws.ec2.Subnet], ready: Sequence[pulumi.Resource]) -> pulumi.Output[list[str]]:

@@ -31,6 +31,7 @@ import pulumi_kubernetes as k8s
 from components import versions
 from components.cluster import SYSTEM_POOL_LABEL
 from components.identity import OidcIdentity, RoleWithPolicies, workload_role
+from components.options import dependencies
 from components.quantities import quantity
 
 TOKEN = "mlops:k8s:NodePools"
@@ -76,8 +77,6 @@ class NodePoolsArgs:
     """Role of the nodes Karpenter launches (`Cluster.karpenter_node_role`)."""
     node_access: Sequence[pulumi.Resource] = ()
     """What lets those nodes join (their access entry): NodeClasses depend on it, so it outlives the nodes."""
-    depends_on: Sequence[pulumi.Resource] = ()
-    """What must exist before Karpenter installs (the system node group)."""
     cpu: PoolArgs
     gpu: PoolArgs
     ami_alias: str = "al2023@latest"
@@ -217,29 +216,47 @@ def node_pool_spec(pool_name: str, pool: PoolArgs, *, gpu: bool) -> dict[str, An
 class NodePools(pulumi.ComponentResource):
     queue_name: pulumi.Output[str]
     karpenter: k8s.helm.v3.Release
+    karpenter_role_arn: pulumi.Output[str]
+    """Karpenter controller's workload role (IRSA)."""
     gpu_node_selector: dict[str, str]
     """Node selector a GPU workload uses (with `gpu_toleration`)."""
     gpu_toleration: dict[str, str]
 
     def __init__(self, name: str, args: NodePoolsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        """`opts.depends_on`: what must exist before Karpenter and the device plugin install (the system node group)."""
         super().__init__(TOKEN, name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        caller = aws.get_caller_identity(opts=pulumi.InvokeOptions(parent=self))
-        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
-        partition = aws.get_partition(opts=pulumi.InvokeOptions(parent=self)).partition
+        after = dependencies(opts)
+        queue = self._interruption_queue(name)
+        role = self._controller_role(name, args, queue)
+        self.karpenter = self._karpenter(name, args, queue, role, after=after)
+        # Node classes need the node role, its policies and its access entry for their nodes to
+        # join; on destroy they (and their nodes) go first.
+        after_karpenter = pulumi.ResourceOptions(parent=self, depends_on=[self.karpenter, *args.node_role.ready, *args.node_access])
+        for pool_name, pool, gpu in (("cpu", args.cpu, False), ("gpu", args.gpu, True)):
+            self._pool(name, args, pool_name, pool, gpu=gpu, after_karpenter=after_karpenter)
+        self.gpu_node_selector = {POOL_LABEL: "gpu"}
+        self.gpu_toleration = {"key": GPU_TAINT["key"], "operator": "Equal", "value": GPU_TAINT["value"], "effect": GPU_TAINT["effect"]}
+        self._device_plugin(name, after=after)
+        self.queue_name = queue.name
+        self.karpenter_role_arn = role.arn
+        self.register_outputs({"queue_name": self.queue_name, "karpenter_role_arn": self.karpenter_role_arn})
 
-        queue = aws.sqs.Queue(
-            f"{name}-interruptions",
-            message_retention_seconds=300,
-            sqs_managed_sse_enabled=True,
-            opts=child,
-        )
+    def _interruption_queue(self, name: str) -> aws.sqs.Queue:
+        """The SQS queue Karpenter reads interruptions from, and the EventBridge rules that feed it."""
+        child = pulumi.ResourceOptions(parent=self)
+        queue = aws.sqs.Queue(f"{name}-interruptions", message_retention_seconds=300, sqs_managed_sse_enabled=True, opts=child)
         aws.sqs.QueuePolicy(f"{name}-interruptions-policy", queue_url=queue.url, policy=queue.arn.apply(queue_policy), opts=child)
         for event, pattern in INTERRUPTION_EVENTS.items():
             rule = aws.cloudwatch.EventRule(f"{name}-{event}", event_pattern=json.dumps(pattern), opts=child)
             aws.cloudwatch.EventTarget(f"{name}-{event}-target", rule=rule.name, arn=queue.arn, target_id="karpenter-interruption-queue", opts=child)
+        return queue
 
-        role = workload_role(
+    def _controller_role(self, name: str, args: NodePoolsArgs, queue: aws.sqs.Queue) -> RoleWithPolicies:
+        """Karpenter's workload role: exactly the upstream controller policy of the pinned version."""
+        caller = aws.get_caller_identity(opts=pulumi.InvokeOptions(parent=self))
+        region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
+        partition = aws.get_partition(opts=pulumi.InvokeOptions(parent=self)).partition
+        return workload_role(
             f"{name}-karpenter",
             identity=args.identity,
             namespace=NAMESPACE,
@@ -252,14 +269,17 @@ class NodePools(pulumi.ComponentResource):
             parent=self,
         )
 
+    def _karpenter(self, name: str, args: NodePoolsArgs, queue: aws.sqs.Queue, role: RoleWithPolicies, *,
+                   after: list[pulumi.Resource]) -> k8s.helm.v3.Release:
+        """The CRD release, then the controller release on the system nodes."""
         crds = versions.helm_release(
             f"{name}-karpenter-crd",
             versions.KARPENTER_CRD,
             release="karpenter-crd",
             namespace=NAMESPACE,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )
-        self.karpenter = versions.helm_release(
+        return versions.helm_release(
             f"{name}-karpenter",
             versions.KARPENTER,
             release="karpenter",
@@ -273,41 +293,39 @@ class NodePools(pulumi.ComponentResource):
                 "controller": {"resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}}},
             },
             # its policy outlives it: on destroy it still terminates the nodes of deleted pools
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[crds, *args.depends_on, *role.ready]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[crds, *after, *role.ready]),
         )
 
-        # Node classes need the node role, its policies and its access entry for their nodes to
-        # join; on destroy they (and their nodes) go first.
-        after_karpenter = pulumi.ResourceOptions(parent=self, depends_on=[self.karpenter, *args.node_role.ready, *args.node_access])
-        for pool_name, pool, gpu in (("cpu", args.cpu, False), ("gpu", args.gpu, True)):
-            node_class = k8s.apiextensions.CustomResource(
-                f"{name}-{pool_name}-class",
-                api_version="karpenter.k8s.aws/v1",
-                kind="EC2NodeClass",
-                metadata={"name": pool_name},
-                spec=pulumi.Output.all(args.node_role.name, args.cluster_security_group_id).apply(
-                    lambda a, pool=pool, pool_name=pool_name: node_class_spec(
-                        role_name=a[0],
-                        cluster_name=args.cluster_name,
-                        security_group_id=a[1],
-                        ami_alias=args.ami_alias,
-                        root_volume_gi=pool.root_volume_gi,
-                        tags={**args.node_tags, POOL_LABEL: pool_name},
-                    )
-                ),
-                opts=after_karpenter,
-            )
-            k8s.apiextensions.CustomResource(
-                f"{name}-{pool_name}-pool",
-                api_version="karpenter.sh/v1",
-                kind="NodePool",
-                metadata={"name": pool_name},
-                spec=node_pool_spec(pool_name, pool, gpu=gpu),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.karpenter, node_class]),
-            )
+    def _pool(self, name: str, args: NodePoolsArgs, pool_name: str, pool: PoolArgs, *, gpu: bool, after_karpenter: pulumi.ResourceOptions) -> None:
+        """One pool: its EC2NodeClass (AMI, subnets, security group, IMDSv2, encrypted root volume) and NodePool."""
+        node_class = k8s.apiextensions.CustomResource(
+            f"{name}-{pool_name}-class",
+            api_version="karpenter.k8s.aws/v1",
+            kind="EC2NodeClass",
+            metadata={"name": pool_name},
+            spec=pulumi.Output.all(args.node_role.name, args.cluster_security_group_id).apply(
+                lambda a: node_class_spec(
+                    role_name=a[0],
+                    cluster_name=args.cluster_name,
+                    security_group_id=a[1],
+                    ami_alias=args.ami_alias,
+                    root_volume_gi=pool.root_volume_gi,
+                    tags={**args.node_tags, POOL_LABEL: pool_name},
+                )
+            ),
+            opts=after_karpenter,
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-{pool_name}-pool",
+            api_version="karpenter.sh/v1",
+            kind="NodePool",
+            metadata={"name": pool_name},
+            spec=node_pool_spec(pool_name, pool, gpu=gpu),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.karpenter, node_class]),
+        )
 
-        self.gpu_node_selector = {POOL_LABEL: "gpu"}
-        self.gpu_toleration = {"key": GPU_TAINT["key"], "operator": "Equal", "value": GPU_TAINT["value"], "effect": GPU_TAINT["effect"]}
+    def _device_plugin(self, name: str, *, after: list[pulumi.Resource]) -> None:
+        """The NVIDIA device plugin, on GPU nodes only: it advertises `nvidia.com/gpu` to the scheduler."""
         versions.helm_release(
             f"{name}-nvidia-device-plugin",
             versions.NVIDIA_DEVICE_PLUGIN,
@@ -324,8 +342,5 @@ class NodePools(pulumi.ComponentResource):
                 },
                 "tolerations": [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )
-
-        self.queue_name = queue.name
-        self.register_outputs({"queue_name": self.queue_name, "karpenter_role_arn": role.arn})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -29,8 +29,8 @@ import pulumi_kubernetes as k8s
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, alb_listener_annotations, env_list, http_probe, load_balancer_ingress, resources,
-    restricted_namespace_labels, zone_spread,
+    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, aws_api_egress_rule, disruption_budget, dns_egress_rule, env_list, http_probe,
+    internal_alb_annotations, load_balancer_ingress, pinned_image, resources, restricted_namespace_labels, zone_spread,
 )
 from components.quantities import cpu_cores
 from components.tracking import CLIENT_NAMESPACE_LABEL, client_egress_rule
@@ -40,6 +40,8 @@ PLANE_TOKEN = "mlops:k8s:ServingPlane"
 ENDPOINT_TOKEN = "mlops:k8s:ServingEndpoint"
 NAMESPACE = "serving"
 PORT = 8080
+CAPTURE_PREFIX = "captures"
+"""Top-level prefix of captured records in the artifact bucket: `captures/<endpoint>/...`."""
 PRESTOP_SECONDS = 15
 """preStop sleep (Kubernetes' sleep action, GA in 1.34, on by default since 1.30): the load balancer
 controller deregisters a terminating pod from the ALB within seconds; until then requests still come."""
@@ -67,17 +69,17 @@ class CanaryArgs:
 class ServingEndpointArgs:
     endpoint: str
     model: str
-    alias: str = "champion"
+    alias: str
     image: str
-    min_replicas: int = 1
-    max_replicas: int = 3
-    cpu: str = "500m"
-    memory: str = "1Gi"
-    gpu: int = 0
-    autoscaling_metric: Literal["cpu", "rps"] = "cpu"
-    autoscaling_target: int = 70
+    min_replicas: int
+    max_replicas: int
+    cpu: str
+    memory: str
+    gpu: int
+    autoscaling_metric: Literal["cpu", "rps"]
+    autoscaling_target: int
     canary: CanaryArgs | None = None
-    capture_fraction: float = 0.05
+    capture_fraction: float
     artifact_bucket: pulumi.Input[str]
     artifact_bucket_arn: pulumi.Input[str]
     kms_key_arn: pulumi.Input[str]
@@ -90,7 +92,7 @@ class ServingEndpointArgs:
     """Blocks of the internal load balancers' subnets (components/network.py): the ALB reaches the pods from them."""
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
     gpu_toleration: Mapping[str, str] = field(default_factory=dict)
-    ingress_group: str = "internal"
+    ingress_group: str
     certificate_arn: str | None = None
     """The shared internal ALB's certificate (`tracking.certificateArn`): with it the endpoint's path is on HTTPS 443 only."""
     node_selector: Mapping[str, str] = field(default_factory=dict)
@@ -104,7 +106,7 @@ class ServingEndpointArgs:
             problems.append(f"replicas: expected 1 <= min ({self.min_replicas}) <= max ({self.max_replicas})")
         if self.canary is not None and not 1 <= self.canary.weight <= 99:
             problems.append(f"canary.weight: got {self.canary.weight}, expected 1 to 99")
-        if self.image.endswith(":latest") or ":" not in self.image.rsplit("/", 1)[-1]:
+        if not pinned_image(self.image):
             problems.append(f"image: got {self.image!r}, expected a pinned tag")
         if not self.load_balancer_cidrs:
             problems.append("load_balancer_cidrs: required (the internal ALB reaches the pods from these subnets)")
@@ -117,13 +119,37 @@ class ServingEndpointArgs:
         return max(1, math.floor(cpu_cores(self.cpu)))
 
 
-def endpoint_policy(bucket_arn: str, capture_prefix: str, kms_key_arn: str, reader_secret_arn: str) -> str:
+def endpoint_policy(bucket_arn: str, prefix: str, kms_key_arn: str, reader_secret_arn: str) -> str:
     """Write captured records under the endpoint's own prefix; read the tracking reader's password."""
     return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "WriteOwnCaptures", "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket_arn}/{capture_prefix}/*"},
+        {"Sid": "WriteOwnCaptures", "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket_arn}/{prefix}/*"},
         {"Sid": "BucketKey", "Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": kms_key_arn},
         {"Sid": "TrackingReader", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": reader_secret_arn},
     ]})
+
+
+def capture_prefix(endpoint: str) -> str:
+    """Where the endpoint writes captured records in the artifact bucket (and nothing else)."""
+    return f"{CAPTURE_PREFIX}/{endpoint}"
+
+
+def network_policy_spec(args: ServingEndpointArgs) -> dict[str, Any]:
+    """Who reaches an endpoint's pods (the ALB's subnets, Prometheus) and what they reach (DNS, the
+    tracking server, the AWS APIs)."""
+    return {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": args.endpoint}},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [
+            load_balancer_ingress(args.load_balancer_cidrs, PORT),
+            {"from": [{"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}],  # Prometheus
+             "ports": [{"protocol": "TCP", "port": PORT}]},
+        ],
+        "egress": [
+            dns_egress_rule(),
+            client_egress_rule(),  # the tracking server (models, their aliases)
+            aws_api_egress_rule(),  # S3 (captures), STS, Secrets Manager
+        ],
+    }
 
 
 class ServingPlane(pulumi.ComponentResource):
@@ -146,54 +172,70 @@ class ServingEndpoint(pulumi.ComponentResource):
     """The endpoint's name in the stack file."""
     url_path: str
     """Path on the serving ALB: `/<endpoint>/invocations`."""
+    role_arn: pulumi.Output[str]
+    """The endpoint's workload role (IRSA)."""
     deployments: dict[str, k8s.apps.v1.Deployment]
 
     def __init__(self, name: str, args: ServingEndpointArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(ENDPOINT_TOKEN, name, None, opts)
         ep = self.endpoint = args.endpoint
-        capture_prefix = f"captures/{ep}"
+        self.role_arn = self._identity(name, args)
+        tracks = {"stable": args.alias}
+        if args.canary is not None:
+            tracks["canary"] = args.canary.alias
+        self.deployments, services = {}, {}
+        for track, alias in tracks.items():
+            self.deployments[track], services[track] = self._track(name, args, track, alias)
+        self._autoscaler(name, args)
+        child = pulumi.ResourceOptions(parent=self)
+        k8s.networking.v1.NetworkPolicy(f"{name}-netpol", metadata={"name": ep, "namespace": NAMESPACE}, spec=network_policy_spec(args), opts=child)
+        self._service_monitor(name, args, after=list(services.values()))
+        self.url_path = f"/{ep}/invocations"
+        self._ingress(name, args, after=list(services.values()))
+        self.register_outputs({"url_path": self.url_path, "role_arn": self.role_arn})
+
+    def _identity(self, name: str, args: ServingEndpointArgs) -> pulumi.Output[str]:
+        """The workload role (write its own capture prefix, read its tracking reader's password) and the
+        service account that carries it; the role's ARN."""
+        ep = args.endpoint
         role = workload_role(
             f"{name}-workload",
             identity=args.identity,
             namespace=NAMESPACE,
             service_account=ep,
             policy=pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn, args.tracking_reader_secret_arn).apply(
-                lambda a: endpoint_policy(a[0], capture_prefix, a[1], a[2])
+                lambda a: endpoint_policy(a[0], capture_prefix(ep), a[1], a[2])
             ),
             parent=self,
         )
         self._role_ready = role.ready  # the pods use the role: its policy outlives them on destroy
-        child = pulumi.ResourceOptions(parent=self)
         k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata={"name": ep, "namespace": NAMESPACE, "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
             automount_service_account_token=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return role.arn
+
+    def _track(self, name: str, args: ServingEndpointArgs, track: str, alias: str) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
+        """One track (stable, or the canary): its Deployment, Service and PodDisruptionBudget."""
+        ep, child = args.endpoint, pulumi.ResourceOptions(parent=self)
+        labels = {"app.kubernetes.io/name": ep, "app.kubernetes.io/part-of": "mlops-serving", "mlops.platform/track": track}
+        replicas = args.min_replicas if track == "stable" else 1
+        deployment = self._deployment(name, args, track, alias, labels, replicas)
+        service = k8s.core.v1.Service(
+            f"{name}-{track}-svc",
+            metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE, "labels": labels},
+            # Service port = container port: the VPC CNI matches ClusterIP traffic only then (components/tracking.CLUSTER_URL)
+            spec={"selector": labels, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
             opts=child,
         )
+        disruption_budget(f"{name}-{track}-pdb", name=f"{ep}-{track}", namespace=NAMESPACE, labels=labels, replicas=replicas, opts=child)
+        return deployment, service
 
-        tracks = {"stable": args.alias}
-        if args.canary is not None:
-            tracks["canary"] = args.canary.alias
-        self.deployments, services = {}, {}
-        for track, alias in tracks.items():
-            labels = {"app.kubernetes.io/name": ep, "app.kubernetes.io/part-of": "mlops-serving", "mlops.platform/track": track}
-            replicas = args.min_replicas if track == "stable" else 1
-            self.deployments[track] = self._deployment(name, args, track, alias, labels, replicas, capture_prefix)
-            services[track] = k8s.core.v1.Service(
-                f"{name}-{track}-svc",
-                metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE, "labels": labels},
-                # Service port = container port: the VPC CNI matches ClusterIP traffic only then (components/tracking.CLUSTER_URL)
-                spec={"selector": labels, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
-                opts=child,
-            )
-            disruption = {"minAvailable": 1} if replicas > 1 else {"maxUnavailable": 1}
-            k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-{track}-pdb",
-                metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE},
-                spec={**disruption, "selector": {"matchLabels": labels}},
-                opts=child,
-            )
-
+    def _autoscaler(self, name: str, args: ServingEndpointArgs) -> None:
+        """The stable Deployment's HorizontalPodAutoscaler, on CPU or on requests per second (prometheus-adapter)."""
+        ep = args.endpoint
         metric = (
             {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": args.autoscaling_target}}}
             if args.autoscaling_metric == "cpu"
@@ -212,49 +254,27 @@ class ServingEndpoint(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.deployments["stable"]]),
         )
 
-        selector = {"app.kubernetes.io/name": ep}
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol",
-            metadata={"name": ep, "namespace": NAMESPACE},
-            spec={
-                "podSelector": {"matchLabels": selector},
-                "policyTypes": ["Ingress", "Egress"],
-                "ingress": [
-                    load_balancer_ingress(args.load_balancer_cidrs, PORT),
-                    {"from": [{"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}],  # Prometheus
-                     "ports": [{"protocol": "TCP", "port": PORT}]},
-                ],
-                "egress": [
-                    {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                    client_egress_rule(),  # the tracking server (models, their aliases)
-                    {"ports": [{"protocol": "TCP", "port": 443}]},  # S3 (captures), STS, Secrets Manager
-                ],
-            },
-            opts=child,
-        )
+    def _service_monitor(self, name: str, args: ServingEndpointArgs, *, after: list[pulumi.Resource]) -> None:
+        """Prometheus scrapes every track's `/metrics` through its Service."""
+        ep = args.endpoint
         k8s.apiextensions.CustomResource(
             f"{name}-monitor",
             api_version="monitoring.coreos.com/v1",
             kind="ServiceMonitor",
             metadata={"name": ep, "namespace": NAMESPACE, "labels": {"mlops.platform/scrape": "true"}},
             spec={
-                "selector": {"matchLabels": selector},
+                "selector": {"matchLabels": {"app.kubernetes.io/name": ep}},
                 "namespaceSelector": {"matchNames": [NAMESPACE]},
                 # the model server's own `endpoint` label wins over the operator's (the port name)
                 "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "metricRelabelings": model_server_relabelings()}],
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*services.values(), *([args.monitoring_crds] if args.monitoring_crds else [])]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *([args.monitoring_crds] if args.monitoring_crds else [])]),
         )
 
-        self.url_path = f"/{ep}/invocations"
-        annotations = {
-            "alb.ingress.kubernetes.io/scheme": "internal",
-            "alb.ingress.kubernetes.io/target-type": "ip",
-            "alb.ingress.kubernetes.io/group.name": args.ingress_group,  # one ALB for every endpoint
-            "alb.ingress.kubernetes.io/healthcheck-path": "/readyz",
-            **alb_listener_annotations(args.certificate_arn),
-        }
+    def _ingress(self, name: str, args: ServingEndpointArgs, *, after: list[pulumi.Resource]) -> k8s.networking.v1.Ingress:
+        """`/<endpoint>/` on the shared internal ALB; with a canary, a weighted forward between the two Services."""
+        ep = args.endpoint
+        annotations = internal_alb_annotations(group=args.ingress_group, healthcheck_path="/readyz", certificate_arn=args.certificate_arn)
         if args.canary is not None:
             weights = [
                 {"serviceName": f"{ep}-stable", "servicePort": PORT, "weight": 100 - args.canary.weight},
@@ -264,15 +284,14 @@ class ServingEndpoint(pulumi.ComponentResource):
             backend = {"service": {"name": f"{ep}-weighted", "port": {"name": "use-annotation"}}}
         else:
             backend = {"service": {"name": f"{ep}-stable", "port": {"number": PORT}}}
-        k8s.networking.v1.Ingress(
+        return k8s.networking.v1.Ingress(
             f"{name}-ingress",
             metadata={"name": ep, "namespace": NAMESPACE, "annotations": annotations},
             spec={"ingressClassName": "alb", "rules": [{"http": {"paths": [{"path": f"/{ep}/", "pathType": "Prefix", "backend": backend}]}}]},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*services.values(), *([args.load_balancer_controller] if args.load_balancer_controller else [])]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *([args.load_balancer_controller] if args.load_balancer_controller else [])]),
         )
-        self.register_outputs({"url_path": self.url_path, "role_arn": role.arn})
 
-    def _deployment(self, name: str, args: ServingEndpointArgs, track: str, alias: str, labels: dict, replicas: int, capture_prefix: str) -> k8s.apps.v1.Deployment:
+    def _deployment(self, name: str, args: ServingEndpointArgs, track: str, alias: str, labels: dict, replicas: int) -> k8s.apps.v1.Deployment:
         ep = args.endpoint
         env = {
             "SERVING_MODEL_NAME": args.model,
@@ -284,7 +303,7 @@ class ServingEndpoint(pulumi.ComponentResource):
             "SERVING_PATH_PREFIX": f"/{ep}",
             "SERVING_CAPTURE_FRACTION": str(args.capture_fraction),
             "SERVING_CAPTURE_BUCKET": args.artifact_bucket,
-            "SERVING_CAPTURE_PREFIX": "captures",
+            "SERVING_CAPTURE_PREFIX": CAPTURE_PREFIX,
             "SERVING_TRACKING_USERNAME": reader_username(ep),  # this endpoint's own read-only user
             "SERVING_TRACKING_PASSWORD_SECRET_ARN": args.tracking_reader_secret_arn,
             "MLFLOW_TRACKING_URI": args.tracking_url,

@@ -23,7 +23,7 @@ from components.node_pools import GPU_RESOURCE, NodePools, NodePoolsArgs, PoolAr
 from components.registry import Registry, RegistryArgs
 from components.serving import CanaryArgs, ServingEndpoint, ServingEndpointArgs, ServingPlane
 from components.storage import Storage, StorageArgs
-from components.tracking import DatabaseArgs, TrackingServer, TrackingServerArgs
+from components.tracking import DatabaseArgs, ManagedTrackingArgs, SelfHostedTrackingArgs, TrackingServer
 from components.training import RECEIVER_URL, PipelineArgs, Training, TrainingArgs
 from infra.images import workload_images
 from services.training.dvc import DVC_PREFIX
@@ -205,12 +205,12 @@ def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, 
             gpu_toleration=node_pools.gpu_toleration,
             node_selector=_platform_node_selector(settings),
             protect_secrets=settings.deletion_protection,
-            depends_on=(cluster.system_node_group,),
             storage_class=addons.storage_class,
             volume_dependencies=(addons.storage_class_resource,),
             retrain_webhook_url=RECEIVER_URL if _retrains_on_drift(settings) else None,
         ),
-        opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
+        # the Prometheus stack runs on the system nodes: it installs once the node group exists
+        opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}, depends_on=[cluster.system_node_group]),
     )
 
 
@@ -301,20 +301,22 @@ def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, no
 def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
               images: dict[tuple[str, str], str]) -> TrackingServer:
     t, db = settings.tracking, settings.database
+    name = f"{settings.name_prefix}-tracking"
+    on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
+    store = dict(artifact_bucket=storage.bucket_names["artifacts"], artifact_bucket_arn=storage.bucket_arns["artifacts"], kms_key_arn=storage.key_arn)
+    if t.mode == "managed":
+        return TrackingServer(name, ManagedTrackingArgs(**store, size=t.managed_size), opts=on_cluster)
     return TrackingServer(
-        f"{settings.name_prefix}-tracking",
-        TrackingServerArgs(
-            mode=t.mode,
-            artifact_bucket=storage.bucket_names["artifacts"],
-            artifact_bucket_arn=storage.bucket_arns["artifacts"],
-            kms_key_arn=storage.key_arn,
+        name,
+        SelfHostedTrackingArgs(
+            **store,
             vpc_id=network.vpc_id,
             vpc_cidr=network.vpc_cidr,
             load_balancer_cidrs=network.load_balancer_cidrs,
             subnet_ids=network.private_subnet_ids,
             cluster_security_group_id=cluster.security_group_id,
             identity=cluster.identity,
-            image=images.get(("tracking", t.image_tag), ""),  # none in managed mode
+            image=images[("tracking", t.image_tag)],
             replicas=t.replicas,
             database=DatabaseArgs(
                 instance_class=db.instance_class,
@@ -328,13 +330,12 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
             allowed_hosts=tuple(t.allowed_hosts),
             protect=settings.deletion_protection,
             load_balancer_controller=addons.load_balancer_controller,
-            managed_size=t.managed_size,
             ingress_group=f"{settings.name_prefix}-internal",
             node_selector=_platform_node_selector(settings),
             reader_endpoints=tuple(e.name for e in settings.endpoints),
             writer_models={p.name: p.model for p in settings.pipelines},
         ),
-        opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}),
+        opts=on_cluster,
     )
 
 
@@ -345,19 +346,19 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
     `ci_admins`: the CI deploy role, which runs `pulumi up` and so manages the cluster's objects."""
     c = settings.cluster
     cluster = _cluster(settings, network, tags, ci_admins)
-    on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
+    # add-ons and Karpenter run on the system nodes: they install once the node group exists
+    after_system_nodes = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}, depends_on=[cluster.system_node_group])
     addons = ClusterAddons(
         f"{settings.name_prefix}-addons",
         ClusterAddonsArgs(
             cluster_name=cluster.name,
             vpc_id=network.vpc_id,
             identity=cluster.identity,
-            depends_on=(cluster.system_node_group,),
             replicas=c.addon_replicas,
             ebs_csi_version=c.ebs_csi_version,
             resource_tags={**tags, "component": "k8s"},
         ),
-        opts=on_cluster,
+        opts=after_system_nodes,
     )
     node_pools = NodePools(
         f"{settings.name_prefix}-pools",
@@ -368,7 +369,6 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
             identity=cluster.identity,
             node_role=cluster.karpenter_node_role,
             node_access=(cluster.karpenter_node_access,),
-            depends_on=(cluster.system_node_group,),
             ami_alias=c.ami_alias,
             node_tags={**tags, "component": "node-pools"},
             replicas=c.addon_replicas,
@@ -393,7 +393,7 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
                 root_volume_gi=100,
             ),
         ),
-        opts=on_cluster,
+        opts=after_system_nodes,
     )
     return cluster, node_pools, addons
 

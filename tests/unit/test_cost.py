@@ -225,7 +225,9 @@ def test_components_read_quantities_with_the_same_parser():
     with pytest.raises(ValueError, match=r"cpu.limits\[cpu\]: not a Kubernetes quantity: 'lots'"):
         pools("lots")
     endpoint = dict(endpoint="e", model="m", image="repo/model:1.0", artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k",
-                    tracking_url="http://t", tracking_reader_secret_arn="s", identity=None, load_balancer_cidrs=["10.0.192.0/22"])
+                    tracking_url="http://t", tracking_reader_secret_arn="s", identity=None, load_balancer_cidrs=["10.0.192.0/22"],
+                    alias="champion", min_replicas=1, max_replicas=1, memory="1Gi", gpu=0, autoscaling_metric="cpu", autoscaling_target=70,
+                    capture_fraction=0.0, ingress_group="internal")
     assert [ServingEndpointArgs(**endpoint, cpu=cpu).workers for cpu in ("1500m", "2", "2500m", "250m")] == [1, 2, 2, 1]
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from components.tracking import TrackingServerArgs
+from components.tracking import DatabaseArgs, ManagedTrackingArgs, SelfHostedTrackingArgs
 from infra.offline import run_offline
 from infra.program import main as program
 from infra.stackfile import load_stack_config
@@ -151,10 +151,33 @@ def test_managed_mode_declares_no_database_or_deployment_and_keeps_the_outputs()
     assert any(line.item.startswith("SageMaker managed MLflow") and line.monthly for line in lines)
 
 
+def self_hosted_args(**overrides) -> SelfHostedTrackingArgs:
+    """The smallest self-hosted args: every field without a default given once, here."""
+    database = DatabaseArgs(instance_class="db.t4g.micro", multi_az=False, allocated_storage_gb=20, backup_retention_days=1, engine_version="17")
+    values = dict(artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k", vpc_id="vpc", vpc_cidr="10.0.0.0/16", subnet_ids=("s",),
+                  cluster_security_group_id="sg", identity=object(), image="repo/tracking:1", replicas=1, database=database,
+                  exposure="clusterOnly", protect=False, ingress_group="internal")
+    return SelfHostedTrackingArgs(**{**values, **overrides})  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("image", ["repo/tracking:latest", "repo/tracking", ""])
 def test_unpinned_images_are_rejected(image):
     with pytest.raises(ValueError, match="image"):
-        TrackingServerArgs(artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k", identity=object(), image=image)  # type: ignore[arg-type]
+        self_hosted_args(image=image)
+    assert self_hosted_args(image="repo/tracking@sha256:" + "0" * 64).image.startswith("repo/")
+
+
+def test_self_hosted_and_managed_are_two_shapes_without_placeholders():
+    """Issue 15 item 3: managed args carry no database, VPC or image; self-hosted args require them, no "" default."""
+    import dataclasses
+
+    managed = {f.name for f in dataclasses.fields(ManagedTrackingArgs)}
+    assert managed == {"artifact_bucket", "artifact_bucket_arn", "artifact_prefix", "kms_key_arn", "size"}
+    required = {f.name for f in dataclasses.fields(SelfHostedTrackingArgs) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    assert {"vpc_id", "subnet_ids", "cluster_security_group_id", "identity", "image", "replicas", "database", "exposure", "protect"} <= required
+    assert not [f.name for f in dataclasses.fields(SelfHostedTrackingArgs) if f.default == ""]
+    with pytest.raises(TypeError, match="size"):
+        ManagedTrackingArgs(artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k")  # type: ignore[call-arg]
 
 
 def pins(path) -> dict[str, str]:
