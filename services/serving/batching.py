@@ -1,11 +1,11 @@
 """Micro-batching: requests that arrive while the model is busy are answered by one model call.
 
-Each request for a batchable model is queued with its raw body. One task takes the first, lets
-the event loop read whatever other requests are already waiting (and, with `wait_s` > 0, waits
-that long for more), and hands them all to a model thread (`paths.answer_all`: parse, stack up
-to `max_rows` rows per call, predict, split, encode). While that thread works, new requests
-queue up for the next batch. Alone, a request pays almost nothing; under load, N requests
-become a few model calls. The event loop itself never parses a body or calls a model.
+Each request for a batchable model waits in a list with its raw body. One task hands everything
+waiting (up to `max_rows` requests) to a model thread (`paths.answer_all`: parse, stack up to
+`max_rows` rows per call, predict, split, encode) and, while that thread works, new requests
+gather for the next batch. Before it starts a batch, the task waits up to `wait_s` for as many
+requests as the last batch had (the clients it just answered are likely sending again), never
+for a request alone. The event loop itself never parses a body or calls a model.
 """
 
 from __future__ import annotations
@@ -24,40 +24,45 @@ log = logging.getLogger("serving")
 class MicroBatcher:
     def __init__(self, *, executor: Executor, max_rows: int, wait_s: float) -> None:
         self.executor, self.max_rows, self.wait_s = executor, max_rows, wait_s
-        self.queue: asyncio.Queue[tuple[Any, Request, asyncio.Future]] = asyncio.Queue()
+        self.waiting: list[tuple[Any, Request, asyncio.Future]] = []
+        self.expected = 1
+        """Requests in the last batch: worth a short wait until as many are here."""
+        self._arrived: asyncio.Event | None = None
+
+    @property
+    def arrived(self) -> asyncio.Event:
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        return self._arrived
 
     async def answer(self, model: Any, request: Request) -> Answer:
         future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((model, request, future))
+        self.waiting.append((model, request, future))
+        if len(self.waiting) == 1 or len(self.waiting) >= self.expected:
+            self.arrived.set()
         return await future
 
     async def run(self) -> None:
         while True:
             batch = await self._collect()
+            self.expected = len(batch)
             by_model: dict[int, list[tuple[Any, Request, asyncio.Future]]] = {}
-            for item in batch:  # during a swap, old and new versions may both be queued
+            for item in batch:  # during a swap, old and new versions may both be waiting
                 by_model.setdefault(id(item[0]), []).append(item)
             for items in by_model.values():
                 await self._answer(items)
 
     async def _collect(self) -> list[tuple[Any, Request, asyncio.Future]]:
-        loop = asyncio.get_running_loop()
-        batch = [await self.queue.get()]
-        await asyncio.sleep(0)  # let requests already read off the sockets join
-        deadline = loop.time() + self.wait_s
-        while len(batch) < self.max_rows:
+        while not self.waiting:
+            self.arrived.clear()
+            await self.arrived.wait()
+        if len(self.waiting) < self.expected and self.wait_s > 0:
+            self.arrived.clear()
             try:
-                batch.append(self.queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                await asyncio.wait_for(self.arrived.wait(), self.wait_s)
             except asyncio.TimeoutError:
-                break
+                pass
+        batch, self.waiting = self.waiting[: self.max_rows], self.waiting[self.max_rows:]
         return batch
 
     async def _answer(self, items: list[tuple[Any, Request, asyncio.Future]]) -> None:
