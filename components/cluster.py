@@ -166,7 +166,7 @@ class Cluster(pulumi.ComponentResource):
                 "name": self.name,
                 "endpoint": self.endpoint,
                 "security_group_id": self.security_group_id,
-                "oidc_provider_arn": oidc.arn,
+                "oidc_provider_arn": self.identity.provider_arn,
                 "system_node_role_arn": self.system_node_role.arn,
                 "karpenter_node_role_arn": self.karpenter_node_role.arn,
             }
