@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make local` and `make test`; both set up first.
-.PHONY: setup local test preview bench
+.PHONY: setup local test lint preview bench
 
 setup:
 	@bash scripts/setup.sh
@@ -15,6 +15,12 @@ local: setup
 ## Set up, then run every test.
 test: setup
 	.venv/bin/python -m pytest
+
+## Lint: ruff (pyflakes, pycodestyle, import order, bugbear) over the tree, then mypy over
+## infra/, components/ and services/ (settings in pyproject.toml).
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 preview: setup
 	.venv/bin/python -m infra.cli preview --stack $(or $(STACK),dev)
