@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import yaml
 from botocore.stub import Stubber
 
 from infra.cost import report
-from infra.cost.estimate import BASELINE, NOT_PRICED, WORST_CASE, estimate
+from infra.cost.estimate import BASELINE, WORST_CASE, estimate
 from infra.cost.prices import PriceTable, refresh
 from infra.cost.usage import DEFAULT_USAGE, UsageError, load_usage
 from infra.inventory import Inventory, Resource
@@ -377,7 +376,8 @@ def test_every_shipped_stack_is_fully_priced_and_within_budget(stack_inventories
 def test_json_format_round_trips(dev_inventory_file):
     out = run_cost("--inventory", str(dev_inventory_file), "--format", "json")
     data = json.loads(out.stdout)
-    assert data["stack"] == "dev" and data["baselineMonthly"] == pytest.approx(sum(l["monthly"] for l in data["lines"] if l["kind"] == "baseline"), abs=0.05)
+    baseline = sum(line["monthly"] for line in data["lines"] if line["kind"] == "baseline")
+    assert data["stack"] == "dev" and data["baselineMonthly"] == pytest.approx(baseline, abs=0.05)
 
 
 def test_refresh_prices_from_the_price_list_api_offline():
@@ -386,12 +386,15 @@ def test_refresh_prices_from_the_price_list_api_offline():
     document = {
         "schema": "mlops-platform/prices@1", "date": "2000-01-01", "currency": "USD", "hoursPerMonth": 730,
         "regions": {"us-east-1": {
-            "ec2.instance.t3.medium": {"price": 1.0, "unit": "hour", "source": "old", "confidence": "C", "query": {"service": "AmazonEC2", "filters": {"instanceType": "t3.medium"}}},
-            "kms.key": {"price": 1.0, "unit": "month", "source": "old", "confidence": "C", "query": {"service": "awskms", "filters": {"usagetype": "KMS-Keys"}}},
+            "ec2.instance.t3.medium": {"price": 1.0, "unit": "hour", "source": "old", "confidence": "C",
+                                       "query": {"service": "AmazonEC2", "filters": {"instanceType": "t3.medium"}}},
+            "kms.key": {"price": 1.0, "unit": "month", "source": "old", "confidence": "C",
+                        "query": {"service": "awskms", "filters": {"usagetype": "KMS-Keys"}}},
         }},
     }
     client = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
-    product = {"product": {"attributes": {}}, "terms": {"OnDemand": {"t": {"priceDimensions": {"d": {"unit": "Hrs", "pricePerUnit": {"USD": "0.0416000000"}}}}}}}
+    dimension = {"unit": "Hrs", "pricePerUnit": {"USD": "0.0416000000"}}
+    product = {"product": {"attributes": {}}, "terms": {"OnDemand": {"t": {"priceDimensions": {"d": dimension}}}}}
     with Stubber(client) as stub:
         # entries are refreshed in key order: ec2... then kms...
         stub.add_response("get_products", {"PriceList": [json.dumps(product)], "FormatVersion": "aws_v1"},
@@ -411,7 +414,8 @@ def test_cost_comment_over_directories_marks_new_stacks_as_added(tmp_path, dev_i
     base, head = tmp_path / "base", tmp_path / "head"
     base.mkdir(), head.mkdir()
     (head / "dev.json").write_text(dev_inventory_file.read_text())
-    result = subprocess.run([sys.executable, "-m", "infra.cli", "cost-comment", str(base), str(head)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "infra.cli", "cost-comment", str(base), str(head)], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(report.COMMENT_MARKER) and "will increase by" in result.stdout and "| dev | $0.00 |" in result.stdout
 
@@ -427,7 +431,10 @@ def test_cost_review_script_prices_only_the_stack_a_change_touches(tmp_path):
         if (REPO_ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, repo / name)
-    git = lambda *a: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *a], cwd=repo, check=True, capture_output=True)
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True, capture_output=True)
+
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "base")
@@ -452,7 +459,10 @@ def test_readme_states_what_the_cost_command_prints_now(stack_inventories):
     import re
 
     readme = (REPO_ROOT / "README.md").read_text()
-    money = lambda text: float(text.replace("$", "").replace(",", ""))
+
+    def money(text: str) -> float:
+        return float(text.replace("$", "").replace(",", ""))
+
     for stack in ("dev", "staging", "prod"):
         row = re.search(rf"^\| {stack} \| (\$[\d,.]+) \| .* \| (\$[\d,.]+) \|$", readme, re.MULTILINE)
         assert row, f"no README row for {stack}"
@@ -490,7 +500,8 @@ def staged(stack: str, desired: int = 2) -> Inventory:
     """A small stack whose names carry the stack's name, as the platform's do (`mlops-<stack>-...`)."""
     def r(name, type_, parent=None, **inputs):
         return Resource(urn=f"urn:pulumi:{stack}::p::{type_}::mlops-{stack}-{name}", type=type_, name=f"mlops-{stack}-{name}",
-                        parent=parent and f"urn:pulumi:{stack}::p::{parent[0]}::mlops-{stack}-{parent[1]}", custom=not type_.startswith("mlops:"), inputs=inputs)
+                        parent=parent and f"urn:pulumi:{stack}::p::{parent[0]}::mlops-{stack}-{parent[1]}", custom=not type_.startswith("mlops:"),
+                            inputs=inputs)
     net, cluster = ("mlops:network:Network", "net"), ("mlops:cluster:Cluster", "cluster")
     return inventory(r("net", net[0]), r("net-nat-0", "aws:ec2/natGateway:NatGateway", net), r("net-eip-0", "aws:ec2/eip:Eip", net),
                      r("cluster", cluster[0]), r("cluster-system", "aws:eks/nodeGroup:NodeGroup", cluster, instanceTypes=["t3.medium"],

@@ -122,7 +122,8 @@ def test_server_pods_are_locked_down_and_exposed_on_an_internal_alb(stack_invent
 def test_no_pod_of_the_server_mounts_an_api_token_and_each_has_a_cpu_limit(stack_inventories, stack):
     """Issue 13 item 9 (checkov CKV_K8S_38, CKV_K8S_11): the server and its Jobs never call the Kubernetes
     API, and IRSA's token is a volume of its own; a sub-core request may burst to one core, no further."""
-    objects = [r for r in stack_inventories[stack].resources if "-tracking-" in r.name and r.type in ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job")]
+    objects = [r for r in stack_inventories[stack].resources
+               if "-tracking-" in r.name and r.type in ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job")]
     assert len(objects) == 3  # server, migrate, ensure-reader
     for workload in objects:
         pod = workload.inputs["spec"]["template"]["spec"]
