@@ -69,7 +69,7 @@ def server(tracking, registered, tmp_path_factory):
     server = start_serving(
         tracking, MODEL, tmp_path_factory.mktemp("serving"),
         workers="2", capture_fraction="1.0", capture_bucket=BUCKET, capture_flush_seconds="1", s3_endpoint_url=tracking.moto_url,
-        path_prefix=f"/{MODEL}",
+        path_prefix=f"/{MODEL}", shutdown_delay_seconds="0",
     )
     yield server
     server.stop()
@@ -245,7 +245,7 @@ def live_server(tracking, registered, tmp_path_factory):
     from examples.train import train_and_register
 
     train_and_register("serve-live", alpha=1.0)
-    server = start_serving(tracking, "serve-live", tmp_path_factory.mktemp("live"), poll_seconds="0.5")
+    server = start_serving(tracking, "serve-live", tmp_path_factory.mktemp("live"), poll_seconds="0.5", shutdown_delay_seconds="0")
     yield server
     server.stop()
     assert mlflow  # imported for the registration above

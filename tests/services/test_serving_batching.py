@@ -45,7 +45,7 @@ def batched(request, tracking, tmp_path_factory):
             info, x = train_and_log(kind, name)
         mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
         pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{info.registered_model_version}")
-    server = start_serving(tracking, name, tmp_path_factory.mktemp(name), batch_wait_ms="50")
+    server = start_serving(tracking, name, tmp_path_factory.mktemp(name), batch_wait_ms="50", shutdown_delay_seconds="0")
     yield server, pyfunc, x
     server.stop()
 

@@ -115,7 +115,7 @@ def servers(tracking, registered_models, tmp_path_factory):
 
     def serve(kind: str):
         if kind not in started:
-            started[kind] = start_serving(tracking, f"serve-{kind}", tmp_path_factory.mktemp(kind))
+            started[kind] = start_serving(tracking, f"serve-{kind}", tmp_path_factory.mktemp(kind), shutdown_delay_seconds="0")
         return started[kind]
 
     yield serve

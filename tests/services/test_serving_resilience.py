@@ -20,7 +20,7 @@ import pytest
 from tests.services.conftest import start_serving
 from tests.services.test_serving import MODEL, get, registered, tracking_admin  # noqa: F401 - `registered` is a fixture
 
-LIMITS = {"max_connections": "100", "header_timeout_seconds": "1", "body_timeout_seconds": "2", "max_header_bytes": "8192",
+LIMITS = {"shutdown_delay_seconds": "0", "max_connections": "100", "header_timeout_seconds": "1", "body_timeout_seconds": "2", "max_header_bytes": "8192",
           "linger_seconds": "1", "max_body_bytes": "1048576"}
 BODY = json.dumps({"dataframe_split": {"columns": ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"],
                                        "data": [[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02]]}}).encode()
@@ -192,7 +192,7 @@ def slow(request, tracking, tmp_path_factory):
         with mlflow.start_run():
             info = log_sklearn(name, ScriptedRegressor(0.2, spin=request.param == "spins").fit(x), x, serialization_format="cloudpickle")
         mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
-    server = start_serving(tracking, name, tmp_path_factory.mktemp(name), max_batch_rows="1")
+    server = start_serving(tracking, name, tmp_path_factory.mktemp(name), max_batch_rows="1", shutdown_delay_seconds="0")
     yield server
     server.stop()
 
@@ -229,7 +229,7 @@ def test_health_answers_within_50_ms_while_a_200_ms_model_is_saturated(slow):
 def test_memory_stays_bounded_under_many_slow_uploads(tracking, registered, tmp_path):  # noqa: F811
     """1,500 clients each send half of a declared 1 MB body and stall; with the default limits
     (1,000 connections, 16 MiB of bodies in flight) the worker's peak RSS grows by under 64 MiB (22 MiB measured)."""
-    server = start_serving(tracking, MODEL, tmp_path, body_timeout_seconds="5")
+    server = start_serving(tracking, MODEL, tmp_path, body_timeout_seconds="5", shutdown_delay_seconds="0")
     sockets = []
     try:
         assert get(server, "/healthz")[0] == 200
