@@ -298,7 +298,7 @@ def follow_retraining(plane: LocalPlane) -> None:
     from infra import local_training
 
     say("retraining loop: newer data, shifted traffic, drift, alert, retrain, gate, swap")
-    timeout = 120 + 3 * _seconds(plane.timings.drift_for)
+    timeout = 300 + 3 * _seconds(plane.timings.drift_for)  # a training run on a busy machine takes minutes
     local_training.follow_retraining(plane.pipeline, plane.servers, plane.admin_password, timeout=timeout)
     say("retraining loop done")
 

@@ -28,10 +28,6 @@ class DataVersion:
     dvc_file: str | None = None
     """The `.dvc` file read, when the data is DVC-tracked."""
 
-    @property
-    def name(self) -> str:
-        return Path(self.path).name
-
 
 def file_md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)

@@ -169,8 +169,10 @@ def checked(frame: pd.DataFrame, columns: dict[str, str | None], task: Task) -> 
 
 
 def log_data_version(frame: pd.DataFrame, data: DataVersion, target: str) -> None:
-    """The data version as the run's MLflow dataset input: source, digest (DVC md5) and DVC tags."""
-    dataset = mlflow.data.from_pandas(frame, source=data.source, targets=target, name=data.name, digest=data.md5)
+    """The data version as the run's MLflow dataset input: source, digest (DVC md5) and DVC tags. MLflow keeps one
+    dataset per experiment for each (name, digest), so the name is the data's full path: the same bytes under
+    another path are another input."""
+    dataset = mlflow.data.from_pandas(frame, source=data.source, targets=target, name=data.path, digest=data.md5)
     mlflow.log_input(dataset, context="training", tags={"dvc.md5": data.md5, "dvc.path": data.path, **({"dvc.file": data.dvc_file} if data.dvc_file else {})})
 
 

@@ -20,7 +20,7 @@ def test_make_local_retrains_on_drift_and_the_model_server_swaps(tmp_path):
     )
     lines: list[str] = []
     try:
-        deadline = time.time() + 480
+        deadline = time.time() + 900  # each step waits up to 5 minutes itself and says which one did not happen
         while time.time() < deadline:
             line = process.stdout.readline()
             lines.append(line)
