@@ -97,10 +97,11 @@ def disruption_budget(resource_name: str, *, name: str, namespace: str, labels: 
     """A PodDisruptionBudget that never blocks a node drain: with several replicas one must stay up,
     with one the drain may evict it (a `minAvailable: 1` on a single pod would stall the drain forever)."""
     disruption = {"minAvailable": 1} if replicas > 1 else {"maxUnavailable": 1}
+    spec: dict[str, Any] = {**disruption, "selector": {"matchLabels": dict(labels)}}
     return k8s.policy.v1.PodDisruptionBudget(
         resource_name,
         metadata={"name": name, "namespace": namespace},
-        spec={**disruption, "selector": {"matchLabels": dict(labels)}},
+        spec=spec,
         opts=opts,
     )
 
@@ -158,7 +159,8 @@ def load_balancer_ingress(cidrs: Sequence[str], port: int) -> dict[str, Any]:
 
 
 def http_probe(path: str, port: int, *, period: int = 10, failures: int = 3, initial_delay: int = 0) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures, "initialDelaySeconds": initial_delay, "timeoutSeconds": 3}
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures,
+            "initialDelaySeconds": initial_delay, "timeoutSeconds": 3}
 
 
 def zone_spread(labels: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -98,7 +98,7 @@ class Network(pulumi.ComponentResource):
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": f"{name}-igw"}, opts=child)
         subnets = self._subnets(name, args, vpc, zones)
         # what makes the subnets usable: route associations, NATs, endpoints
-        routes: list[pulumi.Resource] = self._public_routes(name, vpc, igw, subnets["public"])
+        routes: list[pulumi.CustomResource] = self._public_routes(name, vpc, igw, subnets["public"])
         routes += self._internal_lb_routes(name, vpc, subnets["internal-lb"])
         nat_count = 1 if args.nat_gateways == "single" else len(zones)
         nats = self._nat_gateways(name, nat_count, igw, subnets["public"])
@@ -125,21 +125,22 @@ class Network(pulumi.ComponentResource):
         private_blocks, public_blocks = subnet_blocks(args.cidr, args.az_count)
         cluster_tag = f"kubernetes.io/cluster/{args.cluster_name}"
         kinds = {
-            "public": (public_blocks, {"kubernetes.io/role/elb": "1"}, {"map_public_ip_on_launch": False}),
-            "private": (private_blocks, {"karpenter.sh/discovery": args.cluster_name}, {}),
-            "internal-lb": (load_balancer_blocks(args.cidr, args.az_count), {"kubernetes.io/role/internal-elb": "1"}, {}),
+            "public": (public_blocks, {"kubernetes.io/role/elb": "1"}, False),
+            "private": (private_blocks, {"karpenter.sh/discovery": args.cluster_name}, None),
+            "internal-lb": (load_balancer_blocks(args.cidr, args.az_count), {"kubernetes.io/role/internal-elb": "1"}, None),
         }
         return {
             role: [
                 aws.ec2.Subnet(f"{name}-{role}-{index}", vpc_id=vpc.id, cidr_block=blocks[index], availability_zone=zone,
-                               tags={"Name": f"{name}-{role}-{zone}", **tags, cluster_tag: "shared"}, opts=pulumi.ResourceOptions(parent=self), **extra)
+                               tags={"Name": f"{name}-{role}-{zone}", **tags, cluster_tag: "shared"}, map_public_ip_on_launch=public_ip,
+                               opts=pulumi.ResourceOptions(parent=self))
                 for index, zone in enumerate(zones)
             ]
-            for role, (blocks, tags, extra) in kinds.items()
+            for role, (blocks, tags, public_ip) in kinds.items()
         }
 
     def _public_routes(self, name: str, vpc: aws.ec2.Vpc, igw: aws.ec2.InternetGateway,
-                       subnets: Sequence[aws.ec2.Subnet]) -> list[pulumi.Resource]:
+                       subnets: Sequence[aws.ec2.Subnet]) -> list[pulumi.CustomResource]:
         """The public subnets' route table: the internet through the gateway."""
         child = pulumi.ResourceOptions(parent=self)
         public_rt = aws.ec2.RouteTable(
@@ -152,7 +153,7 @@ class Network(pulumi.ComponentResource):
         return [aws.ec2.RouteTableAssociation(f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child)
                 for index, subnet in enumerate(subnets)]
 
-    def _internal_lb_routes(self, name: str, vpc: aws.ec2.Vpc, subnets: Sequence[aws.ec2.Subnet]) -> list[pulumi.Resource]:
+    def _internal_lb_routes(self, name: str, vpc: aws.ec2.Vpc, subnets: Sequence[aws.ec2.Subnet]) -> list[pulumi.CustomResource]:
         """Internal load balancers answer inside the VPC only: their route table has just the VPC's local route."""
         child = pulumi.ResourceOptions(parent=self)
         lb_rt = aws.ec2.RouteTable(f"{name}-internal-lb-rt", vpc_id=vpc.id, routes=[], tags={"Name": f"{name}-internal-lb"}, opts=child)
@@ -174,11 +175,11 @@ class Network(pulumi.ComponentResource):
         return nats
 
     def _private_routes(self, name: str, vpc: aws.ec2.Vpc, zones: Sequence[str], nats: Sequence[aws.ec2.NatGateway],
-                        subnets: Sequence[aws.ec2.Subnet]) -> tuple[list[pulumi.Resource], list[aws.ec2.RouteTable]]:
+                        subnets: Sequence[aws.ec2.Subnet]) -> tuple[list[pulumi.CustomResource], list[aws.ec2.RouteTable]]:
         """A route table per private subnet, egress through its AZ's NAT (or the one shared NAT);
         (the associations, the tables)."""
         child = pulumi.ResourceOptions(parent=self)
-        associations: list[pulumi.Resource] = []
+        associations: list[pulumi.CustomResource] = []
         tables = []
         for index, subnet in enumerate(subnets):
             route_table = aws.ec2.RouteTable(
@@ -195,12 +196,12 @@ class Network(pulumi.ComponentResource):
         return associations, tables
 
     def _endpoints(self, name: str, args: NetworkArgs, vpc: aws.ec2.Vpc, private_rts: Sequence[aws.ec2.RouteTable],
-                   private: Sequence[aws.ec2.Subnet]) -> list[pulumi.Resource]:
+                   private: Sequence[aws.ec2.Subnet]) -> list[pulumi.CustomResource]:
         """The S3 gateway endpoint (free; keeps artifact traffic off the NAT) and the interface endpoints
         the profile asks for, behind a security group admitting HTTPS from the VPC."""
         child = pulumi.ResourceOptions(parent=self)
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
-        endpoints: list[pulumi.Resource] = [aws.ec2.VpcEndpoint(
+        endpoints: list[pulumi.CustomResource] = [aws.ec2.VpcEndpoint(
             f"{name}-s3",
             vpc_id=vpc.id,
             service_name=f"com.amazonaws.{region}.s3",
@@ -235,6 +236,6 @@ class Network(pulumi.ComponentResource):
         return endpoints
 
 
-def _ids_after(subnets: Sequence[aws.ec2.Subnet], ready: Sequence[pulumi.Resource]) -> pulumi.Output[list[str]]:
+def _ids_after(subnets: Sequence[aws.ec2.Subnet], ready: Sequence[pulumi.CustomResource]) -> pulumi.Output[list[str]]:
     """The subnets' ids, as an output that also depends on `ready` (an output carries its resources as dependencies)."""
     return pulumi.Output.all(*[s.id for s in subnets], *[r.id for r in ready]).apply(lambda ids: list(ids[: len(subnets)]))

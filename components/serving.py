@@ -24,13 +24,25 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 import pulumi
-import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, aws_api_egress_rule, disruption_budget, dns_egress_rule, env_list, http_probe,
-    internal_alb_annotations, load_balancer_ingress, pinned_image, resources, restricted_namespace_labels, zone_spread,
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    TMP_MOUNT,
+    TMP_VOLUME,
+    aws_api_egress_rule,
+    disruption_budget,
+    dns_egress_rule,
+    env_list,
+    http_probe,
+    internal_alb_annotations,
+    load_balancer_ingress,
+    pinned_image,
+    resources,
+    restricted_namespace_labels,
+    zone_spread,
 )
 from components.quantities import cpu_cores
 from components.tracking import CLIENT_NAMESPACE_LABEL, client_egress_rule

@@ -34,8 +34,21 @@ import pulumi_random as random
 
 from components.identity import OidcIdentity, RoleWithPolicies, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, TMP_VOLUME, aws_api_egress_rule, disruption_budget, dns_egress_rule, env_list, http_probe,
-    internal_alb_annotations, load_balancer_ingress, pinned_image, resources, restricted_namespace_labels, zone_spread,
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    TMP_MOUNT,
+    TMP_VOLUME,
+    aws_api_egress_rule,
+    disruption_budget,
+    dns_egress_rule,
+    env_list,
+    http_probe,
+    internal_alb_annotations,
+    load_balancer_ingress,
+    pinned_image,
+    resources,
+    restricted_namespace_labels,
+    zone_spread,
 )
 from services.tracking.auth import reader_username
 
@@ -157,7 +170,8 @@ class SelfHostedTrackingArgs(_ArtifactStoreArgs):
         if not 1 <= self.replicas <= 5:
             problems.append(f"replicas: got {self.replicas}, expected 1 to 5")
         if self.exposure == "internalAlb" and not self.load_balancer_cidrs:
-            problems.append("load_balancer_cidrs: required with exposure 'internalAlb' (the ALB reaches the pods from these subnets)")
+            problems.append("load_balancer_cidrs: required with exposure 'internalAlb' "
+                            "(the ALB reaches the pods from these subnets)")
         if problems:
             raise ValueError("invalid SelfHostedTrackingArgs: " + "; ".join(problems))
 
@@ -170,7 +184,8 @@ def artifact_policy(bucket_arn: str, prefix: str, kms_key_arn: str, secret_arns:
     """Read and write only `<prefix>/` of the bucket, use the data key, read the server's secrets."""
     statements = [
         {"Sid": "ObjectsUnderPrefix", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": f"{bucket_arn}/{prefix}/*"},
-        {"Sid": "ListPrefix", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn, "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}},
+        {"Sid": "ListPrefix", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
+         "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}},
         {"Sid": "BucketKey", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": kms_key_arn},
     ]
     if secret_arns:

@@ -63,7 +63,7 @@ def test_every_registered_output_is_an_attribute_of_its_component():
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "register_outputs":
                 (outputs,) = node.args
                 assert isinstance(outputs, ast.Dict), f"{path.name}:{node.lineno}: register_outputs takes a dict literal"
-                for key, value in zip(outputs.keys, outputs.values):
+                for key, value in zip(outputs.keys, outputs.values, strict=True):
                     names = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
                     if not names <= {"self"} and not (isinstance(value, ast.Name) and value.id.isupper()):
                         loose.append(f"{path.name}:{node.lineno} {ast.literal_eval(key)}")
