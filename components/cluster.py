@@ -58,7 +58,7 @@ class ClusterArgs:
     public_access_cidrs: Sequence[str] = ()
     log_types: Sequence[str] = ("api", "audit", "authenticator")
     log_retention_days: int = 30
-    admin_role_arns: Sequence[str] = ()
+    admin_role_arns: Sequence[pulumi.Input[str]] = ()
     """IAM roles granted cluster-admin through access entries (besides whoever runs `pulumi up`)."""
     system_instance_type: str = "t3.medium"
     system_min_size: int = 2

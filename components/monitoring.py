@@ -129,7 +129,7 @@ def alertmanager_config(has_slack: bool, channel: str, retrain: RetrainRoute | N
     """Route everything to Slack when a webhook is configured; the URL is read from a mounted Secret.
     With `retrain`, `DataDriftHigh` also goes to the retraining receiver, with a bearer token read
     from a mounted Secret, and then on to the default receiver, so people still see it."""
-    receivers = [{"name": "null"}]
+    receivers: list[dict[str, Any]] = [{"name": "null"}]
     if has_slack:
         receivers.append({
             "name": "slack",
