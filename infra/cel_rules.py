@@ -19,6 +19,7 @@ from typing import Any
 import celpy
 import re2
 from celpy import celtypes
+from celpy.evaluation import CELFunction
 
 
 def _find(value: Any, pattern: Any) -> celtypes.StringType:
@@ -32,7 +33,7 @@ def _split(value: Any, separator: Any) -> celtypes.ListType:
     return celtypes.ListType([celtypes.StringType(part) for part in str(value).split(str(separator))])
 
 
-_FUNCTIONS = {"find": _find, "split": _split}
+_FUNCTIONS: dict[str, CELFunction] = {"find": _find, "split": _split}
 
 
 @functools.cache

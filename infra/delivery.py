@@ -249,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "images":
             print(json.dumps(images()))
         elif args.command == "region":
-            region = load_stack_config(args.stack, REPO_ROOT).values.get("aws:region")
-            if not region:
+            stack_region = load_stack_config(args.stack, REPO_ROOT).values.get("aws:region")
+            if not stack_region:
                 raise DeliveryError(f"stacks/Pulumi.{args.stack}.yaml sets no aws:region")
-            print(region)
+            print(stack_region)
         elif args.command == "stacks":
             print(json.dumps(stacks_to_deploy(REPO_ROOT, args.before, args.after)))
         else:

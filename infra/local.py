@@ -285,6 +285,7 @@ def start_retraining(plane: LocalPlane, stack: ExitStack) -> None:
     from infra import local_training
 
     say("starting the drift receiver and Alertmanager (DataDriftHigh -> retrain the pipeline)")
+    assert plane.pipeline is not None, "start_tracking_plane registers the example pipeline first"
     receiver, token = local_training.start_receiver(plane.pipeline, plane.workdir)
     stack.callback(receiver.stop)
     plane.servers["receiver"] = receiver
@@ -299,12 +300,15 @@ def follow_retraining(plane: LocalPlane) -> None:
 
     say("retraining loop: newer data, shifted traffic, drift, alert, retrain, gate, swap")
     timeout = 300 + 3 * _seconds(plane.timings.drift_for)  # a training run on a busy machine takes minutes
+    assert plane.pipeline is not None, "start_tracking_plane registers the example pipeline first"
     local_training.follow_retraining(plane.pipeline, plane.servers, plane.admin_password, timeout=timeout)
     say("retraining loop done")
 
 
 def _seconds(duration: str) -> float:
-    value, unit = re.match(r"^(\d+)(ms|s|m|h)$", duration).groups()
+    parsed = re.match(r"^(\d+)(ms|s|m|h)$", duration)
+    assert parsed is not None, f"{duration!r}: LocalTimings admits only Prometheus durations of one unit"
+    value, unit = parsed.groups()
     return int(value) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 

@@ -119,7 +119,10 @@ def train(pipeline: LocalPipeline, **settings: str) -> str:
     for line in result.stdout.splitlines():
         if line.startswith(("[training] data checks", "[training] gate:", "[training] registered", "[training] promoted")):
             say(line.removeprefix("[training] "))
-    return re.search(r"registered \S+ version (\d+)", result.stdout).group(1)
+    registered = re.search(r"registered \S+ version (\d+)", result.stdout)
+    if registered is None:
+        raise AttributeError(f"the training run succeeded but printed no `registered <model> version <n>` line:\n{result.stdout}")
+    return registered.group(1)
 
 
 def start_receiver(pipeline: LocalPipeline, workdir: Path) -> tuple[Server, Path]:

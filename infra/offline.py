@@ -20,7 +20,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.config import set_all_config
-from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.stack import Stack, run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from infra.inventory import STACK_TYPE, Inventory, Resource, mask_secrets
@@ -224,6 +224,7 @@ def _run(program: Callable[[], None], project: str, stack: str, config: dict[str
     set_all_config(config, secret_keys)
     pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=False, monitor=monitor)
     root = pulumi_settings.get_root_resource()
+    assert root is None or isinstance(root, Stack), "set_mocks declares a pulumi Stack as the root resource"
     _sync_await(run_pulumi_func(program))
     outputs = _resolve_exports(root.outputs if root is not None else {})
     return Inventory(project=project, stack=stack, source="offline", resources=monitor.recorded, outputs=outputs, region=region)

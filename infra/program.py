@@ -7,16 +7,16 @@ stack file changes nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+from components.alerts import AlertThresholds, EndpointObjective
 from components.budget import Budget, BudgetArgs
 from components.ci_access import CiAccess, CiAccessArgs
 from components.cluster import SYSTEM_POOL_LABEL, Cluster, ClusterArgs
 from components.cluster_addons import ClusterAddons, ClusterAddonsArgs
-from components.alerts import AlertThresholds, EndpointObjective
 from components.monitoring import Monitoring, MonitoringArgs
 from components.network import Network, NetworkArgs
 from components.node_pools import GPU_RESOURCE, NodePools, NodePoolsArgs, PoolArgs
@@ -26,9 +26,9 @@ from components.storage import Storage, StorageArgs
 from components.tracking import DatabaseArgs, ManagedTrackingArgs, SelfHostedTrackingArgs, TrackingServer
 from components.training import RECEIVER_URL, PipelineArgs, Training, TrainingArgs
 from infra.images import workload_images
-from services.training.dvc import DVC_PREFIX
-from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError, load_settings
+from infra.settings import CONFIG_NAMESPACE, EndpointSettings, PlatformSettings, SettingsError, load_settings
 from infra.tagging import platform_tags, register_platform_tags
+from services.training.dvc import DVC_PREFIX
 
 
 def read_stack_config() -> dict[str, Any]:
@@ -242,7 +242,8 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
                 artifact_bucket_arn=storage.bucket_arns["artifacts"],
                 kms_key_arn=storage.key_arn,
                 tracking_url=tracking.cluster_url,
-                tracking_reader_secret_arn=tracking.reader_secret_arns.get(e.name),
+                # the tracking server declares a reader secret for every endpoint (reader_endpoints in _tracking)
+                tracking_reader_secret_arn=tracking.reader_secret_arns[e.name],
                 identity=cluster.identity,
                 load_balancer_cidrs=network.load_balancer_cidrs,
                 gpu_node_selector=node_pools.gpu_node_selector,
@@ -264,6 +265,12 @@ def _retrains_on_drift(settings: PlatformSettings) -> bool:
     return settings.deploy_workloads and settings.tracking.mode == "selfHosted" and any(p.endpoint for p in settings.pipelines)
 
 
+def _canary_alias(endpoints: dict[str, EndpointSettings], endpoint: str | None) -> str | None:
+    """The canary alias of the pipeline's endpoint, or None (no endpoint, or one without a canary)."""
+    canary = endpoints[endpoint].canary if endpoint else None
+    return canary.alias if canary else None
+
+
 def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools, tracking: TrackingServer,
               monitoring: Monitoring, images: dict[tuple[str, str], str]) -> Training:
     """The stack's pipelines as CronJobs (components/training.py); a pipeline's canary alias is its endpoint's."""
@@ -273,7 +280,7 @@ def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, no
             name=p.name, model=p.model, entry_point=p.entry_point, data=p.data, image=images[("training", p.image_tag)],
             schedule=p.schedule, cpu=p.cpu, memory=p.memory, gpu=p.gpu, scratch=p.scratch, timeout_minutes=p.timeout_minutes,
             retries=p.retries, params=dict(p.params), min_improvement=p.min_improvement,
-            canary_alias=endpoints[p.endpoint].canary.alias if p.endpoint and endpoints[p.endpoint].canary else None,
+            canary_alias=_canary_alias(endpoints, p.endpoint),
             endpoint=p.endpoint, retrain_min_interval_minutes=p.retrain_min_interval_minutes,
         )
         for p in settings.pipelines
@@ -298,12 +305,21 @@ def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, no
     )
 
 
+class _ArtifactStore(TypedDict):
+    """The artifact-store arguments both tracking modes take (components/tracking._ArtifactStoreArgs)."""
+
+    artifact_bucket: pulumi.Input[str]
+    artifact_bucket_arn: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+
+
 def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
               images: dict[tuple[str, str], str]) -> TrackingServer:
     t, db = settings.tracking, settings.database
     name = f"{settings.name_prefix}-tracking"
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
-    store = dict(artifact_bucket=storage.bucket_names["artifacts"], artifact_bucket_arn=storage.bucket_arns["artifacts"], kms_key_arn=storage.key_arn)
+    store = _ArtifactStore(artifact_bucket=storage.bucket_names["artifacts"], artifact_bucket_arn=storage.bucket_arns["artifacts"],
+                           kms_key_arn=storage.key_arn)
     if t.mode == "managed":
         return TrackingServer(name, ManagedTrackingArgs(**store, size=t.managed_size), opts=on_cluster)
     return TrackingServer(

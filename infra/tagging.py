@@ -12,7 +12,6 @@ tag, and the tags show up in each resource's inputs, where checks and previews c
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Mapping
 
@@ -21,10 +20,16 @@ import pulumi
 TAG_KEYS = ("env", "stack", "owner", "managed-by", "component")
 
 
-@functools.cache
+_ACCEPTS_TAGS: dict[type, bool] = {}
+
+
 def _accepts_tags(resource_class: type) -> bool:
-    init = getattr(resource_class, "_internal_init", None)
-    return init is not None and "tags" in inspect.signature(init).parameters
+    """Whether the class takes a `tags` argument, inspected once per class. (A dict, not functools.cache:
+    mypy checks a class passed to a cached function against Hashable through its instances' `__hash__`.)"""
+    if resource_class not in _ACCEPTS_TAGS:
+        init = getattr(resource_class, "_internal_init", None)
+        _ACCEPTS_TAGS[resource_class] = init is not None and "tags" in inspect.signature(init).parameters
+    return _ACCEPTS_TAGS[resource_class]
 
 
 def platform_tags(*, env: str, stack: str, owner: str) -> dict[str, str]:

@@ -35,7 +35,9 @@ class Report:
 def config_findings(stack_values: Mapping[str, Any], secret_keys: Iterable[str]) -> list[Finding]:
     """The findings of the stack-file rule MLOPS-SEC-002 for these stack values."""
     stack_file = StackConfig(project="", stack="", path=Path(), values=dict(stack_values), secret_keys=frozenset(secret_keys))
-    return rule_by_id("MLOPS-SEC-002").findings(Inventory("", "", "offline", []), stack_file)
+    secrets_rule = rule_by_id("MLOPS-SEC-002")
+    assert secrets_rule is not None, "MLOPS-SEC-002 is registered by infra/checks/rules.py"
+    return secrets_rule.findings(Inventory("", "", "offline", []), stack_file)
 
 
 def run_checks(inventory: Inventory, waivers: Iterable[Waiver] = (), stack_file: StackConfig | None = None) -> Report:

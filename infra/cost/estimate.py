@@ -176,7 +176,10 @@ class _Pricer:
 
     def volume_price(self, volume_type: str) -> float:
         """$ per GB-month of an EBS volume type (the caller checked the table has it)."""
-        return self.table.get(self.region, f"ebs.{volume_type}.storage").price
+        price = self.table.get(self.region, f"ebs.{volume_type}.storage")
+        if price is None:
+            raise AttributeError(f"no price for ebs.{volume_type}.storage in {self.region}: check the table before calling volume_price")
+        return price.price
 
 
 def logical_addresses(inventory: Inventory) -> dict[str, str]:

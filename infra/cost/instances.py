@@ -99,7 +99,10 @@ def karpenter_reference() -> dict[str, dict[str, dict[str, str]]]:
     """Karpenter's reference, per type: {"labels": {...}, "resources": {...}} as published."""
     types: dict[str, dict[str, dict[str, str]]] = {}
     for section in re.split(r"(?m)^(?=### `)", KARPENTER_REFERENCE.read_text(encoding="utf-8"))[1:]:
-        name = re.match(r"### `([^`]+)`", section).group(1)
+        header = re.match(r"### `([^`]+)`", section)
+        if header is None:  # the split leaves "### `" at the start of each section, not the closing backtick
+            raise AttributeError(f"{KARPENTER_REFERENCE.name}: a section header without a closing backtick: {section.splitlines()[0]!r}")
+        name = header.group(1)
         labels, resources = section.split("#### Resources")
         row = re.compile(r"(?m)^ \|([^|]+)\|([^|]*)\|$")
         types[name] = {"labels": dict(row.findall(labels)), "resources": dict(row.findall(resources))}

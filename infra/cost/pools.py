@@ -89,7 +89,8 @@ def workload_pods(inventory: Inventory, pool: str) -> list[Pod]:
         if (pod.get("nodeSelector") or {}).get(POOL_LABEL, "cpu") != pool:
             continue
         key = (metadata.get("namespace"), metadata.get("name"))
-        replicas = minimums.get(key, spec.get("replicas") if spec.get("replicas") is not None else 1)
+        declared = spec.get("replicas")
+        replicas = minimums.get(key, 1 if declared is None else declared)
         requests = pod_requests(pod)
         pods += [Pod(f"{key[0]}/{key[1]}", requests)] * int(replicas)
     return pods
@@ -133,10 +134,11 @@ def costliest_ceiling(limit: int, capacity: Callable[[InstanceType], int], optio
                 value[units], choice[units] = value[units - size] + option.monthly, index
     ceiling, units = Ceiling(), limit
     while units > 0:
-        if choice[units] is None:
+        picked = choice[units]
+        if picked is None:
             units -= 1
             continue
-        option, size = usable[choice[units]]
+        option, size = usable[picked]
         ceiling.counts[option.instance.name] = ceiling.counts.get(option.instance.name, 0) + 1
         ceiling.monthly += option.monthly
         ceiling.capacity += size
