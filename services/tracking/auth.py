@@ -33,7 +33,7 @@ def reader_username(endpoint: str) -> str:
 
 
 def is_read_only_user(username: str | None) -> bool:
-    return bool(username) and username.startswith(READ_ONLY_PREFIX)
+    return bool(username and username.startswith(READ_ONLY_PREFIX))
 
 
 def is_read_request(method: str, path: str) -> bool:

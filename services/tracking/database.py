@@ -42,6 +42,8 @@ def upgrade_tracking_schema(uri: str) -> None:
     """`mlflow db upgrade`, in this process: the URI (with its password) stays off any command line."""
     from mlflow.db import upgrade
 
+    if upgrade.callback is None:  # click declares every command's callback optional; mlflow's `db upgrade` has one
+        raise TypeError("mlflow.db.upgrade has no callback")
     upgrade.callback(uri)
 
 
@@ -87,6 +89,8 @@ def grant_data_access(admin_uri: str, role_name: str) -> None:
     try:
         with engine.connect() as connection:
             role = engine.dialect.identifier_preparer.quote(role_name)
+            if engine.url.database is None:  # quote() would fail on None the same way
+                raise AttributeError(f"{engine.url.render_as_string(hide_password=True)} names no database")
             database = engine.dialect.identifier_preparer.quote(engine.url.database)
             for statement in (
                 f"GRANT CONNECT ON DATABASE {database} TO {role}",

@@ -24,9 +24,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from services.tracking.auth import READ_ONLY_PREFIX
-from services.tracking.credentials import (
-    DatabaseLogin, StartupError, has_placeholders, master_login, require_strong, resolve, with_login,
-)
+from services.tracking.credentials import DatabaseLogin, StartupError, has_placeholders, master_login, require_strong, resolve, with_login
 from services.tracking.settings import TrackingSettings
 
 AUTHORIZATION_FUNCTION = "services.tracking.auth:authenticate_request_with_read_only_users"
@@ -124,6 +122,8 @@ def migrate(settings: TrackingSettings) -> None:
     auth_db = with_login(settings.auth_database_uri, master)
     if database.is_postgres(auth_db):
         auth_name = make_url(auth_db).database
+        if auth_name is None:  # ensure_database would fail quoting None the same way, after connecting
+            raise AttributeError(f"{make_url(auth_db).render_as_string(hide_password=True)} names no database")
         if database.ensure_database(backend, auth_name):
             print(f"tracking: created database {auth_name}")
     print("tracking: upgrading the tracking and auth database schemas")

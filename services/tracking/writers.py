@@ -43,8 +43,8 @@ def writers_from_settings(settings) -> dict[str, Writer]:
     found = {}
     for pipeline, spec in settings.writers.items():
         username = writer_username(pipeline)
-        password = resolve(spec.password, spec.password_secret_arn, settings.region)
-        require_strong(f"password of pipeline user {username}", password, setting="TRACKING_WRITERS", context=[username, pipeline])
+        secret = resolve(spec.password, spec.password_secret_arn, settings.region)
+        password = require_strong(f"password of pipeline user {username}", secret, setting="TRACKING_WRITERS", context=[username, pipeline])
         found[username] = Writer(pipeline, spec.model, password)
     return found
 
@@ -86,7 +86,7 @@ def as_user(username: str, password: str):
 
     keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     saved = {key: os.environ.get(key) for key in keys}
-    os.environ.update(dict(zip(keys, (username, password))))
+    os.environ.update(dict(zip(keys, (username, password), strict=True)))
     try:
         yield
     finally:
