@@ -72,11 +72,21 @@ def resources(cpu: str, memory: str, *, cpu_limit: str | None = None, gpus: int 
     return {"requests": requests, "limits": limits}
 
 
+def _tagged(image: str) -> bool:
+    """`repo:tag` with a tag other than `latest` (a `:` in the last path segment: a registry port is not a tag)."""
+    return ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
+
+
 def pinned_image(image: str) -> bool:
     """Whether `image` names a version (`repo:tag` or `repo@sha256:...`) other than `latest`: a
     workload must run the image that was reviewed, and a moving tag changes under a running pod."""
-    last = image.rsplit("/", 1)[-1]
-    return not image.endswith(":latest") and (":" in last or "@" in image)
+    return _tagged(image) or ("@" in image and not image.endswith(":latest"))
+
+
+def digest_pinned(image: str) -> bool:
+    """Like `pinned_image`, but a digest counts only as `@sha256:`: rule MLOPS-K8S-008's reading, for
+    any image an inventory holds (the components' own images pass `pinned_image` before they get here)."""
+    return "@sha256:" in image or _tagged(image)
 
 
 def dns_egress_rule() -> dict[str, Any]:

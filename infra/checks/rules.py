@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from components.k8s_workload import digest_pinned
 from infra.inventory import Inventory, Resource
 from infra.stackfile import StackConfig
 
@@ -47,6 +48,8 @@ class Rule:
         if self.stack_file_check is not None:
             found = self.stack_file_check(stack_file) if stack_file is not None else ()
             return [Finding(self.id, self.severity, where, "", message, self.fix) for where, message in found]
+        if self.check is None:
+            raise TypeError(f"rule {self.id} has neither an inventory check nor a stack-file check")
         return [Finding(self.id, self.severity, r.name, r.urn, message, self.fix) for r, message in self.check(inventory)]
 
 
@@ -279,6 +282,15 @@ def _service_port(inv: Inventory):
                 yield service, f"port {port.get('name') or port.get('port')}: Service port {port.get('port')} forwards to {target}"
 
 
+def _covers(block: ipaddress.IPv4Network | ipaddress.IPv6Network, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """`block` contains `network`; False across IP versions (supernet_of raises TypeError there)."""
+    if isinstance(block, ipaddress.IPv4Network) and isinstance(network, ipaddress.IPv4Network):
+        return block.supernet_of(network)
+    if isinstance(block, ipaddress.IPv6Network) and isinstance(network, ipaddress.IPv6Network):
+        return block.supernet_of(network)
+    return False
+
+
 @rule("MLOPS-NET-003", HIGH, "NetworkPolicies admit named clients, never the whole VPC or the internet",
       "admit clients by namespace/pod selector, and the internal ALB by its own subnets' blocks (components/k8s_workload.load_balancer_ingress)")
 def _policy_ingress_sources(inv: Inventory):
@@ -296,7 +308,7 @@ def _policy_ingress_sources(inv: Inventory):
                 block = ipaddress.ip_network(cidr, strict=False)
                 if block.prefixlen == 0:
                     yield policy, f"ingress[{index}] admits {cidr}: the internet"
-                elif any(block.version == vpc.version and block.supernet_of(vpc) for vpc in vpcs):
+                elif any(_covers(block, vpc) for vpc in vpcs):
                     yield policy, f"ingress[{index}] admits {cidr}: the whole VPC"
 
 
@@ -433,16 +445,9 @@ _container_rule(
 )
 
 
-def _pinned(image: str) -> bool:
-    if "@sha256:" in image:
-        return True
-    name = image.rsplit("/", 1)[-1]
-    return ":" in name and not name.endswith(":latest")
-
-
 _container_rule(
     "MLOPS-K8S-008", "images are pinned to a tag or digest, never latest", "reference images as repo:version or repo@sha256:...",
-    lambda c, p: None if _pinned(str(c.get("image", ""))) else f"image {c.get('image')!r} is not pinned",
+    lambda c, p: None if digest_pinned(str(c.get("image", ""))) else f"image {c.get('image')!r} is not pinned",
     HIGH,
 )
 

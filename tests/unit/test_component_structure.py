@@ -78,6 +78,15 @@ def test_pinned_image(image, pinned):
     assert k8s_workload.pinned_image(image) is pinned
 
 
+@pytest.mark.parametrize(("image", "pinned", "digest_pinned"), [
+    ("repo/model:1.0", True, True), ("repo/model@sha256:" + "a" * 64, True, True), ("repo/model:latest", False, False),
+    ("localhost:5000/model", False, False), ("repo/model@abc", True, False), ("repo/model:latest@sha256:" + "a" * 64, True, True),
+])
+def test_the_rule_counts_only_sha256_digests(image, pinned, digest_pinned):
+    """MLOPS-K8S-008 (digest_pinned) is stricter than the components' own check on digests: only `@sha256:` pins."""
+    assert (k8s_workload.pinned_image(image), k8s_workload.digest_pinned(image)) == (pinned, digest_pinned)
+
+
 def test_a_disruption_budget_never_blocks_a_drain_of_a_single_replica(monkeypatch):
     specs: list[dict] = []
     monkeypatch.setattr(k8s_workload.k8s.policy.v1, "PodDisruptionBudget", lambda _name, *, metadata, spec, opts: specs.append(spec))
