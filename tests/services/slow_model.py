@@ -5,7 +5,7 @@
   or spins the CPU for them, and predicts NaN for negative inputs.
 - `DictModel`: a pyfunc model answering a dict of columns (MLflow's path).
 - `RowModel`: a pyfunc model that declares `row_independent` (the frame path, batched), answers a
-  DataFrame and takes a `scale` param.
+  DataFrame (a Series with the `series` param) and takes a `scale` param.
 """
 
 from __future__ import annotations
@@ -53,5 +53,6 @@ class DictModel(mlflow.pyfunc.PythonModel):
 
 class RowModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
-        scale = (params or {}).get("scale", 1.0)
-        return pd.DataFrame({"score": model_input["x"] * scale, "tag": model_input["name"].str.upper()})
+        params = params or {}
+        frame = pd.DataFrame({"score": model_input["x"] * params.get("scale", 1.0), "tag": model_input["name"].str.upper()})
+        return frame["score"] if params.get("series") else frame

@@ -84,7 +84,8 @@ def train_and_log(kind: str, name: str, x: pd.DataFrame):
         return log_sklearn(name, ScriptedRegressor().fit(x), x, serialization_format="cloudpickle")
     if kind == "dict":
         return log_pyfunc(name, DictModel(), x)
-    return log_pyfunc(name, RowModel(), x, metadata={"row_independent": True}, params={"scale": 1.0}, example_params={"scale": 1.0})
+    return log_pyfunc(name, RowModel(), x, metadata={"row_independent": True}, params={"scale": 1.0, "series": False},
+                      example_params={"scale": 1.0})
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,9 @@ def test_params_reach_a_model_whose_signature_declares_them(servers, registered_
     body = split_body(["x", "name"], [1.5, "ann"], [2.0, "bob"], params={"scale": 3.0})
     status, answer, _ = post(server, body)
     assert status == 200 and answer == mlflow_answer(pyfunc, body)[1] == {"predictions": [{"score": 4.5, "tag": "ANN"}, {"score": 6.0, "tag": "BOB"}]}
+    series = split_body(["x", "name"], [1.5, "ann"], [2.0, "bob"], params={"series": True})
+    status, answer, _ = post(server, series)
+    assert status == 200 and answer == mlflow_answer(pyfunc, series)[1] == {"predictions": [{"score": 1.5}, {"score": 2.0}]}
     assert post(server, split_body(["x", "name"], [1.5, "ann"], params={"speed": 3}))[0] == 400
     status, answer, _ = post(server, split_body(["x", "name"], [1.5, "ann"], params={"scale": "big"}))
     assert status == 400 and "scale" in answer["message"]
