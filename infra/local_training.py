@@ -208,7 +208,9 @@ def follow_retraining(pipeline: LocalPipeline, servers: dict[str, Server], admin
                      pipeline.workdir / "retrain-diabetes-1.log")
     tags = _version_tags(pipeline, admin_password, version)
     say(f"6. the gate: {tags['mlops.gate.decision']}: {tags['mlops.gate.reason']} (trigger: {tags['mlops.trigger.reason']})")
-    _until("the model server swapping to the new version", lambda: served_version(serving, shifted_request(2)) == version, timeout)
+    probe = shifted_request(2)
+    # every worker process of the model server polls the alias on its own: all must answer with the new version
+    _until("the model server swapping to the new version", lambda: all(served_version(serving, probe) == version for _ in range(20)), timeout)
     say(f"7. the model server now serves version {version} (was {before})")
     return tags
 

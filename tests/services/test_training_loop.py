@@ -60,3 +60,4 @@ def test_make_local_retrains_on_drift_and_the_model_server_swaps(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=60)
+        process.stdout.close()
