@@ -17,6 +17,7 @@ Every consumer of a role depends on the role's policies (`RoleWithPolicies.ready
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -43,6 +44,8 @@ VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
 """The add-on's configuration key (a string, not a boolean) that makes the VPC CNI enforce
 NetworkPolicies (EKS User Guide, "Restrict Pod network traffic with Kubernetes network policies")."""
 LAUNCHED_RESOURCE_TYPES = ("instance", "volume", "network-interface")
+_ADMIN_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""An admin role's key, as it appears in its resources' names (IAM role names are at most 64 characters)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,8 +61,11 @@ class ClusterArgs:
     public_access_cidrs: Sequence[str] = ()
     log_types: Sequence[str] = ("api", "audit", "authenticator")
     log_retention_days: int = 30
-    admin_role_arns: Sequence[pulumi.Input[str]] = ()
-    """IAM roles granted cluster-admin through access entries (besides whoever runs `pulumi up`)."""
+    admin_role_arns: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """IAM roles granted cluster-admin through access entries (besides whoever created the cluster), by a
+    stable key that names their resources (`<name>-admin-<key>`): the role's name, say, never its position
+    in a list, so adding, removing or reordering roles replaces no entry (EKS refuses a second entry for
+    a principal with 409 while Pulumi creates the replacement)."""
     system_instance_type: str = "t3.medium"
     system_min_size: int = 2
     system_max_size: int = 3
@@ -87,6 +93,9 @@ class ClusterArgs:
             problems.append("public_access_cidrs: 0.0.0.0/0 is not allowed")
         if not self.system_min_size <= self.system_desired_size <= self.system_max_size:
             problems.append("system node group: expected min <= desired <= max")
+        bad_keys = [key for key in self.admin_role_arns if not _ADMIN_KEY.match(key)]
+        if bad_keys:
+            problems.append(f"admin_role_arns: keys {bad_keys} must be 1-64 letters, digits, '.', '_' or '-'")
         if problems:
             raise ValueError("invalid ClusterArgs: " + "; ".join(problems))
 
@@ -148,7 +157,7 @@ class Cluster(pulumi.ComponentResource):
         self.security_group_id = cluster.vpc_config.cluster_security_group_id
         self.system_node_group = self._system_nodes(name, args, cluster)
         self.karpenter_node_role, self.karpenter_node_access = self._karpenter_node_identity(name, cluster)
-        self._admin_access(name, args, cluster)
+        admin_access = self._admin_access(name, args, cluster)
         runner_rules = self._deploy_runner_access(name, args)
 
         self.provider = k8s.Provider(
@@ -156,8 +165,10 @@ class Cluster(pulumi.ComponentResource):
             kubeconfig=pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority.data).apply(
                 lambda a: kubeconfig(a[0], a[1], a[2], region)
             ),
-            # nothing reaches the API before the runner may (private endpoint) and nodes exist
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_group, *runner_rules]),
+            # Nothing reaches the API before the runner may (private endpoint) and nodes exist; on
+            # destroy every Kubernetes object goes before the admins' access (the CI deploy role's
+            # included), so whoever runs `pulumi destroy` is not Unauthorized half-way.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_group, *runner_rules, *admin_access]),
         )
         self.name = cluster.name
         self.endpoint = cluster.endpoint
@@ -289,19 +300,23 @@ class Cluster(pulumi.ComponentResource):
         )
         return role, entry
 
-    def _admin_access(self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster) -> None:
-        for index, role_arn in enumerate(args.admin_role_arns):
+    def _admin_access(self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster) -> list[pulumi.Resource]:
+        """A `STANDARD` access entry and a cluster-admin association per admin role, named by its key."""
+        access: list[pulumi.Resource] = []
+        for key, role_arn in args.admin_role_arns.items():
             entry = aws.eks.AccessEntry(
-                f"{name}-admin-{index}", cluster_name=cluster.name, principal_arn=role_arn, type="STANDARD", opts=pulumi.ResourceOptions(parent=self)
+                f"{name}-admin-{key}", cluster_name=cluster.name, principal_arn=role_arn, type="STANDARD", opts=pulumi.ResourceOptions(parent=self)
             )
-            aws.eks.AccessPolicyAssociation(
-                f"{name}-admin-{index}-policy",
+            association = aws.eks.AccessPolicyAssociation(
+                f"{name}-admin-{key}-policy",
                 cluster_name=cluster.name,
                 principal_arn=role_arn,
                 policy_arn=CLUSTER_ADMIN_POLICY,
                 access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[entry]),
             )
+            access += [entry, association]
+        return access
 
     def _deploy_runner_access(self, name: str, args: ClusterArgs) -> list[pulumi.Resource]:
         """HTTPS into the cluster security group (the API endpoint's ENIs) from the deploy runner.

@@ -26,7 +26,7 @@ from components.storage import Storage, StorageArgs
 from components.tracking import DatabaseArgs, ManagedTrackingArgs, SelfHostedTrackingArgs, TrackingServer
 from components.training import RECEIVER_URL, PipelineArgs, Training, TrainingArgs
 from infra.images import workload_images
-from infra.settings import CONFIG_NAMESPACE, EndpointSettings, PlatformSettings, SettingsError, load_settings
+from infra.settings import CI_DEPLOY_ADMIN_KEY, CONFIG_NAMESPACE, EndpointSettings, PlatformSettings, SettingsError, load_settings
 from infra.tagging import platform_tags, register_platform_tags
 from services.training.dvc import DVC_PREFIX
 
@@ -67,7 +67,7 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     network = _network(settings)
     storage, registry = _storage_and_registry(settings)
     ci = _ci_access(settings)
-    cluster, node_pools, addons = _compute(settings, network, tags, ci_admins=(ci.deploy.arn,) if ci else ())
+    cluster, node_pools, addons = _compute(settings, network, tags, ci_admins={CI_DEPLOY_ADMIN_KEY: ci.deploy.arn} if ci else {})
     # Managed MLflow pulls no image of ours, so it belongs to phase 1 as well.
     workloads = settings.deploy_workloads
     tracking = _tracking(settings, network, storage, cluster, addons, images) if workloads or settings.tracking.mode == "managed" else None
@@ -356,12 +356,13 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
 
 
 def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
-             ci_admins: tuple[pulumi.Output[str], ...] = ()) -> tuple[Cluster, NodePools, ClusterAddons]:
+             ci_admins: dict[str, pulumi.Output[str]] | None = None) -> tuple[Cluster, NodePools, ClusterAddons]:
     """The EKS cluster, its add-ons and the Karpenter pools; Kubernetes objects use the cluster's provider.
 
-    `ci_admins`: the CI deploy role, which runs `pulumi up` and so manages the cluster's objects."""
+    `ci_admins`: the CI deploy role by its access entry's key, `CI_DEPLOY_ADMIN_KEY` (it runs `pulumi up`
+    and so manages the cluster's objects)."""
     c = settings.cluster
-    cluster = _cluster(settings, network, tags, ci_admins)
+    cluster = _cluster(settings, network, tags, ci_admins or {})
     # add-ons and Karpenter run on the system nodes: they install once the node group exists
     after_system_nodes = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}, depends_on=[cluster.system_node_group])
     addons = ClusterAddons(
@@ -414,7 +415,7 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
     return cluster, node_pools, addons
 
 
-def _cluster(settings: PlatformSettings, network: Network, tags: dict[str, str], ci_admins: tuple[pulumi.Output[str], ...]) -> Cluster:
+def _cluster(settings: PlatformSettings, network: Network, tags: dict[str, str], ci_admins: dict[str, pulumi.Output[str]]) -> Cluster:
     """The EKS control plane, its system node group and the identities of the platform's pods."""
     c = settings.cluster
     return Cluster(
@@ -428,7 +429,7 @@ def _cluster(settings: PlatformSettings, network: Network, tags: dict[str, str],
             public_access_cidrs=tuple(c.public_access_cidrs),
             log_types=tuple(c.log_types),
             log_retention_days=c.log_retention_days,
-            admin_role_arns=(*c.admin_role_arns, *ci_admins),
+            admin_role_arns={**c.admin_roles(), **ci_admins},  # keys name the entries: see admin_entry_key
             system_instance_type=c.system_node_group.instance_type,
             system_min_size=c.system_node_group.min_size,
             system_max_size=c.system_node_group.max_size,

@@ -89,6 +89,20 @@ def _matches(pattern: re.Pattern[str], what: str):
     return check
 
 
+CI_DEPLOY_ADMIN_KEY = "ci-deploy"
+"""Key of the CI deploy role's cluster-admin access entry; no role in `cluster.adminRoleArns` may map to it."""
+
+
+def admin_entry_key(role_arn: str) -> str:
+    """What names a role's cluster-admin access entry: the role's name, without its path or account.
+
+    Not its position in `cluster.adminRoleArns`: a renamed entry is replaced, and Pulumi creates the
+    replacement while the old entry for the same principal still exists, which EKS refuses (409
+    ResourceInUseException). Characters IAM allows in a name besides letters, digits, `.`, `_` and
+    `-` (`+=,@`) become `-`, so the key reads well in a resource name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", role_arn.rsplit("/", 1)[-1])
+
+
 Cidr = Annotated[str, AfterValidator(_cidr)]
 Duration = Annotated[str, AfterValidator(_matches(_DURATION, "a duration such as 30s, 5m or 720h"))]
 Email = Annotated[str, AfterValidator(_matches(_EMAIL, "an email address"))]
@@ -199,7 +213,7 @@ class ClusterSettings(_Section):
     deploy_runner_security_group_ids: Annotated[list[SecurityGroupId], AfterValidator(_unique)] = Field(default_factory=list)
     """Security groups of deploy runners (in this VPC, or a peered one in the same region), admitted like the CIDRs."""
     admin_role_arns: list[RoleArn]
-    """IAM roles granted cluster-admin through EKS access entries."""
+    """IAM roles granted cluster-admin through EKS access entries, each named after its role's name (unique)."""
     log_types: Annotated[
         list[Literal["api", "audit", "authenticator", "controllerManager", "scheduler"]], AfterValidator(_unique)
     ]
@@ -217,6 +231,10 @@ class ClusterSettings(_Section):
     """EBS CSI add-on version; unset takes AWS's default for the Kubernetes version."""
     cpu_pool: CpuPoolSettings
     gpu_pool: GpuPoolSettings
+
+    def admin_roles(self) -> dict[str, str]:
+        """`adminRoleArns` by `admin_entry_key`; validation (`_admin_role_problems`) made the keys unique."""
+        return {admin_entry_key(arn): arn for arn in self.admin_role_arns}
 
 
 class TrackingServerSettings(_Section):
@@ -507,7 +525,7 @@ def _unpinned_tag(key: str, tag: str, example: str = "") -> list[str]:
 
 def _cross_field_problems(s: PlatformSettings) -> list[str]:
     """Rules that span several keys, checked after each key is individually valid."""
-    problems = [*_prod_problems(s), *_cluster_problems(s)]
+    problems = [*_prod_problems(s), *_cluster_problems(s), *_admin_role_problems(s)]
 
     from infra.checks.rules import rule_by_id  # the rule list, without a settings import cycle
 
@@ -575,6 +593,28 @@ def _cluster_problems(s: PlatformSettings) -> list[str]:
     elif not ng.min_size <= ng.desired_size <= ng.max_size:
         add("cluster.systemNodeGroup.desiredSize", f"got {ng.desired_size}; must lie between minSize {ng.min_size} and maxSize {ng.max_size}")
     return problems
+
+
+def _admin_role_problems(s: PlatformSettings) -> list[str]:
+    """Each admin role's name names its access entry (`admin_entry_key`), so no two may share one.
+
+    Two roles of one account never share a name; two accounts' roles, or names that differ only in
+    `+=,@`, can. Refused rather than numbered: a number would again depend on the list's order."""
+    found = []
+    by_key: dict[str, list[str]] = {}
+    for arn in s.cluster.admin_role_arns:
+        by_key.setdefault(admin_entry_key(arn), []).append(arn)
+    for key, arns in by_key.items():
+        distinct = list(dict.fromkeys(arns))
+        found += [f'got "{arn}" twice; a principal has one access entry' for arn in distinct if arns.count(arn) > 1]
+        if len(distinct) > 1:
+            got = " and ".join(f'"{arn}"' for arn in distinct)
+            found.append(f'got {got}; {"both" if len(distinct) == 2 else "all"} name their access entry "{key}" (the role name, '
+                         "other characters than letters, digits, '.', '_' and '-' as '-'); keep one of them")
+        if key == CI_DEPLOY_ADMIN_KEY and s.ci is not None:
+            found.append(f'got "{distinct[0]}"; its access entry would be named "{key}", the name of the CI deploy role\'s '
+                         "(ci is set), which is cluster-admin already; remove it or rename the role")
+    return [_problem("cluster.adminRoleArns", message) for message in found]
 
 
 def _endpoint_problems(s: PlatformSettings) -> list[str]:

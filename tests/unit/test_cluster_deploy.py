@@ -18,7 +18,7 @@ from components.cluster import Cluster, ClusterArgs
 from infra.inventory import Inventory, Resource
 from infra.settings import SettingsError, load_settings
 from infra.upstream import chart_defaults, unknown_value_keys
-from tests.conftest import declare
+from tests.conftest import declare, offline_stack
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "components" / "upstream"
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -313,3 +313,50 @@ def test_runner_rules_are_named_after_their_source_so_reordering_replaces_nothin
 
     assert names(("10.0.0.0/19", "10.8.0.0/16")) == names(("10.8.0.0/16", "10.0.0.0/19")) == {
         "c-deploy-runner-10.0.0.0-19": "10.0.0.0/19", "c-deploy-runner-10.8.0.0-16": "10.8.0.0/16"}
+
+
+# -- admin access entries are named after the role, not its position ------------------------------
+
+ACCESS_POLICY = "aws:eks/accessPolicyAssociation:AccessPolicyAssociation"
+ADMINS = ["arn:aws:iam::123456789012:role/platform-admin", "arn:aws:iam::210987654321:role/team/ops/Ml.Ops+On-call"]
+CI_DEPLOY_ROLE = "arn:aws:iam::123456789012:role/mlops-staging-ci-deploy"
+
+
+def admin_access(admins: list[str]) -> dict[str, str]:
+    """Name -> principal of the cluster-admin access entries and policy associations of staging with CI."""
+    inventory = offline_stack("staging", ci={"githubRepository": "acme/platform"},
+                              cluster={"deployRunnerCidrs": ["10.0.0.0/19"], "adminRoleArns": admins})
+    return {r.name: r.inputs["principalArn"] for r in inventory.resources
+            if r.type == ACCESS_POLICY or (r.type == ACCESS_ENTRY and r.inputs["type"] == "STANDARD")}
+
+
+def test_admin_access_is_named_after_the_role_so_adding_or_reordering_replaces_nothing():
+    """A renamed entry is replaced, and Pulumi creates the new one while the old one for the same
+    principal still exists: EKS answers 409 ResourceInUseException. So no name may depend on a position."""
+    prefix = "mlops-staging-cluster-admin"
+    expected = {f"{prefix}-{key}{suffix}": arn for key, arn in [
+        ("platform-admin", ADMINS[0]), ("Ml.Ops-On-call", ADMINS[1]), ("ci-deploy", CI_DEPLOY_ROLE)] for suffix in ("", "-policy")}
+    assert admin_access(ADMINS[::-1]) == expected
+    # removing the first role (or adding one in front) renames nothing else, the CI deploy role included
+    assert admin_access(ADMINS[1:]) == {k: v for k, v in expected.items() if v != ADMINS[0]}
+
+
+@pytest.mark.parametrize(("cluster", "ci", "expected"), [
+    ({"adminRoleArns": ["arn:aws:iam::111111111111:role/a/Admin", "arn:aws:iam::222222222222:role/b/Admin"]}, None,
+     'got "arn:aws:iam::111111111111:role/a/Admin" and "arn:aws:iam::222222222222:role/b/Admin"; both name their access entry "Admin"'),
+    ({"adminRoleArns": ["arn:aws:iam::111111111111:role/ml+ops", "arn:aws:iam::111111111111:role/ml=ops"]}, None,
+     'both name their access entry "ml-ops"'),
+    ({"adminRoleArns": [ADMINS[0], ADMINS[0]]}, None, f'got "{ADMINS[0]}" twice'),
+    ({"adminRoleArns": ["arn:aws:iam::123456789012:role/ci-deploy"]}, {"githubRepository": "acme/platform"},
+     'got "arn:aws:iam::123456789012:role/ci-deploy"; its access entry would be named "ci-deploy", the name of the CI deploy role\'s'),
+])
+def test_admin_roles_whose_entries_would_share_a_name_are_refused(cluster, ci, expected):
+    raw = {**PROD, "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"], **cluster}, **({"ci": ci} if ci else {})}
+    (problem,) = problems(raw)
+    assert problem.startswith("mlops-platform:cluster.adminRoleArns: ") and expected in problem, problem
+
+
+def test_an_admin_key_that_cannot_name_a_resource_is_refused():
+    with pytest.raises(ValueError, match=r"admin_role_arns: keys \['team/admin'\] must be 1-64 letters"):
+        ClusterArgs(cluster_name="c1", kubernetes_version="1.35", vpc_id="v", subnet_ids=["s"], deploy_runner_cidrs=("10.0.0.0/19",),
+                    admin_role_arns={"team/admin": "arn:aws:iam::123456789012:role/team/admin"})

@@ -359,6 +359,35 @@ def test_node_pools_go_before_karpenter_and_karpenter_before_the_network(stack_i
 
 
 # -- the command -------------------------------------------------------------------------------------
+ACCESS_ENTRY = "aws:eks/accessEntry:AccessEntry"
+ACCESS_POLICY = "aws:eks/accessPolicyAssociation:AccessPolicyAssociation"
+WITH_CI_ADMINS = {"ci": {"githubRepository": "acme/platform"},
+                  "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"], "adminRoleArns": ["arn:aws:iam::123456789012:role/platform-admin"]}}
+
+
+@pytest.fixture(scope="module")
+def staging_with_ci() -> Inventory:
+    """Staging with the CI deploy role and one admin role: the deployer's access entries as CI has them."""
+    return offline_stack("staging", **WITH_CI_ADMINS)
+
+
+@pytest.mark.parametrize("stack", [*STACKS, "staging with CI"])
+def test_the_deployers_cluster_access_outlives_every_kubernetes_object(stack_inventories, settings, staging_with_ci, stack):
+    """provider -> access entry and policy association: `pulumi destroy` deletes every Kubernetes object before
+    anyone's cluster-admin access goes, so the deployer (the CI deploy role) is never Unauthorized mid-destroy."""
+    if stack in stack_inventories:
+        inventory, cluster = stack_inventories[stack], settings[stack].cluster
+        expected = len(cluster.admin_role_arns) + (settings[stack].ci is not None)
+    else:
+        inventory, expected = staging_with_ci, 2
+    plan = DeployPlan(inventory)
+    (provider,) = inventory.of_type("pulumi:providers:kubernetes")
+    associations = inventory.of_type(ACCESS_POLICY)
+    access = associations + [e for e in inventory.of_type(ACCESS_ENTRY) if e.inputs["type"] == "STANDARD"]
+    assert len(associations) == expected
+    assert unmet(plan, [provider], access, "on destroy that access could go while Kubernetes objects are still being deleted") == []
+
+
 def test_the_plan_command_prints_both_orders_and_refuses_a_cycle(tmp_path, capsys):
     from infra.cli import main
 
