@@ -33,7 +33,13 @@ import pulumi_kubernetes as k8s
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
-    CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, TMP_MOUNT, env_list, http_probe, kubernetes_api_client, resources,
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    TMP_MOUNT,
+    env_list,
+    http_probe,
+    kubernetes_api_client,
+    resources,
     restricted_namespace_labels,
 )
 from components.tracking import CLIENT_NAMESPACE_LABEL, client_egress_rule
@@ -343,7 +349,8 @@ class RetrainReceiver(pulumi.ComponentResource):
             }],
         }
         k8s.apps.v1.Deployment(
-            f"{name}-deployment", metadata={**meta, "annotations": kubernetes_api_client("creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else")},
+            f"{name}-deployment", metadata={**meta, "annotations": kubernetes_api_client(
+                "creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else")},
             spec={"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels, "annotations": {
                 # a changed pipelines file rolls the pod (it reads the file at start)
                 "mlops.platform/pipelines-sha256": pipelines_file.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())}}, "spec": pod}},

@@ -42,7 +42,7 @@ class Failure:
         if not self.rows:
             found = f" (found {self.values[0]})" if self.values and self.check.startswith("dtype") else ""
             return f"column {self.column}: {self.check}{found}"
-        shown = ", ".join(f"{row} ({value!r})" for row, value in list(zip(self.rows, self.values))[:MAX_ROWS_SHOWN])
+        shown = ", ".join(f"{row} ({value!r})" for row, value in list(zip(self.rows, self.values, strict=True))[:MAX_ROWS_SHOWN])
         more = f" and {len(self.rows) - MAX_ROWS_SHOWN} more" if len(self.rows) > MAX_ROWS_SHOWN else ""
         return f"column {self.column}: {self.check} fails at rows {shown}{more}"
 
@@ -103,12 +103,12 @@ def _failures(cases: pd.DataFrame) -> list[Failure]:
     type_checks = cases["check"].astype(str).str.startswith(("dtype", "coerce_dtype"))
     type_failed = set(columns[type_checks])
     coerced = set(columns[cases["check"].astype(str).str.startswith("coerce_dtype")])
-    failures = []
+    failures: list[Failure] = []
     for (column, check), group in cases.groupby([columns, cases["check"].astype(str)], sort=False):
         if check == "column_in_dataframe":
             failures.extend(Failure(str(value), "missing from the data", (), ()) for value in group["failure_case"])
             continue
-        rows = [(int(i), v) for i, v in zip(group["index"], group["failure_case"]) if i is not None and not pd.isna(i)]
+        rows = [(int(i), v) for i, v in zip(group["index"], group["failure_case"], strict=True) if i is not None and not pd.isna(i)]
         if check.startswith("dtype") and column in coerced:
             continue  # the same values as the failed coercion
         if not rows and column in type_failed and not check.startswith(("dtype", "coerce_dtype")):

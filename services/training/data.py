@@ -75,6 +75,7 @@ def dvc_version(settings) -> tuple[Path, DataVersion]:
     reference = settings.data
     s3 = dvc.s3_client(settings.s3_endpoint_url) if reference.startswith("s3://") or settings.dvc_remote else None
     if reference.startswith("s3://"):
+        assert s3 is not None
         pointer = dvc.Remote.parse(reference)
         text = s3.get_object(Bucket=pointer.bucket, Key=pointer.prefix)["Body"].read().decode()
         data_path = reference.rsplit("/", 1)[0] + "/"
@@ -99,7 +100,7 @@ def _locate(out, cache: Path, workspace: Path, reference: str, remote_url: str |
     if not out.is_dir and not reference.startswith("s3://") and workspace.is_file() and file_md5(workspace) == out.md5:
         return workspace, origin or str(workspace.resolve())
     if remote is not None:
-        return dvc.pull(out, cache, remote, s3), origin
+        return dvc.pull(out, cache, remote, s3), f"s3://{remote.bucket}/{remote.key(out.md5)}"
     if out.is_dir and dvc.cache_path(cache, out.md5).is_file():
         return dvc.checkout(out, cache), f"DVC cache {cache}"
     raise FileNotFoundError(f"{reference}: md5 {out.md5} is neither in the DVC cache {cache} nor in the workspace; "

@@ -110,7 +110,7 @@ def add(data: Path, cache: Path) -> tuple[Path, DvcOut]:
     odb = _odb(cache)
     staging, meta, obj = build(odb, str(data), odb.fs, HASH_NAME)
     transfer(staging, odb, {obj.hash_info}, shallow=False, hardlink=False)
-    out = DvcOut(md5=obj.hash_info.value, size=meta.size, path=data.name, nfiles=meta.nfiles if meta.isdir else None)
+    out = DvcOut(md5=str(obj.hash_info.value), size=int(meta.size or 0), path=data.name, nfiles=meta.nfiles if meta.isdir else None)
     dvc_file = data.with_name(data.name + ".dvc")
     dvc_file.write_text(dvc_file_text(out))
     ignore = data.parent / ".gitignore"

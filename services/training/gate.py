@@ -61,6 +61,7 @@ def decide(challenger: Score, champion: Score | None, *, metric: str, greater_is
     if not champion.ok:
         return Decision(False, REJECTED, f"champion version {champion.version} could not be scored on this data ({champion.error}); "
                         "compare by hand and set the alias if the new version should serve")
+    assert challenger.value is not None and champion.value is not None  # both `ok`
     gain = improvement(challenger.value, champion.value, greater_is_better=greater_is_better)
     versus = f"{metric} {challenger.value:.4g} vs champion {champion.value:.4g} (version {champion.version}), {gain:+.2%}"
     if gain >= min_improvement:

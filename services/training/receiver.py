@@ -100,7 +100,8 @@ class Receiver:
         self.lock = threading.Lock()
 
     def handle(self, payload: WebhookPayload) -> dict[str, list[dict[str, str]]]:
-        started, skipped = [], []
+        started: list[dict[str, str]] = []
+        skipped: list[dict[str, str]] = []
         by_endpoint: dict[str, list[Alert]] = {}
         for alert in payload.alerts:
             if alert.labels.get("alertname") != DRIFT_ALERT or alert.status != "firing" or "endpoint" not in alert.labels:

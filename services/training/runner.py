@@ -92,7 +92,7 @@ def champion_version(client: MlflowClient, model: str, alias: str) -> str | None
 
 def expected_columns(task: Task, model: str, champion: str | None, frame: pd.DataFrame) -> dict[str, str | None]:
     """Feature columns and their signature types: the task's, else the champion's signature, else the frame's."""
-    signature_types: dict[str, str] = {}
+    signature_types: dict[str, str | None] = {}
     if champion is not None:
         signature = mlflow.models.get_model_info(f"models:/{model}/{champion}").signature
         if signature is not None and signature.inputs is not None:
@@ -172,7 +172,9 @@ def log_data_version(frame: pd.DataFrame, data: DataVersion, target: str) -> Non
     """The data version as the run's MLflow dataset input: source, digest (DVC md5) and DVC tags. MLflow keeps one
     dataset per experiment for each (name, digest), so the name is the data's full path: the same bytes under
     another path are another input."""
-    dataset = mlflow.data.from_pandas(frame, source=data.source, targets=target, name=data.path, digest=data.md5)
+    from mlflow.data.pandas_dataset import from_pandas
+
+    dataset = from_pandas(frame, source=data.source, targets=target, name=data.path, digest=data.md5)
     mlflow.log_input(dataset, context="training", tags={"dvc.md5": data.md5, "dvc.path": data.path, **({"dvc.file": data.dvc_file} if data.dvc_file else {})})
 
 
@@ -193,9 +195,9 @@ def log_model(task: Task, model: Any, train_x: pd.DataFrame):
 
 
 def log_scores(metric: str, challenger: Score, champion: Score | None) -> None:
-    if challenger.ok:
+    if challenger.ok and challenger.value is not None:
         mlflow.log_metric(f"holdout_{metric}", challenger.value)
-    if champion is not None and champion.ok:
+    if champion is not None and champion.ok and champion.value is not None:
         mlflow.log_metric(f"champion_holdout_{metric}", champion.value)
     say(f"held-out {metric}: new {challenger.value if challenger.ok else challenger.error}; "
         + (f"champion v{champion.version} {champion.value if champion.ok else champion.error}" if champion else "no champion"))
