@@ -56,6 +56,7 @@ def test_sigterm_stops_the_whole_plane(tmp_path):
     assert len(ports) >= 4, output
     os.kill(process.pid, signal.SIGTERM)
     process.wait(timeout=60)
+    process.stdout.close()
     for port in ports:
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open after SIGTERM"
@@ -150,4 +151,5 @@ def test_make_local_raises_the_drift_alert_for_shifted_traffic():
     finally:
         process.terminate()
         process.wait(timeout=60)
+        process.stdout.close()
         shutil.rmtree(REPO_ROOT / workdir, ignore_errors=True)
