@@ -126,7 +126,7 @@ class ServingApp:
     async def _invocations(self, scope: dict, receive: Any, send: Any) -> None:
         started = time.perf_counter()
         self._inflight.inc()
-        held = Held()
+        held, ticket = Held(), None
         try:
             model = self.model
             if model is None:
@@ -137,9 +137,10 @@ class ServingApp:
             except RequestError as exc:
                 raise BodyUnread(exc.status, exc.code, exc.message) from None
             self._admit(scope, headers, held)
+            ticket = self.batcher.ticket() if model.batchable else None  # the batcher may wait for this one
             request = Request(await self._read_body(receive, held), media, capture=self.capture is not None and self.capture.sampled())
-            if model.batchable:
-                answer = await self.batcher.answer(model, request)
+            if ticket is not None:
+                answer = await self.batcher.answer(model, request, ticket)
             else:
                 loop = asyncio.get_running_loop()
                 answer = (await loop.run_in_executor(self.executor, answer_all, model.path, [request], self.settings.max_batch_rows))[0]
@@ -149,6 +150,8 @@ class ServingApp:
             metrics.REQUESTS.labels(self.settings.endpoint, str(exc.status)).inc()
             await self._error(send, exc, close=isinstance(exc, BodyUnread))
         finally:
+            if ticket is not None:
+                ticket.close()
             self.worker.budget.give(held.taken)
             self._inflight.dec()
             self._latency.observe(time.perf_counter() - started)

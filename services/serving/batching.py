@@ -3,9 +3,10 @@
 Each request for a batchable model waits in a list with its raw body. One task hands everything
 waiting (up to `max_rows` requests) to a model thread (`paths.answer_all`: parse, stack up to
 `max_rows` rows per call, predict, split, encode) and, while that thread works, new requests
-gather for the next batch. Before it starts a batch, the task waits up to `wait_s` for as many
-requests as the last batch had (the clients it just answered are likely sending again), never
-for a request alone. The event loop itself never parses a body or calls a model.
+gather for the next batch. Before it starts a batch, the task waits up to `wait_s` for more;
+it stops waiting as soon as as many requests as the last batch had are here and none is still
+being read (clients it just answered send again together: no need to wait out the window).
+The event loop itself never parses a body or calls a model.
 """
 
 from __future__ import annotations
@@ -21,10 +22,26 @@ from services.serving.protocol import Answer, RequestError, error_answer
 log = logging.getLogger("serving")
 
 
+class Ticket:
+    """A request on its way to the batcher (its body is being read); `close` when it will not come."""
+
+    def __init__(self, batcher: "MicroBatcher") -> None:
+        self.batcher, self.open = batcher, True
+        batcher.coming += 1
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.batcher.coming -= 1
+            self.batcher.check()
+
+
 class MicroBatcher:
     def __init__(self, *, executor: Executor, max_rows: int, wait_s: float) -> None:
         self.executor, self.max_rows, self.wait_s = executor, max_rows, wait_s
         self.waiting: list[tuple[Any, Request, asyncio.Future]] = []
+        self.coming = 0
+        """Requests announced (`ticket`) whose bodies are still being read."""
         self.expected = 1
         """Requests in the last batch: worth a short wait until as many are here."""
         self._arrived: asyncio.Event | None = None
@@ -35,11 +52,25 @@ class MicroBatcher:
             self._arrived = asyncio.Event()
         return self._arrived
 
-    async def answer(self, model: Any, request: Request) -> Answer:
+    def ticket(self) -> Ticket:
+        return Ticket(self)
+
+    def full(self) -> bool:
+        """As many requests as the last batch had are here, and none is still being read."""
+        return self.expected > 1 and len(self.waiting) >= self.expected and not self.coming
+
+    def check(self) -> None:
+        """Wake the collector when the first request is here, or when the batch is full."""
+        if len(self.waiting) == 1 or self.full():
+            self.arrived.set()
+
+    async def answer(self, model: Any, request: Request, ticket: Ticket | None = None) -> Answer:
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((model, request, future))
-        if len(self.waiting) == 1 or len(self.waiting) >= self.expected:
-            self.arrived.set()
+        if ticket is not None and ticket.open:
+            ticket.open = False
+            self.coming -= 1
+        self.check()
         return await future
 
     async def run(self) -> None:
@@ -56,7 +87,7 @@ class MicroBatcher:
         while not self.waiting:
             self.arrived.clear()
             await self.arrived.wait()
-        if len(self.waiting) < self.expected and self.wait_s > 0:
+        if self.wait_s > 0 and not self.full():
             self.arrived.clear()
             try:
                 await asyncio.wait_for(self.arrived.wait(), self.wait_s)
