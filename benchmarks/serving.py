@@ -69,7 +69,10 @@ def wrk(url: str, body: bytes, *, duration: int, connections: int, threads: int)
         ).stdout
     finally:
         os.unlink(script.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if found is None:
+        raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
+    rps = float(found.group(1))
     latency = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)}
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s*(\d+)", output))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))

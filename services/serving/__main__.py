@@ -8,6 +8,7 @@ in-flight requests get `SERVING_DRAIN_SECONDS` to finish.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
@@ -53,7 +54,7 @@ def main() -> None:
             lifespan="on",
             access_log=False,
             timeout_graceful_shutdown=int(settings.drain_seconds),
-            timeout_keep_alive=settings.keepalive_seconds,  # type: ignore[arg-type] - call_later takes a float
+            timeout_keep_alive=math.ceil(settings.keepalive_seconds),
             backlog=settings.backlog,
         )
     finally:

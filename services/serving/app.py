@@ -217,7 +217,7 @@ class ServingApp:
         if self.capture is not None and answer.capture is not None:
             try:
                 self.capture.add(model.version, *answer.capture)
-            except TypeError as exc:  # a value orjson cannot write: capture must never fail a request
+            except (TypeError, ValueError) as exc:  # a value orjson cannot write: capture must never fail a request
                 log.warning("could not capture a request: %s", exc)
 
     # -- responses -------------------------------------------------------------------------
@@ -302,11 +302,13 @@ class ServingApp:
     def _swap(self, loaded: LoadedModel, current: LoadedModel | None) -> None:
         endpoint, name, version = self.settings.endpoint, self.settings.model_name, loaded.version
         batch_rows = metrics.BATCH_ROWS.labels(endpoint)
-        loaded.path.observe = batch_rows.observe  # type: ignore[union-attr] - ExactPath ignores it
+        loaded.path.observe = batch_rows.observe
         self.model = loaded  # one reference swap: in-flight requests keep the model they started with
         # a new version brings its own training reference: start a fresh window
         columns = getattr(loaded.path, "drift_columns", ())
-        self.drift = DriftWindow(loaded.drift_reference, columns, self.settings.drift_window, self.settings.drift_min_rows) if loaded.drift_reference and columns else None
+        self.drift = None
+        if loaded.drift_reference and columns:
+            self.drift = DriftWindow(loaded.drift_reference, columns, self.settings.drift_window, self.settings.drift_min_rows)
         self._failed_version = None
         metrics.MODEL_VERSION.labels(endpoint, name, version).set(1)
         if current is not None:

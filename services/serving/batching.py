@@ -104,6 +104,6 @@ class MicroBatcher:
         except Exception as exc:  # noqa: BLE001 - never leave a request without an answer
             log.exception("a batch failed")
             answers = [error_answer(RequestError(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"))] * len(items)
-        for (_, _, future), answer in zip(items, answers):
+        for (_, _, future), answer in zip(items, answers, strict=True):
             if not future.done():
                 future.set_result(answer)

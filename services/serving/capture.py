@@ -24,7 +24,8 @@ log = logging.getLogger("serving.capture")
 
 
 class CaptureWriter:
-    def __init__(self, *, endpoint: str, bucket: str, prefix: str, fraction: float, flush_records: int, flush_seconds: float, s3_endpoint_url: str | None) -> None:
+    def __init__(self, *, endpoint: str, bucket: str, prefix: str, fraction: float, flush_records: int, flush_seconds: float,
+                 s3_endpoint_url: str | None) -> None:
         import boto3
 
         self.endpoint, self.bucket, self.prefix = endpoint, bucket, prefix.strip("/")
@@ -40,13 +41,13 @@ class CaptureWriter:
     def add(self, version: str, columns: tuple[str, ...], rows: Any, predictions: Any) -> None:
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         lines = self.buffer.setdefault(version, [])
-        for row, prediction in zip(rows, predictions):
-            lines.append(orjson.dumps({"ts": now, "model_version": version, "inputs": dict(zip(columns, row)), "prediction": prediction},
+        for row, prediction in zip(rows, predictions, strict=True):
+            lines.append(orjson.dumps({"ts": now, "model_version": version, "inputs": dict(zip(columns, row, strict=True)), "prediction": prediction},
                                       option=orjson.OPT_SERIALIZE_NUMPY))
         self.buffered += len(rows)
 
     def due(self) -> bool:
-        return self.buffered >= self.flush_records or (self.buffered and time.monotonic() - self.last_flush >= self.flush_seconds)
+        return self.buffered >= self.flush_records or (self.buffered > 0 and time.monotonic() - self.last_flush >= self.flush_seconds)
 
     async def flush(self) -> None:
         buffer, self.buffer, self.buffered, self.last_flush = self.buffer, {}, 0, time.monotonic()

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -34,7 +35,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         current = worker()
         self.limits, self.budget = current.limits, current.budget
-        self.awaiting_headers, self.header_bytes, self.header_timer = True, 0, None
+        self.awaiting_headers, self.header_bytes = True, 0
+        self.header_timer: asyncio.TimerHandle | None = None
         self.body_complete, self.dropping, self.lingering, self.lingered = False, False, False, 0
         self.admission: dict = {}
         """The admission of the request being parsed (also in its scope's extensions)."""
@@ -43,7 +45,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.idle_since = time.monotonic()
 
     # -- connection cap -----------------------------------------------------------------
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections and not self._make_room():
             self._count("refused")

@@ -101,8 +101,9 @@ def check_structure(body: dict) -> None:
         _split_columns(split)
         data = split.get("data")
         if isinstance(data, list) and any(not isinstance(row, list) for row in data):
-            raise InputError("dataframe_split.data must be a list of rows, each a list of values; "
-                             "got " + ("an object (use dataframe_records for rows as objects)" if any(isinstance(r, dict) for r in data) else "a value that is not a list"))
+            objects = any(isinstance(r, dict) for r in data)
+            raise InputError("dataframe_split.data must be a list of rows, each a list of values; got "
+                             + ("an object (use dataframe_records for rows as objects)" if objects else "a value that is not a list"))
 
 
 def parse(body: dict, schema: Schema) -> Table | None:
@@ -193,8 +194,9 @@ def _split(payload: Any, schema: Schema) -> tuple[dict, int] | None:
             raise InputError(f"row {i} of dataframe_split.data has {len(row)} values for {len(columns)} columns")
     missing = [c.name for c in schema.columns if c.name not in columns]
     if missing:
-        return _missing(missing, schema)
-    transposed = list(zip(*data))
+        _missing(missing, schema)
+        return None
+    transposed = list(zip(*data, strict=True))  # row lengths checked above
     position = {name: i for i, name in enumerate(columns)}
     return {name: list(transposed[position[name]]) if data else [] for name in schema.names}, len(data)
 
@@ -222,23 +224,24 @@ def _records(payload: Any, schema: Schema, kind: str) -> tuple[dict, int] | None
 def _column_dict(payload: dict, schema: Schema) -> tuple[dict, int] | None:
     missing = [c.name for c in schema.columns if c.name not in payload]
     if missing:
-        return _missing(missing, schema)
+        _missing(missing, schema)
+        return None
     values = [payload[name] for name in schema.names]
     if all(isinstance(v, list) for v in values):
         lengths = {len(v) for v in values}
         if len(lengths) != 1:
             raise InputError("every column of inputs must have the same number of values")
-        return dict(zip(schema.names, values)), lengths.pop()
+        return dict(zip(schema.names, values, strict=True)), lengths.pop()
     if not any(isinstance(v, (list, dict)) for v in values):
-        return {name: [v] for name, v in zip(schema.names, values)}, 1
+        return {name: [v] for name, v in zip(schema.names, values, strict=True)}, 1
     return None
 
 
 def _missing(missing: list[str], schema: Schema) -> None:
+    """A 400 when a required column is missing; only optional ones missing is MLflow's to decide."""
     required = [name for name in missing if any(c.name == name and c.required for c in schema.columns)]
     if required:
         raise InputError(f"missing columns: {', '.join(required)} (the model expects {', '.join(schema.names)})")
-    return None  # only optional columns are missing: MLflow's parsing decides
 
 
 def _convert(values: list, column: Column) -> Any:

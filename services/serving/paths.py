@@ -87,9 +87,12 @@ class ExactPath:
 
     kind = "pyfunc"
     batchable = False
+    drift_columns: tuple[str, ...] = ()
 
     def __init__(self, pyfunc: Any, schema: Schema | None, reason: str = "") -> None:
         self.pyfunc, self.schema, self.reason = pyfunc, schema, reason
+        self.observe: Callable[[int], None] = lambda rows: None
+        """Told the rows of every model call (the `serving_batch_rows` histogram)."""
         self.input_schema = pyfunc.metadata.get_input_schema()
         self.params_schema = pyfunc.metadata.get_params_schema()
 
@@ -97,6 +100,7 @@ class ExactPath:
         data: Any = None
         try:
             data, params, unwrapped = self.parse(request)
+            self.observe(len(data) if hasattr(data, "__len__") else 1)
             raw = self.pyfunc.predict(data, params=params)
             body = encode_predictions(raw, unwrapped=unwrapped)
         except RequestError as exc:
@@ -227,8 +231,8 @@ def split(output: Any, sizes: list[int]) -> list[Any]:
         raise TypeError(f"cannot split a {type(output).__name__} of length {len(output) if hasattr(output, '__len__') else '?'} into {total} rows")
     bounds = list(itertools.accumulate(sizes, initial=0))
     if isinstance(output, (pd.DataFrame, pd.Series)):
-        return [output.iloc[a:b] for a, b in zip(bounds, bounds[1:])]
-    return [output[a:b] for a, b in zip(bounds, bounds[1:])]
+        return [output.iloc[a:b] for a, b in itertools.pairwise(bounds)]
+    return [output[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _table_capture(table: Table, output: Any) -> tuple | None:
@@ -238,7 +242,7 @@ def _table_capture(table: Table, output: Any) -> tuple | None:
     if not isinstance(predictions, list) or len(predictions) != table.rows:
         return None
     values = [v.tolist() if isinstance(v, np.ndarray) else v for v in table.columns.values()]
-    return tuple(table.columns), [list(row) for row in zip(*values)], predictions
+    return tuple(table.columns), [list(row) for row in zip(*values, strict=True)], predictions
 
 
 def call_with_params(function: Callable) -> Callable[[Any, Any], Any]:
@@ -263,7 +267,7 @@ def answer_all(path: ExactPath | TablePath, requests: Sequence[Request], max_row
             pending.setdefault(_params_key(read.params), []).append((i, read))
     for group in pending.values():
         for chunk in _chunks(group, max_rows):
-            for (i, table), output in zip(chunk, path.predict([t for _, t in chunk])):
+            for (i, table), output in zip(chunk, path.predict([t for _, t in chunk]), strict=True):
                 answers[i] = path.answer(table, output, requests[i].capture)
     return answers  # type: ignore[return-value]
 

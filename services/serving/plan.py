@@ -126,7 +126,7 @@ def _reference(pyfunc: Any, schema: Schema) -> tuple[Any, str]:
 
 def _bounds(rows: int) -> list[tuple[int, int]]:
     edges = [0, *itertools.accumulate(SLICES)]
-    return [(a, min(b, rows)) for a, b in zip(edges, edges[1:]) if a < rows]
+    return [(a, min(b, rows)) for a, b in itertools.pairwise(edges) if a < rows]
 
 
 def _bodies(frame: Any) -> dict[str, dict]:
@@ -162,7 +162,7 @@ def _verified_dtypes(pyfunc: Any, schema: Schema, reference: Any) -> dict[str, A
     from mlflow.pyfunc import _validate_prediction_input
 
     input_schema, loader = pyfunc.metadata.get_input_schema(), pyfunc.metadata.flavors["python_function"].get("loader_module")
-    dtypes = None
+    dtypes: dict[str, Any] = {}
     for kind, body in _bodies(reference).items():
         theirs = _validate_prediction_input(_mlflow_parsed(pyfunc, body), None, input_schema, None, loader)[0]
         theirs = theirs[list(schema.names)].reset_index(drop=True)
@@ -210,7 +210,7 @@ def frame_builder(names: Sequence[str], dtypes: dict[str, Any]) -> Callable[[Seq
 
 def _fastest(pyfunc: Any, schema: Schema, function: str, loader: str, dtypes: dict, tables: list[Table], expected: Any, exact: ExactPath) -> TablePath:
     model_function = getattr(pyfunc._model_impl, function)
-    problems = []
+    problems: list[str] = []
     if loader == "mlflow.sklearn" and schema.numeric:
         for order in _layouts(frame_builder(schema.names, dtypes), tables):
             build = matrix_builder(schema.names, order)
@@ -237,7 +237,7 @@ def _batch_problem(path: TablePath, tables: list[Table]) -> str | None:
         stacked = split(path.call(path.build(tables), None), [t.rows for t in tables])
     except Exception as exc:  # noqa: BLE001
         return f"the stacked output cannot be split per request ({type(exc).__name__}: {exc})"
-    for table, part in zip(tables, stacked):
+    for table, part in zip(tables, stacked, strict=True):
         if hasattr(part, "reset_index"):
             part = part.reset_index(drop=True)  # the index of a slice is not part of the answer
         if not agree(part, path.call(path.build([table]), None)):
