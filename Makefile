@@ -12,8 +12,8 @@ local: setup
 	.venv/bin/python -m infra.cli preview --stack dev --counts-only --json build/inventory-dev.json
 	.venv/bin/python -m infra.cli local --retrain-demo --scrape-interval 2s --drift-interval 2 --drift-for 10s
 
-## Set up, then run every test.
-test: setup
+## Set up, lint (ruff, mypy), then run every test. `pytest -m "not slow"` skips the load tests locally.
+test: lint
 	.venv/bin/python -m pytest
 
 ## Lint: ruff (pyflakes, pycodestyle, import order, bugbear) over the tree, then mypy over
