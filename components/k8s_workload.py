@@ -173,5 +173,16 @@ def http_probe(path: str, port: int, *, period: int = 10, failures: int = 3, ini
             "initialDelaySeconds": initial_delay, "timeoutSeconds": 3}
 
 
+def pool_placement(
+    gpus: int, *, gpu_node_selector: Mapping[str, str], gpu_toleration: Mapping[str, str], node_selector: Mapping[str, str]
+) -> dict[str, Any]:
+    """Pod-spec fields that place a workload: a pod asking for GPUs selects the GPU pool and tolerates its
+    taint; any other pod takes the stack's node selector (dev's system nodes), if it has one. One place, so
+    model servers and training runs can never land differently for the same request."""
+    if gpus:
+        return {"nodeSelector": dict(gpu_node_selector), "tolerations": [dict(gpu_toleration)]}
+    return {"nodeSelector": dict(node_selector)} if node_selector else {}
+
+
 def zone_spread(labels: Mapping[str, str]) -> list[dict[str, Any]]:
     return [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": dict(labels)}}]

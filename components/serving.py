@@ -40,6 +40,7 @@ from components.k8s_workload import (
     internal_alb_annotations,
     load_balancer_ingress,
     pinned_image,
+    pool_placement,
     resources,
     restricted_namespace_labels,
     zone_spread,
@@ -343,11 +344,8 @@ class ServingEndpoint(pulumi.ComponentResource):
                 "volumeMounts": [TMP_MOUNT],
             }],
         }
-        if args.gpu:
-            pod_spec["nodeSelector"] = dict(args.gpu_node_selector)
-            pod_spec["tolerations"] = [dict(args.gpu_toleration)]
-        elif args.node_selector:
-            pod_spec["nodeSelector"] = dict(args.node_selector)
+        pod_spec.update(pool_placement(args.gpu, gpu_node_selector=args.gpu_node_selector,
+                                       gpu_toleration=args.gpu_toleration, node_selector=args.node_selector))
         spec: dict = {
             "selector": {"matchLabels": labels},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},

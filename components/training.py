@@ -39,6 +39,7 @@ from components.k8s_workload import (
     env_list,
     http_probe,
     kubernetes_api_client,
+    pool_placement,
     resources,
     restricted_namespace_labels,
 )
@@ -184,11 +185,8 @@ def job_template(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.In
             "volumeMounts": [TMP_MOUNT],
         }],
     }
-    if p.gpu:
-        pod["nodeSelector"] = dict(args.gpu_node_selector)
-        pod["tolerations"] = [dict(args.gpu_toleration)]
-    elif args.node_selector:
-        pod["nodeSelector"] = dict(args.node_selector)
+    pod.update(pool_placement(p.gpu, gpu_node_selector=args.gpu_node_selector,
+                              gpu_toleration=args.gpu_toleration, node_selector=args.node_selector))
     return {
         "metadata": {"labels": labels},
         "spec": {
