@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 LOOPBACK = "127.0.0.1"
 
@@ -93,6 +93,29 @@ def start_moto(log_dir: Path) -> Server:
     return server
 
 
+def _debian_binary(package: str, *names: str, label: str | None = None) -> str:
+    """The path of the first of `names` on PATH; the error names the Debian package setup installs."""
+    import shutil
+
+    for name in names:
+        if (binary := shutil.which(name)) is not None:
+            return binary
+    raise RuntimeError(f"{label or names[0]} is not installed: `make setup` installs Debian's {package} package (as root)")
+
+
+def _ready_or_stopped(server: Server, check: Callable[[Server], None] | None = None) -> Server:
+    """Wait for a Prometheus-family server's `/-/ready`, then `check` it; stop it on either failure,
+    so a caller never holds a half-started server."""
+    try:
+        wait_http(server, "/-/ready", timeout=60)
+        if check is not None:
+            check(server)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
+
+
 def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path | None = None, scrape_interval: str = "2s",
                      scrape_configs: Sequence[Mapping[str, Any]] = (), alertmanagers: Sequence[str] = ()) -> Server:
     """A real Prometheus (Debian's `prometheus`) on a free loopback port, scraping `targets`
@@ -104,13 +127,9 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
     to the caller's directory would start a Prometheus without alerts. Once it is ready, it must
     report every rule group of `rules_file` (`require_rule_groups`), or it is stopped. Firing alerts go to
     `alertmanagers` (host:port each), if any."""
-    import shutil
-
     import yaml
 
-    binary = shutil.which("prometheus")
-    if binary is None:
-        raise RuntimeError("prometheus is not installed: `make setup` installs Debian's prometheus package (as root)")
+    binary = _debian_binary("prometheus", "prometheus")
     log_dir = log_dir.resolve()
     port = free_port()
     config = {
@@ -134,13 +153,7 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
          f"--web.listen-address={LOOPBACK}:{port}", "--storage.tsdb.retention.time=1d"],
         url=f"http://{LOOPBACK}:{port}", log_dir=log_dir,
     )
-    try:
-        wait_http(server, "/-/ready", timeout=60)
-        require_rule_groups(server, written)
-    except RuntimeError:
-        server.stop()
-        raise
-    return server
+    return _ready_or_stopped(server, lambda ready: require_rule_groups(ready, written))
 
 
 def require_rule_groups(server: Server, expected: int, *, timeout: float = 10) -> None:
@@ -164,13 +177,9 @@ def start_alertmanager(log_dir: Path, config: Mapping[str, Any]) -> Server:
 
     Its HA gossip listener is turned off (`--cluster.listen-address=`): by default it binds
     0.0.0.0:9094 and looks for peers; a single local instance needs neither."""
-    import shutil
-
     import yaml
 
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    if binary is None:
-        raise RuntimeError("alertmanager is not installed: `make setup` installs Debian's prometheus-alertmanager package (as root)")
+    binary = _debian_binary("prometheus-alertmanager", "prometheus-alertmanager", "alertmanager", label="alertmanager")
     log_dir = log_dir.resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = log_dir / "alertmanager.yml"
@@ -182,9 +191,4 @@ def start_alertmanager(log_dir: Path, config: Mapping[str, Any]) -> Server:
          f"--web.listen-address={LOOPBACK}:{port}", "--cluster.listen-address="],
         url=f"http://{LOOPBACK}:{port}", log_dir=log_dir,
     )
-    try:
-        wait_http(server, "/-/ready", timeout=60)
-    except RuntimeError:
-        server.stop()
-        raise
-    return server
+    return _ready_or_stopped(server)
