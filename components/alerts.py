@@ -34,7 +34,13 @@ class EndpointObjective:
 
 def _alert(alert: str, expr: str, for_: str, severity: str, summary: str, **labels: str) -> dict[str, Any]:
     """One alerting rule, its fields in Prometheus' order (the rules file keeps it)."""
-    return {"alert": alert, "expr": expr, "for": for_, "labels": {"severity": severity, **labels}, "annotations": {"summary": summary}}
+    return {
+        "alert": alert,
+        "expr": expr,
+        "for": for_,
+        "labels": {"severity": severity, **labels},
+        "annotations": {"summary": summary},
+    }
 
 
 def serving_rules(thresholds: AlertThresholds, endpoints: Sequence[EndpointObjective]) -> list[dict[str, Any]]:
@@ -43,9 +49,13 @@ def serving_rules(thresholds: AlertThresholds, endpoints: Sequence[EndpointObjec
     latency_rules = [
         _alert(
             "EndpointLatencyHigh",
-            f'histogram_quantile(0.99, sum by (endpoint, le) (rate(serving_request_duration_seconds_bucket{{endpoint="{e.endpoint}"}}[5m])))'
+            "histogram_quantile(0.99, sum by (endpoint, le) "
+            f'(rate(serving_request_duration_seconds_bucket{{endpoint="{e.endpoint}"}}[5m])))'
             f" > {e.latency_objective_ms / 1000:g}",
-            "10m", "warning", f"p99 latency of {e.endpoint} is above its {e.latency_objective_ms} ms objective", endpoint=e.endpoint,
+            "10m",
+            "warning",
+            f"p99 latency of {e.endpoint} is above its {e.latency_objective_ms} ms objective",
+            endpoint=e.endpoint,
         )
         for e in endpoints
     ]
@@ -56,14 +66,31 @@ def serving_rules(thresholds: AlertThresholds, endpoints: Sequence[EndpointObjec
             'sum by (endpoint) (rate(serving_requests_total{status=~"5.."}[5m]))'
             " / sum by (endpoint) (rate(serving_requests_total[5m]))"
             f" > {thresholds.error_ratio:g}",
-            "5m", "critical", "{{ $labels.endpoint }} answers more than " + f"{thresholds.error_ratio:.0%}" + " of requests with 5xx",
+            "5m",
+            "critical",
+            "{{ $labels.endpoint }} answers more than " + f"{thresholds.error_ratio:.0%}" + " of requests with 5xx",
         ),
-        _alert("EndpointDown", 'up{namespace="serving"} == 0', "2m", "critical", "Prometheus cannot scrape {{ $labels.pod }} of {{ $labels.service }}"),
-        _alert("EndpointNoReadyReplica", 'kube_deployment_status_replicas_available{namespace="serving"} == 0', "5m", "critical",
-               "{{ $labels.deployment }} has no ready replica: the endpoint cannot answer"),
         _alert(
-            "DataDriftHigh", f"max by (endpoint, feature) (serving_feature_drift_psi) > {thresholds.drift_psi:g}", f"{thresholds.drift_minutes}m", "warning",
-            "{{ $labels.feature }} of {{ $labels.endpoint }} has drifted from the training data (PSI above " + f"{thresholds.drift_psi:g})",
+            "EndpointDown",
+            'up{namespace="serving"} == 0',
+            "2m",
+            "critical",
+            "Prometheus cannot scrape {{ $labels.pod }} of {{ $labels.service }}",
+        ),
+        _alert(
+            "EndpointNoReadyReplica",
+            'kube_deployment_status_replicas_available{namespace="serving"} == 0',
+            "5m",
+            "critical",
+            "{{ $labels.deployment }} has no ready replica: the endpoint cannot answer",
+        ),
+        _alert(
+            "DataDriftHigh",
+            f"max by (endpoint, feature) (serving_feature_drift_psi) > {thresholds.drift_psi:g}",
+            f"{thresholds.drift_minutes}m",
+            "warning",
+            "{{ $labels.feature }} of {{ $labels.endpoint }} has drifted from the training data (PSI above "
+            + f"{thresholds.drift_psi:g})",
         ),
     ]
 
@@ -71,22 +98,41 @@ def serving_rules(thresholds: AlertThresholds, endpoints: Sequence[EndpointObjec
 def platform_rules(thresholds: AlertThresholds) -> list[dict[str, Any]]:
     """What the platform team owns: the tracking server, and GPU capacity idle or short."""
     return [
-        _alert("TrackingServerDown", f'kube_deployment_status_replicas_available{{namespace="{tracking.NAMESPACE}", deployment="{tracking.SERVICE}"}} == 0',
-               "5m", "critical", "the MLflow tracking server has no ready replica: no logging, no model loads"),
-        _alert("GpuNodeIdle", "max by (Hostname) (DCGM_FI_DEV_GPU_UTIL) < 5", f"{thresholds.gpu_idle_minutes}m", "warning",
-               "GPU node {{ $labels.Hostname }} has been idle for " + f"{thresholds.gpu_idle_minutes} minutes" + " and still costs money"),
+        _alert(
+            "TrackingServerDown",
+            "kube_deployment_status_replicas_available"
+            f'{{namespace="{tracking.NAMESPACE}", deployment="{tracking.SERVICE}"}} '
+            "== 0",
+            "5m",
+            "critical",
+            "the MLflow tracking server has no ready replica: no logging, no model loads",
+        ),
+        _alert(
+            "GpuNodeIdle",
+            "max by (Hostname) (DCGM_FI_DEV_GPU_UTIL) < 5",
+            f"{thresholds.gpu_idle_minutes}m",
+            "warning",
+            "GPU node {{ $labels.Hostname }} has been idle for "
+            + f"{thresholds.gpu_idle_minutes} minutes"
+            + " and still costs money",
+        ),
         _alert(
             "GpuPodsPending",
             'sum by (namespace, pod) (kube_pod_container_resource_requests{resource="nvidia_com_gpu"})'
             ' * on (namespace, pod) group_left () max by (namespace, pod) (kube_pod_status_phase{phase="Pending"}) > 0',
-            f"{thresholds.gpu_pending_minutes}m", "warning",
-            "{{ $labels.namespace }}/{{ $labels.pod }} waits for a GPU: the GPU pool is at its ceiling or short of capacity",
+            f"{thresholds.gpu_pending_minutes}m",
+            "warning",
+            "{{ $labels.namespace }}/{{ $labels.pod }} waits for a GPU: the GPU pool is at its ceiling or short of "
+            "capacity",
         ),
     ]
 
 
 def rule_groups(thresholds: AlertThresholds, endpoints: Sequence[EndpointObjective]) -> list[dict[str, Any]]:
-    return [{"name": "mlops-serving", "rules": serving_rules(thresholds, endpoints)}, {"name": "mlops-platform", "rules": platform_rules(thresholds)}]
+    return [
+        {"name": "mlops-serving", "rules": serving_rules(thresholds, endpoints)},
+        {"name": "mlops-platform", "rules": platform_rules(thresholds)},
+    ]
 
 
 def rules_file(groups: list[dict[str, Any]]) -> str:

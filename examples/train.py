@@ -40,7 +40,9 @@ def training_data(seed: int = 7):
     return train_test_split(data.data, data.target, test_size=0.25, random_state=seed)
 
 
-def train_and_register(model_name: str, *, alias: str = "champion", alpha: float = 1.0, experiment: str = "examples") -> Registered:
+def train_and_register(
+    model_name: str, *, alias: str = "champion", alpha: float = 1.0, experiment: str = "examples"
+) -> Registered:
     x_train, x_test, y_train, y_test = training_data()
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"ridge-alpha-{alpha}") as run:

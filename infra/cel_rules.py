@@ -44,8 +44,11 @@ def _program(rule: str) -> celpy.Runner:
 
 def problems(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
     """`path: message` for every CEL rule of `schema` (and its sub-schemas) that `value` breaks."""
-    found = [f"{path or '<root>'}: {rule.get('message') or rule['rule']}" for rule in schema.get("x-kubernetes-validations", [])
-             if "oldSelf" not in rule["rule"] and not _holds(rule["rule"], value)]
+    found = [
+        f"{path or '<root>'}: {rule.get('message') or rule['rule']}"
+        for rule in schema.get("x-kubernetes-validations", [])
+        if "oldSelf" not in rule["rule"] and not _holds(rule["rule"], value)
+    ]
     if isinstance(value, dict):
         properties, additional = schema.get("properties") or {}, schema.get("additionalProperties")
         for key, item in value.items():

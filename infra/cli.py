@@ -56,8 +56,12 @@ def inventory_from_args(args: argparse.Namespace) -> Inventory:
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--stack", default="dev", help="stack whose file stacks/Pulumi.<stack>.yaml is previewed offline (default: dev)")
-    source.add_argument("--stack-file", metavar="FILE", help="preview any stack file (named Pulumi.<stack>.yaml), e.g. a proposed one")
+    source.add_argument(
+        "--stack", default="dev", help="stack whose file stacks/Pulumi.<stack>.yaml is previewed offline (default: dev)"
+    )
+    source.add_argument(
+        "--stack-file", metavar="FILE", help="preview any stack file (named Pulumi.<stack>.yaml), e.g. a proposed one"
+    )
     source.add_argument(
         "--inventory",
         metavar="FILE",
@@ -71,7 +75,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     inventory = inventory_from_args(args)
     elapsed = time.perf_counter() - started
-    source = "offline preview (Pulumi mocks, no cloud calls)" if inventory.source == "offline" else "real `pulumi preview`"
+    source = (
+        "offline preview (Pulumi mocks, no cloud calls)" if inventory.source == "offline" else "real `pulumi preview`"
+    )
     print(f"stack {inventory.stack} of {inventory.project}: {source}, {elapsed:.1f}s\n")
     if not args.counts_only:
         print(render_tree(inventory))
@@ -137,14 +143,25 @@ def cmd_cost(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         from infra.cost.estimate import Estimate
 
-        print(report.render_markdown([comparison or report.compare(Estimate(head.stack, region, table.date), head_estimate)]), end="")
+        print(
+            report.render_markdown(
+                [comparison or report.compare(Estimate(head.stack, region, table.date), head_estimate)]
+            ),
+            end="",
+        )
     else:
         print(report.render_table(head_estimate))
         if comparison:
-            print(f"\ncompared with {args.compare}: {report.signed(comparison.delta)}/month "
-                  f"({len(comparison.changes)} changed line(s)); worst case {report.signed(comparison.worst_case_delta)}/month")
+            print(
+                f"\ncompared with {args.compare}: {report.signed(comparison.delta)}/month "
+                f"({len(comparison.changes)} changed line(s)); worst case "
+                f"{report.signed(comparison.worst_case_delta)}/month"
+            )
             for change in comparison.changes:
-                print(f"  {change.status:8} {change.resource}: {change.item}  {report.money(change.before)} -> {report.money(change.after)}")
+                print(
+                    f"  {change.status:8} {change.resource}: {change.item}  {report.money(change.before)} -> "
+                    f"{report.money(change.after)}"
+                )
 
     return _budget_gate(args, head_estimate, comparison, budget)
 
@@ -157,17 +174,28 @@ def _budget_gate(args: argparse.Namespace, head, comparison, budget: float | Non
         if budget is None:
             raise CliError(f"no budget known for stack {head.stack}: pass --budget USD or add its stack file")
         if head.baseline_monthly > budget:
-            print(f"error: stack {head.stack} is estimated at {report.money(head.baseline_monthly)}/month, over its budget of "
-                  f"{report.money(budget)} by {report.money(head.baseline_monthly - budget)}", file=sys.stderr)
+            print(
+                f"error: stack {head.stack} is estimated at {report.money(head.baseline_monthly)}/month, over its "
+                "budget of "
+                f"{report.money(budget)} by {report.money(head.baseline_monthly - budget)}",
+                file=sys.stderr,
+            )
             failed = True
         else:
-            print(f"budget: {report.money(head.baseline_monthly)} of {report.money(budget)}/month for stack {head.stack}", file=sys.stderr)
+            print(
+                f"budget: {report.money(head.baseline_monthly)} of {report.money(budget)}/month for stack {head.stack}",
+                file=sys.stderr,
+            )
     if args.max_increase is not None:
         if comparison is None:
             raise CliError("--max-increase needs --compare BASE")
         if comparison.delta > args.max_increase:
-            print(f"error: this change adds {report.money(comparison.delta)}/month to stack {head.stack}, more than the allowed "
-                  f"{report.money(args.max_increase)}", file=sys.stderr)
+            print(
+                f"error: this change adds {report.money(comparison.delta)}/month to stack {head.stack}, more than "
+                "the allowed "
+                f"{report.money(args.max_increase)}",
+                file=sys.stderr,
+            )
             failed = True
     return EXIT_FINDINGS if failed else EXIT_OK
 
@@ -218,12 +246,18 @@ def _refresh_prices(args: argparse.Namespace) -> int:
     print(f"refreshing {len(regions)} region(s) from the AWS Price List API...")
     try:
         document, unchanged = refresh(client, table=table, regions=regions)
-    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.ClientError, botocore.exceptions.EndpointConnectionError) as exc:
+    except (
+        botocore.exceptions.NoCredentialsError,
+        botocore.exceptions.ClientError,
+        botocore.exceptions.EndpointConnectionError,
+    ) as exc:
         raise CliError(f"cannot reach the AWS Price List API ({exc}); the price table was left unchanged") from None
     output = Path(args.output) if args.output else PRICES_PATH
     output.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {output} ({document['date']}); kept {len(unchanged)} entr{'y' if len(unchanged) == 1 else 'ies'} unchanged"
-          + (": " + ", ".join(unchanged[:10]) + (" ..." if len(unchanged) > 10 else "") if unchanged else ""))
+    print(
+        f"wrote {output} ({document['date']}); kept {len(unchanged)} entr{'y' if len(unchanged) == 1 else 'ies'} "
+        "unchanged" + (": " + ", ".join(unchanged[:10]) + (" ..." if len(unchanged) > 10 else "") if unchanged else "")
+    )
     return EXIT_OK
 
 
@@ -253,15 +287,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         waivers = [Waiver(w.rule, w.resource, w.reason) for w in settings.waivers]
     report = run_checks(inventory, waivers, stack_file=config)
     if args.format == "json":
-        print(json.dumps({
-            "stack": report.stack,
-            "findings": [vars(f) for f in report.findings],
-            "waived": [{**vars(f), "reason": reason} for f, reason in report.waived],
-            "unusedWaivers": [vars(w) for w in report.unused_waivers],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "stack": report.stack,
+                    "findings": [vars(f) for f in report.findings],
+                    "waived": [{**vars(f), "reason": reason} for f, reason in report.waived],
+                    "unusedWaivers": [vars(w) for w in report.unused_waivers],
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"stack {inventory.stack}: {len(RULES)} rules over {len(inventory.resources)} resources"
-              + ("" if config else " (no stack file: its rules did not run)"))
+        print(
+            f"stack {inventory.stack}: {len(RULES)} rules over {len(inventory.resources)} resources"
+            + ("" if config else " (no stack file: its rules did not run)")
+        )
         for f in report.findings:
             print(f"  FAIL {f.rule} [{f.severity}] {f.resource}: {f.message}\n       fix: {f.fix}")
         for f, reason in report.waived:
@@ -297,7 +338,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         if out:
             filename = f"{manifest['kind'].lower()}-{namespace + '-' if namespace else ''}{name}.yaml"
             (out / filename).write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
-    print(f"{len(objects)} Kubernetes object(s) validated against Kubernetes {version}" + (f", written to {out}" if out else "") + f": {problems} problem(s)")
+    print(
+        f"{len(objects)} Kubernetes object(s) validated against Kubernetes {version}"
+        + (f", written to {out}" if out else "")
+        + f": {problems} problem(s)"
+    )
     print("Helm releases are listed by `preview`; their charts are rendered by Helm at deploy time, not here.")
     return EXIT_FINDINGS if problems else EXIT_OK
 
@@ -326,7 +371,9 @@ def _positive_seconds(text: str) -> float:
 def cmd_local(args: argparse.Namespace) -> int:
     from infra.local import LocalTimings, run
 
-    timings = LocalTimings(scrape_interval=args.scrape_interval, drift_interval_seconds=args.drift_interval, drift_for=args.drift_for)
+    timings = LocalTimings(
+        scrape_interval=args.scrape_interval, drift_interval_seconds=args.drift_interval, drift_for=args.drift_for
+    )
     try:
         run(Path(args.workdir), once=args.once, timings=timings, retrain_demo=args.retrain_demo)
     except RuntimeError as exc:
@@ -358,7 +405,9 @@ def _add_preview_command(commands: Subcommands) -> None:
         ),
     )
     _add_source_arguments(preview)
-    preview.add_argument("--json", metavar="FILE", help="write the inventory (every resource with type, name, parent, inputs) to FILE")
+    preview.add_argument(
+        "--json", metavar="FILE", help="write the inventory (every resource with type, name, parent, inputs) to FILE"
+    )
     preview.add_argument("--counts-only", action="store_true", help="print only the counts by type")
     preview.set_defaults(handler=cmd_preview)
 
@@ -370,22 +419,40 @@ def _add_cost_command(commands: Subcommands) -> None:
         help="estimate a stack's monthly cost, compare two inventories, gate on the budget",
         description=(
             "Price a stack's inventory with the shipped price table (infra/cost/prices.json) and the usage file "
-            "stacks/usage/<stack>.yaml. Prints each resource's monthly cost, hourly rate, quantity and assumption, the idle "
-            "baseline, and each Karpenter pool's worst case at its ceiling. `cost refresh-prices` rebuilds the price table "
+            "stacks/usage/<stack>.yaml. Prints each resource's monthly cost, hourly rate, quantity and assumption, "
+            "the idle "
+            "baseline, and each Karpenter pool's worst case at its ceiling. `cost refresh-prices` rebuilds the "
+            "price table "
             "from the AWS Price List API (needs AWS credentials)."
         ),
     )
     cost.add_argument("action", nargs="?", choices=["estimate", "refresh-prices"], default="estimate")
     _add_source_arguments(cost)
-    cost.add_argument("--compare", metavar="BASE", help="inventory (or `pulumi preview --json`) of the base to diff against")
-    cost.add_argument("--format", choices=["table", "markdown", "json"], default="table", help="markdown is the pull-request comment")
-    cost.add_argument("--usage", metavar="FILE", help="usage assumptions (default: stacks/usage/<stack>.yaml, then built-in defaults)")
+    cost.add_argument(
+        "--compare", metavar="BASE", help="inventory (or `pulumi preview --json`) of the base to diff against"
+    )
+    cost.add_argument(
+        "--format", choices=["table", "markdown", "json"], default="table", help="markdown is the pull-request comment"
+    )
+    cost.add_argument(
+        "--usage", metavar="FILE", help="usage assumptions (default: stacks/usage/<stack>.yaml, then built-in defaults)"
+    )
     cost.add_argument("--region", help="price in this region (default: the stack's aws:region)")
-    cost.add_argument("--budget", type=float, metavar="USD", help="monthly budget (default: the stack's budget.monthlyUsd)")
-    cost.add_argument("--fail-over-budget", action="store_true", help="exit 1 when the idle baseline exceeds the budget")
-    cost.add_argument("--max-increase", type=float, metavar="USD", help="with --compare: exit 1 when the monthly increase exceeds USD")
-    cost.add_argument("--refresh-region", action="append", metavar="REGION", help="refresh-prices: only this region (repeatable)")
-    cost.add_argument("--output", metavar="FILE", help="refresh-prices: write the table here instead of infra/cost/prices.json")
+    cost.add_argument(
+        "--budget", type=float, metavar="USD", help="monthly budget (default: the stack's budget.monthlyUsd)"
+    )
+    cost.add_argument(
+        "--fail-over-budget", action="store_true", help="exit 1 when the idle baseline exceeds the budget"
+    )
+    cost.add_argument(
+        "--max-increase", type=float, metavar="USD", help="with --compare: exit 1 when the monthly increase exceeds USD"
+    )
+    cost.add_argument(
+        "--refresh-region", action="append", metavar="REGION", help="refresh-prices: only this region (repeatable)"
+    )
+    cost.add_argument(
+        "--output", metavar="FILE", help="refresh-prices: write the table here instead of infra/cost/prices.json"
+    )
     cost.set_defaults(handler=cmd_cost)
 
 
@@ -394,7 +461,8 @@ def _add_cost_comment_command(commands: Subcommands) -> None:
     comment = commands.add_parser(
         "cost-comment",
         help="the pull-request cost comment for every stack inventory in HEAD_DIR, diffed against BASE_DIR",
-        description="Reads <stack>.json inventories (or `pulumi preview --json` files) from both directories and prints "
+        description="Reads <stack>.json inventories (or `pulumi preview --json` files) from both directories and "
+        "prints "
         "the markdown comment: the total monthly change first, then one collapsible table per stack.",
     )
     comment.add_argument("base_dir")
@@ -408,7 +476,8 @@ def _add_check_command(commands: Subcommands) -> None:
     check = commands.add_parser(
         "check",
         help="run the security and reliability rules over a stack; exit 1 on any unwaived finding",
-        description="Every rule has a stable ID, a severity and a fix; a stack waives a rule for one named resource with a "
+        description="Every rule has a stable ID, a severity and a fix; a stack waives a rule for one named "
+        "resource with a "
         "reason under `mlops-platform:waivers`. The same rules run in `pulumi preview --policy-pack policy`.",
     )
     _add_source_arguments(check)
@@ -421,11 +490,14 @@ def _add_render_command(commands: Subcommands) -> None:
     """`mlops render`: every Kubernetes object as validated YAML."""
     render = commands.add_parser(
         "render",
-        help="write every Kubernetes object the stack declares as YAML, validated against the cluster version's schemas",
+        help="write every Kubernetes object the stack declares as YAML, "
+        "validated against the cluster version's schemas",
     )
     _add_source_arguments(render)
     render.add_argument("--out", metavar="DIR", help="write one YAML file per object here")
-    render.add_argument("--kubernetes-version", help="validate against this version (default: the stack's cluster.kubernetesVersion)")
+    render.add_argument(
+        "--kubernetes-version", help="validate against this version (default: the stack's cluster.kubernetesVersion)"
+    )
     render.set_defaults(handler=cmd_render)
 
 
@@ -433,8 +505,10 @@ def _add_plan_command(commands: Subcommands) -> None:
     """`mlops plan`: the create (or destroy) order in waves."""
     plan = commands.add_parser(
         "plan",
-        help="the order `pulumi up` creates a stack's resources in (or `pulumi destroy` deletes them in, with --destroy)",
-        description="Waves of the inventory's dependency graph (dependencies, parents, providers), as the engine orders "
+        help="the order `pulumi up` creates a stack's resources in (or `pulumi destroy` deletes them in, with "
+        "--destroy)",
+        description="Waves of the inventory's dependency graph (dependencies, parents, providers), as the engine "
+        "orders "
         "them: each wave needs only earlier ones. Works on a real `pulumi preview --json` too.",
     )
     _add_source_arguments(plan)
@@ -451,16 +525,39 @@ def _add_local_command(commands: Subcommands) -> None:
         "127.0.0.1 ports, trains the example model, registers it and points `champion` at it, prints the URLs, and "
         "keeps running until Ctrl-C (or stops at once with --once).",
     )
-    local.add_argument("--workdir", default="build/local", help="databases, logs and the admin password (default: build/local)")
-    local.add_argument("--once", action="store_true", help="stop everything after the demo instead of waiting for Ctrl-C")
-    local.add_argument("--retrain-demo", action="store_true",
-                       help="then run the retraining loop: newer data, shifted traffic, drift alert, retrain, gate, model swap (README: Training)")
-    local.add_argument("--scrape-interval", type=_duration, default="5s", metavar="DURATION",
-                       help="Prometheus scrape and rule evaluation interval (default: 5s)")
-    local.add_argument("--drift-interval", type=_positive_seconds, default=15.0, metavar="SECONDS",
-                       help="how often the model server scores drift (default: 15)")
-    local.add_argument("--drift-for", type=_duration, default="30m", metavar="DURATION",
-                       help="how long PSI stays above the threshold before DataDriftHigh fires (default: 30m, the platform's)")
+    local.add_argument(
+        "--workdir", default="build/local", help="databases, logs and the admin password (default: build/local)"
+    )
+    local.add_argument(
+        "--once", action="store_true", help="stop everything after the demo instead of waiting for Ctrl-C"
+    )
+    local.add_argument(
+        "--retrain-demo",
+        action="store_true",
+        help="then run the retraining loop: newer data, shifted traffic, drift alert, retrain, gate, model swap "
+        "(README: Training)",
+    )
+    local.add_argument(
+        "--scrape-interval",
+        type=_duration,
+        default="5s",
+        metavar="DURATION",
+        help="Prometheus scrape and rule evaluation interval (default: 5s)",
+    )
+    local.add_argument(
+        "--drift-interval",
+        type=_positive_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="how often the model server scores drift (default: 15)",
+    )
+    local.add_argument(
+        "--drift-for",
+        type=_duration,
+        default="30m",
+        metavar="DURATION",
+        help="how long PSI stays above the threshold before DataDriftHigh fires (default: 30m, the platform's)",
+    )
     local.set_defaults(handler=cmd_local)
 
 

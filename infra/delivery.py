@@ -34,7 +34,14 @@ from typing import Any, Callable
 import yaml
 
 from infra.profiles import profile_defaults
-from infra.settings import _IMAGE_TAG, CONFIG_NAMESPACE, EndpointSettings, PlatformSettings, SettingsError, load_settings
+from infra.settings import (
+    _IMAGE_TAG,
+    CONFIG_NAMESPACE,
+    EndpointSettings,
+    PlatformSettings,
+    SettingsError,
+    load_settings,
+)
 from infra.stackfile import REPO_ROOT, StackFileError, load_stack_config, load_stack_file, stack_names
 
 SERVICE_VERSIONS: dict[str, tuple[str, Callable[[], str]]] = {
@@ -55,7 +62,9 @@ class DeliveryError(RuntimeError):
 
 def dockerfile_version(root: Path, service: str) -> str | None:
     """The version in the Dockerfile's documented build line (`docker build ... -t <service>:<version> .`)."""
-    match = re.search(rf"\s-t {re.escape(service)}:({_IMAGE_TAG[1:-1]})\s", (root / "services" / service / "Dockerfile").read_text())
+    match = re.search(
+        rf"\s-t {re.escape(service)}:({_IMAGE_TAG[1:-1]})\s", (root / "services" / service / "Dockerfile").read_text()
+    )
     return match[1] if match else None
 
 
@@ -73,8 +82,10 @@ def images(root: Path = REPO_ROOT) -> list[dict[str, str]]:
         elif (version := dockerfile_version(root, service)) is not None:
             found.append({"service": service, "version": version, "setting": f"services/{service}/Dockerfile"})
         else:
-            raise DeliveryError(f"services/{service}/Dockerfile has no version: name it in its build line "
-                                f"(`-t {service}:<version>`), or add {service!r} to infra.delivery.SERVICE_VERSIONS")
+            raise DeliveryError(
+                f"services/{service}/Dockerfile has no version: name it in its build line "
+                f"(`-t {service}:<version>`), or add {service!r} to infra.delivery.SERVICE_VERSIONS"
+            )
     return found
 
 
@@ -102,9 +113,13 @@ def stacks_to_deploy(root: Path, before: str | None, after: str) -> list[str]:
     for path in changed:
         if not (path.startswith("stacks/Pulumi.") and path.endswith(".yaml")):
             continue
-        stack = path[len("stacks/Pulumi."):-len(".yaml")]
-        old = subprocess.run(["git", "show", f"{before}:{path}"], cwd=root, capture_output=True, text=True).stdout or None
-        new = subprocess.run(["git", "show", f"{after}:{path}"], cwd=root, capture_output=True, text=True).stdout or None
+        stack = path[len("stacks/Pulumi.") : -len(".yaml")]
+        old = (
+            subprocess.run(["git", "show", f"{before}:{path}"], cwd=root, capture_output=True, text=True).stdout or None
+        )
+        new = (
+            subprocess.run(["git", "show", f"{after}:{path}"], cwd=root, capture_output=True, text=True).stdout or None
+        )
         if new is not None and _without_digests(old) != _without_digests(new):
             stacks.append(stack)
     return [s for s in every if s in stacks]
@@ -174,16 +189,29 @@ class Skopeo:
 
     def digest(self, reference: str) -> str | None:
         """The digest the registry holds for `host/repository:tag`, or None when it has no such tag."""
-        result = subprocess.run(["skopeo", "inspect", "--raw", *self._tls("--tls-verify"), f"docker://{reference}"], capture_output=True)
+        result = subprocess.run(
+            ["skopeo", "inspect", "--raw", *self._tls("--tls-verify"), f"docker://{reference}"], capture_output=True
+        )
         if result.returncode != 0:
             message = result.stderr.decode(errors="replace").strip()
             if "manifest unknown" in message.lower() or "not found" in message.lower():
                 return None
-            raise DeliveryError(f"cannot read {reference} from the registry: {message.splitlines()[-1] if message else result.returncode}")
+            raise DeliveryError(
+                f"cannot read {reference} from the registry: "
+                f"{message.splitlines()[-1] if message else result.returncode}"
+            )
         return "sha256:" + hashlib.sha256(result.stdout).hexdigest()
 
     def copy(self, layout: Path, reference: str) -> None:
-        command = ["skopeo", "copy", "--all", "--preserve-digests", *self._tls("--dest-tls-verify"), f"oci:{layout}", f"docker://{reference}"]
+        command = [
+            "skopeo",
+            "copy",
+            "--all",
+            "--preserve-digests",
+            *self._tls("--dest-tls-verify"),
+            f"oci:{layout}",
+            f"docker://{reference}",
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise DeliveryError(f"pushing {reference} failed: {result.stderr.strip()}")
@@ -196,8 +224,14 @@ def push_image(skopeo: Skopeo, layout: Path, reference: str) -> tuple[str, bool,
     if existing is not None:
         if existing == built:
             return existing, False, "already in the registry"
-        return existing, False, (f"the registry already holds another image under this tag ({existing}); tags are immutable there, "
-                                 f"so this build ({built}) was not pushed: bump the version to deliver it")
+        return (
+            existing,
+            False,
+            (
+                f"the registry already holds another image under this tag ({existing}); tags are immutable there, "
+                f"so this build ({built}) was not pushed: bump the version to deliver it"
+            ),
+        )
     skopeo.copy(layout, reference)
     pushed = skopeo.digest(reference)
     if pushed != built:
@@ -214,18 +248,32 @@ def push(stack: str, images_dir: Path, registry: str, skopeo: Skopeo, root: Path
         image = json.loads(manifest.read_text())
         service, tag = image["service"], image["version"]
         if service not in settings.registry.repositories:
-            results.append({"service": service, "tag": tag, "pushed": False, "note": f"stack {stack} has no {service} repository"})
+            results.append(
+                {"service": service, "tag": tag, "pushed": False, "note": f"stack {stack} has no {service} repository"}
+            )
             continue
         reference = f"{registry}/{settings.name_prefix}/{service}:{tag}"
         digest, pushed, note = push_image(skopeo, manifest.parent / "oci", reference)
         recorded = record_digest(stack_file, service, tag, digest, root)
-        results.append({"service": service, "tag": tag, "reference": f"{reference}@{digest}", "pushed": pushed, "recorded": recorded, "note": note})
+        results.append(
+            {
+                "service": service,
+                "tag": tag,
+                "reference": f"{reference}@{digest}",
+                "pushed": pushed,
+                "recorded": recorded,
+                "note": note,
+            }
+        )
     return results
 
 
 def _summary(stack: str, results: list[dict[str, Any]]) -> str:
     lines = [f"### Images for stack `{stack}`", "", "| image | pushed | note |", "| --- | --- | --- |"]
-    lines += [f"| `{r.get('reference', r['service'] + ':' + r['tag'])}` | {'yes' if r['pushed'] else 'no'} | {r['note']} |" for r in results]
+    lines += [
+        f"| `{r.get('reference', r['service'] + ':' + r['tag'])}` | {'yes' if r['pushed'] else 'no'} | {r['note']} |"
+        for r in results
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -241,8 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     stacks.add_argument("after", nargs="?", default="HEAD")
     pusher = commands.add_parser("push", help="push built images to a stack's registry and record their digests")
     pusher.add_argument("--stack", required=True)
-    pusher.add_argument("--images", required=True, type=Path, help="directory of <service>/image.json and <service>/oci")
-    pusher.add_argument("--registry", required=True, help="registry host, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com")
+    pusher.add_argument(
+        "--images", required=True, type=Path, help="directory of <service>/image.json and <service>/oci"
+    )
+    pusher.add_argument(
+        "--registry", required=True, help="registry host, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    )
     pusher.add_argument("--no-tls-verify", action="store_true", help="a plain-HTTP registry on loopback (tests)")
     args = parser.parse_args(argv)
     try:
@@ -257,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(stacks_to_deploy(REPO_ROOT, args.before, args.after)))
         else:
             load_stack_config(args.stack, REPO_ROOT)  # a clear error for a stack without a file
-            results = push(args.stack, args.images, args.registry, Skopeo(tls_verify=not args.no_tls_verify), root=REPO_ROOT)
+            results = push(
+                args.stack, args.images, args.registry, Skopeo(tls_verify=not args.no_tls_verify), root=REPO_ROOT
+            )
             print(json.dumps(results, indent=1))
             if os.environ.get("GITHUB_STEP_SUMMARY"):
                 with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as fh:

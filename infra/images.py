@@ -30,7 +30,9 @@ import pulumi_aws as aws
 
 from infra.settings import CONFIG_NAMESPACE, PlatformSettings, SettingsError
 
-FIRST_DEPLOY_HINT = f"push it first, or set {CONFIG_NAMESPACE}:deployWorkloads false (README: First deploy and teardown)"
+FIRST_DEPLOY_HINT = (
+    f"push it first, or set {CONFIG_NAMESPACE}:deployWorkloads false (README: First deploy and teardown)"
+)
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,17 @@ def image_uses(settings: PlatformSettings) -> list[ImageUse]:
     return [ImageUse(repository, tag, tuple(keys)) for (repository, tag), keys in wanted.items()]
 
 
-def image_reference(registry_host: str, settings: PlatformSettings, repository: str, tag: str, digest: str | None) -> str:
+def image_reference(
+    registry_host: str, settings: PlatformSettings, repository: str, tag: str, digest: str | None
+) -> str:
     """`<registry>/<prefix>/<repository>:<tag>[@<digest>]`."""
     reference = f"{registry_host}/{settings.name_prefix}/{repository}:{tag}"
     return f"{reference}@{digest}" if digest else reference
 
 
-def resolve_digests(settings: PlatformSettings, lookup: Lookup, *, dry_run: bool, warn: Callable[[str], None]) -> dict[tuple[str, str], str | None]:
+def resolve_digests(
+    settings: PlatformSettings, lookup: Lookup, *, dry_run: bool, warn: Callable[[str], None]
+) -> dict[tuple[str, str], str | None]:
     """The digest each workload image will run, keyed by `(repository, tag)`.
 
     Raises `SettingsError` (one line per image) when an image is missing from the registry or a
@@ -81,7 +87,10 @@ def resolve_digests(settings: PlatformSettings, lookup: Lookup, *, dry_run: bool
         try:
             found = lookup(f"{settings.name_prefix}/{use.repository}", use.tag)
         except LookupError as exc:
-            message = f"{CONFIG_NAMESPACE}:{use.keys[0]}: image {name} is not in the stack's registry ({exc}); {FIRST_DEPLOY_HINT}"
+            message = (
+                f"{CONFIG_NAMESPACE}:{use.keys[0]}: image {name} is not in the stack's registry ({exc}); "
+                f"{FIRST_DEPLOY_HINT}"
+            )
             if not dry_run:
                 problems.append(message)
             else:
@@ -91,7 +100,8 @@ def resolve_digests(settings: PlatformSettings, lookup: Lookup, *, dry_run: bool
         if recorded is not None and recorded != found:
             problems.append(
                 f"{CONFIG_NAMESPACE}:imageDigests.{use.repository}.{use.tag}: got {json.dumps(recorded)}; "
-                f"the registry holds {json.dumps(found)} for {name} (tags there are immutable: record the digest the push printed)"
+                f"the registry holds {json.dumps(found)} for {name} (tags there are immutable: record the digest "
+                "the push printed)"
             )
         digests[(use.repository, use.tag)] = found
     if problems:

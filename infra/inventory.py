@@ -181,7 +181,6 @@ class Inventory:
             f"{path}: neither an inventory (schema {SCHEMA}) nor the output of `pulumi preview --json` (no `steps`)"
         )
 
-
     @classmethod
     def _from_document(cls, path: Path, document: dict[str, Any]) -> "Inventory":
         """An inventory document, each problem named with its place (`resources[3]: no `type``)."""
@@ -196,8 +195,14 @@ class Inventory:
                 resources.append(Resource.from_json(data))
             except InventoryError as exc:
                 raise InventoryError(f"{path}: resources[{index}]: {exc}") from None
-        return cls(project=document["project"], stack=document["stack"], source=document.get("source", "offline"),
-                   resources=resources, outputs=document.get("outputs") or {}, region=document.get("region"))
+        return cls(
+            project=document["project"],
+            stack=document["stack"],
+            source=document.get("source", "offline"),
+            resources=resources,
+            outputs=document.get("outputs") or {},
+            region=document.get("region"),
+        )
 
 
 def from_pulumi_preview(document: dict[str, Any]) -> Inventory:
@@ -232,7 +237,9 @@ def from_pulumi_preview(document: dict[str, Any]) -> Inventory:
     first = next(iter(resources), "urn:pulumi:unknown::unknown::x::y")
     stack, project = first.split("::")[0].removeprefix("urn:pulumi:"), first.split("::")[1]
     region = (document.get("config") or {}).get("aws:region")
-    return Inventory(project=project, stack=stack, source="pulumi-preview", resources=list(resources.values()), region=region)
+    return Inventory(
+        project=project, stack=stack, source="pulumi-preview", resources=list(resources.values()), region=region
+    )
 
 
 def mask_secrets(value: Any) -> Any:

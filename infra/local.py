@@ -122,8 +122,12 @@ def start_tracking(plane: LocalPlane, moto: Server) -> Server:
         password_file.chmod(0o600)
     env = tracking_env(plane.workdir, port, moto.url, plane.admin_password)
     server = start(
-        "tracking", [sys.executable, "-m", "services.tracking.entrypoint", "serve"],
-        url=f"http://{LOOPBACK}:{port}", log_dir=plane.workdir, env=env, cwd=REPO_ROOT,
+        "tracking",
+        [sys.executable, "-m", "services.tracking.entrypoint", "serve"],
+        url=f"http://{LOOPBACK}:{port}",
+        log_dir=plane.workdir,
+        env=env,
+        cwd=REPO_ROOT,
     )
     wait_http(server, "/health", timeout=120)
     return server
@@ -158,7 +162,14 @@ def start_serving(plane: LocalPlane, moto: Server) -> Server:
         "SERVING_S3_ENDPOINT_URL": moto.url,
         "SERVING_DRIFT_INTERVAL_SECONDS": str(plane.timings.drift_interval_seconds),
     }
-    server = start("serving", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{port}", log_dir=plane.workdir, env=env, cwd=REPO_ROOT)
+    server = start(
+        "serving",
+        [sys.executable, "-m", "services.serving"],
+        url=f"http://{LOOPBACK}:{port}",
+        log_dir=plane.workdir,
+        env=env,
+        cwd=REPO_ROOT,
+    )
     wait_http(server, "/readyz", timeout=120)
     return server
 
@@ -173,7 +184,9 @@ def sample_request(plane: LocalPlane) -> str:
     _, x_test, _, _ = training_data()
     rows = x_test.head(2)
     body = json.dumps({"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}).encode()
-    request = urllib.request.Request(plane.servers["serving"].url + "/invocations", data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        plane.servers["serving"].url + "/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
         version = response.headers["x-model-version"]
@@ -187,7 +200,9 @@ def start_tracking_plane(plane: LocalPlane, stack: ExitStack) -> Server:
     moto = start_moto(plane.workdir)
     stack.callback(moto.stop)
     plane.servers["s3"] = moto
-    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local")
+    s3 = boto3.client(
+        "s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local"
+    )
     for bucket in (BUCKET, DATASETS_BUCKET):
         s3.create_bucket(Bucket=bucket)
 
@@ -209,9 +224,16 @@ def start_local_prometheus(plane: LocalPlane) -> Server:
     rules = plane.workdir / "rules.yaml"
     rules.write_text(rules_file(with_drift_for(groups, plane.timings.drift_for)))
     target = plane.servers["serving"].url.removeprefix("http://")
-    alertmanagers = [plane.servers["alertmanager"].url.removeprefix("http://")] if "alertmanager" in plane.servers else []
-    return start_prometheus(plane.workdir / "prometheus", {"serving": target}, rules_file=rules, scrape_interval=plane.timings.scrape_interval,
-                            alertmanagers=alertmanagers)
+    alertmanagers = (
+        [plane.servers["alertmanager"].url.removeprefix("http://")] if "alertmanager" in plane.servers else []
+    )
+    return start_prometheus(
+        plane.workdir / "prometheus",
+        {"serving": target},
+        rules_file=rules,
+        scrape_interval=plane.timings.scrape_interval,
+        alertmanagers=alertmanagers,
+    )
 
 
 def with_drift_for(groups: list[dict], duration: str) -> list[dict]:
@@ -314,7 +336,13 @@ def _seconds(duration: str) -> float:
 
 def print_summary(plane: LocalPlane) -> None:
     print()
-    print("  tracking server   " + plane.tracking_url + "   (user admin, password in " + str(plane.workdir / "admin-password") + ")")
+    print(
+        "  tracking server   "
+        + plane.tracking_url
+        + "   (user admin, password in "
+        + str(plane.workdir / "admin-password")
+        + ")"
+    )
     print("  S3 (moto)         " + plane.servers["s3"].url + f"   bucket {BUCKET}")
     print(f"  model             models:/{plane.model_name}@champion -> version {plane.model_version}")
     if "serving" in plane.servers:
@@ -324,13 +352,24 @@ def print_summary(plane: LocalPlane) -> None:
         url = plane.servers["prometheus"].url
         print(f"  prometheus        {url}/graph   (alerts: {url}/alerts; try serving_feature_drift_psi)")
         t = plane.timings
-        print(f"  drift alert       {DRIFT_ALERT} after {t.drift_for} above the threshold "
-              f"(drift scored every {t.drift_interval_seconds:g} s, scraped every {t.scrape_interval})")
+        print(
+            f"  drift alert       {DRIFT_ALERT} after {t.drift_for} above the threshold "
+            f"(drift scored every {t.drift_interval_seconds:g} s, scraped every {t.scrape_interval})"
+        )
     if "receiver" in plane.servers:
-        print(f"  alertmanager      {plane.servers['alertmanager'].url}   (DataDriftHigh -> receiver {plane.servers['receiver'].url}/alerts)")
+        print(
+            f"  alertmanager      {plane.servers['alertmanager'].url}   (DataDriftHigh -> receiver "
+            f"{plane.servers['receiver'].url}/alerts)"
+        )
     if plane.pipeline is not None:
-        print(f"  DVC remote        {plane.pipeline.remote}   (endpoint {plane.pipeline.s3_url}; data {plane.pipeline.data}.dvc)")
-        print(f"  pipeline user     training-diabetes   (password in {plane.workdir / 'pipeline-password'}; runs in experiment pipelines/diabetes)")
+        print(
+            f"  DVC remote        {plane.pipeline.remote}   (endpoint {plane.pipeline.s3_url}; data "
+            f"{plane.pipeline.data}.dvc)"
+        )
+        print(
+            f"  pipeline user     training-diabetes   (password in {plane.workdir / 'pipeline-password'}; runs in "
+            "experiment pipelines/diabetes)"
+        )
     for note in plane.notes:
         print("  " + note)
     print(f"  logs              {plane.workdir}/*.log")

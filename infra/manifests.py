@@ -18,7 +18,11 @@ from infra.inventory import SECRET, Inventory, Resource
 
 def is_manifest(resource: Resource) -> bool:
     """A Kubernetes object (not a Helm release, a provider or a component)."""
-    return resource.type.startswith("kubernetes:") and not resource.type.startswith("kubernetes:helm.sh/") and resource.custom
+    return (
+        resource.type.startswith("kubernetes:")
+        and not resource.type.startswith("kubernetes:helm.sh/")
+        and resource.custom
+    )
 
 
 def manifests(inventory: Inventory) -> list[dict[str, Any]]:
@@ -57,7 +61,9 @@ def validate(manifest: dict[str, Any], kubernetes_version: str) -> list[str]:
         validator = jsonschema.Draft4Validator(schema)  # OpenAPI 3.0 schemas are draft-4 style
         errors = sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
         found = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
-        return found or cel_rules.problems(manifest, upstream.crd_openapi_schema(manifest["apiVersion"], manifest["kind"]))
+        return found or cel_rules.problems(
+            manifest, upstream.crd_openapi_schema(manifest["apiVersion"], manifest["kind"])
+        )
     try:
         kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
     except kubernetes_validate.ValidationError as exc:

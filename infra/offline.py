@@ -84,7 +84,9 @@ class OfflineMocks(pulumi.runtime.Mocks):
             return {
                 "address": f"{physical}.abc123.{region}.rds.amazonaws.com",
                 "endpoint": f"{physical}.abc123.{region}.rds.amazonaws.com:5432",
-                "masterUserSecrets": [{"secretArn": f"arn:aws:secretsmanager:{region}:{ACCOUNT_ID}:secret:rds!{physical}"}],
+                "masterUserSecrets": [
+                    {"secretArn": f"arn:aws:secretsmanager:{region}:{ACCOUNT_ID}:secret:rds!{physical}"}
+                ],
             }
         if typ == "aws:ec2/launchTemplate:LaunchTemplate":
             return {"latestVersion": 1}
@@ -115,14 +117,23 @@ class OfflineMocks(pulumi.runtime.Mocks):
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
         if token == "aws:ecr/getImage:getImage":
             return self._image(args.args["repositoryName"], args.args["imageTag"]), []
-        raise NotImplementedError(f"offline preview has no answer for the data source {token}; add one in infra/offline.py")
+        raise NotImplementedError(
+            f"offline preview has no answer for the data source {token}; add one in infra/offline.py"
+        )
 
     def _image(self, repository_name: str, tag: str) -> dict[str, Any]:
         repository = repository_name.split("/", 1)[-1]  # without the stack's namespace
         digest = self.image_digests.get((repository, tag)) or offline_image_digest(repository_name, tag)
         host = f"{ACCOUNT_ID}.dkr.ecr.{self.region}.amazonaws.com"
-        return {"imageDigest": digest, "imageTag": tag, "imageTags": [tag], "repositoryName": repository_name,
-                "registryId": ACCOUNT_ID, "imageUri": f"{host}/{repository_name}@{digest}", "id": digest}
+        return {
+            "imageDigest": digest,
+            "imageTag": tag,
+            "imageTags": [tag],
+            "repositoryName": repository_name,
+            "registryId": ACCOUNT_ID,
+            "imageUri": f"{host}/{repository_name}@{digest}",
+            "id": digest,
+        }
 
 
 def offline_image_digest(repository_name: str, tag: str) -> str:
@@ -139,7 +150,9 @@ def recorded_image_digests(config: dict[str, str]) -> dict[tuple[str, str], str]
         return {}  # the settings model reports it
     if not isinstance(recorded, dict):
         return {}
-    return {(repo, tag): digest for repo, tags in recorded.items() if isinstance(tags, dict) for tag, digest in tags.items()}
+    return {
+        (repo, tag): digest for repo, tags in recorded.items() if isinstance(tags, dict) for tag, digest in tags.items()
+    }
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -171,7 +184,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     protect=bool(request.protect),
                     retain_on_delete=bool(request.retainOnDelete),
                     depends_on=[self.engine_urns.get(u, u) for u in request.dependencies],
-                    provider=f"{self.engine_urns.get(provider_urn, provider_urn)}::{provider_id}" if request.provider else "",
+                    provider=f"{self.engine_urns.get(provider_urn, provider_urn)}::{provider_id}"
+                    if request.provider
+                    else "",
                 )
             )
         return response
@@ -217,7 +232,9 @@ def run_offline(
     return contextvars.copy_context().run(_run, program, project, stack, config, secret_keys or [])
 
 
-def _run(program: Callable[[], None], project: str, stack: str, config: dict[str, str], secret_keys: list[str]) -> Inventory:
+def _run(
+    program: Callable[[], None], project: str, stack: str, config: dict[str, str], secret_keys: list[str]
+) -> Inventory:
     region = config.get("aws:region", "us-east-1")
     monitor = RecordingMonitor(OfflineMocks(region, recorded_image_digests(config)))
     pulumi_settings.ROOT.set(None)
@@ -227,7 +244,9 @@ def _run(program: Callable[[], None], project: str, stack: str, config: dict[str
     assert root is None or isinstance(root, Stack), "set_mocks declares a pulumi Stack as the root resource"
     _sync_await(run_pulumi_func(program))
     outputs = _resolve_exports(root.outputs if root is not None else {})
-    return Inventory(project=project, stack=stack, source="offline", resources=monitor.recorded, outputs=outputs, region=region)
+    return Inventory(
+        project=project, stack=stack, source="offline", resources=monitor.recorded, outputs=outputs, region=region
+    )
 
 
 def _resolve_exports(exports: dict[str, Any]) -> dict[str, Any]:

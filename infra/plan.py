@@ -139,7 +139,11 @@ def render_waves(plan: DeployPlan, *, destroy: bool = False) -> str:
     waves = plan.destroy_waves if destroy else plan.create_waves
     shown = [[r for r in wave if r.custom] for wave in waves]
     shown = [wave for wave in shown if wave]
-    rule = "each wave is deleted once the waves before it are gone" if destroy else "each wave waits only for the waves before it"
+    rule = (
+        "each wave is deleted once the waves before it are gone"
+        if destroy
+        else "each wave waits only for the waves before it"
+    )
     lines = [f"{sum(len(w) for w in shown)} resources in {len(shown)} waves; {rule}"]
     for number, wave in enumerate(shown, start=1):
         lines.append(f"wave {number}:")

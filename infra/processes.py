@@ -50,12 +50,25 @@ class Server:
             return ""
 
 
-def start(name: str, command: Sequence[str], *, url: str, log_dir: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Server:
+def start(
+    name: str,
+    command: Sequence[str],
+    *,
+    url: str,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Server:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     handle = open(log, "wb")
     process = subprocess.Popen(
-        list(command), stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True
+        list(command),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
     )
     handle.close()
     return Server(name=name, process=process, url=url, log=log)
@@ -88,7 +101,12 @@ def start_moto(log_dir: Path) -> Server:
     import sys
 
     port = free_port()
-    server = start("moto", [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)], url=f"http://{LOOPBACK}:{port}", log_dir=log_dir)
+    server = start(
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
+        url=f"http://{LOOPBACK}:{port}",
+        log_dir=log_dir,
+    )
     wait_http(server, "/", timeout=30)
     return server
 
@@ -100,7 +118,9 @@ def _debian_binary(package: str, *names: str, label: str | None = None) -> str:
     for name in names:
         if (binary := shutil.which(name)) is not None:
             return binary
-    raise RuntimeError(f"{label or names[0]} is not installed: `make setup` installs Debian's {package} package (as root)")
+    raise RuntimeError(
+        f"{label or names[0]} is not installed: `make setup` installs Debian's {package} package (as root)"
+    )
 
 
 def _ready_or_stopped(server: Server, check: Callable[[Server], None] | None = None) -> Server:
@@ -116,8 +136,14 @@ def _ready_or_stopped(server: Server, check: Callable[[Server], None] | None = N
     return server
 
 
-def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path | None = None, scrape_interval: str = "2s",
-                     scrape_configs: Sequence[Mapping[str, Any]] = (), alertmanagers: Sequence[str] = ()) -> Server:
+def start_prometheus(
+    log_dir: Path,
+    targets: Mapping[str, str],
+    rules_file: Path | None = None,
+    scrape_interval: str = "2s",
+    scrape_configs: Sequence[Mapping[str, Any]] = (),
+    alertmanagers: Sequence[str] = (),
+) -> Server:
     """A real Prometheus (Debian's `prometheus`) on a free loopback port, scraping `targets`
     (job name -> host:port) and evaluating `rules_file`. `scrape_configs` are added as they are
     (a test gives the ones the Prometheus Operator would generate, relabelings included).
@@ -134,7 +160,9 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
     port = free_port()
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()]
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()
+        ]
         + [dict(c) for c in scrape_configs],
     }
     if alertmanagers:
@@ -149,9 +177,15 @@ def start_prometheus(log_dir: Path, targets: Mapping[str, str], rules_file: Path
     config_path.write_text(yaml.safe_dump(config))
     server = start(
         "prometheus",
-        [binary, f"--config.file={config_path}", f"--storage.tsdb.path={log_dir / 'prometheus-data'}",
-         f"--web.listen-address={LOOPBACK}:{port}", "--storage.tsdb.retention.time=1d"],
-        url=f"http://{LOOPBACK}:{port}", log_dir=log_dir,
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={log_dir / 'prometheus-data'}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--storage.tsdb.retention.time=1d",
+        ],
+        url=f"http://{LOOPBACK}:{port}",
+        log_dir=log_dir,
     )
     return _ready_or_stopped(server, lambda ready: require_rule_groups(ready, written))
 
@@ -168,7 +202,10 @@ def require_rule_groups(server: Server, expected: int, *, timeout: float = 10) -
         if loaded >= expected:
             return
         if time.monotonic() >= deadline:
-            raise RuntimeError(f"{server.name} at {server.url} loaded {loaded} rule group(s) of the {expected} written; its log: {server.log}")
+            raise RuntimeError(
+                f"{server.name} at {server.url} loaded {loaded} rule group(s) of the {expected} written; its log: "
+                f"{server.log}"
+            )
         time.sleep(0.25)
 
 
@@ -187,8 +224,14 @@ def start_alertmanager(log_dir: Path, config: Mapping[str, Any]) -> Server:
     port = free_port()
     server = start(
         "alertmanager",
-        [binary, f"--config.file={config_path}", f"--storage.path={log_dir / 'alertmanager-data'}",
-         f"--web.listen-address={LOOPBACK}:{port}", "--cluster.listen-address="],
-        url=f"http://{LOOPBACK}:{port}", log_dir=log_dir,
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.path={log_dir / 'alertmanager-data'}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--cluster.listen-address=",
+        ],
+        url=f"http://{LOOPBACK}:{port}",
+        log_dir=log_dir,
     )
     return _ready_or_stopped(server)

@@ -50,7 +50,9 @@ def resource_changes(base: Inventory | None, head: Inventory) -> list[tuple[str,
     difference between the base's and the head's inventories, matched by logical address."""
     head_addresses = logical_addresses(head)
     if any(r.op for r in head.resources):
-        return sorted((r.op, head_addresses[r.urn], r.type) for r in head.resources if r.op and r.op not in ("same", "read"))
+        return sorted(
+            (r.op, head_addresses[r.urn], r.type) for r in head.resources if r.op and r.op not in ("same", "read")
+        )
     before = {}
     if base is not None:
         base_addresses = logical_addresses(base)
@@ -58,8 +60,13 @@ def resource_changes(base: Inventory | None, head: Inventory) -> list[tuple[str,
     after = {head_addresses[r.urn]: r for r in head.resources}
     changes = [("create", a, r.type) for a, r in after.items() if a not in before]
     changes += [("delete", a, r.type) for a, r in before.items() if a not in after]
-    changes += [("update", a, r.type) for a, r in after.items()
-                if a in before and (r.inputs, r.protect, r.retain_on_delete) != (before[a].inputs, before[a].protect, before[a].retain_on_delete)]
+    changes += [
+        ("update", a, r.type)
+        for a, r in after.items()
+        if a in before
+        and (r.inputs, r.protect, r.retain_on_delete)
+        != (before[a].inputs, before[a].protect, before[a].retain_on_delete)
+    ]
     return sorted(changes, key=lambda c: (c[1], c[0]))
 
 
@@ -73,7 +80,9 @@ def read_stack(out: Path, head_file: Path) -> StackReview:
     review.findings, review.waived = checks["findings"], len(checks["waived"])
     render = (out / "render" / f"{head_file.stem}.txt").read_text().splitlines()
     review.render_ok = (out / "render" / f"{head_file.stem}.rc").read_text().strip() == "0"
-    review.render_lines = [line.strip() for line in render if line.strip().startswith("FAIL") or "validated against" in line]
+    review.render_lines = [
+        line.strip() for line in render if line.strip().startswith("FAIL") or "validated against" in line
+    ]
     return review
 
 
@@ -101,10 +110,25 @@ def render_comment(reviews: list[StackReview], cost_markdown: str) -> str:
     """The whole comment: a summary table per stack, the details, then the cost review."""
     if not reviews:
         return f"{COMMENT_MARKER}\n{cost_markdown.replace(COST_MARKER, '').strip()}\n"
-    verdict = "❌ rule findings or invalid Kubernetes objects" if any(r.failed for r in reviews) else "✅ rules pass, Kubernetes objects valid"
-    source = "real `pulumi preview`" if any(r.source != "offline" for r in reviews) else "offline preview (the program under mocks)"
-    out = [COMMENT_MARKER, f"## Review of this change: {verdict}", "", f"What changes comes from the {source}.", "",
-           "| stack | what changes | rule findings | Kubernetes objects |", "| --- | --- | --- | --- |"]
+    verdict = (
+        "❌ rule findings or invalid Kubernetes objects"
+        if any(r.failed for r in reviews)
+        else "✅ rules pass, Kubernetes objects valid"
+    )
+    source = (
+        "real `pulumi preview`"
+        if any(r.source != "offline" for r in reviews)
+        else "offline preview (the program under mocks)"
+    )
+    out = [
+        COMMENT_MARKER,
+        f"## Review of this change: {verdict}",
+        "",
+        f"What changes comes from the {source}.",
+        "",
+        "| stack | what changes | rule findings | Kubernetes objects |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in reviews:
         findings = f"{'❌ ' if r.findings else ''}{len(r.findings)}" + (f" ({r.waived} waived)" if r.waived else "")
         out.append(f"| {r.stack} | {_counts(r.changes)} | {findings} | {'valid' if r.render_ok else '❌ invalid'} |")

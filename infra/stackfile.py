@@ -35,7 +35,7 @@ class StackConfig:
     def namespace(self, namespace: str) -> dict[str, Any]:
         """The keys of one namespace, without the ``namespace:`` prefix."""
         prefix = namespace + ":"
-        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.values.items() if k.startswith(prefix)}
 
     def runtime_config(self) -> dict[str, str]:
         """Config as the Pulumi runtime holds it: strings, structured values JSON-encoded."""
@@ -49,7 +49,7 @@ def project_name(root: Path = REPO_ROOT) -> str:
 
 def stack_names(root: Path = REPO_ROOT) -> list[str]:
     """Stacks that have a stack file, in the order dev, staging, prod, then the rest."""
-    names = [p.name[len("Pulumi."):-len(".yaml")] for p in (root / "stacks").glob("Pulumi.*.yaml")]
+    names = [p.name[len("Pulumi.") : -len(".yaml")] for p in (root / "stacks").glob("Pulumi.*.yaml")]
     order = {"dev": 0, "staging": 1, "prod": 2}
     return sorted(names, key=lambda n: (order.get(n, 3), n))
 

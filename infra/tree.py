@@ -27,30 +27,44 @@ KEY_SETTINGS: dict[str, Callable[[dict[str, Any]], str]] = {
     "aws:ec2/vpc:Vpc": lambda i: _fmt(cidr=i.get("cidrBlock")),
     "aws:ec2/subnet:Subnet": lambda i: _fmt(cidr=i.get("cidrBlock"), az=i.get("availabilityZone")),
     "aws:ec2/vpcEndpoint:VpcEndpoint": lambda i: _fmt(service=i.get("serviceName"), kind=i.get("vpcEndpointType")),
-    "aws:kms/key:Key": lambda i: _fmt(rotation=i.get("enableKeyRotation"), deletionWindowDays=i.get("deletionWindowInDays")),
+    "aws:kms/key:Key": lambda i: _fmt(
+        rotation=i.get("enableKeyRotation"), deletionWindowDays=i.get("deletionWindowInDays")
+    ),
     "aws:s3/bucket:Bucket": lambda i: _fmt(forceDestroy=i.get("forceDestroy")),
     "aws:s3/bucketVersioning:BucketVersioning": lambda i: _fmt(status=_get(i, "versioningConfiguration", "status")),
     "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": lambda i: _fmt(
         sse=_get(i, "rules", "applyServerSideEncryptionByDefault", "sseAlgorithm")
     ),
     "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": lambda i: _fmt(
-        allBlocked=all(i.get(k) for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+        allBlocked=all(
+            i.get(k) for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+        )
     ),
     "aws:ecr/repository:Repository": lambda i: _fmt(
-        name=i.get("name"), tags=i.get("imageTagMutability"), scanOnPush=_get(i, "imageScanningConfiguration", "scanOnPush")
+        name=i.get("name"),
+        tags=i.get("imageTagMutability"),
+        scanOnPush=_get(i, "imageScanningConfiguration", "scanOnPush"),
     ),
-    "aws:budgets/budget:Budget": lambda i: _fmt(limit=f"{i.get('limitAmount')} {i.get('limitUnit')}/{i.get('timeUnit')}"),
+    "aws:budgets/budget:Budget": lambda i: _fmt(
+        limit=f"{i.get('limitAmount')} {i.get('limitUnit')}/{i.get('timeUnit')}"
+    ),
     "aws:rds/instance:Instance": lambda i: _fmt(
-        cls=i.get("instanceClass"), multiAz=i.get("multiAz"), encrypted=i.get("storageEncrypted"),
+        cls=i.get("instanceClass"),
+        multiAz=i.get("multiAz"),
+        encrypted=i.get("storageEncrypted"),
         deletionProtection=i.get("deletionProtection"),
     ),
     "aws:eks/cluster:Cluster": lambda i: _fmt(
         version=i.get("version"), publicEndpoint=_get(i, "vpcConfig", "endpointPublicAccess")
     ),
     "aws:eks/nodeGroup:NodeGroup": lambda i: _fmt(
-        types=",".join(i.get("instanceTypes") or []), min=_get(i, "scalingConfig", "minSize"), max=_get(i, "scalingConfig", "maxSize")
+        types=",".join(i.get("instanceTypes") or []),
+        min=_get(i, "scalingConfig", "minSize"),
+        max=_get(i, "scalingConfig", "maxSize"),
     ),
-    "kubernetes:helm.sh/v3:Release": lambda i: _fmt(chart=i.get("chart"), version=i.get("version"), namespace=i.get("namespace")),
+    "kubernetes:helm.sh/v3:Release": lambda i: _fmt(
+        chart=i.get("chart"), version=i.get("version"), namespace=i.get("namespace")
+    ),
     "kubernetes:karpenter.sh/v1:NodePool": lambda i: _fmt(limits=_get(i, "spec", "limits")),
 }
 
@@ -86,6 +100,7 @@ def render_counts(inventory: Inventory) -> str:
     lines = [f"  {n:>{width}}  {token}" for token, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     components = sum(1 for r in inventory.resources if r.is_component)
     lines.append(
-        f"  total: {len(inventory.resources)} resources ({components} components, {len(inventory.resources) - components} cloud resources)"
+        f"  total: {len(inventory.resources)} resources ({components} components, "
+        f"{len(inventory.resources) - components} cloud resources)"
     )
     return "\n".join(lines)

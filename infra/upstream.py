@@ -34,7 +34,10 @@ _VALUES_FILES = {
 values are `<chart>-<chart version>/values.yaml`."""
 
 SUBCHARTS = {
-    ("kube-prometheus-stack", "88.2.0"): {"grafana": ("grafana", "12.10.4"), "kube-state-metrics": ("kube-state-metrics", "8.2.0")},
+    ("kube-prometheus-stack", "88.2.0"): {
+        "grafana": ("grafana", "12.10.4"),
+        "kube-state-metrics": ("kube-state-metrics", "8.2.0"),
+    },
 }
 """Subcharts whose values the platform sets, at the versions the parent's `Chart.yaml` pins
 (`dependencies` of kube-prometheus-stack 88.2.0)."""
@@ -48,7 +51,17 @@ CRD_FILES = {
 """The upstream CRD of every custom resource kind the platform declares."""
 
 
-LABEL_MAPS = frozenset({"nodeSelector", "labels", "annotations", "podLabels", "podAnnotations", "additionalLabels", "additionalAnnotations"})
+LABEL_MAPS = frozenset(
+    {
+        "nodeSelector",
+        "labels",
+        "annotations",
+        "podLabels",
+        "podAnnotations",
+        "additionalLabels",
+        "additionalAnnotations",
+    }
+)
 """Keys whose value is a map of Kubernetes label or annotation names (the user's, not the chart's):
 free-form even where the chart's default has an example (Karpenter's `nodeSelector: {kubernetes.io/os: linux}`)."""
 
@@ -96,7 +109,9 @@ def helm_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     """`override` over `base` as Helm merges values: maps deeply, anything else (lists too) replaced."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        merged[key] = helm_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            helm_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -106,7 +121,9 @@ def value_problems(chart: str, version: str, values: dict[str, Any]) -> list[str
     return unknown_value_keys(values, chart_defaults(name, version), free_form=FREE_FORM_VALUES.get(name, ()))
 
 
-def unknown_value_keys(values: dict[str, Any], defaults: dict[str, Any], prefix: str = "", free_form: tuple[str, ...] = ()) -> list[str]:
+def unknown_value_keys(
+    values: dict[str, Any], defaults: dict[str, Any], prefix: str = "", free_form: tuple[str, ...] = ()
+) -> list[str]:
     """Key paths of `values` that the chart's defaults do not have.
 
     Below a default that is an empty map, a list or null, anything goes: those are free-form
@@ -138,9 +155,13 @@ def crd_openapi_schema(api_version: str, kind: str) -> dict[str, Any]:
     """The `openAPIV3Schema` of `kind` at `api_version`, as the upstream CRD has it."""
     relative = CRD_FILES.get((api_version, kind))
     if relative is None:
-        raise MissingReference(f"no upstream CRD for {api_version} {kind}: add it under components/upstream/ and to CRD_FILES")
+        raise MissingReference(
+            f"no upstream CRD for {api_version} {kind}: add it under components/upstream/ and to CRD_FILES"
+        )
     documents = [d for d in yaml.safe_load_all((UPSTREAM_DIR / relative).read_text()) if d]
-    (crd,) = [d for d in documents if d.get("kind") == "CustomResourceDefinition" and d["spec"]["names"]["kind"] == kind]
+    (crd,) = [
+        d for d in documents if d.get("kind") == "CustomResourceDefinition" and d["spec"]["names"]["kind"] == kind
+    ]
     group, version = api_version.split("/")
     if crd["spec"]["group"] != group:
         raise MissingReference(f"{relative} defines group {crd['spec']['group']}, not {group}")
@@ -173,7 +194,11 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
             out[key] = [strict_schema(sub) for sub in schema[key]]
     if isinstance(schema.get("additionalProperties"), dict):
         out["additionalProperties"] = strict_schema(schema["additionalProperties"])
-    elif "properties" in schema and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+    elif (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     if schema.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]

@@ -34,7 +34,9 @@ class Report:
 
 def config_findings(stack_values: Mapping[str, Any], secret_keys: Iterable[str]) -> list[Finding]:
     """The findings of the stack-file rule MLOPS-SEC-002 for these stack values."""
-    stack_file = StackConfig(project="", stack="", path=Path(), values=dict(stack_values), secret_keys=frozenset(secret_keys))
+    stack_file = StackConfig(
+        project="", stack="", path=Path(), values=dict(stack_values), secret_keys=frozenset(secret_keys)
+    )
     secrets_rule = rule_by_id("MLOPS-SEC-002")
     assert secrets_rule is not None, "MLOPS-SEC-002 is registered by infra/checks/rules.py"
     return secrets_rule.findings(Inventory("", "", "offline", []), stack_file)
@@ -47,7 +49,9 @@ def run_checks(inventory: Inventory, waivers: Iterable[Waiver] = (), stack_file:
     report = Report(stack=inventory.stack)
     findings = [f for rule in RULES for f in rule.findings(inventory, stack_file)]
     for finding in sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.rule, f.resource)):
-        match = next((i for i, w in enumerate(waivers) if w.rule == finding.rule and w.resource == finding.resource), None)
+        match = next(
+            (i for i, w in enumerate(waivers) if w.rule == finding.rule and w.resource == finding.resource), None
+        )
         if match is None:
             report.findings.append(finding)
         else:

@@ -61,8 +61,11 @@ def waivers_for(stack: str, root: Path | None = None) -> list[Waiver]:
     return [Waiver(w.rule, w.resource, w.reason) for w in settings.waivers]
 
 
-def validator(rule: Rule, waivers: Callable[[str], list[Waiver]] = waivers_for,
-              stack_files: Callable[[str], StackConfig | None] = stack_file_for) -> Callable[[Any, Callable[..., None]], None]:
+def validator(
+    rule: Rule,
+    waivers: Callable[[str], list[Waiver]] = waivers_for,
+    stack_files: Callable[[str], StackConfig | None] = stack_file_for,
+) -> Callable[[Any, Callable[..., None]], None]:
     def validate(args: Any, report_violation: Callable[..., None]) -> None:
         inventory = inventory_from_policy_args(args)
         report = run_checks(inventory, waivers(inventory.stack), stack_file=stack_files(inventory.stack))
@@ -76,6 +79,10 @@ def validator(rule: Rule, waivers: Callable[[str], list[Waiver]] = waivers_for,
 def stack_policies() -> list[dict[str, Any]]:
     """Keyword arguments for one `StackValidationPolicy` per rule."""
     return [
-        {"name": rule.id.lower(), "description": f"{rule.title} ({rule.severity}). Fix: {rule.fix}", "validate": validator(rule)}
+        {
+            "name": rule.id.lower(),
+            "description": f"{rule.title} ({rule.severity}). Fix: {rule.fix}",
+            "validate": validator(rule),
+        }
         for rule in RULES
     ]

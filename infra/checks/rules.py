@@ -50,7 +50,9 @@ class Rule:
             return [Finding(self.id, self.severity, where, "", message, self.fix) for where, message in found]
         if self.check is None:
             raise TypeError(f"rule {self.id} has neither an inventory check nor a stack-file check")
-        return [Finding(self.id, self.severity, r.name, r.urn, message, self.fix) for r, message in self.check(inventory)]
+        return [
+            Finding(self.id, self.severity, r.name, r.urn, message, self.fix) for r, message in self.check(inventory)
+        ]
 
 
 RULES: list[Rule] = []
@@ -66,6 +68,7 @@ def rule(rule_id: str, severity: str, title: str, fix: str):
 
 def stack_file_rule(rule_id: str, severity: str, title: str, fix: str):
     """Register a rule that reads the stack file (waived like any other, by its `config:<key>`)."""
+
     def register(fn: Callable[[StackConfig], Iterable[tuple[str, str]]]) -> Callable:
         RULES.append(Rule(rule_id, severity, title, fix, stack_file_check=fn))
         return fn
@@ -74,6 +77,7 @@ def stack_file_rule(rule_id: str, severity: str, title: str, fix: str):
 
 
 # -- helpers ------------------------------------------------------------------------------
+
 
 def profile_of(inventory: Inventory) -> str:
     """The stack's environment, from the `env` tag most AWS resources carry."""
@@ -96,7 +100,9 @@ def _companions(inventory: Inventory, bucket: Resource, type_token: str) -> list
     found = []
     for r in inventory.of_type(type_token):
         target = str(r.inputs.get("bucket", ""))
-        if any(target == ref or target.startswith(ref + "-") for ref in refs) or (r.parent == bucket.parent and r.name.startswith(bucket.name + "-")):
+        if any(target == ref or target.startswith(ref + "-") for ref in refs) or (
+            r.parent == bucket.parent and r.name.startswith(bucket.name + "-")
+        ):
             found.append(r)
     return found
 
@@ -119,19 +125,33 @@ def _as_list(value: Any) -> list[Any]:
 
 # -- S3 -----------------------------------------------------------------------------------
 
-@rule("MLOPS-S3-001", HIGH, "buckets are encrypted with a KMS key",
-      "add a BucketServerSideEncryptionConfiguration with sse_algorithm aws:kms (components/storage.py does)")
+
+@rule(
+    "MLOPS-S3-001",
+    HIGH,
+    "buckets are encrypted with a KMS key",
+    "add a BucketServerSideEncryptionConfiguration with sse_algorithm aws:kms (components/storage.py does)",
+)
 def _s3_kms(inv: Inventory):
     for bucket in inv.of_type("aws:s3/bucket:Bucket"):
-        configs = _companions(inv, bucket, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+        configs = _companions(
+            inv, bucket, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+        )
         algorithms = {
-            (rule.get("applyServerSideEncryptionByDefault") or {}).get("sseAlgorithm") for c in configs for rule in c.inputs.get("rules") or []
+            (rule.get("applyServerSideEncryptionByDefault") or {}).get("sseAlgorithm")
+            for c in configs
+            for rule in c.inputs.get("rules") or []
         }
         if not algorithms & {"aws:kms", "aws:kms:dsse"}:
             yield bucket, "no SSE-KMS default encryption"
 
 
-@rule("MLOPS-S3-002", HIGH, "bucket public access is fully blocked", "add a BucketPublicAccessBlock with all four flags true")
+@rule(
+    "MLOPS-S3-002",
+    HIGH,
+    "bucket public access is fully blocked",
+    "add a BucketPublicAccessBlock with all four flags true",
+)
 def _s3_public(inv: Inventory):
     flags = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
     for bucket in inv.of_type("aws:s3/bucket:Bucket"):
@@ -140,13 +160,18 @@ def _s3_public(inv: Inventory):
             yield bucket, "public access is not fully blocked"
 
 
-@rule("MLOPS-S3-003", MEDIUM, "bucket policy denies requests without TLS",
-      "add a Deny statement on aws:SecureTransport=false (components/storage.tls_only_policy)")
+@rule(
+    "MLOPS-S3-003",
+    MEDIUM,
+    "bucket policy denies requests without TLS",
+    "add a Deny statement on aws:SecureTransport=false (components/storage.tls_only_policy)",
+)
 def _s3_tls(inv: Inventory):
     for bucket in inv.of_type("aws:s3/bucket:Bucket"):
         policies = _companions(inv, bucket, "aws:s3/bucketPolicy:BucketPolicy")
         denies_http = any(
-            s.get("Effect") == "Deny" and (s.get("Condition") or {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
+            s.get("Effect") == "Deny"
+            and (s.get("Condition") or {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
             for p in policies
             for s in _statements(p.inputs.get("policy"))
         )
@@ -154,7 +179,12 @@ def _s3_tls(inv: Inventory):
             yield bucket, "no bucket policy denies non-TLS requests"
 
 
-@rule("MLOPS-S3-004", MEDIUM, "buckets are versioned in prod", "set storage.versioning: true (required by the prod profile)")
+@rule(
+    "MLOPS-S3-004",
+    MEDIUM,
+    "buckets are versioned in prod",
+    "set storage.versioning: true (required by the prod profile)",
+)
 def _s3_versioning(inv: Inventory):
     if not is_prod(inv):
         return
@@ -165,6 +195,7 @@ def _s3_versioning(inv: Inventory):
 
 
 # -- ECR ----------------------------------------------------------------------------------
+
 
 @rule("MLOPS-ECR-001", MEDIUM, "registry tags are immutable", "set image_tag_mutability='IMMUTABLE'")
 def _ecr_immutable(inv: Inventory):
@@ -182,7 +213,13 @@ def _ecr_scan(inv: Inventory):
 
 # -- EKS ----------------------------------------------------------------------------------
 
-@rule("MLOPS-EKS-001", HIGH, "Kubernetes secrets are encrypted with KMS", "set encryption_config with resources=['secrets'] and a KMS key")
+
+@rule(
+    "MLOPS-EKS-001",
+    HIGH,
+    "Kubernetes secrets are encrypted with KMS",
+    "set encryption_config with resources=['secrets'] and a KMS key",
+)
 def _eks_secrets(inv: Inventory):
     for cluster in inv.of_type("aws:eks/cluster:Cluster"):
         if "secrets" not in ((cluster.inputs.get("encryptionConfig") or {}).get("resources") or []):
@@ -197,8 +234,12 @@ def _eks_logs(inv: Inventory):
             yield cluster, f"control-plane log types missing: {', '.join(sorted(missing))}"
 
 
-@rule("MLOPS-EKS-003", HIGH, "the API endpoint is private in prod and never open to the internet",
-      "set cluster.endpointPublicAccess: false (prod) or an allow-list of CIDRs")
+@rule(
+    "MLOPS-EKS-003",
+    HIGH,
+    "the API endpoint is private in prod and never open to the internet",
+    "set cluster.endpointPublicAccess: false (prod) or an allow-list of CIDRs",
+)
 def _eks_endpoint(inv: Inventory):
     for cluster in inv.of_type("aws:eks/cluster:Cluster"):
         vpc = cluster.inputs.get("vpcConfig") or {}
@@ -210,6 +251,7 @@ def _eks_endpoint(inv: Inventory):
 
 
 # -- RDS ----------------------------------------------------------------------------------
+
 
 @rule("MLOPS-RDS-001", HIGH, "databases are encrypted at rest", "set storage_encrypted=True")
 def _rds_encrypted(inv: Inventory):
@@ -234,7 +276,12 @@ def _rds_backups(inv: Inventory):
             yield db, f"backup retention {days} days, below {floor}"
 
 
-@rule("MLOPS-RDS-004", HIGH, "prod databases have deletion protection and Multi-AZ", "use the prod profile defaults (deletionProtection, database.multiAz)")
+@rule(
+    "MLOPS-RDS-004",
+    HIGH,
+    "prod databases have deletion protection and Multi-AZ",
+    "use the prod profile defaults (deletionProtection, database.multiAz)",
+)
 def _rds_prod(inv: Inventory):
     if not is_prod(inv):
         return
@@ -250,14 +297,20 @@ def _rds_prod(inv: Inventory):
 LOAD_BALANCER_ROLE_TAG = ("mlops.platform/role", "load-balancer")
 
 
-@rule("MLOPS-NET-001", HIGH, "no security group admits 0.0.0.0/0 except load balancer listeners",
-      "narrow the CIDR, or tag the group mlops.platform/role=load-balancer and allow only 80/443")
+@rule(
+    "MLOPS-NET-001",
+    HIGH,
+    "no security group admits 0.0.0.0/0 except load balancer listeners",
+    "narrow the CIDR, or tag the group mlops.platform/role=load-balancer and allow only 80/443",
+)
 def _open_ingress(inv: Inventory):
     key, value = LOAD_BALANCER_ROLE_TAG
     for sg in inv.of_type("aws:ec2/securityGroup:SecurityGroup"):
         is_lb = (sg.inputs.get("tags") or {}).get(key) == value
         for ingress in sg.inputs.get("ingress") or []:
-            if not {"0.0.0.0/0"} & set(ingress.get("cidrBlocks") or []) and not {"::/0"} & set(ingress.get("ipv6CidrBlocks") or []):
+            if not {"0.0.0.0/0"} & set(ingress.get("cidrBlocks") or []) and not {"::/0"} & set(
+                ingress.get("ipv6CidrBlocks") or []
+            ):
                 continue
             ports = (ingress.get("fromPort"), ingress.get("toPort"))
             if is_lb and ports in ((80, 80), (443, 443)):
@@ -268,8 +321,12 @@ def _open_ingress(inv: Inventory):
             yield rule_, "ingress rule from anywhere"
 
 
-@rule("MLOPS-NET-002", HIGH, "Services listen on their pods' container port",
-      "set the Service's port equal to its targetPort (and name that port in clients' URLs and egress rules)")
+@rule(
+    "MLOPS-NET-002",
+    HIGH,
+    "Services listen on their pods' container port",
+    "set the Service's port equal to its targetPort (and name that port in clients' URLs and egress rules)",
+)
 def _service_port(inv: Inventory):
     """The VPC CNI's network policy agent admits traffic sent to a ClusterIP only when the
     Service port equals the container port (EKS user guide, "network policy considerations";
@@ -279,10 +336,16 @@ def _service_port(inv: Inventory):
         for port in (service.inputs.get("spec") or {}).get("ports") or []:
             target = port.get("targetPort", port.get("port"))
             if target != port.get("port"):
-                yield service, f"port {port.get('name') or port.get('port')}: Service port {port.get('port')} forwards to {target}"
+                yield (
+                    service,
+                    f"port {port.get('name') or port.get('port')}: "
+                    f"Service port {port.get('port')} forwards to {target}",
+                )
 
 
-def _covers(block: ipaddress.IPv4Network | ipaddress.IPv6Network, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+def _covers(
+    block: ipaddress.IPv4Network | ipaddress.IPv6Network, network: ipaddress.IPv4Network | ipaddress.IPv6Network
+) -> bool:
     """`block` contains `network`; False across IP versions (supernet_of raises TypeError there)."""
     if isinstance(block, ipaddress.IPv4Network) and isinstance(network, ipaddress.IPv4Network):
         return block.supernet_of(network)
@@ -291,12 +354,19 @@ def _covers(block: ipaddress.IPv4Network | ipaddress.IPv6Network, network: ipadd
     return False
 
 
-@rule("MLOPS-NET-003", HIGH, "NetworkPolicies admit named clients, never the whole VPC or the internet",
-      "admit clients by namespace/pod selector, and the internal ALB by its own subnets' blocks (components/k8s_workload.load_balancer_ingress)")
+@rule(
+    "MLOPS-NET-003",
+    HIGH,
+    "NetworkPolicies admit named clients, never the whole VPC or the internet",
+    "admit clients by namespace/pod selector, and the internal ALB by its own subnets' blocks "
+    "(components/k8s_workload.load_balancer_ingress)",
+)
 def _policy_ingress_sources(inv: Inventory):
     """An ingress peer that is the whole VPC admits every pod, node and load balancer in it (pods take
     VPC addresses); 0.0.0.0/0, or a rule without `from`, admits anything that can route to the pod."""
-    vpcs = [ipaddress.ip_network(v.inputs["cidrBlock"]) for v in inv.of_type("aws:ec2/vpc:Vpc") if v.inputs.get("cidrBlock")]
+    vpcs = [
+        ipaddress.ip_network(v.inputs["cidrBlock"]) for v in inv.of_type("aws:ec2/vpc:Vpc") if v.inputs.get("cidrBlock")
+    ]
     for policy in inv.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"):
         for index, ingress in enumerate((policy.inputs.get("spec") or {}).get("ingress") or []):
             if not ingress.get("from"):
@@ -317,14 +387,21 @@ _ALB = "alb.ingress.kubernetes.io/"
 
 def _alb_ingresses(inv: Inventory) -> list[Resource]:
     return [
-        i for i in inv.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+        i
+        for i in inv.of_type("kubernetes:networking.k8s.io/v1:Ingress")
         if (i.inputs.get("spec") or {}).get("ingressClassName") == "alb"
         or ((i.inputs.get("metadata") or {}).get("annotations") or {}).get("kubernetes.io/ingress.class") == "alb"
     ]
 
 
-@rule("MLOPS-NET-004", HIGH, "ALB Ingresses listen on HTTPS only in prod", "set tracking.certificateArn (required in prod): "
-      "every Ingress of the internal ALB then lists only HTTPS 443, with the certificate (components/k8s_workload.alb_listener_annotations)")
+@rule(
+    "MLOPS-NET-004",
+    HIGH,
+    "ALB Ingresses listen on HTTPS only in prod",
+    "set tracking.certificateArn (required in prod): "
+    "every Ingress of the internal ALB then lists only HTTPS 443, with the certificate "
+    "(components/k8s_workload.alb_listener_annotations)",
+)
 def _https_ingress(inv: Inventory):
     """Basic-auth passwords and model inputs cross the VPC on whatever the ALB listens on. The
     controller's default listener is HTTP 80 unless the Ingress names a certificate; a group shares
@@ -342,20 +419,32 @@ def _https_ingress(inv: Inventory):
         except json.JSONDecodeError:
             yield ingress, "listen-ports is not valid JSON"
             continue
-        plain = sorted(f"{protocol} {port}" for entry in listen for protocol, port in entry.items() if protocol != "HTTPS")
+        plain = sorted(
+            f"{protocol} {port}" for entry in listen for protocol, port in entry.items() if protocol != "HTTPS"
+        )
         if plain:
             yield ingress, f"listens on {', '.join(plain)} in prod"
         elif not (own or a.get(_ALB + "group.name") in certified):
-            yield ingress, "HTTPS listener without a certificate (certificate-arn on it or on its group, or spec.tls hosts)"
+            yield (
+                ingress,
+                "HTTPS listener without a certificate (certificate-arn on it or on its group, or spec.tls hosts)",
+            )
 
 
-@rule("MLOPS-IAM-001", HIGH, "no IAM policy allows every action on every resource", "list the actions the workload needs, or scope Resource")
+@rule(
+    "MLOPS-IAM-001",
+    HIGH,
+    "no IAM policy allows every action on every resource",
+    "list the actions the workload needs, or scope Resource",
+)
 def _iam_star(inv: Inventory):
     for r in inv.resources:
         if r.type not in ("aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:Policy", "aws:iam/role:Role"):
             continue
         for key in ("policy", "inlinePolicies"):
-            documents = [p.get("policy") for p in r.inputs.get(key) or []] if key == "inlinePolicies" else [r.inputs.get(key)]
+            documents = (
+                [p.get("policy") for p in r.inputs.get(key) or []] if key == "inlinePolicies" else [r.inputs.get(key)]
+            )
             for document in documents:
                 for s in _statements(document):
                     if s.get("Effect") != "Allow":
@@ -365,8 +454,12 @@ def _iam_star(inv: Inventory):
                         yield r, f"allows {', '.join(a for a in actions if a == '*' or a.endswith(':*'))} on *"
 
 
-@rule("MLOPS-IAM-002", HIGH, "each workload role trusts exactly one service account",
-      "use components.identity.workload_role, which pins sub to system:serviceaccount:<ns>:<sa>")
+@rule(
+    "MLOPS-IAM-002",
+    HIGH,
+    "each workload role trusts exactly one service account",
+    "use components.identity.workload_role, which pins sub to system:serviceaccount:<ns>:<sa>",
+)
 def _iam_trust(inv: Inventory):
     for role in inv.of_type("aws:iam/role:Role"):
         for s in _statements(role.inputs.get("assumeRolePolicy")):
@@ -374,7 +467,11 @@ def _iam_trust(inv: Inventory):
                 continue
             conditions = s.get("Condition") or {}
             subs = [v for op in conditions.values() for k, v in op.items() if k.endswith(":sub")]
-            if "StringLike" in conditions or len(subs) != 1 or not re.fullmatch(r"system:serviceaccount:[a-z0-9-]+:[a-z0-9-]+", str(subs[0])):
+            if (
+                "StringLike" in conditions
+                or len(subs) != 1
+                or not re.fullmatch(r"system:serviceaccount:[a-z0-9-]+:[a-z0-9-]+", str(subs[0]))
+            ):
                 yield role, "web-identity trust is not pinned to a single service account"
 
 
@@ -398,7 +495,13 @@ def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return list(pod.get("containers") or []) + list(pod.get("initContainers") or [])
 
 
-def _container_rule(rule_id: str, title: str, fix: str, bad: Callable[[dict[str, Any], dict[str, Any]], str | None], severity: str = MEDIUM):
+def _container_rule(
+    rule_id: str,
+    title: str,
+    fix: str,
+    bad: Callable[[dict[str, Any], dict[str, Any]], str | None],
+    severity: str = MEDIUM,
+):
     def check(inv: Inventory):
         for r, pod in workloads(inv):
             for container in _containers(pod):
@@ -416,44 +519,82 @@ def _security(container: dict[str, Any], pod: dict[str, Any], key: str) -> Any:
 
 
 _container_rule(
-    "MLOPS-K8S-001", "containers declare CPU and memory requests and a memory limit", "set resources.requests.cpu/memory and resources.limits.memory",
-    lambda c, p: None if ((c.get("resources") or {}).get("requests") or {}).keys() >= {"cpu", "memory"}
-    and "memory" in ((c.get("resources") or {}).get("limits") or {}) else "resources incomplete",
+    "MLOPS-K8S-001",
+    "containers declare CPU and memory requests and a memory limit",
+    "set resources.requests.cpu/memory and resources.limits.memory",
+    lambda c, p: (
+        None
+        if ((c.get("resources") or {}).get("requests") or {}).keys() >= {"cpu", "memory"}
+        and "memory" in ((c.get("resources") or {}).get("limits") or {})
+        else "resources incomplete"
+    ),
 )
 _container_rule(
-    "MLOPS-K8S-003", "containers run as non-root", "set securityContext.runAsNonRoot: true and a non-zero runAsUser",
-    lambda c, p: None if _security(c, p, "runAsNonRoot") is True and _security(c, p, "runAsUser") not in (0, "0") else "may run as root",
+    "MLOPS-K8S-003",
+    "containers run as non-root",
+    "set securityContext.runAsNonRoot: true and a non-zero runAsUser",
+    lambda c, p: (
+        None
+        if _security(c, p, "runAsNonRoot") is True and _security(c, p, "runAsUser") not in (0, "0")
+        else "may run as root"
+    ),
     HIGH,
 )
 _container_rule(
-    "MLOPS-K8S-004", "root file systems are read-only", "set securityContext.readOnlyRootFilesystem: true; mount an emptyDir where the process writes",
-    lambda c, p: None if (c.get("securityContext") or {}).get("readOnlyRootFilesystem") is True else "writable root file system",
+    "MLOPS-K8S-004",
+    "root file systems are read-only",
+    "set securityContext.readOnlyRootFilesystem: true; mount an emptyDir where the process writes",
+    lambda c, p: (
+        None if (c.get("securityContext") or {}).get("readOnlyRootFilesystem") is True else "writable root file system"
+    ),
 )
 _container_rule(
-    "MLOPS-K8S-005", "no privilege escalation", "set securityContext.allowPrivilegeEscalation: false (and never privileged)",
-    lambda c, p: None if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is False
-    and not (c.get("securityContext") or {}).get("privileged") else "privilege escalation allowed",
+    "MLOPS-K8S-005",
+    "no privilege escalation",
+    "set securityContext.allowPrivilegeEscalation: false (and never privileged)",
+    lambda c, p: (
+        None
+        if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is False
+        and not (c.get("securityContext") or {}).get("privileged")
+        else "privilege escalation allowed"
+    ),
     HIGH,
 )
 _container_rule(
-    "MLOPS-K8S-006", "all capabilities dropped", "set securityContext.capabilities.drop: [ALL]",
-    lambda c, p: None if "ALL" in (((c.get("securityContext") or {}).get("capabilities") or {}).get("drop") or []) else "capabilities not dropped",
+    "MLOPS-K8S-006",
+    "all capabilities dropped",
+    "set securityContext.capabilities.drop: [ALL]",
+    lambda c, p: (
+        None
+        if "ALL" in (((c.get("securityContext") or {}).get("capabilities") or {}).get("drop") or [])
+        else "capabilities not dropped"
+    ),
 )
 _container_rule(
-    "MLOPS-K8S-007", "RuntimeDefault seccomp profile", "set securityContext.seccompProfile.type: RuntimeDefault (pod or container)",
-    lambda c, p: None if (_security(c, p, "seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost") else "no seccomp profile",
+    "MLOPS-K8S-007",
+    "RuntimeDefault seccomp profile",
+    "set securityContext.seccompProfile.type: RuntimeDefault (pod or container)",
+    lambda c, p: (
+        None
+        if (_security(c, p, "seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost")
+        else "no seccomp profile"
+    ),
 )
 
 
 _container_rule(
-    "MLOPS-K8S-008", "images are pinned to a tag or digest, never latest", "reference images as repo:version or repo@sha256:...",
+    "MLOPS-K8S-008",
+    "images are pinned to a tag or digest, never latest",
+    "reference images as repo:version or repo@sha256:...",
     lambda c, p: None if digest_pinned(str(c.get("image", ""))) else f"image {c.get('image')!r} is not pinned",
     HIGH,
 )
 
 
 _container_rule(
-    "MLOPS-K8S-010", "containers declare a CPU limit", "set resources.limits.cpu (components/k8s_workload.resources does: the request, at least one core)",
+    "MLOPS-K8S-010",
+    "containers declare a CPU limit",
+    "set resources.limits.cpu (components/k8s_workload.resources does: the request, at least one core)",
     lambda c, p: None if "cpu" in ((c.get("resources") or {}).get("limits") or {}) else "no CPU limit",
 )
 
@@ -463,22 +604,39 @@ KUBERNETES_API_SKIP = "CKV_K8S_38"
 def _needs_kubernetes_api(workload: Resource) -> bool:
     """Marked as calling the Kubernetes API: checkov's in-manifest skip of CKV_K8S_38, with a reason."""
     annotations = (workload.inputs.get("metadata") or {}).get("annotations") or {}
-    return any(key.startswith("checkov.io/skip") and str(value).startswith(KUBERNETES_API_SKIP + "=") and str(value).split("=", 1)[1].strip()
-               for key, value in annotations.items())
+    return any(
+        key.startswith("checkov.io/skip")
+        and str(value).startswith(KUBERNETES_API_SKIP + "=")
+        and str(value).split("=", 1)[1].strip()
+        for key, value in annotations.items()
+    )
 
 
-@rule("MLOPS-K8S-011", MEDIUM, "pods mount no service-account token unless marked as calling the Kubernetes API",
-      "set the pod's automountServiceAccountToken: false (IRSA needs no API token), or mark the workload with "
-      "components/k8s_workload.kubernetes_api_client(reason)")
+@rule(
+    "MLOPS-K8S-011",
+    MEDIUM,
+    "pods mount no service-account token unless marked as calling the Kubernetes API",
+    "set the pod's automountServiceAccountToken: false (IRSA needs no API token), or mark the workload with "
+    "components/k8s_workload.kubernetes_api_client(reason)",
+)
 def _service_account_token(inv: Inventory):
     """A mounted token lets anyone who takes over the pod call the API server as its service account.
     The pod spec must say false itself (checkov's CKV_K8S_38 reads the pod spec, not the account)."""
     for r, pod in workloads(inv):
         if pod.get("automountServiceAccountToken") is not False and not _needs_kubernetes_api(r):
-            yield r, "mounts a service-account token (automountServiceAccountToken is not false) and is not marked as calling the Kubernetes API"
+            yield (
+                r,
+                "mounts a service-account token (automountServiceAccountToken is not false) and is not marked as "
+                "calling the Kubernetes API",
+            )
 
 
-@rule("MLOPS-K8S-002", MEDIUM, "long-running containers have readiness and liveness probes", "add readinessProbe and livenessProbe")
+@rule(
+    "MLOPS-K8S-002",
+    MEDIUM,
+    "long-running containers have readiness and liveness probes",
+    "add readinessProbe and livenessProbe",
+)
 def _probes(inv: Inventory):
     for r, pod in workloads(inv):
         if r.type.endswith((":Job", ":CronJob")):
@@ -489,16 +647,28 @@ def _probes(inv: Inventory):
                 yield r, f"container {container.get('name')}: no {' or '.join(missing)}"
 
 
-@rule("MLOPS-K8S-009", MEDIUM, "every workload is selected by a NetworkPolicy", "declare a NetworkPolicy whose podSelector matches the workload's pod labels")
+@rule(
+    "MLOPS-K8S-009",
+    MEDIUM,
+    "every workload is selected by a NetworkPolicy",
+    "declare a NetworkPolicy whose podSelector matches the workload's pod labels",
+)
 def _network_policy(inv: Inventory):
     policies = [
-        ((p.inputs.get("metadata") or {}).get("namespace", "default"), ((p.inputs.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {})
+        (
+            (p.inputs.get("metadata") or {}).get("namespace", "default"),
+            ((p.inputs.get("spec") or {}).get("podSelector") or {}).get("matchLabels") or {},
+        )
         for p in inv.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
     ]
     for r, _ in workloads(inv):
         namespace = (r.inputs.get("metadata") or {}).get("namespace", "default")
         spec = r.inputs.get("spec") or {}
-        template = (spec.get("jobTemplate") or {}).get("spec", {}).get("template") if r.type.endswith(":CronJob") else spec.get("template")
+        template = (
+            (spec.get("jobTemplate") or {}).get("spec", {}).get("template")
+            if r.type.endswith(":CronJob")
+            else spec.get("template")
+        )
         labels = ((template or {}).get("metadata") or {}).get("labels") or {}
         if not any(ns == namespace and selector.items() <= labels.items() for ns, selector in policies):
             yield r, f"no NetworkPolicy in {namespace} selects its pods"
@@ -511,7 +681,12 @@ _NOT_SECRET_VALUES = {"", "[secret]", "offline-secret-placeholder"}
 _REFERENCE_SUFFIXES = ("_ARN", "_ARNS", "_FILE", "_PATH", "_NAME", "_REF")
 
 
-@rule("MLOPS-SEC-001", HIGH, "no secret is set in plain text", "keep it in Secrets Manager (or `pulumi config set --secret`) and reference it")
+@rule(
+    "MLOPS-SEC-001",
+    HIGH,
+    "no secret is set in plain text",
+    "keep it in Secrets Manager (or `pulumi config set --secret`) and reference it",
+)
 def _plain_secrets(inv: Inventory):
     for r, pod in workloads(inv):
         for container in _containers(pod):
@@ -524,7 +699,9 @@ def _plain_secrets(inv: Inventory):
     for r in inv.of_type("kubernetes:helm.sh/v3:Release"):
         for path, value in _leaves(r.inputs.get("values") or {}):
             key = re.sub(r"\[\d+\]$", "", path.rsplit(".", 1)[-1])
-            if key in ("secrets", "existingSecret", "secretName") or key.endswith(("Ref", "Name", "Key", "File", "_file")):
+            if key in ("secrets", "existingSecret", "secretName") or key.endswith(
+                ("Ref", "Name", "Key", "File", "_file")
+            ):
                 continue  # names of secrets and paths to them, not secrets
             if _SECRET_NAME.search(key) and isinstance(value, str) and value not in _NOT_SECRET_VALUES:
                 yield r, f"Helm value {path} holds a literal secret"
@@ -535,11 +712,19 @@ def _plain_secrets(inv: Inventory):
                 continue  # the whole mapping is a Pulumi secret
             for key, value in content.items():
                 if value not in _NOT_SECRET_VALUES:
-                    yield r, f"{field}.{key} is stored in plain text in the program (use Secrets Manager or a secret config value)"
+                    yield (
+                        r,
+                        f"{field}.{key} is stored in plain text in the program (use Secrets Manager or a secret "
+                        "config value)",
+                    )
 
 
-@stack_file_rule("MLOPS-SEC-002", HIGH, "no secret-looking setting in plain text in the stack file",
-                 "set it with `pulumi config set --secret`, or keep it in Secrets Manager")
+@stack_file_rule(
+    "MLOPS-SEC-002",
+    HIGH,
+    "no secret-looking setting in plain text in the stack file",
+    "set it with `pulumi config set --secret`, or keep it in Secrets Manager",
+)
 def _plain_secret_settings(stack_file: StackConfig):
     """Settings whose key names a secret but whose value is not a `secure:` (encrypted) one."""
     for key, value in stack_file.values.items():
@@ -564,10 +749,21 @@ def _leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 # -- teardown safety ----------------------------------------------------------------------
 
-STATEFUL_TYPES = ("aws:s3/bucket:Bucket", "aws:kms/key:Key", "aws:ecr/repository:Repository", "aws:rds/instance:Instance", "aws:eks/cluster:Cluster")
+STATEFUL_TYPES = (
+    "aws:s3/bucket:Bucket",
+    "aws:kms/key:Key",
+    "aws:ecr/repository:Repository",
+    "aws:rds/instance:Instance",
+    "aws:eks/cluster:Cluster",
+)
 
 
-@rule("MLOPS-DATA-001", HIGH, "prod resources that hold data are protected", "pass protect=True (or retain_on_delete=True) for stateful prod resources")
+@rule(
+    "MLOPS-DATA-001",
+    HIGH,
+    "prod resources that hold data are protected",
+    "pass protect=True (or retain_on_delete=True) for stateful prod resources",
+)
 def _protected(inv: Inventory):
     if not is_prod(inv):
         return
@@ -576,8 +772,12 @@ def _protected(inv: Inventory):
             yield r, "not protected from `pulumi destroy`"
 
 
-@rule("MLOPS-DATA-002", LOW, "non-prod stacks can be destroyed in one pass",
-      "outside prod: force_destroy buckets, force_delete registries, no protect, skip the final DB snapshot")
+@rule(
+    "MLOPS-DATA-002",
+    LOW,
+    "non-prod stacks can be destroyed in one pass",
+    "outside prod: force_destroy buckets, force_delete registries, no protect, skip the final DB snapshot",
+)
 def _destroyable(inv: Inventory):
     if is_prod(inv):
         return

@@ -109,8 +109,11 @@ class Estimate:
     def worst_case_monthly(self) -> float:
         """Baseline + Σ over pools (ceiling − floor): every pool full, its floor counted once."""
         pools_full = {line.urn for line in self.lines if line.kind == WORST_CASE}
-        extra = sum((line.monthly or 0.0) * (1 if line.kind == WORST_CASE else -1)
-                    for line in self.lines if line.urn in pools_full and line.kind in (WORST_CASE, BASELINE))
+        extra = sum(
+            (line.monthly or 0.0) * (1 if line.kind == WORST_CASE else -1)
+            for line in self.lines
+            if line.urn in pools_full and line.kind in (WORST_CASE, BASELINE)
+        )
         return round(self.baseline_monthly + extra, 2)
 
     @property
@@ -146,39 +149,102 @@ class _Pricer:
 
     def base(self, r: Resource, item: str) -> dict[str, Any]:
         component = self.inventory.component_of(r)
-        return dict(component=component.name if component else "(stack)", resource=r.name, type=r.type, urn=r.urn, item=item, key=self.addresses[r.urn])
+        return dict(
+            component=component.name if component else "(stack)",
+            resource=r.name,
+            type=r.type,
+            urn=r.urn,
+            item=item,
+            key=self.addresses[r.urn],
+        )
 
-    def line(self, r: Resource, item: str, key: str, quantity: float, assumption: str, *, kind: str = BASELINE, per_hour: bool | None = None) -> None:
+    def line(
+        self,
+        r: Resource,
+        item: str,
+        key: str,
+        quantity: float,
+        assumption: str,
+        *,
+        kind: str = BASELINE,
+        per_hour: bool | None = None,
+    ) -> None:
         """Add a line priced `quantity` × the table's `key` (× hours for hourly prices)."""
         base = self.base(r, item)
         price = self.table.get(self.region, key)
         if price is None:
-            self.lines.append(Line(**base, kind=NOT_PRICED, quantity=quantity, assumption=f"no price for {key} in {self.region} (table of {self.table.date})"))
+            self.lines.append(
+                Line(
+                    **base,
+                    kind=NOT_PRICED,
+                    quantity=quantity,
+                    assumption=f"no price for {key} in {self.region} (table of {self.table.date})",
+                )
+            )
             return
         hourly_unit = price.unit == "hour" if per_hour is None else per_hour
         if hourly_unit:
             hourly = price.price * quantity
-            self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=round(hourly, 6), monthly=round(hourly * self.hours, 2),
-                                   assumption=assumption))
+            self.lines.append(
+                Line(
+                    **base,
+                    kind=kind,
+                    quantity=quantity,
+                    unit=price.unit,
+                    hourly=round(hourly, 6),
+                    monthly=round(hourly * self.hours, 2),
+                    assumption=assumption,
+                )
+            )
         else:
-            self.lines.append(Line(**base, kind=kind, quantity=quantity, unit=price.unit, hourly=None, monthly=round(price.price * quantity, 2),
-                                   assumption=assumption))
+            self.lines.append(
+                Line(
+                    **base,
+                    kind=kind,
+                    quantity=quantity,
+                    unit=price.unit,
+                    hourly=None,
+                    monthly=round(price.price * quantity, 2),
+                    assumption=assumption,
+                )
+            )
 
     def not_priced(self, r: Resource, item: str, reason: str) -> None:
         self.lines.append(Line(**self.base(r, item), kind=NOT_PRICED, assumption=reason))
 
-    def pool_line(self, r: Resource, item: str, kind: str, quantity: float, unit: str, hourly: float | None, assumption: str, *,
-                  monthly: float | None = None) -> None:
+    def pool_line(
+        self,
+        r: Resource,
+        item: str,
+        kind: str,
+        quantity: float,
+        unit: str,
+        hourly: float | None,
+        assumption: str,
+        *,
+        monthly: float | None = None,
+    ) -> None:
         """A line whose cost the caller computed (a pool's nodes or their volumes)."""
         monthly = hourly * self.hours if monthly is None and hourly is not None else monthly
-        self.lines.append(Line(**self.base(r, item), kind=kind, quantity=quantity, unit=unit, hourly=None if hourly is None else round(hourly, 6),
-                               monthly=round(monthly or 0.0, 2), assumption=assumption))
+        self.lines.append(
+            Line(
+                **self.base(r, item),
+                kind=kind,
+                quantity=quantity,
+                unit=unit,
+                hourly=None if hourly is None else round(hourly, 6),
+                monthly=round(monthly or 0.0, 2),
+                assumption=assumption,
+            )
+        )
 
     def volume_price(self, volume_type: str) -> float:
         """$ per GB-month of an EBS volume type (the caller checked the table has it)."""
         price = self.table.get(self.region, f"ebs.{volume_type}.storage")
         if price is None:
-            raise AttributeError(f"no price for ebs.{volume_type}.storage in {self.region}: check the table before calling volume_price")
+            raise AttributeError(
+                f"no price for ebs.{volume_type}.storage in {self.region}: check the table before calling volume_price"
+            )
         return price.price
 
 
@@ -199,7 +265,7 @@ def logical_addresses(inventory: Inventory) -> dict[str, str]:
             parent = by_urn.get(r.parent) if r.parent else None
             outer = address(parent) if parent else ""
             strip = next((p for p in (parent.name if parent else "", prefix) if p and r.name.startswith(p)), "")
-            relative = r.name[len(strip):]
+            relative = r.name[len(strip) :]
             addresses[r.urn] = f"{outer}/{r.type}:{relative}"
         return addresses[r.urn]
 
@@ -210,10 +276,15 @@ def logical_addresses(inventory: Inventory) -> dict[str, str]:
 
 # -- rules: one function per priced type ---------------------------------------------------
 
+
 def _eks_cluster(p: _Pricer, r: Resource) -> None:
     support = (r.inputs.get("upgradePolicy") or {}).get("supportType", "EXTENDED")
     if support != "STANDARD":
-        p.not_priced(r, "EKS control plane", "upgradePolicy.supportType is not STANDARD: extended support costs $0.60/h once the version ages out")
+        p.not_priced(
+            r,
+            "EKS control plane",
+            "upgradePolicy.supportType is not STANDARD: extended support costs $0.60/h once the version ages out",
+        )
     p.line(r, "EKS control plane (standard support)", "eks.cluster.standard", 1, "one cluster, 730 h")
 
 
@@ -221,9 +292,21 @@ def _node_group(p: _Pricer, r: Resource) -> None:
     scaling = r.inputs.get("scalingConfig") or {}
     count = scaling.get("desiredSize", scaling.get("minSize", 1))
     for instance_type in (r.inputs.get("instanceTypes") or ["t3.medium"])[:1]:
-        p.line(r, f"{count} × {instance_type} (on-demand)", f"ec2.instance.{instance_type}", count, f"desiredSize {count}, always on")
+        p.line(
+            r,
+            f"{count} × {instance_type} (on-demand)",
+            f"ec2.instance.{instance_type}",
+            count,
+            f"desiredSize {count}, always on",
+        )
     size, volume_type = _root_volume(p.inventory, r)
-    p.line(r, f"{count} × {size} GB {volume_type} root volumes", f"ebs.{volume_type}.storage", count * size, "root volume of each node")
+    p.line(
+        r,
+        f"{count} × {size} GB {volume_type} root volumes",
+        f"ebs.{volume_type}.storage",
+        count * size,
+        "root volume of each node",
+    )
 
 
 def _root_volume(inventory: Inventory, node_group: Resource) -> tuple[int, str]:
@@ -248,32 +331,56 @@ def _karpenter_pool(p: _Pricer, r: Resource) -> None:
     elif "cpu" in limits:
         limit, capacity, what = math.floor(cpu_cores(limits["cpu"])), (lambda t: t.vcpus), "vCPUs"
     else:
-        p.not_priced(r, f"Karpenter pool `{pool}` worst case", "no cpu or nvidia.com/gpu limit: the pool has no ceiling")
+        p.not_priced(
+            r, f"Karpenter pool `{pool}` worst case", "no cpu or nvidia.com/gpu limit: the pool has no ceiling"
+        )
         return
     volume_gib, volume_type = _node_class_volume(p.inventory, spec)
     if p.table.get(p.region, f"ebs.{volume_type}.storage") is None:
-        p.not_priced(r, f"Karpenter pool `{pool}`", f"no price for ebs.{volume_type}.storage (the EC2NodeClass root volume) in {p.region}")
+        p.not_priced(
+            r,
+            f"Karpenter pool `{pool}`",
+            f"no price for ebs.{volume_type}.storage (the EC2NodeClass root volume) in {p.region}",
+        )
         return
     options, skipped = _pool_options(p, spec, volume_gib, volume_type)
     if not options:
-        p.not_priced(r, f"Karpenter pool `{pool}` worst case", f"no allowed instance type has a price: {', '.join(skipped) or 'none allowed'}")
+        p.not_priced(
+            r,
+            f"Karpenter pool `{pool}` worst case",
+            f"no allowed instance type has a price: {', '.join(skipped) or 'none allowed'}",
+        )
         return
     _pool_floor(p, r, pool, options, volume_gib, volume_type)
     ceiling = pools.costliest_ceiling(limit, capacity, options)
     nodes = sum(ceiling.counts.values())
     mix = " + ".join(f"{count} × {name}" for name, count in sorted(ceiling.counts.items()))
-    hourly = sum(count * next(o.hourly for o in options if o.instance.name == name) for name, count in ceiling.counts.items())
+    hourly = sum(
+        count * next(o.hourly for o in options if o.instance.name == name) for name, count in ceiling.counts.items()
+    )
     note = f"ceiling {limit} {what} = {mix or 'no node'} on-demand, {p.hours:g} h"
     if skipped:
         note += f"; not considered: {', '.join(skipped)}"
     p.pool_line(r, f"Karpenter pool `{pool}` at its ceiling", WORST_CASE, nodes, "nodes", hourly, note)
-    p.pool_line(r, f"Karpenter pool `{pool}` root volumes at its ceiling", WORST_CASE, nodes * volume_gib, "GB-month", None,
-                f"{nodes} × {volume_gib:g} GiB {volume_type} (EC2NodeClass blockDeviceMappings)", monthly=nodes * volume_gib * p.volume_price(volume_type))
+    p.pool_line(
+        r,
+        f"Karpenter pool `{pool}` root volumes at its ceiling",
+        WORST_CASE,
+        nodes * volume_gib,
+        "GB-month",
+        None,
+        f"{nodes} × {volume_gib:g} GiB {volume_type} (EC2NodeClass blockDeviceMappings)",
+        monthly=nodes * volume_gib * p.volume_price(volume_type),
+    )
 
 
-def _pool_options(p: _Pricer, spec: dict[str, Any], volume_gib: float, volume_type: str) -> tuple[list[pools.Option], list[str]]:
+def _pool_options(
+    p: _Pricer, spec: dict[str, Any], volume_gib: float, volume_type: str
+) -> tuple[list[pools.Option], list[str]]:
     """The allowed instance types with a price, and the allowed ones left out (unknown or unpriced)."""
-    requirements = {q["key"]: q.get("values", []) for q in (spec.get("template") or {}).get("spec", {}).get("requirements", [])}
+    requirements = {
+        q["key"]: q.get("values", []) for q in (spec.get("template") or {}).get("spec", {}).get("requirements", [])
+    }
     options, skipped = [], []
     for family in requirements.get("karpenter.k8s.aws/instance-family", []):
         for size in requirements.get("karpenter.k8s.aws/instance-size", []):
@@ -305,27 +412,62 @@ def _node_class_volume(inventory: Inventory, pool_spec: dict[str, Any]) -> tuple
     return 20.0, "gp3"
 
 
-def _pool_floor(p: _Pricer, r: Resource, pool: str, options: list[pools.Option], volume_gib: float, volume_type: str) -> None:
+def _pool_floor(
+    p: _Pricer, r: Resource, pool: str, options: list[pools.Option], volume_gib: float, volume_type: str
+) -> None:
     """The idle lines of a pool: nothing, or the nodes its always-on pods need, with their volumes."""
     pods = pools.workload_pods(p.inventory, pool)
     if not pods:
-        p.pool_line(r, f"Karpenter pool `{pool}` while idle", BASELINE, 0, "nodes", 0.0, "scales to zero: no pod of the stack needs this pool while idle")
+        p.pool_line(
+            r,
+            f"Karpenter pool `{pool}` while idle",
+            BASELINE,
+            0,
+            "nodes",
+            0.0,
+            "scales to zero: no pod of the stack needs this pool while idle",
+        )
         return
     floor = pools.cheapest_floor(pods, options)
     if floor is None:
-        p.not_priced(r, f"Karpenter pool `{pool}` floor", "a pod requests more than any allowed instance type can hold: "
-                     + ", ".join(sorted({pod.name for pod in pods if not any(pod.requests.fits_in(o.instance.allocatable) for o in options)})))
+        p.not_priced(
+            r,
+            f"Karpenter pool `{pool}` floor",
+            "a pod requests more than any allowed instance type can hold: "
+            + ", ".join(
+                sorted(
+                    {pod.name for pod in pods if not any(pod.requests.fits_in(o.instance.allocatable) for o in options)}
+                )
+            ),
+        )
         return
     total = sum((pod.requests for pod in pods), instances.Resources())
     node = floor.option.instance
     allocatable = node.allocatable
-    p.pool_line(r, f"Karpenter pool `{pool}` floor for always-on pods", BASELINE, floor.nodes, "nodes", floor.nodes * floor.option.hourly,
-                f"{len(pods)} pod(s) at minimum replicas request {total.cpu_milli / 1000:g} CPU, {total.memory_mib / 1024:g} GiB, "
-                f"{total.gpus} GPU: first-fit decreasing on allocatable ({allocatable.cpu_milli}m, {allocatable.memory_mib:g} MiB, "
-                f"{allocatable.gpus} GPU, {allocatable.pods} pods of {node.name}) = {floor.nodes} × {node.name} (${floor.option.hourly}/h on-demand)")
-    p.pool_line(r, f"Karpenter pool `{pool}` floor root volumes", BASELINE, floor.nodes * volume_gib, "GB-month", None,
-                f"{floor.nodes} × {volume_gib:g} GiB {volume_type} (EC2NodeClass blockDeviceMappings)",
-                monthly=floor.nodes * volume_gib * p.volume_price(volume_type))
+    p.pool_line(
+        r,
+        f"Karpenter pool `{pool}` floor for always-on pods",
+        BASELINE,
+        floor.nodes,
+        "nodes",
+        floor.nodes * floor.option.hourly,
+        f"{len(pods)} pod(s) at minimum replicas request {total.cpu_milli / 1000:g} CPU, "
+        f"{total.memory_mib / 1024:g} GiB, "
+        f"{total.gpus} GPU: first-fit decreasing on allocatable ({allocatable.cpu_milli}m, "
+        f"{allocatable.memory_mib:g} MiB, "
+        f"{allocatable.gpus} GPU, {allocatable.pods} pods of {node.name}) = {floor.nodes} × {node.name} "
+        f"(${floor.option.hourly}/h on-demand)",
+    )
+    p.pool_line(
+        r,
+        f"Karpenter pool `{pool}` floor root volumes",
+        BASELINE,
+        floor.nodes * volume_gib,
+        "GB-month",
+        None,
+        f"{floor.nodes} × {volume_gib:g} GiB {volume_type} (EC2NodeClass blockDeviceMappings)",
+        monthly=floor.nodes * volume_gib * p.volume_price(volume_type),
+    )
 
 
 def workload_demand(inventory: Inventory, pool: str, resource: str) -> tuple[float, int]:
@@ -349,16 +491,36 @@ def _vpc_endpoint(p: _Pricer, r: Resource) -> None:
     if r.inputs.get("vpcEndpointType", "Gateway") == "Gateway":
         return  # gateway endpoints (S3, DynamoDB) are free
     azs = len(r.inputs.get("subnetIds") or []) or 1
-    p.line(r, f"interface endpoint in {azs} AZs", "vpc.interface-endpoint.hour", azs, f"{azs} endpoint network interfaces, 730 h")
+    p.line(
+        r,
+        f"interface endpoint in {azs} AZs",
+        "vpc.interface-endpoint.hour",
+        azs,
+        f"{azs} endpoint network interfaces, 730 h",
+    )
     gb = p.usage["interfaceEndpointGbPerEndpoint"]
-    p.line(r, f"interface endpoint data ({gb:g} GB)", "vpc.interface-endpoint.data", gb, "usage interfaceEndpointGbPerEndpoint", per_hour=False)
+    p.line(
+        r,
+        f"interface endpoint data ({gb:g} GB)",
+        "vpc.interface-endpoint.data",
+        gb,
+        "usage interfaceEndpointGbPerEndpoint",
+        per_hour=False,
+    )
 
 
 def _load_balancer(p: _Pricer, r: Resource, kind: str | None = None) -> None:
     kind = kind or ("network" if r.inputs.get("loadBalancerType") == "network" else "application")
     p.line(r, f"{kind} load balancer hours", f"elb.{kind}.hour", 1, "730 h")
     lcu = p.usage["loadBalancerLcu"]
-    p.line(r, f"{kind} load balancer capacity ({lcu:g} LCU)", f"elb.{kind}.lcu", lcu, "usage loadBalancerLcu", per_hour=True)
+    p.line(
+        r,
+        f"{kind} load balancer capacity ({lcu:g} LCU)",
+        f"elb.{kind}.lcu",
+        lcu,
+        "usage loadBalancerLcu",
+        per_hour=True,
+    )
 
 
 def _ingress(p: _Pricer, r: Resource) -> None:
@@ -367,8 +529,14 @@ def _ingress(p: _Pricer, r: Resource) -> None:
     if spec.get("ingressClassName") == "alb" or annotations.get("kubernetes.io/ingress.class") == "alb":
         if "alb.ingress.kubernetes.io/group.name" in annotations:
             group = annotations["alb.ingress.kubernetes.io/group.name"]
-            sharing = [x for x in p.inventory.of_type(r.type)
-                       if ((x.inputs.get("metadata") or {}).get("annotations") or {}).get("alb.ingress.kubernetes.io/group.name") == group]
+            sharing = [
+                x
+                for x in p.inventory.of_type(r.type)
+                if ((x.inputs.get("metadata") or {}).get("annotations") or {}).get(
+                    "alb.ingress.kubernetes.io/group.name"
+                )
+                == group
+            ]
             if sharing and sharing[0].urn != r.urn:
                 return  # an ingress group shares one ALB; price it once
         _load_balancer(p, r, "application")
@@ -383,13 +551,31 @@ def _rds(p: _Pricer, r: Resource) -> None:
     cls = r.inputs.get("instanceClass", "?")
     multi = bool(r.inputs.get("multiAz"))
     deployment = "multi-az" if multi else "single-az"
-    p.line(r, f"RDS PostgreSQL {cls} ({'Multi-AZ' if multi else 'Single-AZ'})", f"rds.instance.{cls}.{deployment}", 1,
-           "730 h" + ("; Multi-AZ: primary + standby" if multi else ""))
+    p.line(
+        r,
+        f"RDS PostgreSQL {cls} ({'Multi-AZ' if multi else 'Single-AZ'})",
+        f"rds.instance.{cls}.{deployment}",
+        1,
+        "730 h" + ("; Multi-AZ: primary + standby" if multi else ""),
+    )
     if r.inputs.get("manageMasterUserPassword"):
-        p.line(r, "Secrets Manager secret of the master password", "secretsmanager.secret", 1, "RDS keeps the generated password in Secrets Manager",
-               per_hour=False)
+        p.line(
+            r,
+            "Secrets Manager secret of the master password",
+            "secretsmanager.secret",
+            1,
+            "RDS keeps the generated password in Secrets Manager",
+            per_hour=False,
+        )
     gb = r.inputs.get("allocatedStorage", 20)
-    p.line(r, f"RDS storage {gb} GB gp3", f"rds.storage.gp3.{deployment}", gb, "allocated storage" + ("; Multi-AZ doubles it" if multi else ""), per_hour=False)
+    p.line(
+        r,
+        f"RDS storage {gb} GB gp3",
+        f"rds.storage.gp3.{deployment}",
+        gb,
+        "allocated storage" + ("; Multi-AZ doubles it" if multi else ""),
+        per_hour=False,
+    )
 
 
 def _bucket(p: _Pricer, r: Resource) -> None:
@@ -416,19 +602,38 @@ def _log_group(p: _Pricer, r: Resource) -> None:
     p.line(r, f"CloudWatch Logs ingestion {gb:g} GB", "logs.ingestion", gb, "usage logsGbPerLogGroup", per_hour=False)
     retention = r.inputs.get("retentionInDays") or 3653
     stored = round(gb * min(retention, 365) / 30, 2)
-    p.line(r, f"CloudWatch Logs storage {stored:g} GB", "logs.storage", stored, f"{gb:g} GB/month kept {retention} days (compressed size not modelled)",
-           per_hour=False)
+    p.line(
+        r,
+        f"CloudWatch Logs storage {stored:g} GB",
+        "logs.storage",
+        stored,
+        f"{gb:g} GB/month kept {retention} days (compressed size not modelled)",
+        per_hour=False,
+    )
 
 
 def _sqs(p: _Pricer, r: Resource) -> None:
     billable = max(p.usage["sqsMillionRequests"] - 1, 0)
-    p.line(r, f"SQS requests beyond the free million ({billable:g} M)", "sqs.requests", billable, "usage sqsMillionRequests; first million free",
-           per_hour=False)
+    p.line(
+        r,
+        f"SQS requests beyond the free million ({billable:g} M)",
+        "sqs.requests",
+        billable,
+        "usage sqsMillionRequests; first million free",
+        per_hour=False,
+    )
 
 
 def _ebs_volume(p: _Pricer, r: Resource) -> None:
     kind = r.inputs.get("type", "gp3")
-    p.line(r, f"EBS {kind} {r.inputs.get('size', 0)} GB", f"ebs.{kind}.storage", r.inputs.get("size", 0), "provisioned size", per_hour=False)
+    p.line(
+        r,
+        f"EBS {kind} {r.inputs.get('size', 0)} GB",
+        f"ebs.{kind}.storage",
+        r.inputs.get("size", 0),
+        "provisioned size",
+        per_hour=False,
+    )
 
 
 def _helm_release(p: _Pricer, r: Resource) -> None:
@@ -441,10 +646,22 @@ def _helm_release(p: _Pricer, r: Resource) -> None:
         "Alertmanager": ((values.get("alertmanager") or {}).get("alertmanagerSpec") or {}).get("storage"),
     }
     for what, spec in claims.items():
-        size = (((spec or {}).get("volumeClaimTemplate") or {}).get("spec") or {}).get("resources", {}).get("requests", {}).get("storage")
+        size = (
+            (((spec or {}).get("volumeClaimTemplate") or {}).get("spec") or {})
+            .get("resources", {})
+            .get("requests", {})
+            .get("storage")
+        )
         if size:
             gb = gibibytes(size)
-            p.line(r, f"{what} volume {gb:g} GB gp3", "ebs.gp3.storage", gb, "persistent volume claimed by the chart", per_hour=False)
+            p.line(
+                r,
+                f"{what} volume {gb:g} GB gp3",
+                "ebs.gp3.storage",
+                gb,
+                "persistent volume claimed by the chart",
+                per_hour=False,
+            )
 
 
 def _cron_job(p: _Pricer, r: Resource) -> None:
@@ -492,7 +709,10 @@ def free_reason(type_token: str) -> str | None:
 def estimate(inventory: Inventory, *, table: PriceTable, region: str, usage: dict[str, float]) -> Estimate:
     pricer = _Pricer(inventory, table, region, usage)
     if region not in table.regions:
-        raise ValueError(f"no prices for region {region}; the table covers {', '.join(table.regions)} (run `cost refresh-prices --region {region}`)")
+        raise ValueError(
+            f"no prices for region {region}; the table covers {', '.join(table.regions)} (run `cost refresh-prices "
+            f"--region {region}`)"
+        )
     for resource in inventory.resources:
         rule = RULES.get(resource.type)
         if rule is not None:

@@ -52,17 +52,37 @@ class Resources:
     pods: int = 0
 
     def fits_in(self, other: "Resources") -> bool:
-        return self.cpu_milli <= other.cpu_milli and self.memory_mib <= other.memory_mib and self.gpus <= other.gpus and self.pods <= other.pods
+        return (
+            self.cpu_milli <= other.cpu_milli
+            and self.memory_mib <= other.memory_mib
+            and self.gpus <= other.gpus
+            and self.pods <= other.pods
+        )
 
     def __add__(self, other: "Resources") -> "Resources":
-        return Resources(self.cpu_milli + other.cpu_milli, self.memory_mib + other.memory_mib, self.gpus + other.gpus, self.pods + other.pods)
+        return Resources(
+            self.cpu_milli + other.cpu_milli,
+            self.memory_mib + other.memory_mib,
+            self.gpus + other.gpus,
+            self.pods + other.pods,
+        )
 
     def __sub__(self, other: "Resources") -> "Resources":
-        return Resources(self.cpu_milli - other.cpu_milli, self.memory_mib - other.memory_mib, self.gpus - other.gpus, self.pods - other.pods)
+        return Resources(
+            self.cpu_milli - other.cpu_milli,
+            self.memory_mib - other.memory_mib,
+            self.gpus - other.gpus,
+            self.pods - other.pods,
+        )
 
     def share_of(self, node: "Resources") -> float:
         """The largest fraction of `node` this takes in any resource (first-fit decreasing sorts by it)."""
-        pairs = ((self.cpu_milli, node.cpu_milli), (self.memory_mib, node.memory_mib), (self.gpus, node.gpus), (self.pods, node.pods))
+        pairs = (
+            (self.cpu_milli, node.cpu_milli),
+            (self.memory_mib, node.memory_mib),
+            (self.gpus, node.gpus),
+            (self.pods, node.pods),
+        )
         return max((used / offered if offered else math.inf) if used else 0.0 for used, offered in pairs)
 
 
@@ -101,7 +121,9 @@ def karpenter_reference() -> dict[str, dict[str, dict[str, str]]]:
     for section in re.split(r"(?m)^(?=### `)", KARPENTER_REFERENCE.read_text(encoding="utf-8"))[1:]:
         header = re.match(r"### `([^`]+)`", section)
         if header is None:  # the split leaves "### `" at the start of each section, not the closing backtick
-            raise AttributeError(f"{KARPENTER_REFERENCE.name}: a section header without a closing backtick: {section.splitlines()[0]!r}")
+            raise AttributeError(
+                f"{KARPENTER_REFERENCE.name}: a section header without a closing backtick: {section.splitlines()[0]!r}"
+            )
         name = header.group(1)
         labels, resources = section.split("#### Resources")
         row = re.compile(r"(?m)^ \|([^|]+)\|([^|]*)\|$")
@@ -112,8 +134,12 @@ def karpenter_reference() -> dict[str, dict[str, dict[str, str]]]:
 @cache
 def eni_max_pods() -> dict[str, int]:
     """Max pods per type from the EKS AMI's ENI limits: ENIs × (IPv4 per ENI − 1) + 2."""
-    limits = [json.loads(line) for line in EKS_AMI_INSTANCE_INFO.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {item["instanceType"]: item["defaultMaxENIs"] * (item["ipv4AddressesPerInterface"] - 1) + 2 for item in limits}
+    limits = [
+        json.loads(line) for line in EKS_AMI_INSTANCE_INFO.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+    return {
+        item["instanceType"]: item["defaultMaxENIs"] * (item["ipv4AddressesPerInterface"] - 1) + 2 for item in limits
+    }
 
 
 @cache
@@ -132,7 +158,12 @@ def get(name: str) -> InstanceType:
 def published_allocatable(name: str) -> Resources:
     """What Karpenter's reference lists as the type's allocatable (for the test of the formula)."""
     published = karpenter_reference()[name]["resources"]
-    return Resources(cpu_millicores(published["cpu"]), mebibytes(published["memory"]), whole(published.get("nvidia.com/gpu", "0")), whole(published["pods"]))
+    return Resources(
+        cpu_millicores(published["cpu"]),
+        mebibytes(published["memory"]),
+        whole(published.get("nvidia.com/gpu", "0")),
+        whole(published["pods"]),
+    )
 
 
 def vcpus(instance_type: str) -> int:

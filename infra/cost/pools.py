@@ -71,7 +71,9 @@ def pod_requests(pod: dict[str, Any]) -> Resources:
     total = sum((container_requests(c) for c in pod.get("containers") or []), Resources())
     for init in pod.get("initContainers") or []:
         first = container_requests(init)
-        total = Resources(max(total.cpu_milli, first.cpu_milli), max(total.memory_mib, first.memory_mib), max(total.gpus, first.gpus))
+        total = Resources(
+            max(total.cpu_milli, first.cpu_milli), max(total.memory_mib, first.memory_mib), max(total.gpus, first.gpus)
+        )
     return total + Resources(pods=1)
 
 
@@ -83,7 +85,9 @@ def workload_pods(inventory: Inventory, pool: str) -> list[Pod]:
         target = spec.get("scaleTargetRef") or {}
         minimums[((hpa.inputs.get("metadata") or {}).get("namespace"), target.get("name"))] = spec.get("minReplicas", 1)
     pods = []
-    for workload in inventory.of_type("kubernetes:apps/v1:Deployment") + inventory.of_type("kubernetes:apps/v1:StatefulSet"):
+    for workload in inventory.of_type("kubernetes:apps/v1:Deployment") + inventory.of_type(
+        "kubernetes:apps/v1:StatefulSet"
+    ):
         metadata, spec = workload.inputs.get("metadata") or {}, workload.inputs.get("spec") or {}
         pod = (spec.get("template") or {}).get("spec") or {}
         if (pod.get("nodeSelector") or {}).get(POOL_LABEL, "cpu") != pool:

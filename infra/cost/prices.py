@@ -43,7 +43,9 @@ class PriceTable:
         entry = self.document["regions"].get(region, {}).get(key)
         if entry is None:
             return None
-        return Price(key=key, price=entry["price"], unit=entry["unit"], source=entry["source"], confidence=entry["confidence"])
+        return Price(
+            key=key, price=entry["price"], unit=entry["unit"], source=entry["source"], confidence=entry["confidence"]
+        )
 
 
 def _on_demand_usd(raw_products: list[str]) -> float | None:
@@ -75,16 +77,24 @@ def refresh(
         entries = document["regions"].setdefault(region, json.loads(json.dumps(document["regions"]["us-east-1"])))
         for index, (key, entry) in enumerate(sorted(entries.items()), start=1):
             query = entry["query"]
-            filters = [{"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in query["filters"].items()]
+            filters = [
+                {"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in query["filters"].items()
+            ]
             filters.append({"Type": "TERM_MATCH", "Field": "regionCode", "Value": region})
             products: list[str] = []
-            for page in client.get_paginator("get_products").paginate(ServiceCode=query["service"], Filters=filters, FormatVersion="aws_v1"):
+            for page in client.get_paginator("get_products").paginate(
+                ServiceCode=query["service"], Filters=filters, FormatVersion="aws_v1"
+            ):
                 products.extend(page["PriceList"])
             price = _on_demand_usd(products)
             if price is None:
                 unchanged.append(f"{region} {key}")
                 continue
-            entry.update(price=price, source=f"AWS Price List API ({query['service']}), fetched {dt.date.today().isoformat()}", confidence="A")
+            entry.update(
+                price=price,
+                source=f"AWS Price List API ({query['service']}), fetched {dt.date.today().isoformat()}",
+                confidence="A",
+            )
             if index % 20 == 0:
                 progress(f"  {region}: {index}/{len(entries)} prices")
         progress(f"{region}: done")

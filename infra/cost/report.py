@@ -24,9 +24,15 @@ def render_table(estimate: Estimate) -> str:
     for component, lines in estimate.by_component().items():
         rows.append((component, "", "", "", "", "", ""))
         for line in lines:
-            monthly = "not priced" if line.kind == NOT_PRICED else money(line.monthly) + (" (ceiling)" if line.kind == WORST_CASE else "")
+            monthly = (
+                "not priced"
+                if line.kind == NOT_PRICED
+                else money(line.monthly) + (" (ceiling)" if line.kind == WORST_CASE else "")
+            )
             hourly = "" if line.hourly is None else f"{line.hourly:.4f}"
-            rows.append((f"  {line.resource}", line.item, f"{line.quantity:g}", line.unit, hourly, monthly, line.assumption))
+            rows.append(
+                (f"  {line.resource}", line.item, f"{line.quantity:g}", line.unit, hourly, monthly, line.assumption)
+            )
     widths = [min(max(len(r[i]) for r in rows), 60) for i in range(6)]
     out = []
     for row in rows:
@@ -53,6 +59,7 @@ def render_json(estimate: Estimate) -> str:
 
 
 # -- compare -------------------------------------------------------------------------------
+
 
 @dataclass
 class Change:
@@ -112,8 +119,16 @@ def compare(base: Estimate, head: Estimate) -> Comparison:
     for key in before.keys() & after.keys():
         old, new = before[key], after[key]
         if (old.monthly or 0) != (new.monthly or 0) or old.item != new.item or old.kind != new.kind:
-            changes.append(Change("changed", new.resource, new.item if old.item == new.item else f"{old.item} → {new.item}", new.kind, old.monthly,
-                                  new.monthly))
+            changes.append(
+                Change(
+                    "changed",
+                    new.resource,
+                    new.item if old.item == new.item else f"{old.item} → {new.item}",
+                    new.kind,
+                    old.monthly,
+                    new.monthly,
+                )
+            )
     changes.sort(key=lambda c: (c.kind == WORST_CASE, -abs(c.delta), c.resource))
     return Comparison(stack=head.stack, base=base, head=head, changes=changes)
 
@@ -122,7 +137,11 @@ def _item_key(line: Line) -> str:
     """What a line prices, without the quantity that may change (`2 × t3.large` → `t3.large`)."""
     if line.kind == WORST_CASE:
         return "worst-case " + line.item
-    return line.item.split(" × ", 1)[-1].split(" (")[0] if line.type == "aws:eks/nodeGroup:NodeGroup" else line.item.split(" (")[0]
+    return (
+        line.item.split(" × ", 1)[-1].split(" (")[0]
+        if line.type == "aws:eks/nodeGroup:NodeGroup"
+        else line.item.split(" (")[0]
+    )
 
 
 def render_markdown(comparisons: list[Comparison]) -> str:
@@ -140,11 +159,15 @@ def render_markdown(comparisons: list[Comparison]) -> str:
     out.append("| stack | before | after | change | worst case after (pools full) |")
     out.append("| --- | ---: | ---: | ---: | ---: |")
     for c in comparisons:
-        out.append(f"| {c.stack} | {money(c.base.baseline_monthly)} | {money(c.head.baseline_monthly)} | {signed(c.delta)} "
-                   f"| {money(c.head.worst_case_monthly)} |")
+        out.append(
+            f"| {c.stack} | {money(c.base.baseline_monthly)} | {money(c.head.baseline_monthly)} | {signed(c.delta)} "
+            f"| {money(c.head.worst_case_monthly)} |"
+        )
     for c in comparisons:
         out.append("")
-        out.append(f"<details><summary><b>{c.stack}</b>: {signed(c.delta)}/month, {len(c.changes)} changed line(s)</summary>")
+        out.append(
+            f"<details><summary><b>{c.stack}</b>: {signed(c.delta)}/month, {len(c.changes)} changed line(s)</summary>"
+        )
         out.append("")
         if c.changes:
             out.append("| | resource | item | before | after | change |")
@@ -152,7 +175,10 @@ def render_markdown(comparisons: list[Comparison]) -> str:
             for ch in c.changes:
                 mark = {"added": "➕", "removed": "➖", "changed": "✏️"}[ch.status]
                 note = " (not priced)" if ch.kind == NOT_PRICED else ""
-                out.append(f"| {mark} | `{ch.resource}` | {ch.item}{note} | {money(ch.before)} | {money(ch.after)} | {signed(ch.delta)} |")
+                out.append(
+                    f"| {mark} | `{ch.resource}` | {ch.item}{note} | {money(ch.before)} | {money(ch.after)} | "
+                    f"{signed(ch.delta)} |"
+                )
         else:
             out.append("No cost changes.")
         unpriced = c.head.not_priced
@@ -160,7 +186,9 @@ def render_markdown(comparisons: list[Comparison]) -> str:
             out.append("")
             out.append("Not priced: " + "; ".join(f"`{line.resource}` ({line.assumption})" for line in unpriced))
         out.append("")
-        out.append(f"Prices: {c.head.region}, table of {c.head.price_date}. Ceiling lines are not in the totals; "
-                   "worst case = total + Σ per pool (ceiling − floor).")
+        out.append(
+            f"Prices: {c.head.region}, table of {c.head.price_date}. Ceiling lines are not in the totals; "
+            "worst case = total + Σ per pool (ceiling − floor)."
+        )
         out.append("</details>")
     return "\n".join(out) + "\n"

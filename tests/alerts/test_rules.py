@@ -17,7 +17,9 @@ PROMTOOL = shutil.which("promtool") or "promtool-is-missing: `make setup` instal
 
 @pytest.fixture
 def rules_dir(tmp_path):
-    (tmp_path / "rules.yaml").write_text(rules_file(rule_groups(AlertThresholds(), [EndpointObjective("diabetes", 250)])))
+    (tmp_path / "rules.yaml").write_text(
+        rules_file(rule_groups(AlertThresholds(), [EndpointObjective("diabetes", 250)]))
+    )
     shutil.copy(HERE / "rules_test.yaml", tmp_path / "rules_test.yaml")
     return tmp_path
 
@@ -29,12 +31,18 @@ def test_rules_pass_promtool_check(rules_dir):
 
 
 def test_each_alert_fires_when_it_should_and_stays_silent_otherwise(rules_dir):
-    result = subprocess.run([PROMTOOL, "test", "rules", str(rules_dir / "rules_test.yaml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(rules_dir / "rules_test.yaml")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     fixture = yaml.safe_load((HERE / "rules_test.yaml").read_text())
     firing = {t["alertname"] for g in fixture["tests"] for t in g["alert_rule_test"] if t["exp_alerts"]}
     silent = {t["alertname"] for g in fixture["tests"] for t in g["alert_rule_test"] if not t["exp_alerts"]}
-    alerts = {r["alert"] for group in rule_groups(AlertThresholds(), [EndpointObjective("diabetes", 250)]) for r in group["rules"]}
+    alerts = {
+        r["alert"]
+        for group in rule_groups(AlertThresholds(), [EndpointObjective("diabetes", 250)])
+        for r in group["rules"]
+    }
     assert alerts == firing == silent  # every alert is proven both ways
 
 
@@ -47,8 +55,13 @@ def test_a_broken_rule_is_caught(tmp_path):
 
 
 def test_thresholds_flow_into_the_expressions():
-    groups = rule_groups(AlertThresholds(error_ratio=0.05, drift_psi=0.3, gpu_idle_minutes=45), [EndpointObjective("a", 100), EndpointObjective("b", 2000)])
+    groups = rule_groups(
+        AlertThresholds(error_ratio=0.05, drift_psi=0.3, gpu_idle_minutes=45),
+        [EndpointObjective("a", 100), EndpointObjective("b", 2000)],
+    )
     rules = {r["alert"] + r["labels"].get("endpoint", ""): r for g in groups for r in g["rules"]}
-    assert rules["EndpointLatencyHigha"]["expr"].endswith("> 0.1") and rules["EndpointLatencyHighb"]["expr"].endswith("> 2")
+    assert rules["EndpointLatencyHigha"]["expr"].endswith("> 0.1") and rules["EndpointLatencyHighb"]["expr"].endswith(
+        "> 2"
+    )
     assert rules["EndpointErrorRatioHigh"]["expr"].endswith("> 0.05")
     assert rules["DataDriftHigh"]["expr"].endswith("> 0.3") and rules["GpuNodeIdle"]["for"] == "45m"

@@ -17,7 +17,10 @@ from infra.stackfile import REPO_ROOT
 def test_local_plane_registers_champion_and_stops_cleanly(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "infra.cli", "local", "--once", "--workdir", str(tmp_path)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "models:/diabetes@champion -> version 1" in result.stdout
@@ -35,8 +38,13 @@ def start_local(*arguments: str) -> tuple[subprocess.Popen, str]:
     """`infra.cli local` from the repository, as `make local` runs it; returns once it prints that it runs."""
     import time
 
-    process = subprocess.Popen([sys.executable, "-m", "infra.cli", "local", *arguments], cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "local", *arguments],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = []
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -71,7 +79,10 @@ def api(url: str) -> dict:
 
 
 def test_prometheus_resolves_a_relative_rules_path_from_any_directory(tmp_path, monkeypatch):
-    """Prometheus reads `rule_files` relative to its config file: the written path must not depend on the caller's directory."""
+    """Prometheus reads `rule_files` relative to its config file.
+
+    The written path must not depend on the caller's directory.
+    """
     from components.alerts import AlertThresholds, EndpointObjective, rule_groups, rules_file
     from infra.processes import start_prometheus
 
@@ -80,7 +91,10 @@ def test_prometheus_resolves_a_relative_rules_path_from_any_directory(tmp_path, 
     Path("rules/rules.yaml").write_text(rules_file(rule_groups(AlertThresholds(), [EndpointObjective("m", 250)])))
     prometheus = start_prometheus(Path("prometheus"), {}, rules_file=Path("rules/rules.yaml"))
     try:
-        assert {g["name"] for g in api(prometheus.url + "/api/v1/rules")["groups"]} == {"mlops-serving", "mlops-platform"}
+        assert {g["name"] for g in api(prometheus.url + "/api/v1/rules")["groups"]} == {
+            "mlops-serving",
+            "mlops-platform",
+        }
         config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
         assert config["rule_files"] == [str(tmp_path / "rules" / "rules.yaml")]
     finally:
@@ -110,7 +124,10 @@ def shifted_rows(count: int) -> dict:
 
 def drift_alert(prometheus_url: str) -> dict | None:
     alerts = api(prometheus_url + "/api/v1/alerts")["alerts"]
-    return next((a for a in alerts if a["labels"].get("alertname") == "DataDriftHigh" and a["labels"].get("feature") == "bmi"), None)
+    return next(
+        (a for a in alerts if a["labels"].get("alertname") == "DataDriftHigh" and a["labels"].get("feature") == "bmi"),
+        None,
+    )
 
 
 def test_make_local_raises_the_drift_alert_for_shifted_traffic():
@@ -124,7 +141,9 @@ def test_make_local_raises_the_drift_alert_for_shifted_traffic():
 
     workdir = Path("build") / f"test-local-{uuid.uuid4().hex[:8]}"
     drift_for = 8
-    process, output = start_local("--workdir", str(workdir), "--scrape-interval", "1s", "--drift-interval", "1", "--drift-for", f"{drift_for}s")
+    process, output = start_local(
+        "--workdir", str(workdir), "--scrape-interval", "1s", "--drift-interval", "1", "--drift-for", f"{drift_for}s"
+    )
     try:
         assert "press Ctrl-C" in output, output
         assert f"DataDriftHigh after {drift_for}s above the threshold" in output
@@ -134,7 +153,9 @@ def test_make_local_raises_the_drift_alert_for_shifted_traffic():
         assert rules["DataDriftHigh"]["duration"] == drift_for
 
         body = json.dumps(shifted_rows(300)).encode()
-        request = urllib.request.Request(serving + "/invocations", data=body, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            serving + "/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
         sent = time.monotonic()
@@ -145,7 +166,9 @@ def test_make_local_raises_the_drift_alert_for_shifted_traffic():
             if alert is not None and "seen" not in locals():
                 seen = time.monotonic() - sent
         assert alert is not None, f"no DataDriftHigh for bmi after {3 * drift_for} s"
-        assert seen <= drift_for, f"DataDriftHigh appeared {seen:.1f} s after the traffic, later than its `for` of {drift_for} s"
+        assert seen <= drift_for, (
+            f"DataDriftHigh appeared {seen:.1f} s after the traffic, later than its `for` of {drift_for} s"
+        )
         assert alert["state"] == "firing", alert
         assert float(alert["value"]) > 0.2
     finally:

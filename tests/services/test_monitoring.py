@@ -26,11 +26,24 @@ def drift_server(tracking, tmp_path_factory):
 
     from examples.train import train_and_register
 
-    os.environ.update({"MLFLOW_TRACKING_USERNAME": tracking.username, "MLFLOW_TRACKING_PASSWORD": tracking.password,
-                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    os.environ.update(
+        {
+            "MLFLOW_TRACKING_USERNAME": tracking.username,
+            "MLFLOW_TRACKING_PASSWORD": tracking.password,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }
+    )
     mlflow.set_tracking_uri(tracking.url)
     train_and_register(MODEL)
-    server = start_serving(tracking, MODEL, tmp_path_factory.mktemp("drift"), drift_window="400", drift_min_rows="200", drift_interval_seconds="0.5")
+    server = start_serving(
+        tracking,
+        MODEL,
+        tmp_path_factory.mktemp("drift"),
+        drift_window="400",
+        drift_min_rows="200",
+        drift_interval_seconds="0.5",
+    )
     yield server
     server.stop()
 
@@ -46,8 +59,10 @@ def psi_scores(server) -> dict[str, float]:
 
 def send(server, frame, rows_per_request=20):
     for start in range(0, len(frame), rows_per_request):
-        chunk = frame.iloc[start:start + rows_per_request]
-        status, _, _ = post(server, {"dataframe_split": {"columns": list(chunk.columns), "data": chunk.values.tolist()}})
+        chunk = frame.iloc[start : start + rows_per_request]
+        status, _, _ = post(
+            server, {"dataframe_split": {"columns": list(chunk.columns), "data": chunk.values.tolist()}}
+        )
         assert status == 200
 
 
@@ -92,7 +107,11 @@ def test_a_real_prometheus_scrapes_the_model_server_with_the_rules_loaded(drift_
             send(drift_server, x_train.sample(40, random_state=int(time.time())))
             time.sleep(1)
             requests = query(prometheus, f'serving_requests_total{{endpoint="{MODEL}",status="200"}}')
-            latency = query(prometheus, f'histogram_quantile(0.99, sum by (le) (rate(serving_request_duration_seconds_bucket{{endpoint="{MODEL}"}}[30s])))')
+            latency = query(
+                prometheus,
+                "histogram_quantile(0.99, sum by (le) "
+                f'(rate(serving_request_duration_seconds_bucket{{endpoint="{MODEL}"}}[30s])))',
+            )
             latency = [r for r in latency if r["value"][1] not in ("NaN",)]
         assert requests and float(requests[0]["value"][1]) > 0, "no request series after 45 s"
         assert latency and 0 < float(latency[0]["value"][1]) < 1.0
@@ -112,9 +131,18 @@ def serving_objects(inventory) -> tuple[dict, dict, str]:
     monitor = manifest_of(inventory.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")[0])
     selector = monitor["spec"]["selector"]["matchLabels"]
     services = [manifest_of(s) for s in inventory.of_type("kubernetes:core/v1:Service")]
-    (service,) = [s for s in services if s["metadata"]["namespace"] == "serving" and selector.items() <= (s["metadata"].get("labels") or {}).items()
-                  and s["metadata"]["labels"].get("mlops.platform/track") == "stable"]
-    (deployment,) = [manifest_of(d) for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == service["metadata"]["name"]]
+    (service,) = [
+        s
+        for s in services
+        if s["metadata"]["namespace"] == "serving"
+        and selector.items() <= (s["metadata"].get("labels") or {}).items()
+        and s["metadata"]["labels"].get("mlops.platform/track") == "stable"
+    ]
+    (deployment,) = [
+        manifest_of(d)
+        for d in inventory.of_type("kubernetes:apps/v1:Deployment")
+        if d.inputs["metadata"]["name"] == service["metadata"]["name"]
+    ]
     return monitor, service, deployment["spec"]["template"]["spec"]["containers"][0]["name"]
 
 
@@ -141,25 +169,39 @@ def test_per_endpoint_alerts_and_dashboards_match_what_the_operator_scrapes(drif
     unfixed["metadata"]["name"] += "-unfixed"
     del unfixed["spec"]["endpoints"][0]["metricRelabelings"]
     address = drift_server.url.removeprefix("http://")
-    configs = [scrape_config(m, service, address=address, pod=pod, container=container, interval="1s")
-               for m, pod in ((monitor, "fixed"), (unfixed, "unfixed"))]
+    configs = [
+        scrape_config(m, service, address=address, pod=pod, container=container, interval="1s")
+        for m, pod in ((monitor, "fixed"), (unfixed, "unfixed"))
+    ]
     prometheus = start_prometheus(tmp_path, {}, scrape_configs=configs, scrape_interval="1s")
     try:
         x_train, _, _, _ = training_data()
-        (latency_rule,) = [r for g in rule_groups(AlertThresholds(), [EndpointObjective(MODEL,
-                                                                                        250)]) for r in g["rules"] if r["alert"] == "EndpointLatencyHigh"]
+        (latency_rule,) = [
+            r
+            for g in rule_groups(AlertThresholds(), [EndpointObjective(MODEL, 250)])
+            for r in g["rules"]
+            if r["alert"] == "EndpointLatencyHigh"
+        ]
         latency = latency_rule["expr"].rsplit(" > ", 1)[0]  # the alert's query, without its threshold
         deadline, found = time.time() + 45, []
         while time.time() < deadline and not found:
             send(drift_server, x_train.sample(40, random_state=int(time.time())))
             time.sleep(1)
             found = [r for r in query(prometheus, latency) if r["value"][1] != "NaN"]
-        assert found and found[0]["metric"] == {"endpoint": MODEL}, "EndpointLatencyHigh's query matched nothing after 45 s"
+        assert found and found[0]["metric"] == {"endpoint": MODEL}, (
+            "EndpointLatencyHigh's query matched nothing after 45 s"
+        )
         (up,) = query(prometheus, 'up{pod="fixed"}')
-        assert up["metric"]["endpoint"] == "http" and up["metric"]["namespace"] == "serving" and up["metric"]["service"] == service["metadata"]["name"]
+        assert (
+            up["metric"]["endpoint"] == "http"
+            and up["metric"]["namespace"] == "serving"
+            and up["metric"]["service"] == service["metadata"]["name"]
+        )
 
         # the bug, reproduced by the operator's own relabeling: the port name takes `endpoint`
-        assert {r["metric"]["exported_endpoint"] for r in query(prometheus, 'serving_requests_total{pod="unfixed"}')} == {MODEL}
+        assert {
+            r["metric"]["exported_endpoint"] for r in query(prometheus, 'serving_requests_total{pod="unfixed"}')
+        } == {MODEL}
         assert {r["metric"]["endpoint"] for r in query(prometheus, 'serving_requests_total{pod="unfixed"}')} == {"http"}
         assert query(prometheus, latency.replace(f'endpoint="{MODEL}"', f'endpoint="{MODEL}",pod="unfixed"')) == []
         # fixed: the model server's value, and no exported_endpoint left

@@ -30,7 +30,12 @@ def test_the_three_environments_ship():
 def test_every_stack_previews_with_its_components(stack_inventories, stack):
     inventory = stack_inventories[stack]
     components = {r.type for r in inventory.resources if r.is_component}
-    assert {"mlops:network:Network", "mlops:storage:Storage", "mlops:registry:Registry", "mlops:budget:Budget"} <= components
+    assert {
+        "mlops:network:Network",
+        "mlops:storage:Storage",
+        "mlops:registry:Registry",
+        "mlops:budget:Budget",
+    } <= components
     assert inventory.outputs["vpcId"] and inventory.outputs["artifactBucket"]
 
 
@@ -54,7 +59,10 @@ def test_every_taggable_aws_resource_carries_the_platform_tags(stack_inventories
 
 
 def test_nat_gateways_per_profile(stack_inventories):
-    nats = {stack: len(stack_inventories[stack].of_type("aws:ec2/natGateway:NatGateway")) for stack in ("dev", "staging", "prod")}
+    nats = {
+        stack: len(stack_inventories[stack].of_type("aws:ec2/natGateway:NatGateway"))
+        for stack in ("dev", "staging", "prod")
+    }
     assert nats == {"dev": 1, "staging": 1, "prod": 3}
 
 
@@ -71,7 +79,9 @@ def test_prod_protects_what_holds_data_and_dev_can_be_destroyed(stack_inventorie
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_preview_command_prints_the_tree_and_writes_the_inventory(tmp_path):
@@ -96,7 +106,10 @@ def test_a_bad_stack_file_exits_2_names_the_key_and_declares_nothing(tmp_path):
     out = tmp_path / "inv.json"
     result = run_cli("preview", "--stack-file", str(bad), "--json", str(out))
     assert result.returncode == 2
-    assert "mlops-platform:storage.forceDestroy: got true; the prod profile requires false (prod invariant)" in result.stderr
+    assert (
+        "mlops-platform:storage.forceDestroy: got true; the prod profile requires false (prod invariant)"
+        in result.stderr
+    )
     assert "nothing was declared" in result.stderr
     assert not out.exists() and "[aws:" not in result.stdout
 
@@ -113,7 +126,11 @@ def test_an_invalid_program_run_declares_nothing():
             main,
             project="mlops-platform",
             stack="dev",
-            config={"aws:region": "us-east-1", "mlops-platform:profile": "dev", "mlops-platform:network": '{"azCount": 9}'},
+            config={
+                "aws:region": "us-east-1",
+                "mlops-platform:profile": "dev",
+                "mlops-platform:network": '{"azCount": 9}',
+            },
         )
 
 

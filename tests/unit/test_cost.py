@@ -28,7 +28,14 @@ def price(key: str, region: str = "us-east-1") -> float:
 
 
 def res(name: str, type_: str, parent: str | None = None, **inputs) -> Resource:
-    return Resource(urn=f"urn:pulumi:t::p::{type_}::{name}", type=type_, name=name, parent=parent, custom=not type_.startswith("mlops:"), inputs=inputs)
+    return Resource(
+        urn=f"urn:pulumi:t::p::{type_}::{name}",
+        type=type_,
+        name=name,
+        parent=parent,
+        custom=not type_.startswith("mlops:"),
+        inputs=inputs,
+    )
 
 
 def inventory(*resources: Resource, stack: str = "t") -> Inventory:
@@ -46,10 +53,15 @@ def gpu_pool(limit: int, families=("g5", "g6"), sizes=("xlarge", "2xlarge"), nam
         metadata={"name": name},
         spec={
             "limits": limits or {"nvidia.com/gpu": str(limit)},
-            "template": {"spec": {"nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": name}, "requirements": [
-                {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": list(families)},
-                {"key": "karpenter.k8s.aws/instance-size", "operator": "In", "values": list(sizes)},
-            ]}},
+            "template": {
+                "spec": {
+                    "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": name},
+                    "requirements": [
+                        {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": list(families)},
+                        {"key": "karpenter.k8s.aws/instance-size", "operator": "In", "values": list(sizes)},
+                    ],
+                }
+            },
         },
     )
 
@@ -60,17 +72,31 @@ def cpu_pool(limit: str, families=("c6i", "m6i"), sizes=("large", "xlarge", "2xl
 
 def node_class(name: str, size: str) -> Resource:
     """An EC2NodeClass as components/node_pools.py declares it."""
-    return res(f"{name}-class", "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass", metadata={"name": name}, spec={
-        "blockDeviceMappings": [{"deviceName": "/dev/xvda", "ebs": {"volumeSize": size, "volumeType": "gp3", "encrypted": True}}]})
+    return res(
+        f"{name}-class",
+        "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
+        metadata={"name": name},
+        spec={
+            "blockDeviceMappings": [
+                {"deviceName": "/dev/xvda", "ebs": {"volumeSize": size, "volumeType": "gp3", "encrypted": True}}
+            ]
+        },
+    )
 
 
-def deployment(name: str, *, pool: str | None, cpu: str, memory: str, gpus: str | None = None, replicas: int = 1) -> Resource:
+def deployment(
+    name: str, *, pool: str | None, cpu: str, memory: str, gpus: str | None = None, replicas: int = 1
+) -> Resource:
     requests = {"cpu": cpu, "memory": memory, **({"nvidia.com/gpu": gpus} if gpus else {})}
     pod = {"containers": [{"name": "main", "resources": {"requests": requests, "limits": {"memory": memory}}}]}
     if pool:
         pod["nodeSelector"] = {"mlops.platform/pool": pool}
-    return res(name, "kubernetes:apps/v1:Deployment", metadata={"namespace": "serving", "name": name},
-               spec={"replicas": replicas, "template": {"spec": pod}})
+    return res(
+        name,
+        "kubernetes:apps/v1:Deployment",
+        metadata={"namespace": "serving", "name": name},
+        spec={"replicas": replicas, "template": {"spec": pod}},
+    )
 
 
 def lines_of(result, kind: str, text: str) -> list:
@@ -80,7 +106,13 @@ def lines_of(result, kind: str, text: str) -> list:
 def test_known_inventory_priced_to_a_hand_computed_total():
     inv = inventory(
         res("eks", "aws:eks/cluster:Cluster", upgradePolicy={"supportType": "STANDARD"}),
-        res("ng", "aws:eks/nodeGroup:NodeGroup", instanceTypes=["t3.large"], scalingConfig={"desiredSize": 3}, diskSize=20),
+        res(
+            "ng",
+            "aws:eks/nodeGroup:NodeGroup",
+            instanceTypes=["t3.large"],
+            scalingConfig={"desiredSize": 3},
+            diskSize=20,
+        ),
         res("nat", "aws:ec2/natGateway:NatGateway"),
         res("eip", "aws:ec2/eip:Eip"),
         res("key", "aws:kms/key:Key"),
@@ -101,9 +133,19 @@ def test_known_inventory_priced_to_a_hand_computed_total():
 
 
 def test_multi_az_doubles_instance_and_storage():
-    single = est(inventory(res("db", "aws:rds/instance:Instance", instanceClass="db.t4g.small", multiAz=False, allocatedStorage=100)))
-    multi = est(inventory(res("db", "aws:rds/instance:Instance", instanceClass="db.t4g.small", multiAz=True, allocatedStorage=100)))
-    assert single.baseline_monthly == pytest.approx(price("rds.instance.db.t4g.small.single-az") * HOURS + 100 * 0.115, abs=0.01)
+    single = est(
+        inventory(
+            res("db", "aws:rds/instance:Instance", instanceClass="db.t4g.small", multiAz=False, allocatedStorage=100)
+        )
+    )
+    multi = est(
+        inventory(
+            res("db", "aws:rds/instance:Instance", instanceClass="db.t4g.small", multiAz=True, allocatedStorage=100)
+        )
+    )
+    assert single.baseline_monthly == pytest.approx(
+        price("rds.instance.db.t4g.small.single-az") * HOURS + 100 * 0.115, abs=0.01
+    )
     assert multi.baseline_monthly == pytest.approx(2 * single.baseline_monthly, abs=0.02)
 
 
@@ -114,7 +156,9 @@ def test_worst_case_gpu_line_is_limit_times_priciest_allowed_instance_times_hour
     (volumes,) = lines_of(result, WORST_CASE, "root volumes at its ceiling")
     priciest = max(price(f"ec2.instance.{t}") for t in ("g5.xlarge", "g5.2xlarge", "g6.xlarge", "g6.2xlarge"))
     assert nodes.monthly == pytest.approx(limit * priciest * HOURS, abs=0.01)
-    assert volumes.monthly == pytest.approx(limit * 20 * price("ebs.gp3.storage"), abs=0.01)  # no EC2NodeClass: Karpenter's 20 GiB
+    assert volumes.monthly == pytest.approx(
+        limit * 20 * price("ebs.gp3.storage"), abs=0.01
+    )  # no EC2NodeClass: Karpenter's 20 GiB
     assert result.baseline_monthly == 0  # the ceiling is shown, never added to the idle total
     assert result.worst_case_monthly == pytest.approx(nodes.monthly + volumes.monthly, abs=0.01)
 
@@ -132,10 +176,13 @@ def test_a_ceiling_never_passes_the_limit():
     assert worst.quantity == 1 and worst.monthly == pytest.approx(price("ec2.instance.m6i.xlarge") * HOURS, abs=0.01)
     mixed = est(inventory(cpu_pool("7", families=("m6i",), sizes=("large", "xlarge"))))
     (worst,) = lines_of(mixed, WORST_CASE, "` at its ceiling")
-    assert worst.monthly == pytest.approx(3 * price("ec2.instance.m6i.large") * HOURS, abs=0.01)  # 6 of the 7 vCPUs, however mixed
+    assert worst.monthly == pytest.approx(
+        3 * price("ec2.instance.m6i.large") * HOURS, abs=0.01
+    )  # 6 of the 7 vCPUs, however mixed
 
 
 # -- issue 13, item 1: floors fit pods by CPU, memory and GPU on allocatable capacity ------------
+
 
 def test_allocatable_formula_gives_what_karpenter_publishes_for_every_type():
     """The EKS AMI's reserves (CPU tiers 6/1/0.5/0.25 %, 255 MiB + 11 MiB × max pods, 100 MiB eviction) and
@@ -143,13 +190,19 @@ def test_allocatable_formula_gives_what_karpenter_publishes_for_every_type():
     from infra.cost import instances
 
     reference = instances.karpenter_reference()
-    priced = {key.removeprefix("ec2.instance.") for key in TABLE.document["regions"]["us-east-1"] if key.startswith("ec2.instance.")}
+    priced = {
+        key.removeprefix("ec2.instance.")
+        for key in TABLE.document["regions"]["us-east-1"]
+        if key.startswith("ec2.instance.")
+    }
     assert priced <= set(reference)  # every priced type has its capacity from upstream
     for name in reference:
         instance = instances.get(name)
         assert instance.allocatable == instances.published_allocatable(name), name
         assert instance.max_pods == int(reference[name]["resources"]["pods"]), name  # ENI limits agree with Karpenter
-    chart = yaml.safe_load((REPO_ROOT / "components" / "upstream" / "karpenter-v1.11.1" / "chart-values.yaml").read_text())
+    chart = yaml.safe_load(
+        (REPO_ROOT / "components" / "upstream" / "karpenter-v1.11.1" / "chart-values.yaml").read_text()
+    )
     assert chart["settings"]["vmMemoryOverheadPercent"] == instances.VM_MEMORY_OVERHEAD  # the pinned chart's default
     g6 = instances.get("g6.xlarge")
     assert (g6.kube_reserved_cpu_milli, g6.kube_reserved_memory_mib) == (60 + 10 + 10, 255 + 11 * 58)
@@ -157,8 +210,13 @@ def test_allocatable_formula_gives_what_karpenter_publishes_for_every_type():
 
 def test_gpu_pods_too_big_for_g6_xlarge_are_priced_on_g6_2xlarge():
     """Two pods of 4 CPU, 16 Gi and 1 GPU: a g6.xlarge has 4 vCPUs and 16 GiB before reserves, so they do not fit."""
-    result = est(inventory(gpu_pool(16), node_class("gpu", "100Gi"),
-                           deployment("reranker", pool="gpu", cpu="4", memory="16Gi", gpus="1", replicas=2)))
+    result = est(
+        inventory(
+            gpu_pool(16),
+            node_class("gpu", "100Gi"),
+            deployment("reranker", pool="gpu", cpu="4", memory="16Gi", gpus="1", replicas=2),
+        )
+    )
     (floor,) = lines_of(result, BASELINE, "floor for always-on pods")
     assert (floor.quantity, "2 × g6.2xlarge") == (2, floor.assumption.split(" = ")[1].split(" (")[0])
     expected = 2 * price("ec2.instance.g6.2xlarge") * HOURS + 2 * 100 * price("ebs.gp3.storage")
@@ -166,23 +224,37 @@ def test_gpu_pods_too_big_for_g6_xlarge_are_priced_on_g6_2xlarge():
 
 
 def test_floors_count_memory_not_only_cpu():
-    """1 CPU in all, but 2 × 6 GiB: a c6i.large (4 GiB) holds neither pod; one m6i.xlarge (14,162 MiB allocatable) holds both."""
-    result = est(inventory(cpu_pool("64"), node_class("cpu", "50Gi"), deployment("api", pool=None, cpu="500m", memory="6Gi", replicas=2)))
+    """1 CPU in all, but 2 × 6 GiB.
+
+    A c6i.large (4 GiB) holds neither pod; one m6i.xlarge (14,162 MiB allocatable) holds both.
+    """
+    result = est(
+        inventory(
+            cpu_pool("64"),
+            node_class("cpu", "50Gi"),
+            deployment("api", pool=None, cpu="500m", memory="6Gi", replicas=2),
+        )
+    )
     (floor,) = lines_of(result, BASELINE, "floor for always-on pods")
     assert floor.quantity == 1 and "= 1 × m6i.xlarge" in floor.assumption
     assert floor.monthly == pytest.approx(price("ec2.instance.m6i.xlarge") * HOURS, abs=0.01)
 
 
 def test_a_pod_no_allowed_type_can_hold_is_reported():
-    result = est(inventory(gpu_pool(4, sizes=("xlarge",)), deployment("huge", pool="gpu", cpu="4", memory="16Gi", gpus="1")))
+    result = est(
+        inventory(gpu_pool(4, sizes=("xlarge",)), deployment("huge", pool="gpu", cpu="4", memory="16Gi", gpus="1"))
+    )
     (line,) = result.not_priced
     assert "serving/huge" in line.assumption and "more than any allowed instance type" in line.assumption
 
 
 # -- items 2 and 3: root volumes in floors and ceilings; worst case counts each floor once -----
 
+
 def test_node_root_volumes_are_priced_in_floors_and_ceilings():
-    result = est(inventory(gpu_pool(4), node_class("gpu", "100Gi"), deployment("r", pool="gpu", cpu="2", memory="8Gi", gpus="1")))
+    result = est(
+        inventory(gpu_pool(4), node_class("gpu", "100Gi"), deployment("r", pool="gpu", cpu="2", memory="8Gi", gpus="1"))
+    )
     (floor_volumes,) = lines_of(result, BASELINE, "floor root volumes")
     (ceiling_volumes,) = lines_of(result, WORST_CASE, "root volumes at its ceiling")
     assert (floor_volumes.quantity, floor_volumes.monthly) == (100, pytest.approx(100 * price("ebs.gp3.storage")))
@@ -191,20 +263,32 @@ def test_node_root_volumes_are_priced_in_floors_and_ceilings():
 
 def test_worst_case_is_baseline_plus_each_pool_ceiling_minus_its_floor():
     nat = res("nat", "aws:ec2/natGateway:NatGateway")
-    result = est(inventory(nat, gpu_pool(4), node_class("gpu", "100Gi"), deployment("r", pool="gpu", cpu="2", memory="8Gi", gpus="1")))
+    result = est(
+        inventory(
+            nat, gpu_pool(4), node_class("gpu", "100Gi"), deployment("r", pool="gpu", cpu="2", memory="8Gi", gpus="1")
+        )
+    )
     ceiling = sum(line.monthly for line in result.lines if line.kind == WORST_CASE)
     floor = sum(line.monthly for line in result.lines if line.kind == BASELINE and line.resource == "gpu-pool")
     assert floor > 0 and ceiling > floor
     assert result.worst_case_monthly == pytest.approx(result.baseline_monthly + ceiling - floor, abs=0.01)
-    assert result.worst_case_monthly == pytest.approx(est(inventory(nat)).baseline_monthly + ceiling, abs=0.01)  # the floor is inside the ceiling
+    assert result.worst_case_monthly == pytest.approx(
+        est(inventory(nat)).baseline_monthly + ceiling, abs=0.01
+    )  # the floor is inside the ceiling
 
 
 # -- item 4: one quantity parser ------------------------------------------------------------------
 
+
 def test_quantities_are_read_by_the_kubernetes_parser():
     from components.quantities import cpu_cores, cpu_millicores, gibibytes, mebibytes, whole
 
-    assert (cpu_cores("32000m"), cpu_cores("2"), cpu_millicores("0.1"), cpu_millicores("1e3m")) == (32.0, 2.0, 100, 1000)
+    assert (cpu_cores("32000m"), cpu_cores("2"), cpu_millicores("0.1"), cpu_millicores("1e3m")) == (
+        32.0,
+        2.0,
+        100,
+        1000,
+    )
     assert (mebibytes("16Gi"), mebibytes("512Mi"), gibibytes("100Gi"), whole("1")) == (16384.0, 512.0, 100.0, 1)
     for bad in ("4 cores", "1.5.2", "NaN"):
         with pytest.raises(ValueError, match="not a Kubernetes quantity"):
@@ -217,22 +301,48 @@ def test_components_read_quantities_with_the_same_parser():
 
     def pools(cpu_limit: str) -> NodePoolsArgs:
         pool = dict(instance_families=["m6i"], instance_sizes=["large"], capacity_types=["on-demand"])
-        return NodePoolsArgs(cluster_name="c", cluster_endpoint="e", cluster_security_group_id="sg", identity=None, node_role=None,  # type: ignore[arg-type]
-                             cpu=PoolArgs(**pool, limits={"cpu": cpu_limit}), gpu=PoolArgs(**pool, limits={"nvidia.com/gpu": "2"}))
+        return NodePoolsArgs(
+            cluster_name="c",
+            cluster_endpoint="e",
+            cluster_security_group_id="sg",
+            identity=None,
+            node_role=None,  # type: ignore[arg-type]
+            cpu=PoolArgs(**pool, limits={"cpu": cpu_limit}),
+            gpu=PoolArgs(**pool, limits={"nvidia.com/gpu": "2"}),
+        )
 
     assert pools("32000m").cpu.limits == {"cpu": "32000m"}  # a valid quantity, not a crash of int("32000m")
     with pytest.raises(ValueError, match=r"cpu.limits\[cpu\]: not a Kubernetes quantity: 'lots'"):
         pools("lots")
-    endpoint = dict(endpoint="e", model="m", image="repo/model:1.0", artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k",
-                    tracking_url="http://t", tracking_reader_secret_arn="s", identity=None, load_balancer_cidrs=["10.0.192.0/22"],
-                    alias="champion", min_replicas=1, max_replicas=1, memory="1Gi", gpu=0, autoscaling_metric="cpu", autoscaling_target=70,
-                    capture_fraction=0.0, ingress_group="internal")
+    endpoint = dict(
+        endpoint="e",
+        model="m",
+        image="repo/model:1.0",
+        artifact_bucket="b",
+        artifact_bucket_arn="arn",
+        kms_key_arn="k",
+        tracking_url="http://t",
+        tracking_reader_secret_arn="s",
+        identity=None,
+        load_balancer_cidrs=["10.0.192.0/22"],
+        alias="champion",
+        min_replicas=1,
+        max_replicas=1,
+        memory="1Gi",
+        gpu=0,
+        autoscaling_metric="cpu",
+        autoscaling_target=70,
+        capture_fraction=0.0,
+        ingress_group="internal",
+    )
     assert [ServingEndpointArgs(**endpoint, cpu=cpu).workers for cpu in ("1500m", "2", "2500m", "250m")] == [1, 2, 2, 1]
 
 
 def test_a_cpu_limit_in_millicores_is_read_as_cores():
     """`"32000m"` is 32 vCPUs: 16 × m6i.large at most, not 16,000."""
-    (worst,) = lines_of(est(inventory(cpu_pool("32000m", families=("m6i",), sizes=("large",)))), WORST_CASE, "` at its ceiling")
+    (worst,) = lines_of(
+        est(inventory(cpu_pool("32000m", families=("m6i",), sizes=("large",)))), WORST_CASE, "` at its ceiling"
+    )
     assert worst.quantity == 16 and worst.assumption.startswith("ceiling 32 vCPUs = 16 × m6i.large")
 
 
@@ -268,7 +378,9 @@ def test_every_entry_of_the_table_is_dated_and_sourced():
     assert TABLE.date and set(TABLE.regions) >= {"us-east-1", "us-west-2", "eu-west-1"}
     for region in TABLE.regions:
         for key, entry in TABLE.document["regions"][region].items():
-            assert entry["price"] >= 0 and entry["source"] and entry["confidence"] in "ABC" and entry["query"]["service"], (region, key)
+            assert (
+                entry["price"] >= 0 and entry["source"] and entry["confidence"] in "ABC" and entry["query"]["service"]
+            ), (region, key)
 
 
 def compare_fixture():
@@ -298,7 +410,9 @@ def test_compare_shows_added_removed_and_changed():
     assert not any(c.resource == "artifacts" for c in comparison.changes)  # unchanged lines are not listed
     node_group = next(c for c in comparison.changes if c.resource == "ng" and "t3.medium" in c.item)
     assert node_group.delta == pytest.approx(price("ec2.instance.t3.medium") * HOURS, abs=0.01)
-    assert comparison.delta == pytest.approx(comparison.head.baseline_monthly - comparison.base.baseline_monthly, abs=0.01)
+    assert comparison.delta == pytest.approx(
+        comparison.head.baseline_monthly - comparison.base.baseline_monthly, abs=0.01
+    )
     assert sum(c.delta for c in comparison.changes if c.kind == BASELINE) == pytest.approx(comparison.delta, abs=0.05)
 
 
@@ -332,7 +446,9 @@ def test_a_real_pulumi_preview_is_priced():
 
 
 def run_cost(*args):
-    return subprocess.run([sys.executable, "-m", "infra.cli", "cost", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", "cost", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +463,9 @@ def test_budget_gate_exit_codes(dev_inventory_file):
     assert under.returncode == 0, under.stderr
     over = run_cost("--inventory", str(dev_inventory_file), "--fail-over-budget", "--budget", "50")
     assert over.returncode == 1 and "over its budget of $50.00" in over.stderr
-    increase = run_cost("--inventory", str(dev_inventory_file), "--compare", str(dev_inventory_file), "--max-increase", "0")
+    increase = run_cost(
+        "--inventory", str(dev_inventory_file), "--compare", str(dev_inventory_file), "--max-increase", "0"
+    )
     assert increase.returncode == 0
     missing = run_cost("--inventory", str(dev_inventory_file), "--max-increase", "5")
     assert missing.returncode == 2 and "--max-increase needs --compare" in missing.stderr
@@ -384,23 +502,46 @@ def test_refresh_prices_from_the_price_list_api_offline():
     import boto3
 
     document = {
-        "schema": "mlops-platform/prices@1", "date": "2000-01-01", "currency": "USD", "hoursPerMonth": 730,
-        "regions": {"us-east-1": {
-            "ec2.instance.t3.medium": {"price": 1.0, "unit": "hour", "source": "old", "confidence": "C",
-                                       "query": {"service": "AmazonEC2", "filters": {"instanceType": "t3.medium"}}},
-            "kms.key": {"price": 1.0, "unit": "month", "source": "old", "confidence": "C",
-                        "query": {"service": "awskms", "filters": {"usagetype": "KMS-Keys"}}},
-        }},
+        "schema": "mlops-platform/prices@1",
+        "date": "2000-01-01",
+        "currency": "USD",
+        "hoursPerMonth": 730,
+        "regions": {
+            "us-east-1": {
+                "ec2.instance.t3.medium": {
+                    "price": 1.0,
+                    "unit": "hour",
+                    "source": "old",
+                    "confidence": "C",
+                    "query": {"service": "AmazonEC2", "filters": {"instanceType": "t3.medium"}},
+                },
+                "kms.key": {
+                    "price": 1.0,
+                    "unit": "month",
+                    "source": "old",
+                    "confidence": "C",
+                    "query": {"service": "awskms", "filters": {"usagetype": "KMS-Keys"}},
+                },
+            }
+        },
     }
     client = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     dimension = {"unit": "Hrs", "pricePerUnit": {"USD": "0.0416000000"}}
     product = {"product": {"attributes": {}}, "terms": {"OnDemand": {"t": {"priceDimensions": {"d": dimension}}}}}
     with Stubber(client) as stub:
         # entries are refreshed in key order: ec2... then kms...
-        stub.add_response("get_products", {"PriceList": [json.dumps(product)], "FormatVersion": "aws_v1"},
-                          {"ServiceCode": "AmazonEC2", "FormatVersion": "aws_v1", "Filters": [
-                              {"Type": "TERM_MATCH", "Field": "instanceType", "Value": "t3.medium"},
-                              {"Type": "TERM_MATCH", "Field": "regionCode", "Value": "us-east-1"}]})
+        stub.add_response(
+            "get_products",
+            {"PriceList": [json.dumps(product)], "FormatVersion": "aws_v1"},
+            {
+                "ServiceCode": "AmazonEC2",
+                "FormatVersion": "aws_v1",
+                "Filters": [
+                    {"Type": "TERM_MATCH", "Field": "instanceType", "Value": "t3.medium"},
+                    {"Type": "TERM_MATCH", "Field": "regionCode", "Value": "us-east-1"},
+                ],
+            },
+        )
         stub.add_response("get_products", {"PriceList": [], "FormatVersion": "aws_v1"})
         new, unchanged = refresh(client, table=PriceTable(document), regions=["us-east-1"], progress=lambda _: None)
         stub.assert_no_pending_responses()
@@ -414,10 +555,19 @@ def test_cost_comment_over_directories_marks_new_stacks_as_added(tmp_path, dev_i
     base, head = tmp_path / "base", tmp_path / "head"
     base.mkdir(), head.mkdir()
     (head / "dev.json").write_text(dev_inventory_file.read_text())
-    result = subprocess.run([sys.executable, "-m", "infra.cli", "cost-comment", str(base), str(head)], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "cost-comment", str(base), str(head)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(report.COMMENT_MARKER) and "will increase by" in result.stdout and "| dev | $0.00 |" in result.stdout
+    assert (
+        result.stdout.startswith(report.COMMENT_MARKER)
+        and "will increase by" in result.stdout
+        and "| dev | $0.00 |" in result.stdout
+    )
 
 
 def test_cost_review_script_prices_only_the_stack_a_change_touches(tmp_path):
@@ -425,7 +575,9 @@ def test_cost_review_script_prices_only_the_stack_a_change_touches(tmp_path):
     import os
     import shutil
 
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     repo = tmp_path / "repo"
     for name in files:
         if (REPO_ROOT / name).is_file():
@@ -433,7 +585,9 @@ def test_cost_review_script_prices_only_the_stack_a_change_touches(tmp_path):
             shutil.copy2(REPO_ROOT / name, repo / name)
 
     def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True, capture_output=True)
+        return subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True, capture_output=True
+        )
 
     git("init", "-q")
     git("add", "-A")
@@ -443,13 +597,21 @@ def test_cost_review_script_prices_only_the_stack_a_change_touches(tmp_path):
 
     out = tmp_path / "cost"
     result = subprocess.run(
-        ["bash", "scripts/cost-review.sh", "HEAD", str(out)], cwd=repo, capture_output=True, text=True, timeout=300,
+        ["bash", "scripts/cost-review.sh", "HEAD", str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "stacks affected since HEAD: dev" in result.stdout
     comment = (out / "comment.md").read_text()
-    nat = price("vpc.nat.hour") * HOURS + DEFAULT_USAGE["natGbPerGateway"] * price("vpc.nat.data") + price("vpc.public-ipv4") * HOURS
+    nat = (
+        price("vpc.nat.hour") * HOURS
+        + DEFAULT_USAGE["natGbPerGateway"] * price("vpc.nat.data")
+        + price("vpc.public-ipv4") * HOURS
+    )
     assert f"will increase by **${nat:,.2f}/month**" in comment
     assert "| dev |" in comment and "| prod |" not in comment
 
@@ -474,6 +636,7 @@ def test_readme_states_what_the_cost_command_prints_now(stack_inventories):
 
 # -- item 5: errors, not tracebacks ------------------------------------------------------------
 
+
 def one_line_error(result, *expected: str) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -484,9 +647,16 @@ def one_line_error(result, *expected: str) -> None:
 def test_missing_files_and_bad_inventories_exit_2_with_one_line(tmp_path, dev_inventory_file):
     missing = tmp_path / "missing.json"
     one_line_error(run_cost("--inventory", str(missing)), str(missing), "cannot read the inventory", "No such file")
-    one_line_error(run_cost("--inventory", str(dev_inventory_file), "--compare", str(missing)), str(missing), "cannot read the inventory")
-    one_line_error(run_cost("--inventory", str(dev_inventory_file), "--usage", str(tmp_path / "usage.yaml")),
-                   str(tmp_path / "usage.yaml"), "cannot read the usage file")
+    one_line_error(
+        run_cost("--inventory", str(dev_inventory_file), "--compare", str(missing)),
+        str(missing),
+        "cannot read the inventory",
+    )
+    one_line_error(
+        run_cost("--inventory", str(dev_inventory_file), "--usage", str(tmp_path / "usage.yaml")),
+        str(tmp_path / "usage.yaml"),
+        "cannot read the usage file",
+    )
     document = json.loads(dev_inventory_file.read_text())
     del document["resources"][3]["type"]
     typeless = tmp_path / "typeless.json"
@@ -496,16 +666,35 @@ def test_missing_files_and_bad_inventories_exit_2_with_one_line(tmp_path, dev_in
 
 # -- item 6: compare matches resources by their place among the components, not by URN ---------
 
+
 def staged(stack: str, desired: int = 2) -> Inventory:
     """A small stack whose names carry the stack's name, as the platform's do (`mlops-<stack>-...`)."""
+
     def r(name, type_, parent=None, **inputs):
-        return Resource(urn=f"urn:pulumi:{stack}::p::{type_}::mlops-{stack}-{name}", type=type_, name=f"mlops-{stack}-{name}",
-                        parent=parent and f"urn:pulumi:{stack}::p::{parent[0]}::mlops-{stack}-{parent[1]}", custom=not type_.startswith("mlops:"),
-                            inputs=inputs)
+        return Resource(
+            urn=f"urn:pulumi:{stack}::p::{type_}::mlops-{stack}-{name}",
+            type=type_,
+            name=f"mlops-{stack}-{name}",
+            parent=parent and f"urn:pulumi:{stack}::p::{parent[0]}::mlops-{stack}-{parent[1]}",
+            custom=not type_.startswith("mlops:"),
+            inputs=inputs,
+        )
+
     net, cluster = ("mlops:network:Network", "net"), ("mlops:cluster:Cluster", "cluster")
-    return inventory(r("net", net[0]), r("net-nat-0", "aws:ec2/natGateway:NatGateway", net), r("net-eip-0", "aws:ec2/eip:Eip", net),
-                     r("cluster", cluster[0]), r("cluster-system", "aws:eks/nodeGroup:NodeGroup", cluster, instanceTypes=["t3.medium"],
-                                                    scalingConfig={"desiredSize": desired}), stack=stack)
+    return inventory(
+        r("net", net[0]),
+        r("net-nat-0", "aws:ec2/natGateway:NatGateway", net),
+        r("net-eip-0", "aws:ec2/eip:Eip", net),
+        r("cluster", cluster[0]),
+        r(
+            "cluster-system",
+            "aws:eks/nodeGroup:NodeGroup",
+            cluster,
+            instanceTypes=["t3.medium"],
+            scalingConfig={"desiredSize": desired},
+        ),
+        stack=stack,
+    )
 
 
 def test_compare_matches_a_renamed_stack_by_logical_name():
@@ -513,7 +702,9 @@ def test_compare_matches_a_renamed_stack_by_logical_name():
     assert same.changes == [] and same.delta == 0
     grown = report.compare(est(staged("dev")), est(staged("dev-eu", desired=3)))
     assert {(c.status, c.resource) for c in grown.changes} == {("changed", "mlops-dev-eu-cluster-system")}
-    assert grown.delta == pytest.approx(price("ec2.instance.t3.medium") * HOURS + 20 * price("ebs.gp2.storage"), abs=0.01)
+    assert grown.delta == pytest.approx(
+        price("ec2.instance.t3.medium") * HOURS + 20 * price("ebs.gp2.storage"), abs=0.01
+    )
 
 
 def test_a_copy_of_the_dev_stack_file_under_a_new_name_compares_equal(tmp_path, stack_inventories):
@@ -535,19 +726,28 @@ def test_prod_idle_total_recounted_by_hand(stack_inventories):
     expected = {
         "EKS control plane": price("eks.cluster.standard") * HOURS,
         "system nodes: 3 × m6i.large, 40 GiB each": 3 * price("ec2.instance.m6i.large") * HOURS + 3 * 40 * gp3,
-        "NAT per AZ (3): hours, 20 GB, its IPv4": 3 * (price("vpc.nat.hour") * HOURS + 20 * price("vpc.nat.data") + price("vpc.public-ipv4") * HOURS),
-        "interface endpoints ecr.api, ecr.dkr, sts, logs in 3 AZs, 5 GB each":
-            4 * (3 * price("vpc.interface-endpoint.hour") * HOURS + 5 * price("vpc.interface-endpoint.data")),
-        "RDS db.m6g.large Multi-AZ, 100 GB": price("rds.instance.db.m6g.large.multi-az") * HOURS + 100 * price("rds.storage.gp3.multi-az"),
+        "NAT per AZ (3): hours, 20 GB, its IPv4": 3
+        * (price("vpc.nat.hour") * HOURS + 20 * price("vpc.nat.data") + price("vpc.public-ipv4") * HOURS),
+        "interface endpoints ecr.api, ecr.dkr, sts, logs in 3 AZs, 5 GB each": 4
+        * (3 * price("vpc.interface-endpoint.hour") * HOURS + 5 * price("vpc.interface-endpoint.data")),
+        "RDS db.m6g.large Multi-AZ, 100 GB": price("rds.instance.db.m6g.large.multi-az") * HOURS
+        + 100 * price("rds.storage.gp3.multi-az"),
         "KMS keys: cluster secrets, storage": 2 * price("kms.key"),
-        "secrets: RDS master, tracking admin/flask/database, 2 endpoint readers, Grafana admin": 7 * price("secretsmanager.secret"),
-        "control-plane logs: 5 GB ingested, kept 90 days": 5 * price("logs.ingestion") + 5 * 90 / 30 * price("logs.storage"),
+        "secrets: RDS master, tracking admin/flask/database, 2 endpoint readers, Grafana admin": 7
+        * price("secretsmanager.secret"),
+        "control-plane logs: 5 GB ingested, kept 90 days": 5 * price("logs.ingestion")
+        + 5 * 90 / 30 * price("logs.storage"),
         "S3: 50 GB artifacts + 100 GB datasets": 150 * price("s3.standard.storage"),
         "ECR: 3 repositories × 2 GB": 3 * 2 * price("ecr.storage"),
         "Prometheus 200 GB + Alertmanager 2 GB": 202 * gp3,
         "internal ALB: hours + 1 LCU": (price("elb.application.hour") + price("elb.application.lcu")) * HOURS,
-        "cpu pool floor: 3 × 2 CPU + 2 × 250m, 8 GiB = 1 × c6i.2xlarge, 50 GiB": price("ec2.instance.c6i.2xlarge") * HOURS + 50 * gp3,
-        "gpu pool floor: 2 × (4 CPU, 16 Gi, 1 GPU) = 2 × g6.2xlarge, 100 GiB each": 2 * price("ec2.instance.g6.2xlarge") * HOURS + 2 * 100 * gp3,
+        "cpu pool floor: 3 × 2 CPU + 2 × 250m, 8 GiB = 1 × c6i.2xlarge, 50 GiB": price("ec2.instance.c6i.2xlarge")
+        * HOURS
+        + 50 * gp3,
+        "gpu pool floor: 2 × (4 CPU, 16 Gi, 1 GPU) = 2 × g6.2xlarge, 100 GiB each": 2
+        * price("ec2.instance.g6.2xlarge")
+        * HOURS
+        + 2 * 100 * gp3,
     }
     result = est(stack_inventories["prod"])
     assert result.not_priced == []

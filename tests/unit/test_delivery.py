@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 
 from infra import delivery
-from infra.delivery import DeliveryError, Skopeo, images, layout_digest, push, record_digest, settings_of, stacks_to_deploy
+from infra.delivery import (
+    DeliveryError,
+    Skopeo,
+    images,
+    layout_digest,
+    push,
+    record_digest,
+    settings_of,
+    stacks_to_deploy,
+)
 from infra.processes import LOOPBACK, free_port, start, wait_http
 from infra.review import COMMENT_MARKER
 from infra.settings import SettingsError
@@ -29,7 +38,9 @@ DIGEST_A = "sha256:" + "a" * 64
 
 def scratch_repo(tmp_path: Path) -> Path:
     """A copy of the repository's tracked and untracked files (not ignored ones), as a fresh git repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     repo = tmp_path / "repo"
     for name in files:
         if (REPO_ROOT / name).is_file():
@@ -42,7 +53,13 @@ def scratch_repo(tmp_path: Path) -> Path:
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 # -- images and versions ------------------------------------------------------------------------------
@@ -56,21 +73,35 @@ def test_every_service_with_a_dockerfile_is_built_at_its_version():
     for service in delivery.SERVICE_VERSIONS:  # what a stack runs: the documented build line says the same version
         assert delivery.dockerfile_version(REPO_ROOT, service) == built[service]["version"], service
         for profile in ("dev", "staging", "prod"):
-            assert service in profile_defaults(profile)["registry"]["repositories"], "each image a stack runs needs its repository"
+            assert service in profile_defaults(profile)["registry"]["repositories"], (
+                "each image a stack runs needs its repository"
+            )
 
 
 def test_an_image_no_setting_selects_takes_its_dockerfiles_version_and_one_without_stops_the_build(tmp_path):
-    for service, line in (("tracking", ""), ("serving", ""), ("scoring", "# docker build -f services/scoring/Dockerfile -t scoring:2.0.1 .\n")):
+    for service, line in (
+        ("tracking", ""),
+        ("serving", ""),
+        ("scoring", "# docker build -f services/scoring/Dockerfile -t scoring:2.0.1 .\n"),
+    ):
         (tmp_path / "services" / service).mkdir(parents=True)
         (tmp_path / "services" / service / "Dockerfile").write_text(line + "FROM scratch\n")
-    assert {i["service"]: (i["version"], i["setting"]) for i in images(tmp_path)}["scoring"] == ("2.0.1", "services/scoring/Dockerfile")
+    assert {i["service"]: (i["version"], i["setting"]) for i in images(tmp_path)}["scoring"] == (
+        "2.0.1",
+        "services/scoring/Dockerfile",
+    )
     (tmp_path / "services" / "scoring" / "Dockerfile").write_text("FROM scratch\n")
-    with pytest.raises(DeliveryError, match=r"services/scoring/Dockerfile has no version: name it in its build line \(`-t scoring:<version>`\)"):
+    with pytest.raises(
+        DeliveryError,
+        match=r"services/scoring/Dockerfile has no version: name it in its build line \(`-t scoring:<version>`\)",
+    ):
         images(tmp_path)
 
 
 def test_images_command_prints_json_for_the_matrix():
-    result = subprocess.run([sys.executable, "-m", "infra.delivery", "images"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.delivery", "images"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == images()
 
@@ -119,17 +150,31 @@ def test_a_recorded_digest_is_what_the_settings_read_and_nothing_else_moves(stac
     assert record_digest(path, "tracking", "3.17.2-1", DIGEST_A, stack_copy) is True
     after = path.read_text()
     assert after.startswith(before)  # every line kept, comments and quoting included; the digests appended
-    assert after[len(before):] == f"  mlops-platform:imageDigests:\n    tracking:\n      3.17.2-1: {DIGEST_A}\n"
+    assert after[len(before) :] == f"  mlops-platform:imageDigests:\n    tracking:\n      3.17.2-1: {DIGEST_A}\n"
     assert settings_of(path, stack_copy).image_digests == {"tracking": {"3.17.2-1": DIGEST_A}}
     assert record_digest(path, "tracking", "3.17.2-1", DIGEST_A, stack_copy) is False
-    assert record_digest(path, "serving", "1.0", DIGEST_A, stack_copy) is True  # a tag YAML would read as a number stays a string
+    assert (
+        record_digest(path, "serving", "1.0", DIGEST_A, stack_copy) is True
+    )  # a tag YAML would read as a number stays a string
     assert settings_of(path, stack_copy).image_digests["serving"] == {"1.0": DIGEST_A}
 
 
-@pytest.mark.parametrize("repository, digest, expected", [
-    ("tracking", "sha256:abc", 'mlops-platform:imageDigests.tracking.3.17.2-1: got "sha256:abc"; not an image digest'),
-    ("mlflow", DIGEST_A, 'mlops-platform:imageDigests.mlflow: not a repository of this stack; allowed: "serving", "tracking", "drift"'),
-])
+@pytest.mark.parametrize(
+    "repository, digest, expected",
+    [
+        (
+            "tracking",
+            "sha256:abc",
+            'mlops-platform:imageDigests.tracking.3.17.2-1: got "sha256:abc"; not an image digest',
+        ),
+        (
+            "mlflow",
+            DIGEST_A,
+            'mlops-platform:imageDigests.mlflow: not a repository of this stack; allowed: "serving", "tracking", '
+            '"drift"',
+        ),
+    ],
+)
 def test_a_bad_digest_is_refused_and_the_stack_file_is_unchanged(stack_copy, repository, digest, expected):
     path = stack_copy / "stacks/Pulumi.dev.yaml"
     before = path.read_text()
@@ -156,14 +201,41 @@ def oci_layout(path: Path, content: bytes, tag: str) -> str:
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
     layer = blob(gzip.compress(raw.getvalue(), mtime=0))
-    config = blob(json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                              "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()]}}).encode())
-    manifest = blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-                                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}]}).encode())
+    config = blob(
+        json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()]},
+            }
+        ).encode()
+    )
+    manifest = blob(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+            }
+        ).encode()
+    )
     (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest, "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+    (path / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        **manifest,
+                        "annotations": {"org.opencontainers.image.ref.name": tag},
+                    }
+                ],
+            }
+        )
+    )
     return manifest["digest"]
 
 
@@ -176,12 +248,18 @@ def built_image(images_dir: Path, service: str, version: str, content: bytes) ->
 @pytest.fixture()
 def registry(tmp_path):
     if not (shutil.which("skopeo") and shutil.which("docker-registry")):
-        pytest.fail("skopeo and docker-registry are needed (scripts/system-packages.txt; `make setup` installs them as root)")
+        pytest.fail(
+            "skopeo and docker-registry are needed (scripts/system-packages.txt; `make setup` installs them as root)"
+        )
     port = free_port()
     config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry-data'}\n"
-                      f"http:\n  addr: {LOOPBACK}:{port}\nlog:\n  level: warn\n")
-    server = start("registry", ["docker-registry", "serve", str(config)], url=f"http://{LOOPBACK}:{port}", log_dir=tmp_path)
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry-data'}\n"
+        f"http:\n  addr: {LOOPBACK}:{port}\nlog:\n  level: warn\n"
+    )
+    server = start(
+        "registry", ["docker-registry", "serve", str(config)], url=f"http://{LOOPBACK}:{port}", log_dir=tmp_path
+    )
     try:
         wait_http(server, "/v2/", timeout=30)
         yield f"{LOOPBACK}:{port}"
@@ -195,8 +273,13 @@ def test_push_copies_the_scanned_bytes_reads_the_digest_back_and_records_it(tmp_
     serving = built_image(images_dir, "serving", "0.1.0", b"serving build 1")
     skopeo = Skopeo(tls_verify=False)
     results = push("dev", images_dir, registry, skopeo, root=stack_copy)
-    assert [(r["service"], r["pushed"], r["note"]) for r in results] == [("serving", True, "pushed"), ("tracking", True, "pushed")]
-    assert skopeo.digest(f"{registry}/mlops-dev/tracking:3.17.2-1") == tracking  # the registry names it by the scanned digest
+    assert [(r["service"], r["pushed"], r["note"]) for r in results] == [
+        ("serving", True, "pushed"),
+        ("tracking", True, "pushed"),
+    ]
+    assert (
+        skopeo.digest(f"{registry}/mlops-dev/tracking:3.17.2-1") == tracking
+    )  # the registry names it by the scanned digest
     assert skopeo.digest(f"{registry}/mlops-dev/serving:0.1.0") == serving
     assert skopeo.digest(f"{registry}/mlops-dev/serving:9.9.9") is None
     recorded = settings_of(stack_copy / "stacks/Pulumi.dev.yaml", stack_copy).image_digests
@@ -207,17 +290,32 @@ def test_push_copies_the_scanned_bytes_reads_the_digest_back_and_records_it(tmp_
     shutil.rmtree(images_dir / "tracking")
     rebuilt = built_image(images_dir, "tracking", "3.17.2-1", b"tracking build 2")
     again = {r["service"]: r for r in push("dev", images_dir, registry, skopeo, root=stack_copy)}
-    assert again["tracking"]["pushed"] is False and f"this build ({rebuilt}) was not pushed: bump the version" in again["tracking"]["note"]
-    assert again["serving"] == {**again["serving"], "pushed": False, "note": "already in the registry", "recorded": False}
+    assert (
+        again["tracking"]["pushed"] is False
+        and f"this build ({rebuilt}) was not pushed: bump the version" in again["tracking"]["note"]
+    )
+    assert again["serving"] == {
+        **again["serving"],
+        "pushed": False,
+        "note": "already in the registry",
+        "recorded": False,
+    }
     assert skopeo.digest(f"{registry}/mlops-dev/tracking:3.17.2-1") == tracking
-    assert settings_of(stack_copy / "stacks/Pulumi.dev.yaml", stack_copy).image_digests["tracking"] == {"3.17.2-1": tracking}
+    assert settings_of(stack_copy / "stacks/Pulumi.dev.yaml", stack_copy).image_digests["tracking"] == {
+        "3.17.2-1": tracking
+    }
 
 
 def test_push_skips_an_image_the_stack_has_no_repository_for(tmp_path, stack_copy, registry):
     images_dir = tmp_path / "images"
     built_image(images_dir, "training", "0.1.0", b"training")
     (result,) = push("dev", images_dir, registry, Skopeo(tls_verify=False), root=stack_copy)
-    assert result == {"service": "training", "tag": "0.1.0", "pushed": False, "note": "stack dev has no training repository"}
+    assert result == {
+        "service": "training",
+        "tag": "0.1.0",
+        "pushed": False,
+        "note": "stack dev has no training repository",
+    }
     assert Skopeo(tls_verify=False).digest(f"{registry}/mlops-dev/training:0.1.0") is None
 
 
@@ -238,7 +336,18 @@ def test_push_command_reports_an_unreachable_registry_in_one_line(tmp_path, stac
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     monkeypatch.setattr(delivery, "REPO_ROOT", stack_copy)
-    code = delivery.main(["push", "--stack", "dev", "--images", str(images_dir), "--registry", f"{LOOPBACK}:{free_port()}", "--no-tls-verify"])
+    code = delivery.main(
+        [
+            "push",
+            "--stack",
+            "dev",
+            "--images",
+            str(images_dir),
+            "--registry",
+            f"{LOOPBACK}:{free_port()}",
+            "--no-tls-verify",
+        ]
+    )
     assert code == delivery.EXIT_FAILED and not summary.exists()
 
 
@@ -248,17 +357,28 @@ def test_pr_review_script_builds_one_comment_with_changes_findings_objects_and_c
     and puts a webhook in plain text (MLOPS-SEC-002)."""
     repo = scratch_repo(tmp_path)
     stack_file = repo / "stacks/Pulumi.dev.yaml"
-    stack_file.write_text(stack_file.read_text() + "  mlops-platform:network:\n    natGateways: perAz\n"
-                          "  mlops-platform:alertSlackWebhook: https://hooks.slack.com/services/T0/B0/plain\n")
+    stack_file.write_text(
+        stack_file.read_text() + "  mlops-platform:network:\n    natGateways: perAz\n"
+        "  mlops-platform:alertSlackWebhook: https://hooks.slack.com/services/T0/B0/plain\n"
+    )
     out = tmp_path / "review"
-    result = subprocess.run(["bash", "scripts/pr-review.sh", "HEAD", str(out)], cwd=repo, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHON": sys.executable})
+    result = subprocess.run(
+        ["bash", "scripts/pr-review.sh", "HEAD", str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     comment = (out / "comment.md").read_text()
     assert comment.startswith(COMMENT_MARKER + "\n## Review of this change: ❌")
     # the second NAT gateway, its address and route; the webhook's secrets and the Alertmanager values that read them
     assert "| dev | ➕ 5 create, ✏️ 2 update | ❌ 1 | valid |" in comment
-    assert "| ➕ | `/mlops:network:Network:net/aws:ec2/natGateway:NatGateway:-nat-1` | `aws:ec2/natGateway:NatGateway` |" in comment
+    assert (
+        "| ➕ | `/mlops:network:Network:net/aws:ec2/natGateway:NatGateway:-nat-1` | `aws:ec2/natGateway:NatGateway` |"
+        in comment
+    )
     assert "| ✏️ | `/mlops:network:Network:net/aws:ec2/routeTable:RouteTable:-private-rt-1` |" in comment
     assert "**MLOPS-SEC-002** [high] `config:mlops-platform:alertSlackWebhook`" in comment
     assert "| prod |" not in comment and "### Cost" in comment and "will increase by" in comment
@@ -270,8 +390,14 @@ def test_pr_review_of_a_change_that_touches_no_stack(tmp_path):
     repo = scratch_repo(tmp_path)
     (repo / "README.md").write_text("docs\n")
     out = tmp_path / "review"
-    result = subprocess.run(["bash", "scripts/pr-review.sh", "HEAD", str(out)], cwd=repo, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHON": sys.executable})
+    result = subprocess.run(
+        ["bash", "scripts/pr-review.sh", "HEAD", str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "comment.md").read_text() == f"{COMMENT_MARKER}\nNo stack is affected by this change.\n"
     assert (out / "exit-code").read_text().strip() == "0"
@@ -284,10 +410,14 @@ def test_a_real_preview_shows_the_engines_own_operations():
 
     head = Inventory.read(REPO_ROOT / "tests/fixtures/pulumi-preview-dev.json")
     changes = resource_changes(None, head)
-    assert changes == [("create", "/mlops:storage:Storage:storage", "mlops:storage:Storage"),
-                       ("create", "/mlops:storage:Storage:storage/aws:s3/bucket:Bucket:-artifacts", "aws:s3/bucket:Bucket"),
-                       ("update", "/mlops:storage:Storage:storage/aws:kms/key:Key:-key", "aws:kms/key:Key")]
-    comment = render_comment([StackReview("dev", changes, source=head.source)], "<!-- mlops-platform cost comment -->\ncost\n")
+    assert changes == [
+        ("create", "/mlops:storage:Storage:storage", "mlops:storage:Storage"),
+        ("create", "/mlops:storage:Storage:storage/aws:s3/bucket:Bucket:-artifacts", "aws:s3/bucket:Bucket"),
+        ("update", "/mlops:storage:Storage:storage/aws:kms/key:Key:-key", "aws:kms/key:Key"),
+    ]
+    comment = render_comment(
+        [StackReview("dev", changes, source=head.source)], "<!-- mlops-platform cost comment -->\ncost\n"
+    )
     assert "from the real `pulumi preview`" in comment and "| dev | ➕ 2 create, ✏️ 1 update | 0 | valid |" in comment
     assert comment.count("<!--") == 1 and comment.endswith("### Cost\n\ncost\n")
 
@@ -302,15 +432,29 @@ def test_pr_review_with_real_previews_runs_pulumi_in_both_trees_with_the_program
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "pulumi"
-    fake.write_text(f"#!/bin/sh\n[ -x .venv/bin/python ] || {{ echo \"no .venv in $PWD\" >&2; exit 1; }}\n"
-                    f"echo \"$PWD $*\" >> {tmp_path / 'calls'}\ncat {REPO_ROOT / 'tests/fixtures/pulumi-preview-dev.json'}\n")
+    fake.write_text(
+        f'#!/bin/sh\n[ -x .venv/bin/python ] || {{ echo "no .venv in $PWD" >&2; exit 1; }}\n'
+        f'echo "$PWD $*" >> {tmp_path / "calls"}\ncat {REPO_ROOT / "tests/fixtures/pulumi-preview-dev.json"}\n'
+    )
     fake.chmod(0o755)
     out = tmp_path / "review"
-    result = subprocess.run(["bash", "scripts/pr-review.sh", "HEAD", str(out)], cwd=repo, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHON": sys.executable, "PREVIEW": "pulumi", "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    result = subprocess.run(
+        ["bash", "scripts/pr-review.sh", "HEAD", str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable, "PREVIEW": "pulumi", "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert len(calls) == 2 and all(c.endswith("preview --stack dev --json") for c in calls) and any(c.startswith(str(repo) + " ") for c in calls)
+    assert (
+        len(calls) == 2
+        and all(c.endswith("preview --stack dev --json") for c in calls)
+        and any(c.startswith(str(repo) + " ") for c in calls)
+    )
     comment = (out / "comment.md").read_text()
     assert "What changes comes from the real `pulumi preview`." in comment
-    assert "| ➕ | `/mlops:storage:Storage:storage/aws:s3/bucket:Bucket:-artifacts` | `aws:s3/bucket:Bucket` |" in comment
+    assert (
+        "| ➕ | `/mlops:storage:Storage:storage/aws:s3/bucket:Bucket:-artifacts` | `aws:s3/bucket:Bucket` |" in comment
+    )

@@ -28,7 +28,10 @@ ROLE_POLICIES = ("aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicyAttachment:
 INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
 SERVICE = "kubernetes:core/v1:Service"
 STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
-RUNNER_RULE_TYPES = ("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "aws:ec2/securityGroupRule:SecurityGroupRule")
+RUNNER_RULE_TYPES = (
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+    "aws:ec2/securityGroupRule:SecurityGroupRule",
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,12 @@ def one(inventory: Inventory, type_token: str, suffix: str) -> Resource:
 
 def unmet(plan: DeployPlan, users: list[Resource], needed: list[Resource], why: str) -> list[str]:
     """One line per (user, needed) pair where the user does not wait for (and so may outlive) what it needs."""
-    return [f"{u.name} does not depend on {n.name}: {why}" for u in users for n in needed if u.urn != n.urn and not plan.requires(u, n)]
+    return [
+        f"{u.name} does not depend on {n.name}: {why}"
+        for u in users
+        for n in needed
+        if u.urn != n.urn and not plan.requires(u, n)
+    ]
 
 
 # -- the plan itself, and what the offline recorder gives it ---------------------------------------
@@ -71,7 +79,9 @@ def test_the_recorder_keeps_implicit_dependencies_parents_and_providers():
             super().__init__("test:index:Box", name)
             self.bucket = aws.s3.Bucket(f"{name}-bucket", opts=pulumi.ResourceOptions(parent=self))
             # no depends_on: the bucket's id flowing into `bucket` is the only link
-            self.policy = aws.s3.BucketPublicAccessBlock(f"{name}-block", bucket=self.bucket.id, opts=pulumi.ResourceOptions(parent=self))
+            self.policy = aws.s3.BucketPublicAccessBlock(
+                f"{name}-block", bucket=self.bucket.id, opts=pulumi.ResourceOptions(parent=self)
+            )
 
     def build() -> None:
         box = Box("box")
@@ -87,7 +97,9 @@ def test_the_recorder_keeps_implicit_dependencies_parents_and_providers():
     assert block.parent == box.urn
     assert plan.requires(block, bucket) and plan.requires(bucket, box), "children wait for their parent"
     assert plan.requires(by_name["cm"], by_name["k8s"]), "objects wait for their provider"
-    assert {bucket.urn, block.urn} <= set(by_name["after-box"].depends_on), "depends_on a component means on its children"
+    assert {bucket.urn, block.urn} <= set(by_name["after-box"].depends_on), (
+        "depends_on a component means on its children"
+    )
     order = [r.name for r in plan.create_order()]
     assert order.index("box") < order.index("box-bucket") < order.index("box-block") < order.index("after-box")
     destroy = [r.name for r in plan.destroy_order()]
@@ -117,7 +129,10 @@ def test_the_recorder_names_nested_resources_as_the_engine_does():
     stem = "urn:pulumi:test::mlops-platform::"
     assert by_name["outer"].urn == stem + "test:index:Outer::outer"
     assert by_name["outer-inner"].urn == stem + "test:index:Outer$test:index:Inner::outer-inner"
-    assert by_name["outer-inner-queue"].urn == stem + "test:index:Outer$test:index:Inner$aws:sqs/queue:Queue::outer-inner-queue"
+    assert (
+        by_name["outer-inner-queue"].urn
+        == stem + "test:index:Outer$test:index:Inner$aws:sqs/queue:Queue::outer-inner-queue"
+    )
     assert by_name["outer-inner-queue"].parent == by_name["outer-inner"].urn
     assert by_name["policy"].depends_on == [by_name["outer-inner-queue"].urn]
 
@@ -134,9 +149,19 @@ def test_every_reference_in_the_graph_names_a_declared_resource(stack_inventorie
 
 def test_a_dependency_cycle_is_named():
     def resource(name: str, needs: str) -> Resource:
-        return Resource(urn=f"urn:x::{name}", type="t:m:T", name=name, parent=None, custom=True, inputs={}, depends_on=[f"urn:x::{needs}"])
+        return Resource(
+            urn=f"urn:x::{name}",
+            type="t:m:T",
+            name=name,
+            parent=None,
+            custom=True,
+            inputs={},
+            depends_on=[f"urn:x::{needs}"],
+        )
 
-    plan = DeployPlan(Inventory(project="p", stack="s", source="offline", resources=[resource("a", "b"), resource("b", "a")]))
+    plan = DeployPlan(
+        Inventory(project="p", stack="s", source="offline", resources=[resource("a", "b"), resource("b", "a")])
+    )
     with pytest.raises(PlanError, match=r"dependency cycle: (a -> b -> a|b -> a -> b)"):
         plan.create_order()
 
@@ -196,7 +221,9 @@ def test_the_runbook_order_tracking_then_endpoints_only_needs_what_exists(phase_
     created = {r.urn for r in phase_one[stack].resources}
     for step in ([tracking], serving):
         members = subtree(step)
-        missing = {inventory.by_urn(p).name for m in members for p in plan.prerequisites(m) if p not in members | created}
+        missing = {
+            inventory.by_urn(p).name for m in members for p in plan.prerequisites(m) if p not in members | created
+        }
         assert missing == set(), f"{step[0].name} would wait for resources no earlier step creates"
         created |= members
     assert created == {r.urn for r in inventory.resources}
@@ -228,14 +255,19 @@ def test_custom_resources_wait_for_the_release_that_installs_their_definitions(s
     inventory = stack_inventories[stack]
     plan = DeployPlan(inventory)
     releases = {r.inputs.get("name"): r for r in inventory.of_type(RELEASE)}
-    crd_release = {"monitoring.coreos.com": releases["kube-prometheus-stack"], "karpenter.sh": releases["karpenter-crd"],
-                   "karpenter.k8s.aws": releases["karpenter-crd"]}
+    crd_release = {
+        "monitoring.coreos.com": releases["kube-prometheus-stack"],
+        "karpenter.sh": releases["karpenter-crd"],
+        "karpenter.k8s.aws": releases["karpenter-crd"],
+    }
     problems, checked = [], 0
     for resource in inventory.resources:
         group = resource.type.removeprefix("kubernetes:").split("/")[0]
         if group in crd_release:
             checked += 1
-            problems += unmet(plan, [resource], [crd_release[group]], f"its kind is defined by {crd_release[group].name}")
+            problems += unmet(
+                plan, [resource], [crd_release[group]], f"its kind is defined by {crd_release[group].name}"
+            )
     assert checked >= 4 and problems == []
 
 
@@ -248,14 +280,22 @@ def test_nothing_reaches_the_api_before_the_deploy_runner_can(stack_inventories,
     using_api = [r for r in inventory.resources if r.type.startswith("kubernetes:")]
     if settings[stack].cluster.endpoint_public_access:
         # the runner comes in over the public endpoint, limited to the allow-list
-        assert cluster.inputs["vpcConfig"]["endpointPublicAccess"] is True and cluster.inputs["vpcConfig"]["publicAccessCidrs"]
+        assert (
+            cluster.inputs["vpcConfig"]["endpointPublicAccess"] is True
+            and cluster.inputs["vpcConfig"]["publicAccessCidrs"]
+        )
         return
     assert cluster.inputs["vpcConfig"]["endpointPublicAccess"] is False
     runner_rules = [r for r in inventory.resources if _https_into_cluster_security_group(plan, r, cluster)]
-    assert runner_rules, ("issue 11 item 3: no HTTPS (443) ingress into the cluster security group, so `pulumi up` cannot reach "
-                          "the private API endpoint; expected an aws:vpc/securityGroupIngressRule from the deploy runner")
-    problems = [f"{r.name} reaches the API before any deploy-runner rule exists"
-                for r in using_api if not any(plan.requires(r, rule) for rule in runner_rules)]
+    assert runner_rules, (
+        "issue 11 item 3: no HTTPS (443) ingress into the cluster security group, so `pulumi up` cannot reach "
+        "the private API endpoint; expected an aws:vpc/securityGroupIngressRule from the deploy runner"
+    )
+    problems = [
+        f"{r.name} reaches the API before any deploy-runner rule exists"
+        for r in using_api
+        if not any(plan.requires(r, rule) for rule in runner_rules)
+    ]
     assert problems == []
 
 
@@ -269,7 +309,12 @@ def _https_into_cluster_security_group(plan: DeployPlan, rule: Resource, cluster
 
 
 # -- destroy order -----------------------------------------------------------------------------------
-POD_OWNERS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet", "kubernetes:batch/v1:Job")
+POD_OWNERS = (
+    "kubernetes:apps/v1:Deployment",
+    "kubernetes:apps/v1:StatefulSet",
+    "kubernetes:apps/v1:DaemonSet",
+    "kubernetes:batch/v1:Job",
+)
 
 
 def policies_of(inventory: Inventory, role: Resource) -> list[Resource]:
@@ -277,20 +322,35 @@ def policies_of(inventory: Inventory, role: Resource) -> list[Resource]:
     (offline, `<physical name>` and `<physical name>-id`; see infra/offline.py)."""
     physical = physical_name(role.name, role.inputs)
     handles = {physical, f"{physical}-id"}
-    return [r for r in inventory.resources if r.type in ROLE_POLICIES and role.urn in r.depends_on and r.inputs.get("role") in handles]
+    return [
+        r
+        for r in inventory.resources
+        if r.type in ROLE_POLICIES and role.urn in r.depends_on and r.inputs.get("role") in handles
+    ]
 
 
 def users_of(inventory: Inventory, role: Resource) -> list[Resource]:
     """What acts with the role's permissions: whatever names the role (a cluster, a node group, an add-on, a
     release passing it to its service account), and the pods running as a service account bound to it (IRSA).
     Policy documents that merely mention the role's ARN are not users; nor is the ServiceAccount object."""
-    users = [r for r in inventory.resources if role.urn in r.depends_on and not r.type.startswith("aws:iam/")
-             and r.type != "kubernetes:core/v1:ServiceAccount"]
-    accounts = {(sa.inputs["metadata"].get("namespace"), sa.inputs["metadata"]["name"])
-                for sa in inventory.of_type("kubernetes:core/v1:ServiceAccount") if role.urn in sa.depends_on}
+    users = [
+        r
+        for r in inventory.resources
+        if role.urn in r.depends_on
+        and not r.type.startswith("aws:iam/")
+        and r.type != "kubernetes:core/v1:ServiceAccount"
+    ]
+    accounts = {
+        (sa.inputs["metadata"].get("namespace"), sa.inputs["metadata"]["name"])
+        for sa in inventory.of_type("kubernetes:core/v1:ServiceAccount")
+        if role.urn in sa.depends_on
+    }
     for owner in (r for r in inventory.resources if r.type in POD_OWNERS):
         pod = owner.inputs["spec"]["template"]["spec"]
-        if (owner.inputs["metadata"].get("namespace"), pod.get("serviceAccountName")) in accounts and owner not in users:
+        if (
+            owner.inputs["metadata"].get("namespace"),
+            pod.get("serviceAccountName"),
+        ) in accounts and owner not in users:
             users.append(owner)
     return users
 
@@ -318,11 +378,20 @@ def test_storage_classes_and_their_driver_outlive_the_volumes_that_use_them(stac
     driver = one(inventory, "aws:eks/addon:Addon", "-ebs-csi")
     problems, users = [], 0
     for resource in inventory.resources:
-        named = {v["storageClassName"] for v in walk(resource.inputs) if isinstance(v, dict) and isinstance(v.get("storageClassName"), str)}
+        named = {
+            v["storageClassName"]
+            for v in walk(resource.inputs)
+            if isinstance(v, dict) and isinstance(v.get("storageClassName"), str)
+        }
         for name in named:
             users += 1
             assert name in classes, f"{resource.name} asks for StorageClass {name}, which the stack does not create"
-            problems += unmet(plan, [resource], [classes[name], driver], "its volumes would be orphaned (no StorageClass or CSI driver to delete them)")
+            problems += unmet(
+                plan,
+                [resource],
+                [classes[name], driver],
+                "its volumes would be orphaned (no StorageClass or CSI driver to delete them)",
+            )
     assert users >= 1
     assert problems == [], "\n".join(problems)
 
@@ -336,11 +405,21 @@ def test_load_balancers_go_before_their_controller_and_the_network(stack_invento
     makers = [r for r in inventory.of_type(INGRESS)]
     makers += [r for r in inventory.of_type(SERVICE) if (r.inputs.get("spec") or {}).get("type") == "LoadBalancer"]
     controller = next(r for r in inventory.of_type(RELEASE) if r.inputs.get("name") == "aws-load-balancer-controller")
-    network = [r for r in inventory.resources if r.type in (
-        "aws:ec2/subnet:Subnet", "aws:ec2/natGateway:NatGateway", "aws:ec2/routeTableAssociation:RouteTableAssociation")]
+    network = [
+        r
+        for r in inventory.resources
+        if r.type
+        in (
+            "aws:ec2/subnet:Subnet",
+            "aws:ec2/natGateway:NatGateway",
+            "aws:ec2/routeTableAssociation:RouteTableAssociation",
+        )
+    ]
     assert makers and network
     problems = unmet(plan, makers, [controller], "the controller would be gone before it deletes the load balancer")
-    problems += unmet(plan, [controller], network, "the controller needs its subnets and egress to delete load balancers")
+    problems += unmet(
+        plan, [controller], network, "the controller needs its subnets and egress to delete load balancers"
+    )
     assert problems == [], "\n".join(problems)
 
 
@@ -350,8 +429,16 @@ def test_node_pools_go_before_karpenter_and_karpenter_before_the_network(stack_i
     inventory = stack_inventories[stack]
     plan = DeployPlan(inventory)
     karpenter = next(r for r in inventory.of_type(RELEASE) if r.inputs.get("name") == "karpenter")
-    pools = [r for r in inventory.resources if r.type.startswith(("kubernetes:karpenter.sh/", "kubernetes:karpenter.k8s.aws/"))]
-    egress = [r for r in inventory.resources if r.type in ("aws:ec2/natGateway:NatGateway", "aws:ec2/routeTableAssociation:RouteTableAssociation")]
+    pools = [
+        r
+        for r in inventory.resources
+        if r.type.startswith(("kubernetes:karpenter.sh/", "kubernetes:karpenter.k8s.aws/"))
+    ]
+    egress = [
+        r
+        for r in inventory.resources
+        if r.type in ("aws:ec2/natGateway:NatGateway", "aws:ec2/routeTableAssociation:RouteTableAssociation")
+    ]
     assert len(pools) >= 4 and egress
     problems = unmet(plan, pools, [karpenter], "Karpenter would be gone before it terminates the pool's nodes")
     problems += unmet(plan, [karpenter], egress, "Karpenter needs egress to EC2 while it terminates nodes")
@@ -361,8 +448,13 @@ def test_node_pools_go_before_karpenter_and_karpenter_before_the_network(stack_i
 # -- the command -------------------------------------------------------------------------------------
 ACCESS_ENTRY = "aws:eks/accessEntry:AccessEntry"
 ACCESS_POLICY = "aws:eks/accessPolicyAssociation:AccessPolicyAssociation"
-WITH_CI_ADMINS = {"ci": {"githubRepository": "acme/platform"},
-                  "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"], "adminRoleArns": ["arn:aws:iam::123456789012:role/platform-admin"]}}
+WITH_CI_ADMINS = {
+    "ci": {"githubRepository": "acme/platform"},
+    "cluster": {
+        "deployRunnerCidrs": ["10.0.0.0/19"],
+        "adminRoleArns": ["arn:aws:iam::123456789012:role/platform-admin"],
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +464,9 @@ def staging_with_ci() -> Inventory:
 
 
 @pytest.mark.parametrize("stack", [*STACKS, "staging with CI"])
-def test_the_deployers_cluster_access_outlives_every_kubernetes_object(stack_inventories, settings, staging_with_ci, stack):
+def test_the_deployers_cluster_access_outlives_every_kubernetes_object(
+    stack_inventories, settings, staging_with_ci, stack
+):
     """provider -> access entry and policy association: `pulumi destroy` deletes every Kubernetes object before
     anyone's cluster-admin access goes, so the deployer (the CI deploy role) is never Unauthorized mid-destroy."""
     if stack in stack_inventories:
@@ -385,7 +479,12 @@ def test_the_deployers_cluster_access_outlives_every_kubernetes_object(stack_inv
     associations = inventory.of_type(ACCESS_POLICY)
     access = associations + [e for e in inventory.of_type(ACCESS_ENTRY) if e.inputs["type"] == "STANDARD"]
     assert len(associations) == expected
-    assert unmet(plan, [provider], access, "on destroy that access could go while Kubernetes objects are still being deleted") == []
+    assert (
+        unmet(
+            plan, [provider], access, "on destroy that access could go while Kubernetes objects are still being deleted"
+        )
+        == []
+    )
 
 
 def test_the_plan_command_prints_both_orders_and_refuses_a_cycle(tmp_path, capsys):
@@ -396,14 +495,26 @@ def test_the_plan_command_prints_both_orders_and_refuses_a_cycle(tmp_path, capsy
     assert main(["plan", "--stack", "dev", "--destroy"]) == 0
     destroyed = capsys.readouterr().out
     assert created.startswith("stack dev: ") and "waits only for the waves before it" in created
-    for text, first, last in ((created, "mlops-dev-net-vpc ", "mlops-dev-cluster-eks "), (destroyed, "mlops-dev-cluster-eks ", "mlops-dev-net-vpc ")):
+    for text, first, last in (
+        (created, "mlops-dev-net-vpc ", "mlops-dev-cluster-eks "),
+        (destroyed, "mlops-dev-cluster-eks ", "mlops-dev-net-vpc "),
+    ):
         assert text.index(first) < text.index(last)
     assert "[mlops:" not in created  # components create nothing and are left out
 
-    cyclic = Inventory(project="p", stack="s", source="offline", resources=[
-        Resource(urn="urn:x::a", type="t:m:T", name="a", parent=None, custom=True, inputs={}, depends_on=["urn:x::b"]),
-        Resource(urn="urn:x::b", type="t:m:T", name="b", parent=None, custom=True, inputs={}, depends_on=["urn:x::a"]),
-    ])
+    cyclic = Inventory(
+        project="p",
+        stack="s",
+        source="offline",
+        resources=[
+            Resource(
+                urn="urn:x::a", type="t:m:T", name="a", parent=None, custom=True, inputs={}, depends_on=["urn:x::b"]
+            ),
+            Resource(
+                urn="urn:x::b", type="t:m:T", name="b", parent=None, custom=True, inputs={}, depends_on=["urn:x::a"]
+            ),
+        ],
+    )
     cyclic.write(tmp_path / "cyclic.json")
     assert main(["plan", "--inventory", str(tmp_path / "cyclic.json")]) == 2
     assert "error: dependency cycle: " in capsys.readouterr().err

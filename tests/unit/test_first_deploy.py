@@ -34,11 +34,19 @@ def problems(**raw) -> list[str]:
 # -- settings --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
 def test_every_profile_deploys_workloads_unless_told_this_is_phase_one(profile):
-    raw = {"cluster": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}} if profile == "dev" else {}
+    raw = (
+        {"cluster": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}} if profile == "dev" else {}
+    )
     if profile == "prod":  # prod's internal ALB needs a certificate
-        raw = {"tracking": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"}}
+        raw = {
+            "tracking": {
+                "certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
+            }
+        }
     assert settings(profile, **raw).deploy_workloads is True
-    assert settings(profile, **raw, deployWorkloads="false").deploy_workloads is False  # as the Pulumi CLI hands it over
+    assert (
+        settings(profile, **raw, deployWorkloads="false").deploy_workloads is False
+    )  # as the Pulumi CLI hands it over
     assert settings(profile, **raw).image_digests == {}
 
 
@@ -46,20 +54,35 @@ def test_every_profile_deploys_workloads_unless_told_this_is_phase_one(profile):
     ("raw", "expected"),
     [
         ({"deployWorkloads": "later"}, 'mlops-platform:deployWorkloads: got "later"; expected a valid boolean'),
-        ({"imageDigests": {"serving": {"0.1.0": "sha256:abc"}}},
-         'mlops-platform:imageDigests.serving.0.1.0: got "sha256:abc"; not an image digest: sha256: and 64 lowercase hex digits'),
-        ({"imageDigests": {"serving": {"0.1.0": "SHA256:" + "A" * 64}}}, "mlops-platform:imageDigests.serving.0.1.0: got"),
-        ({"imageDigests": {"serving": {"no tags!": DIGEST_A}}},
-         "mlops-platform:imageDigests.serving.no tags!: got \"no tags!\"; not a Docker tag"),
+        (
+            {"imageDigests": {"serving": {"0.1.0": "sha256:abc"}}},
+            'mlops-platform:imageDigests.serving.0.1.0: got "sha256:abc"; not an image digest: sha256: and 64 '
+            "lowercase hex digits",
+        ),
+        (
+            {"imageDigests": {"serving": {"0.1.0": "SHA256:" + "A" * 64}}},
+            "mlops-platform:imageDigests.serving.0.1.0: got",
+        ),
+        (
+            {"imageDigests": {"serving": {"no tags!": DIGEST_A}}},
+            'mlops-platform:imageDigests.serving.no tags!: got "no tags!"; not a Docker tag',
+        ),
         ({"imageDigests": {"serving": DIGEST_A}}, "mlops-platform:imageDigests.serving: got"),
-        ({"imageDigests": {"trainer": {"1.0": DIGEST_A}}},
-         'mlops-platform:imageDigests.trainer: not a repository of this stack; allowed: "serving", "tracking", "drift"'),
-        ({"registry": {"repositories": ["drift", "serving"]}},
-         'mlops-platform:registry.repositories: got ["drift", "serving"]; must include "tracking": '
-         "the stack pulls the image of the self-hosted tracking server from its own registry"),
-        ({"registry": {"repositories": ["tracking"]}, "endpoints": [{"name": "ab", "model": "m"}]},
-         'mlops-platform:registry.repositories: got ["tracking"]; must include "serving": '
-         "the stack pulls the image of the model endpoints from its own registry"),
+        (
+            {"imageDigests": {"trainer": {"1.0": DIGEST_A}}},
+            'mlops-platform:imageDigests.trainer: not a repository of this stack; allowed: "serving", "tracking", '
+            '"drift"',
+        ),
+        (
+            {"registry": {"repositories": ["drift", "serving"]}},
+            'mlops-platform:registry.repositories: got ["drift", "serving"]; must include "tracking": '
+            "the stack pulls the image of the self-hosted tracking server from its own registry",
+        ),
+        (
+            {"registry": {"repositories": ["tracking"]}, "endpoints": [{"name": "ab", "model": "m"}]},
+            'mlops-platform:registry.repositories: got ["tracking"]; must include "serving": '
+            "the stack pulls the image of the model endpoints from its own registry",
+        ),
     ],
 )
 def test_image_settings_errors_name_the_key_and_what_is_allowed(raw, expected):
@@ -67,7 +90,9 @@ def test_image_settings_errors_name_the_key_and_what_is_allowed(raw, expected):
 
 
 def test_managed_tracking_needs_no_tracking_repository():
-    assert settings(registry={"repositories": ["drift"]}, tracking={"mode": "managed"}).registry.repositories == ["drift"]
+    assert settings(registry={"repositories": ["drift"]}, tracking={"mode": "managed"}).registry.repositories == [
+        "drift"
+    ]
 
 
 # -- resolving images --------------------------------------------------------------------------------
@@ -85,7 +110,11 @@ def registry(contents: dict[str, str]):
     return lookup
 
 
-TWO_ENDPOINTS = [{"name": "ab", "model": "m"}, {"name": "cd", "model": "m", "imageTag": "0.2.0"}, {"name": "ef", "model": "m"}]
+TWO_ENDPOINTS = [
+    {"name": "ab", "model": "m"},
+    {"name": "cd", "model": "m", "imageTag": "0.2.0"},
+    {"name": "ef", "model": "m"},
+]
 
 
 def test_each_image_is_looked_up_once_and_named_by_every_key_that_uses_it():
@@ -123,9 +152,11 @@ def test_missing_images_stop_an_update_listing_every_one_with_the_way_out():
     with pytest.raises(SettingsError) as caught:
         resolve_digests(settings(endpoints=TWO_ENDPOINTS), lookup, dry_run=False, warn=pytest.fail)
     assert caught.value.problems == [
-        "mlops-platform:tracking.imageTag: image mlops-s/tracking:3.17.2-1 is not in the stack's registry (ImageNotFoundException); "
+        "mlops-platform:tracking.imageTag: image mlops-s/tracking:3.17.2-1 is not in the stack's registry "
+        "(ImageNotFoundException); "
         "push it first, or set mlops-platform:deployWorkloads false (README: First deploy and teardown)",
-        "mlops-platform:endpoints[1].imageTag: image mlops-s/serving:0.2.0 is not in the stack's registry (ImageNotFoundException); "
+        "mlops-platform:endpoints[1].imageTag: image mlops-s/serving:0.2.0 is not in the stack's registry "
+        "(ImageNotFoundException); "
         "push it first, or set mlops-platform:deployWorkloads false (README: First deploy and teardown)",
     ]
 
@@ -166,8 +197,11 @@ def test_an_update_with_a_missing_image_declares_nothing(monkeypatch):
 
     monkeypatch.setattr(OfflineMocks, "call", call)
     monkeypatch.setattr(OfflineMocks, "new_resource", new_resource)
-    with pytest.raises(pulumi.RunError, match=r"endpoints\[0\]\.imageTag: image mlops-dev/serving:0\.1\.0 is not in the stack's registry "
-                                              r"\(.*ImageNotFoundException.*\); push it first, or set mlops-platform:deployWorkloads false"):
+    with pytest.raises(
+        pulumi.RunError,
+        match=r"endpoints\[0\]\.imageTag: image mlops-dev/serving:0\.1\.0 is not in the stack's registry "
+        r"\(.*ImageNotFoundException.*\); push it first, or set mlops-platform:deployWorkloads false",
+    ):
         offline_stack("dev")
     assert declared == []
 
@@ -192,7 +226,8 @@ def test_workloads_run_the_digest_recorded_for_their_tag():
     inventory = offline_stack("dev", imageDigests={"tracking": {"3.17.2-1": DIGEST_A}})
     assert images_in(inventory) == {
         f"123456789012.dkr.ecr.us-east-1.amazonaws.com/mlops-dev/tracking:3.17.2-1@{DIGEST_A}",
-        f"123456789012.dkr.ecr.us-east-1.amazonaws.com/mlops-dev/serving:0.1.0@{offline_image_digest('mlops-dev/serving', '0.1.0')}",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlops-dev/serving:0.1.0"
+        f"@{offline_image_digest('mlops-dev/serving', '0.1.0')}",
     }
 
 

@@ -38,6 +38,7 @@ def karpenter_upstream(**values: str) -> list[dict]:
 
 # -- AWS Load Balancer Controller ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_load_balancer_controller_policy_is_upstreams_statement_by_statement(stack_inventories, stack):
     ours = role_policy(stack_inventories[stack], "-lbc-policy")
@@ -71,24 +72,41 @@ def test_load_balancer_controller_may_create_and_tag_listeners_and_rules(stack_i
                 return True
         return False
 
-    listener = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/k8s-mlopsdev/50dc6c495c0c9188/f2f7dc8efc522ab2"
-    rule = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/app/k8s-mlopsdev/50dc6c495c0c9188/f2f7dc8efc522ab2/9683b2d02a6cabee"
-    for action in ("elasticloadbalancing:CreateListener", "elasticloadbalancing:CreateRule", "elasticloadbalancing:ModifyListener"):
+    alb = "app/k8s-mlopsdev/50dc6c495c0c9188/f2f7dc8efc522ab2"
+    listener = f"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/{alb}"
+    rule = f"arn:aws:elasticloadbalancing:us-east-1:123456789012:listener-rule/{alb}/9683b2d02a6cabee"
+    for action in (
+        "elasticloadbalancing:CreateListener",
+        "elasticloadbalancing:CreateRule",
+        "elasticloadbalancing:ModifyListener",
+    ):
         assert allowed(action, listener), action
     assert allowed("elasticloadbalancing:AddTags", listener) and allowed("elasticloadbalancing:AddTags", rule)
 
 
 # -- Karpenter ----------------------------------------------------------------------------------
 
+
 def test_karpenter_policy_is_upstreams_with_placeholders_filled():
     ours = json.loads(
-        controller_policy(cluster_name="c1", region="eu-west-1", account="111122223333", partition="aws",
-                          queue_arn="arn:aws:sqs:eu-west-1:111122223333:q", node_role_arn="arn:aws:iam::111122223333:role/nodes")
+        controller_policy(
+            cluster_name="c1",
+            region="eu-west-1",
+            account="111122223333",
+            partition="aws",
+            queue_arn="arn:aws:sqs:eu-west-1:111122223333:q",
+            node_role_arn="arn:aws:iam::111122223333:role/nodes",
+        )
     )["Statement"]
     upstream = karpenter_upstream(
-        ClusterName="c1", **{"AWS::Region": "eu-west-1", "AWS::AccountId": "111122223333", "AWS::Partition": "aws",
-                             "KarpenterInterruptionQueue.Arn": "arn:aws:sqs:eu-west-1:111122223333:q",
-                             "KarpenterNodeRole.Arn": "arn:aws:iam::111122223333:role/nodes"},
+        ClusterName="c1",
+        **{
+            "AWS::Region": "eu-west-1",
+            "AWS::AccountId": "111122223333",
+            "AWS::Partition": "aws",
+            "KarpenterInterruptionQueue.Arn": "arn:aws:sqs:eu-west-1:111122223333:q",
+            "KarpenterNodeRole.Arn": "arn:aws:iam::111122223333:role/nodes",
+        },
     )
     assert [s["Sid"] for s in ours] == [s["Sid"] for s in upstream]
     for mine, theirs in zip(ours, upstream, strict=True):
@@ -102,8 +120,14 @@ def test_deployed_karpenter_policy_is_upstreams_for_this_cluster(stack_inventori
     (queue_arn,) = {t.inputs["arn"] for t in inventory.of_type("aws:cloudwatch/eventTarget:EventTarget")}  # the queue's
     (node_role,) = [r for r in inventory.of_type("aws:iam/role:Role") if r.name.endswith("-karpenter-node-role")]
     upstream = karpenter_upstream(
-        ClusterName=f"mlops-{stack}", **{"AWS::Region": "us-east-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws",
-                                         "KarpenterInterruptionQueue.Arn": queue_arn, "KarpenterNodeRole.Arn": role_arn(inventory, node_role)},
+        ClusterName=f"mlops-{stack}",
+        **{
+            "AWS::Region": "us-east-1",
+            "AWS::AccountId": "123456789012",
+            "AWS::Partition": "aws",
+            "KarpenterInterruptionQueue.Arn": queue_arn,
+            "KarpenterNodeRole.Arn": role_arn(inventory, node_role),
+        },
     )
     assert ours == upstream
     # one inline policy must stay within IAM's 10,240 characters (whitespace not counted)
@@ -111,36 +135,81 @@ def test_deployed_karpenter_policy_is_upstreams_for_this_cluster(stack_inventori
 
 
 def test_instance_profiles_require_this_clusters_tags_as_upstream():
-    statements = {s["Sid"]: s for s in json.loads(controller_policy(
-        cluster_name="c1", region="us-east-1", account="123456789012", partition="aws", queue_arn="q", node_role_arn="r"))["Statement"]}
-    owned_now = {"aws:ResourceTag/kubernetes.io/cluster/c1": "owned", "aws:ResourceTag/topology.kubernetes.io/region": "us-east-1"}
-    owned_after = {"aws:RequestTag/kubernetes.io/cluster/c1": "owned", "aws:RequestTag/eks:eks-cluster-name": "c1",
-                   "aws:RequestTag/topology.kubernetes.io/region": "us-east-1"}
+    statements = {
+        s["Sid"]: s
+        for s in json.loads(
+            controller_policy(
+                cluster_name="c1",
+                region="us-east-1",
+                account="123456789012",
+                partition="aws",
+                queue_arn="q",
+                node_role_arn="r",
+            )
+        )["Statement"]
+    }
+    owned_now = {
+        "aws:ResourceTag/kubernetes.io/cluster/c1": "owned",
+        "aws:ResourceTag/topology.kubernetes.io/region": "us-east-1",
+    }
+    owned_after = {
+        "aws:RequestTag/kubernetes.io/cluster/c1": "owned",
+        "aws:RequestTag/eks:eks-cluster-name": "c1",
+        "aws:RequestTag/topology.kubernetes.io/region": "us-east-1",
+    }
 
     create = statements["AllowScopedInstanceProfileCreationActions"]
     assert create["Action"] == ["iam:CreateInstanceProfile"]
-    assert create["Condition"] == {"StringEquals": owned_after, "StringLike": {"aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"}}
+    assert create["Condition"] == {
+        "StringEquals": owned_after,
+        "StringLike": {"aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"},
+    }
 
     tag = statements["AllowScopedInstanceProfileTagActions"]
     assert tag["Action"] == ["iam:TagInstanceProfile"]  # only profiles that are already this cluster's
     assert tag["Condition"]["StringEquals"] == {**owned_now, **owned_after}
-    assert tag["Condition"]["StringLike"] == {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*", "aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*"}
+    assert tag["Condition"]["StringLike"] == {
+        "aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*",
+        "aws:RequestTag/karpenter.k8s.aws/ec2nodeclass": "*",
+    }
 
     change = statements["AllowScopedInstanceProfileActions"]
-    assert set(change["Action"]) == {"iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile", "iam:DeleteInstanceProfile"}
-    assert change["Condition"] == {"StringEquals": owned_now, "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"}}
+    assert set(change["Action"]) == {
+        "iam:AddRoleToInstanceProfile",
+        "iam:RemoveRoleFromInstanceProfile",
+        "iam:DeleteInstanceProfile",
+    }
+    assert change["Condition"] == {
+        "StringEquals": owned_now,
+        "StringLike": {"aws:ResourceTag/karpenter.k8s.aws/ec2nodeclass": "*"},
+    }
     # no other statement grants instance-profile writes
-    writes = {"iam:CreateInstanceProfile", "iam:TagInstanceProfile", "iam:AddRoleToInstanceProfile", "iam:RemoveRoleFromInstanceProfile",
-              "iam:DeleteInstanceProfile"}
-    granting = {sid for sid, s in statements.items() if writes & set(s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
-    assert granting == {"AllowScopedInstanceProfileCreationActions", "AllowScopedInstanceProfileTagActions", "AllowScopedInstanceProfileActions"}
+    writes = {
+        "iam:CreateInstanceProfile",
+        "iam:TagInstanceProfile",
+        "iam:AddRoleToInstanceProfile",
+        "iam:RemoveRoleFromInstanceProfile",
+        "iam:DeleteInstanceProfile",
+    }
+    granting = {
+        sid
+        for sid, s in statements.items()
+        if writes & set(s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    }
+    assert granting == {
+        "AllowScopedInstanceProfileCreationActions",
+        "AllowScopedInstanceProfileTagActions",
+        "AllowScopedInstanceProfileActions",
+    }
 
 
 def test_an_unknown_placeholder_is_refused(tmp_path, monkeypatch):
     import components.node_pools as node_pools
 
     broken = tmp_path / "policy.json"
-    broken.write_text(json.dumps({"P": [{"Sid": "S", "Effect": "Allow", "Action": "x:Y", "Resource": "${AWS::NewThing}"}]}))
+    broken.write_text(
+        json.dumps({"P": [{"Sid": "S", "Effect": "Allow", "Action": "x:Y", "Resource": "${AWS::NewThing}"}]})
+    )
     monkeypatch.setattr(node_pools, "CONTROLLER_POLICY", broken)
     with pytest.raises(ValueError, match=r"unknown placeholder.*AWS::NewThing"):
         controller_policy(cluster_name="c", region="r", account="a", partition="aws", queue_arn="q", node_role_arn="n")
@@ -150,6 +219,9 @@ def test_interruption_rules_are_upstreams():
     from components.node_pools import INTERRUPTION_EVENTS
 
     assert {pattern["detail-type"][0] for pattern in INTERRUPTION_EVENTS.values()} == {
-        "AWS Health Event", "EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation",
-        "EC2 Instance State-change Notification", "EC2 Capacity Reservation Instance Interruption Warning",
+        "AWS Health Event",
+        "EC2 Spot Instance Interruption Warning",
+        "EC2 Instance Rebalance Recommendation",
+        "EC2 Instance State-change Notification",
+        "EC2 Capacity Reservation Instance Interruption Warning",
     }

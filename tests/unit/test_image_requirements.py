@@ -67,15 +67,17 @@ def test_image_requirements_pin_the_versions_of_the_lock(path: Path):
 
 def test_the_comparison_catches_every_way_to_differ():
     lock = {"mlflow": "3.17.2", "psycopg2-binary": "2.9.13", "zope-interface": "7.0"}
-    image = "\n".join([
-        "mlflow[auth]==3.17.2      # extras are fine",
-        "Zope.Interface==7.0       # names compare as pip does",
-        "psycopg2-binary==2.9.12",
-        "mlflow>=3.17",
-        "numpy==2.*",
-        "uvicorn==0.54.0",
-        "-r other.txt",
-    ])
+    image = "\n".join(
+        [
+            "mlflow[auth]==3.17.2      # extras are fine",
+            "Zope.Interface==7.0       # names compare as pip does",
+            "psycopg2-binary==2.9.12",
+            "mlflow>=3.17",
+            "numpy==2.*",
+            "uvicorn==0.54.0",
+            "-r other.txt",
+        ]
+    )
     assert mismatches(image, lock) == [
         "psycopg2-binary==2.9.12: requirements.lock pins psycopg2-binary==2.9.13",
         "mlflow>=3.17: not pinned with == to one version",

@@ -41,8 +41,13 @@ def test_every_pinned_chart_has_its_default_values_committed():
 def test_every_helm_value_a_stack_sets_is_a_value_of_the_pinned_chart(stack_inventories, stack):
     releases = stack_inventories[stack].of_type(RELEASE)
     assert {chart_name(r.inputs["chart"]) for r in releases} >= {
-        "kube-prometheus-stack", "prometheus-adapter", "dcgm-exporter", "karpenter", "karpenter-crd",
-        "aws-load-balancer-controller", "nvidia-device-plugin",
+        "kube-prometheus-stack",
+        "prometheus-adapter",
+        "dcgm-exporter",
+        "karpenter",
+        "karpenter-crd",
+        "aws-load-balancer-controller",
+        "nvidia-device-plugin",
     }
     problems = {f"{r.inputs['chart']} {r.inputs['version']}": release_problems(r) for r in releases}
     assert {chart: found for chart, found in problems.items() if found} == {}
@@ -53,7 +58,9 @@ def test_a_misspelt_or_misplaced_value_is_caught(stack_inventories):
     values = release.inputs["values"]
     values["prometheus"]["prometheusSpec"]["retentionn"] = "7d"
     values["grafana"]["sidecar"]["dashboard"] = {"enabled": True}  # a subchart's key: `dashboards`
-    values.setdefault("kube-state-metrics", {})["metricLabelsAllowList"] = []  # the chart's key: `metricLabelsAllowlist`
+    values.setdefault("kube-state-metrics", {})[
+        "metricLabelsAllowList"
+    ] = []  # the chart's key: `metricLabelsAllowlist`
     values["kubeEtcd"] = {"enabled": {"really": False}}  # a map where the chart has a boolean
     values["grafana"]["nodeSelector"] = {"any.label/key": "x"}  # label maps are the user's: fine
     assert sorted(release_problems(release)) == [
@@ -75,7 +82,11 @@ def test_a_chart_without_committed_values_is_an_error_that_says_what_to_commit()
 def custom_resources(inventory) -> list[dict]:
     """Every object of an API group that is not Kubernetes' own (core, `*.k8s.io`)."""
     objects = [manifest_of(r) for r in inventory.resources if is_manifest(r)]
-    return [m for m in objects if "." in m["apiVersion"].split("/")[0] and not m["apiVersion"].split("/")[0].endswith(".k8s.io")]
+    return [
+        m
+        for m in objects
+        if "." in m["apiVersion"].split("/")[0] and not m["apiVersion"].split("/")[0].endswith(".k8s.io")
+    ]
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -73,7 +73,9 @@ def pin_problems(text: str) -> list[str]:
 def action_inputs(action: str) -> tuple[set[str], set[str]]:
     """(all inputs, required inputs without a default) of the pinned action, from its upstream action.yml."""
     declared = yaml.safe_load((ACTIONS / PINS[action]["file"]).read_text()).get("inputs") or {}
-    required = {name for name, spec in declared.items() if (spec or {}).get("required") and "default" not in (spec or {})}
+    required = {
+        name for name, spec in declared.items() if (spec or {}).get("required") and "default" not in (spec or {})
+    }
     return set(declared), required
 
 
@@ -84,8 +86,12 @@ def test_the_workflows_are_the_ones_the_readme_describes():
 
 
 def check_jsonschema(*paths: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_every_workflow_is_valid_against_githubs_workflow_schema():
@@ -110,18 +116,22 @@ def test_every_action_is_pinned_to_the_commit_of_a_release(path):
 
 
 def test_the_pin_check_rejects_tags_branches_and_unknown_commits():
-    text = "\n".join([
-        "      - uses: actions/checkout@v4",
-        "      - uses: actions/cache@main",
-        "      - uses: actions/checkout@0123456789abcdef0123456789abcdef01234567 # v7.0.1",
-        "      - uses: someone/else@0123456789abcdef0123456789abcdef01234567 # v1",
-        "    uses: ./.github/workflows/images.yml",
-    ])
+    text = "\n".join(
+        [
+            "      - uses: actions/checkout@v4",
+            "      - uses: actions/cache@main",
+            "      - uses: actions/checkout@0123456789abcdef0123456789abcdef01234567 # v7.0.1",
+            "      - uses: someone/else@0123456789abcdef0123456789abcdef01234567 # v1",
+            "    uses: ./.github/workflows/images.yml",
+        ]
+    )
     assert pin_problems(text) == [
         "actions/checkout@v4: not pinned to a full commit SHA",
         "actions/cache@main: not pinned to a full commit SHA",
-        f"actions/checkout@0123456789abcdef0123456789abcdef01234567 # v7.0.1: pins.json has v7.0.1 at {PINS['actions/checkout']['commit']}",
-        "someone/else@0123456789abcdef0123456789abcdef01234567: someone/else has no upstream copy in components/upstream/github-actions",
+        "actions/checkout@0123456789abcdef0123456789abcdef01234567 # v7.0.1: pins.json has v7.0.1 at "
+        f"{PINS['actions/checkout']['commit']}",
+        "someone/else@0123456789abcdef0123456789abcdef01234567: someone/else has no upstream copy in "
+        "components/upstream/github-actions",
     ]
 
 
@@ -146,7 +156,12 @@ def test_the_pinned_commits_are_the_copies_upstream():
 def test_the_pulumi_cli_matches_the_sdk_in_the_lock():
     lock = (REPO_ROOT / "requirements.lock").read_text()
     sdk = re.search(r"^pulumi==(\S+)$", lock, re.MULTILINE)[1]
-    versions = {step["with"]["pulumi-version"] for f in FILES for _, step in steps(load(f.name)) if step.get("uses", "").startswith("pulumi/actions@")}
+    versions = {
+        step["with"]["pulumi-version"]
+        for f in FILES
+        for _, step in steps(load(f.name))
+        if step.get("uses", "").startswith("pulumi/actions@")
+    }
     assert versions == {sdk}
 
 
@@ -158,15 +173,22 @@ def test_ci_runs_the_readmes_test_command_on_pull_requests_and_main():
     assert "pull_request" in ci["on"] and ci["on"]["push"]["branches"] == ["main"]
     test = ci["jobs"]["test"]
     assert [s["run"] for s in test["steps"] if s.get("run", "").strip() == "make test"] == ["make test"]
-    assert test["container"].startswith("python:3.11") and "bookworm" in test["container"]  # Debian, root: setup installs apt packages
+    assert (
+        test["container"].startswith("python:3.11") and "bookworm" in test["container"]
+    )  # Debian, root: setup installs apt packages
 
 
 def test_apt_and_pip_caches_are_keyed_on_what_they_hold():
     for job in ("test", "review"):
-        caches = {s["with"]["path"]: s["with"]["key"] for s in load("ci.yml")["jobs"][job]["steps"] if s.get("uses", "").startswith("actions/cache@")}
+        caches = {
+            s["with"]["path"]: s["with"]["key"]
+            for s in load("ci.yml")["jobs"][job]["steps"]
+            if s.get("uses", "").startswith("actions/cache@")
+        }
         assert caches == {
             "/var/cache/apt/archives/*.deb": "apt-bookworm-${{ hashFiles('scripts/system-packages.txt') }}",
-            "~/.cache/pip": "pip-py3.11-${{ hashFiles('requirements.lock', 'requirements-checkov.lock', 'pyproject.toml') }}",
+            "~/.cache/pip": "pip-py3.11-${{ hashFiles('requirements.lock', 'requirements-checkov.lock', "
+            "'pyproject.toml') }}",
         }
         runs = " ".join(s.get("run", "") for s in load("ci.yml")["jobs"][job]["steps"])
         assert "rm -f /etc/apt/apt.conf.d/docker-clean" in runs  # else Debian's image deletes every .deb it installs
@@ -188,8 +210,12 @@ def test_one_review_comment_found_by_its_marker_and_the_budget_gate_kept():
 
 def test_real_previews_assume_the_preview_role_outside_any_environment():
     review = load("ci.yml")["jobs"]["review"]
-    assert "environment" not in review  # a pull request's token says `pull_request`, which is what the preview role trusts
-    (credentials,) = [s for s in review["steps"] if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")]
+    assert (
+        "environment" not in review
+    )  # a pull request's token says `pull_request`, which is what the preview role trusts
+    (credentials,) = [
+        s for s in review["steps"] if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
+    ]
     assert credentials["if"] == "vars.USE_PULUMI_PREVIEW == 'true'"
     assert credentials["with"]["role-to-assume"] == "${{ vars.AWS_PREVIEW_ROLE_ARN }}"
 
@@ -205,7 +231,9 @@ def test_images_are_built_for_the_architectures_the_node_pools_run(stack_invento
                     architectures |= set(requirement["values"])
     from infra.settings import CPU_FAMILIES
 
-    assert not any(family.endswith("g") for family in CPU_FAMILIES)  # no Graviton family for the system node group either
+    assert not any(
+        family.endswith("g") for family in CPU_FAMILIES
+    )  # no Graviton family for the system node group either
     (build,) = [s for _, s in steps(load("images.yml")) if s.get("uses", "").startswith("docker/build-push-action@")]
     assert set(build["with"]["platforms"].split(",")) == {f"linux/{a}" for a in architectures} == {"linux/amd64"}
 
@@ -213,7 +241,10 @@ def test_images_are_built_for_the_architectures_the_node_pools_run(stack_invento
 def test_images_are_tagged_with_the_service_version_scanned_and_kept_as_scanned():
     images = load("images.yml")
     assert set(images["on"]) == {"pull_request", "workflow_call"}
-    assert images["jobs"]["versions"]["steps"][-1]["run"].strip() == 'echo "images=$(python -m infra.delivery images)" >> "$GITHUB_OUTPUT"'
+    assert (
+        images["jobs"]["versions"]["steps"][-1]["run"].strip()
+        == 'echo "images=$(python -m infra.delivery images)" >> "$GITHUB_OUTPUT"'
+    )
     build_job = images["jobs"]["build"]
     assert build_job["strategy"]["matrix"]["include"] == "${{ fromJSON(needs.versions.outputs.images) }}"
     by_action = {s["uses"].split("@")[0]: s for s in build_job["steps"] if "uses" in s}
@@ -221,13 +252,23 @@ def test_images_are_tagged_with_the_service_version_scanned_and_kept_as_scanned(
     assert build["tags"] == "${{ matrix.service }}:${{ matrix.version }}"
     assert build["file"] == "services/${{ matrix.service }}/Dockerfile" and build["context"] == "."
     assert build["outputs"] == "type=oci,dest=build/images/${{ matrix.service }}/oci,tar=false" and "push" not in build
-    assert (build["provenance"], build["sbom"]) == (False, False)  # one manifest per layout (infra.delivery.layout_digest)
+    assert (build["provenance"], build["sbom"]) == (
+        False,
+        False,
+    )  # one manifest per layout (infra.delivery.layout_digest)
     scan = by_action["aquasecurity/trivy-action"]["with"]
     assert scan["input"] == build["outputs"].split("dest=")[1].split(",")[0]  # scans the very layout that is pushed
-    assert (scan["severity"], scan["exit-code"], scan["trivyignores"], scan["ignore-unfixed"]) == ("CRITICAL", "1", ".trivyignore", False)
+    assert (scan["severity"], scan["exit-code"], scan["trivyignores"], scan["ignore-unfixed"]) == (
+        "CRITICAL",
+        "1",
+        ".trivyignore",
+        False,
+    )
     assert re.fullmatch(r"v\d+\.\d+\.\d+", scan["version"])
     names = [s.get("uses", "").split("@")[0] or s.get("name") for s in build_job["steps"]]
-    assert names.index("aquasecurity/trivy-action") < names.index("actions/upload-artifact")  # nothing unscanned leaves the job
+    assert names.index("aquasecurity/trivy-action") < names.index(
+        "actions/upload-artifact"
+    )  # nothing unscanned leaves the job
 
 
 def trivyignore_problems(text: str, today: datetime.date) -> list[str]:
@@ -251,10 +292,16 @@ def test_the_trivy_ignore_file_states_its_policy_and_every_entry_has_a_reason_an
     assert "# Policy:" in text
     assert trivyignore_problems(text, datetime.date.today()) == []
     today = datetime.date(2026, 11, 29)
-    ignore_file = "CVE-2026-1 exp:2026-12-31\n# a\nCVE-2026-2\n# no fix upstream yet; not reachable (a, 2026-11-29)\nCVE-2026-3 exp:2028-01-01\n"
+    ignore_file = (
+        "CVE-2026-1 exp:2026-12-31\n# a\nCVE-2026-2\n# no fix upstream yet; not reachable (a, "
+        "2026-11-29)\nCVE-2026-3 exp:2028-01-01\n"
+    )
     assert trivyignore_problems(ignore_file, today) == [
-        "CVE-2026-1 exp:2026-12-31: no reason on the line above", "CVE-2026-2: no reason on the line above", "CVE-2026-2: no exp:YYYY-MM-DD",
-        "CVE-2026-3 exp:2028-01-01: expiry not within the next 90 days"]
+        "CVE-2026-1 exp:2026-12-31: no reason on the line above",
+        "CVE-2026-2: no reason on the line above",
+        "CVE-2026-2: no exp:YYYY-MM-DD",
+        "CVE-2026-3 exp:2028-01-01: expiry not within the next 90 days",
+    ]
 
 
 # -- item 3: deploy ------------------------------------------------------------------------------------------
@@ -266,7 +313,9 @@ def test_each_stack_deploys_in_its_environment_one_run_at_a_time():
     assert by_action["pulumi/actions"]["with"]["command"] == "up"
     credentials = by_action["aws-actions/configure-aws-credentials"]["with"]
     assert credentials["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
-    assert credentials["role-duration-seconds"] == "${{ vars.AWS_SESSION_SECONDS || 3600 }}"  # 3600: the roles' default maxSessionHours
+    assert (
+        credentials["role-duration-seconds"] == "${{ vars.AWS_SESSION_SECONDS || 3600 }}"
+    )  # 3600: the roles' default maxSessionHours
     assert by_action["aws-actions/amazon-ecr-login"]["id"] == "ecr"
     assert any(s.get("env", {}).get("REGISTRY") == "${{ steps.ecr.outputs.registry }}" for s in job["steps"])
     names = [s.get("uses", "").split("@")[0] or s.get("name") for s in job["steps"]]
@@ -282,17 +331,27 @@ def test_dev_deploys_on_merge_then_staging_then_prod_behind_their_environments()
     assert deploy["on"]["push"]["branches"] == ["main"] and "pull_request" not in deploy["on"]
     jobs = deploy["jobs"]
     assert jobs["images"]["uses"] == "./.github/workflows/images.yml"
-    order = [("dev", ["plan", "images"]), ("staging", ["plan", "images", "dev"]), ("prod", ["plan", "images", "staging"])]
+    order = [
+        ("dev", ["plan", "images"]),
+        ("staging", ["plan", "images", "dev"]),
+        ("prod", ["plan", "images", "staging"]),
+    ]
     for stack, needs in order:
         job = jobs[stack]
-        assert job["uses"] == "./.github/workflows/deploy-stack.yml" and job["with"]["stack"] == stack and job["needs"] == needs
+        assert (
+            job["uses"] == "./.github/workflows/deploy-stack.yml"
+            and job["with"]["stack"] == stack
+            and job["needs"] == needs
+        )
         assert f"contains(fromJSON(needs.plan.outputs.stacks), '{stack}')" in job["if"]
         assert job["secrets"] == "inherit"
     assert [stack for stack, _ in order] == stack_names(REPO_ROOT)
     assert deploy["on"]["workflow_dispatch"]["inputs"]["stack"]["options"] == stack_names(REPO_ROOT)
     assert "python -m infra.delivery stacks" in jobs["plan"]["steps"][-1]["run"]
     record = jobs["record"]
-    assert record["permissions"] == {"contents": "write", "pull-requests": "write"} and deploy["permissions"] == {"contents": "read"}
+    assert record["permissions"] == {"contents": "write", "pull-requests": "write"} and deploy["permissions"] == {
+        "contents": "read"
+    }
     (pr,) = [s for s in record["steps"] if s.get("uses", "").startswith("peter-evans/create-pull-request@")]
     assert pr["with"]["add-paths"] == "stacks/Pulumi.*.yaml"
 
