@@ -14,6 +14,8 @@ import urllib.request
 import boto3
 import pytest
 
+from infra.stackfile import REPO_ROOT
+from services.serving.protocol import MEDIA_TYPES, PARQUET
 from tests.services.conftest import BUCKET, start_serving
 
 MODEL = "serve-test"
@@ -104,13 +106,14 @@ def bodies_of(rows):
         "inputs (records)": {"inputs": records},
         "reordered columns": {"dataframe_split": {"columns": list(reordered.columns), "data": [list(r.values()) for r in reordered.to_dict(orient="records")]}},
         "text/csv": rows.to_csv(index=False).encode(),
+        PARQUET: rows.to_parquet(index=False),
     }
 
 
 def assert_same_as_mlflow(server, pyfunc, rows, version=None):
     """Every body format gets exactly the predictions `mlflow models serve` answers (values and shape)."""
     for name, body in bodies_of(rows).items():
-        content_type = "text/csv" if name == "text/csv" else "application/json"
+        content_type = name if name in ("text/csv", PARQUET) else "application/json"
         status, answer, headers = post(server, None if isinstance(body, bytes) else body, raw=body if isinstance(body, bytes) else None,
                                        content_type=content_type)
         expected_status, expected = mlflow_answer(pyfunc, body, content_type)
@@ -326,3 +329,13 @@ def test_worker_count_follows_the_cpu(monkeypatch):
 
     monkeypatch.delenv("SERVING_WORKERS", raising=False)
     assert ServingSettings(model_name="m").workers == available_cpus() >= 1
+
+
+def test_the_image_installs_the_parquet_reader_the_server_accepts_bodies_for():
+    """Parquet bodies are read by pandas with pyarrow; an image without it answers them 400 on the
+    cluster while every test here (run in the lock's environment) passes."""
+    from tests.unit.test_image_requirements import requirement_lines
+
+    assert PARQUET in MEDIA_TYPES
+    image = (REPO_ROOT / "services/serving/requirements.txt").read_text()
+    assert "pyarrow" in {line.split("==")[0].strip().lower() for line in requirement_lines(image)}
