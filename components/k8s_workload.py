@@ -133,17 +133,38 @@ def alb_listener_annotations(certificate_arn: str | None) -> dict[str, str]:
     return annotations
 
 
-def internal_alb_annotations(*, group: str, healthcheck_path: str, certificate_arn: str | None) -> dict[str, str]:
+def internal_alb_annotations(*, group: str, healthcheck_path: str, certificate_arn: str | None,
+                             deregistration_delay_seconds: int) -> dict[str, str]:
     """Annotations of an Ingress on the shared internal ALB (the tracking server's and every endpoint's):
     internal scheme, pods as IP targets (the NetworkPolicies admit the ALB's subnets), one ingress
-    `group` so all of them share one load balancer, the listener of alb_listener_annotations."""
+    `group` so all of them share one load balancer, the listener of alb_listener_annotations.
+
+    `deregistration_delay_seconds`: how long the ALB lets requests already sent to a deregistered
+    (terminating) pod finish before it closes their connections. AWS's default is 300 s, far longer
+    than a pod lives once it terminates: the caller states a delay within the time its pods keep
+    answering after they start terminating, so the ALB, not a killed pod, ends the last request.
+    `target-group-attributes` is a stringMap annotation (`key=value,...`; LB controller v2.14
+    annotations guide, range 0-3600 s); it applies to the target groups of this Ingress's backends."""
+    if not 0 <= deregistration_delay_seconds <= 3600:
+        raise ValueError(f"deregistration_delay_seconds must be within 0-3600 (the ALB's range), "
+                         f"got {deregistration_delay_seconds}")
     return {
         "alb.ingress.kubernetes.io/scheme": "internal",
         "alb.ingress.kubernetes.io/target-type": "ip",
         "alb.ingress.kubernetes.io/group.name": group,
         "alb.ingress.kubernetes.io/healthcheck-path": healthcheck_path,
+        "alb.ingress.kubernetes.io/target-group-attributes":
+            f"deregistration_delay.timeout_seconds={deregistration_delay_seconds}",
         **alb_listener_annotations(certificate_arn),
     }
+
+
+ALB_READINESS_GATE_LABELS = {"elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}
+"""Namespace label for the LB controller's pod mutating webhook (`mpod.elbv2.k8s.aws`, selected by this
+label in chart 1.14.0): pods created in the namespace behind an `ip` target group get a readiness gate
+that turns true only once the ALB reports the target healthy, so a rolling update never takes an old pod
+away before its replacement receives traffic (LB controller v2.14 docs, deploy/pod_readiness_gate.md).
+Injected at pod creation only, when the Ingress's target group binding already exists."""
 
 
 KUBERNETES_API_SKIP = "CKV_K8S_38"

@@ -28,6 +28,7 @@ import pulumi_kubernetes as k8s
 
 from components.identity import OidcIdentity, workload_role
 from components.k8s_workload import (
+    ALB_READINESS_GATE_LABELS,
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     TMP_MOUNT,
@@ -69,6 +70,24 @@ def termination_grace_seconds() -> int:
 
     fields = ServingSettings.model_fields
     return PRESTOP_SECONDS + math.ceil(fields["shutdown_delay_seconds"].default + fields["drain_seconds"].default) + 5
+
+
+def deregistration_delay_seconds() -> int:
+    """The ALB target groups' deregistration delay: how long requests already sent to a terminating pod
+    may take before the ALB closes their connections (AWS's default, 300 s, outlives the pod).
+
+    Timeline from the pod's deletion (t = 0): the LB controller deregisters the target within the
+    preStop sleep (t <= PRESTOP_SECONDS = 15; after that no new request reaches the pod); the server
+    answers everything until SIGTERM (t = 15), then for its shutdown delay (5 s) with
+    `Connection: close`, then gives in-flight requests its drain time (20 s): it answers until t = 40,
+    and the kubelet kills it at the grace period (t = 45). A request in flight at deregistration
+    therefore has shutdown delay + drain = 25 s of server left in the worst case: the ALB waits that
+    long and no longer, so it has ended every request (answered, or cut by the ALB) by t = 40, before
+    the server stops and 5 s before the kill, instead of holding the target draining for 300 s."""
+    from services.serving.settings import ServingSettings
+
+    fields = ServingSettings.model_fields
+    return math.floor(fields["shutdown_delay_seconds"].default + fields["drain_seconds"].default)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +193,8 @@ class ServingPlane(pulumi.ComponentResource):
         super().__init__(PLANE_TOKEN, name, None, opts)
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-ns",
-            metadata={"name": NAMESPACE, "labels": restricted_namespace_labels({CLIENT_NAMESPACE_LABEL: "true"})},
+            metadata={"name": NAMESPACE, "labels": restricted_namespace_labels({CLIENT_NAMESPACE_LABEL: "true",
+                                                                                 **ALB_READINESS_GATE_LABELS})},
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"namespace": NAMESPACE})
@@ -287,7 +307,9 @@ class ServingEndpoint(pulumi.ComponentResource):
     def _ingress(self, name: str, args: ServingEndpointArgs, *, after: list[pulumi.Resource]) -> k8s.networking.v1.Ingress:
         """`/<endpoint>/` on the shared internal ALB; with a canary, a weighted forward between the two Services."""
         ep = args.endpoint
-        annotations = internal_alb_annotations(group=args.ingress_group, healthcheck_path="/readyz", certificate_arn=args.certificate_arn)
+        annotations = internal_alb_annotations(group=args.ingress_group, healthcheck_path="/readyz",
+                                               certificate_arn=args.certificate_arn,
+                                               deregistration_delay_seconds=deregistration_delay_seconds())
         if args.canary is not None:
             weights = [
                 {"serviceName": f"{ep}-stable", "servicePort": PORT, "weight": 100 - args.canary.weight},

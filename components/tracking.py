@@ -34,6 +34,7 @@ import pulumi_random as random
 
 from components.identity import OidcIdentity, RoleWithPolicies, workload_role
 from components.k8s_workload import (
+    ALB_READINESS_GATE_LABELS,
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     TMP_MOUNT,
@@ -60,6 +61,10 @@ SERVICE = "mlflow-tracking"
 CONTAINER = "mlflow"
 """The server's container in its Deployment (dashboards select it)."""
 PORT = 5000
+DEREGISTRATION_DELAY_SECONDS = 25
+"""The ALB's deregistration delay for the server's target group (AWS's default is 300 s): the pod gets
+SIGTERM as it is deregistered and is killed after Kubernetes' default grace period (30 s), so the ALB
+gives requests in flight at most 25 s and has ended them all before the kill."""
 ARTIFACT_PREFIX = "mlflow"
 APP_LABELS = {"app.kubernetes.io/name": "mlflow-tracking", "app.kubernetes.io/part-of": "mlops-platform"}
 CLIENT_NAMESPACE_LABEL = "mlops.platform/tracking-client"
@@ -286,7 +291,8 @@ class TrackingServer(pulumi.ComponentResource):
         self.database = self._database(name, args)
         secrets = self._secrets(name, args)
         role = self._workload_role(name, args, secrets)
-        namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": NAMESPACE, "labels": restricted_namespace_labels()},
+        labels = restricted_namespace_labels(ALB_READINESS_GATE_LABELS)
+        namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": NAMESPACE, "labels": labels},
                                           opts=pulumi.ResourceOptions(parent=self))
         in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
         k8s.core.v1.ServiceAccount(
@@ -504,7 +510,9 @@ class TrackingServer(pulumi.ComponentResource):
     def _ingress(self, name: str, args: SelfHostedTrackingArgs, *, after: list[pulumi.Resource]) -> pulumi.Output[str]:
         """The catch-all path of the shared internal ALB; the URL is the ALB's once it has one."""
         annotations = {
-            **internal_alb_annotations(group=args.ingress_group, healthcheck_path="/health", certificate_arn=args.certificate_arn),
+            **internal_alb_annotations(group=args.ingress_group, healthcheck_path="/health",
+                                       certificate_arn=args.certificate_arn,
+                                       deregistration_delay_seconds=DEREGISTRATION_DELAY_SECONDS),
             # the catch-all "/" rule is evaluated after every endpoint's path
             "alb.ingress.kubernetes.io/group.order": "1000",
         }

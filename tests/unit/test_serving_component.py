@@ -147,3 +147,68 @@ def test_pool_floor_counts_always_on_pods(stack_inventories):
     cpus, pods = workload_demand(stack_inventories["prod"], "cpu", "cpu")
     assert cpus == pytest.approx(3 * 2 + 2 * 0.25) and pods == 5
     assert workload_demand(stack_inventories["prod"], "gpu", "gpu") == (2.0, 2)  # reranker stable + canary
+
+
+LBC_UPSTREAM = "aws-load-balancer-controller-v2.14.0"
+NAMESPACE_TYPE = "kubernetes:core/v1:Namespace"
+INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
+
+
+def upstream_text(name: str) -> str:
+    from infra.stackfile import REPO_ROOT
+
+    return (REPO_ROOT / "components" / "upstream" / LBC_UPSTREAM / name).read_text()
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_alb_lets_a_terminating_pod_finish_within_its_own_drain_not_awss_300_s(stack_inventories, stack):
+    """Every target group of the shared ALB has a deregistration delay the pods outlive: for endpoints,
+    within the model server's shutdown delay + drain after the preStop sleep, before the kill."""
+    from components import serving, tracking
+    from services.serving.settings import ServingSettings
+
+    fields = ServingSettings.model_fields
+    server_left = fields["shutdown_delay_seconds"].default + fields["drain_seconds"].default
+    delay = serving.deregistration_delay_seconds()
+    # deregistered by the end of the preStop sleep at the latest; the ALB is done before the server stops
+    assert 0 < delay <= server_left and serving.PRESTOP_SECONDS + delay < serving.termination_grace_seconds()
+    assert tracking.DEREGISTRATION_DELAY_SECONDS < 30  # Kubernetes' default grace period (the tracking pod sets none)
+    expected = {"tracking": tracking.DEREGISTRATION_DELAY_SECONDS}
+    for ingress in stack_inventories[stack].of_type(INGRESS):
+        owner = "tracking" if ingress.inputs["metadata"]["namespace"] == tracking.NAMESPACE else "endpoint"
+        attributes = ingress.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/target-group-attributes"]
+        assert attributes == f"deregistration_delay.timeout_seconds={expected.get(owner, delay)}", ingress.name
+    # the annotation and its value syntax as the LB controller v2.14.0 guide documents them
+    guide = upstream_text("annotations-target-group-attributes.md")
+    assert "`alb.ingress.kubernetes.io/target-group-attributes`" in guide
+    assert "alb.ingress.kubernetes.io/target-group-attributes: deregistration_delay.timeout_seconds=30" in guide
+
+
+def test_a_deregistration_delay_outside_the_albs_range_is_refused():
+    from components.k8s_workload import internal_alb_annotations
+
+    with pytest.raises(ValueError, match="deregistration_delay_seconds must be within 0-3600"):
+        internal_alb_annotations(group="g", healthcheck_path="/readyz", certificate_arn=None, deregistration_delay_seconds=3601)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_pods_behind_the_alb_get_the_load_balancer_controllers_readiness_gate(stack_inventories, stack):
+    """The namespaces of every ip-target Ingress carry the label the controller's pod webhook selects on,
+    so a rollout keeps old pods until the new ones are healthy in the target group."""
+    from components.k8s_workload import ALB_READINESS_GATE_LABELS
+
+    inventory = stack_inventories[stack]
+    labels = {n.inputs["metadata"]["name"]: n.inputs["metadata"].get("labels", {}) for n in inventory.of_type(NAMESPACE_TYPE)}
+    ingresses = inventory.of_type(INGRESS)
+    assert ingresses
+    for ingress in ingresses:
+        assert ingress.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/target-type"] == "ip"  # the gate needs ip targets
+        namespace = ingress.inputs["metadata"]["namespace"]
+        assert labels[namespace]["elbv2.k8s.aws/pod-readiness-gate-inject"] == "enabled", namespace
+    # the chart's default pod webhook selects namespaces by exactly this label (no stack overrides the selector)
+    ((key, value),) = ALB_READINESS_GATE_LABELS.items()
+    webhook = upstream_text("webhook.yaml")
+    assert "name: mpod.elbv2.k8s.aws" in webhook and f"- key: {key}\n      operator: In\n      values:\n      - {value}" in webhook
+    assert f"`{key}: {value}`" in upstream_text("pod_readiness_gate.md")
+    (controller,) = [r for r in inventory.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "aws-load-balancer-controller"]
+    assert "webhookNamespaceSelectors" not in controller.inputs["values"]
