@@ -9,7 +9,7 @@ actual spend does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import pulumi
@@ -20,13 +20,15 @@ TOKEN = "mlops:budget:Budget"
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetArgs:
+    """Values from the stack's `budget` settings (defaults in infra/profiles.py only)."""
+
     stack: str
     """Value of the `stack` cost allocation tag this budget counts."""
     monthly_usd: float
     """Monthly limit in US dollars."""
-    alert_threshold_percent: int = 80
+    alert_threshold_percent: int
     """Alert when actual or forecast spend crosses this share of the limit."""
-    alert_emails: Sequence[str] = field(default_factory=tuple)
+    alert_emails: Sequence[str]
     """Who receives the alerts (at least one: AWS requires a subscriber)."""
 
     def __post_init__(self) -> None:

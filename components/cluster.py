@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import pulumi
@@ -50,34 +50,37 @@ _ADMIN_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterArgs:
+    """Values from the stack's `cluster` settings and the network; their defaults live in infra/profiles.py
+    and infra/settings.py only."""
+
     cluster_name: str
     """Fixed EKS cluster name; the network's discovery tags already carry it."""
     kubernetes_version: str
     vpc_id: pulumi.Input[str]
     subnet_ids: pulumi.Input[Sequence[str]]
     """Private subnets for the control-plane interfaces and the system nodes."""
-    endpoint_public_access: bool = False
+    endpoint_public_access: bool
     """Expose the API endpoint publicly (only to `public_access_cidrs`); the private endpoint is always on."""
-    public_access_cidrs: Sequence[str] = ()
-    log_types: Sequence[str] = ("api", "audit", "authenticator")
-    log_retention_days: int = 30
-    admin_role_arns: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    public_access_cidrs: Sequence[str]
+    log_types: Sequence[str]
+    log_retention_days: int
+    admin_role_arns: Mapping[str, pulumi.Input[str]]
     """IAM roles granted cluster-admin through access entries (besides whoever created the cluster), by a
     stable key that names their resources (`<name>-admin-<key>`): the role's name, say, never its position
     in a list, so adding, removing or reordering roles replaces no entry (EKS refuses a second entry for
     a principal with 409 while Pulumi creates the replacement)."""
-    system_instance_type: str = "t3.medium"
-    system_min_size: int = 2
-    system_max_size: int = 3
-    system_desired_size: int = 2
-    deletion_protection: bool = False
+    system_instance_type: str
+    system_min_size: int
+    system_max_size: int
+    system_desired_size: int
+    deletion_protection: bool
     """EKS refuses to delete the cluster, and Pulumi marks it `protect`ed."""
-    deploy_runner_cidrs: Sequence[str] = ()
+    deploy_runner_cidrs: Sequence[str]
     """Networks `pulumi up` runs from (a CI runner's subnet, a VPN range): HTTPS into the cluster
     security group, which is how a private API endpoint is reached."""
-    deploy_runner_security_group_ids: Sequence[str] = ()
+    deploy_runner_security_group_ids: Sequence[str]
     """Security groups of deploy runners in this VPC or a peered one, admitted like the CIDRs."""
-    instance_tags: Mapping[str, str] = field(default_factory=dict)
+    instance_tags: Mapping[str, str]
     """Tags for the system nodes' instances, volumes and network interfaces (cost allocation)."""
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ the controller still runs and can remove the load balancer before the subnets go
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,14 +42,17 @@ LBC_IAM_POLICY = UPSTREAM / "aws-load-balancer-controller-v2.14.0" / "iam_policy
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterAddonsArgs:
+    """`replicas` and `ebs_csi_version` come from the stack's `cluster` settings (defaults in infra/profiles.py
+    and infra/settings.py only); the rest from the cluster."""
+
     cluster_name: pulumi.Input[str]
     vpc_id: pulumi.Input[str]
     identity: OidcIdentity
-    replicas: int = 1
+    replicas: int
     """Load Balancer Controller replicas (2 in prod)."""
-    ebs_csi_version: str | None = None
+    ebs_csi_version: str | None
     """EBS CSI add-on version; None takes AWS's default for the cluster's Kubernetes version."""
-    resource_tags: Mapping[str, str] = field(default_factory=dict)
+    resource_tags: Mapping[str, str]
     """Platform tags for what the add-ons create outside Pulumi: load balancers, target groups,
     their security groups (the controller's `defaultTags`) and EBS volumes (`extraVolumeTags`)."""
 

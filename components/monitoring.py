@@ -28,7 +28,7 @@ Pulumi awaits, is gone before the driver that deletes the EBS volumes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pulumi
@@ -83,22 +83,26 @@ def model_server_relabelings() -> list[dict[str, Any]]:
 
 @dataclass(frozen=True, kw_only=True)
 class MonitoringArgs:
-    retention_days: int = 15
-    storage_gb: int = 50
-    storage_class: str = "gp3-encrypted"
+    """Values from the stack's `monitoring` settings (defaults in infra/profiles.py and infra/settings.py only)
+    and from the components monitoring watches."""
+
+    retention_days: int
+    storage_gb: int
+    storage_class: str
+    """The encrypted StorageClass of the volumes (`ClusterAddons.storage_class`)."""
     kms_key_arn: pulumi.Input[str]
     """Encrypts the Secrets Manager secrets."""
-    slack_webhook: pulumi.Input[str] | None = None
-    """Slack incoming-webhook URL (a Pulumi secret); without it alerts go nowhere but Alertmanager's UI."""
-    slack_channel: str = "#ml-alerts"
-    thresholds: AlertThresholds = field(default_factory=AlertThresholds)
-    endpoints: Sequence[EndpointObjective] = ()
-    gpu_node_selector: dict[str, str] = field(default_factory=dict)
-    gpu_toleration: dict[str, str] = field(default_factory=dict)
-    node_selector: dict[str, str] = field(default_factory=dict)
-    """Where Prometheus, Alertmanager and Grafana run (dev: the system nodes)."""
-    protect_secrets: bool = False
-    retrain_webhook_url: str | None = None
+    slack_webhook: pulumi.Input[str] | None
+    """Slack incoming-webhook URL (a Pulumi secret); None: alerts go nowhere but Alertmanager's UI."""
+    slack_channel: str
+    thresholds: AlertThresholds
+    endpoints: Sequence[EndpointObjective]
+    gpu_node_selector: dict[str, str]
+    gpu_toleration: dict[str, str]
+    node_selector: dict[str, str]
+    """Where Prometheus, Alertmanager and Grafana run (dev: the system nodes; empty: anywhere)."""
+    protect_secrets: bool
+    retrain_webhook_url: str | None
     """The drift retraining receiver (components/training.py): `DataDriftHigh` is routed there too, with a generated token."""
     volume_dependencies: Sequence[pulumi.Resource]
     """What the volumes need: the `storage_class` StorageClass (which depends on the EBS CSI

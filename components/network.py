@@ -18,7 +18,7 @@ subnets tagged `kubernetes.io/role/internal-elb` when any subnet has that tag (v
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import pulumi
@@ -29,13 +29,15 @@ TOKEN = "mlops:network:Network"
 
 @dataclass(frozen=True, kw_only=True)
 class NetworkArgs:
-    cidr: str = "10.0.0.0/16"
+    """Values from the stack's `network` settings; their defaults live in infra/profiles.py only."""
+
+    cidr: str
     """VPC block, /16 to /20. Private subnets get 1/8 of it per AZ, internal load balancers 1/64, public ones 1/256."""
-    az_count: int = 2
+    az_count: int
     """Availability zones used (2 or 3)."""
-    nat_gateways: Literal["single", "perAz"] = "single"
+    nat_gateways: Literal["single", "perAz"]
     """`single` shares one NAT gateway (cheaper, one AZ failure cuts egress); `perAz` is highly available."""
-    interface_endpoints: Sequence[str] = field(default_factory=tuple)
+    interface_endpoints: Sequence[str]
     """AWS services (e.g. `ecr.api`, `sts`) reached through private interface endpoints."""
     cluster_name: str
     """EKS cluster that will use these subnets: written into the discovery tags."""

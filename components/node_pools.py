@@ -20,7 +20,7 @@ before the cluster (it depends on it).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -56,34 +56,41 @@ INTERRUPTION_EVENTS = {
 
 @dataclass(frozen=True, kw_only=True)
 class PoolArgs:
+    """One Karpenter pool. The families, sizes, capacity types and limits come from the stack's `cluster.cpuPool`
+    / `cluster.gpuPool` settings (defaults in infra/profiles.py only); how each pool is consolidated and
+    sized is decided where the pools are declared (infra/program.py), not here."""
+
     instance_families: Sequence[str]
     instance_sizes: Sequence[str]
     capacity_types: Sequence[Literal["spot", "on-demand"]]
     limits: Mapping[str, str]
     """Karpenter `limits`: the most this pool may ever hold, e.g. {"cpu": "32"} or {"nvidia.com/gpu": "2"}."""
-    consolidate_after: str = "1m"
-    consolidation_policy: Literal["WhenEmpty", "WhenEmptyOrUnderutilized"] = "WhenEmptyOrUnderutilized"
-    expire_after: str = "720h"
-    root_volume_gi: int = 50
+    consolidate_after: str
+    consolidation_policy: Literal["WhenEmpty", "WhenEmptyOrUnderutilized"]
+    expire_after: str
+    root_volume_gi: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class NodePoolsArgs:
+    """`ami_alias` and `replicas` come from the stack's `cluster` settings (defaults in infra/profiles.py only);
+    the rest from the cluster."""
+
     cluster_name: str
     cluster_endpoint: pulumi.Input[str]
     cluster_security_group_id: pulumi.Input[str]
     identity: OidcIdentity
     node_role: RoleWithPolicies
     """Role of the nodes Karpenter launches (`Cluster.karpenter_node_role`)."""
-    node_access: Sequence[pulumi.Resource] = ()
+    node_access: Sequence[pulumi.Resource]
     """What lets those nodes join (their access entry): NodeClasses depend on it, so it outlives the nodes."""
     cpu: PoolArgs
     gpu: PoolArgs
-    ami_alias: str = "al2023@latest"
+    ami_alias: str
     """EC2NodeClass AMI alias; pin a dated one (`al2023@v20251117`) in prod for repeatable nodes."""
-    node_tags: Mapping[str, str] = field(default_factory=dict)
+    node_tags: Mapping[str, str]
     """Tags for the instances Karpenter launches (cost allocation sees them like any resource)."""
-    replicas: int = 1
+    replicas: int
     """Karpenter controller replicas (2 in prod: leader election keeps one active)."""
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ the last N tagged images and drops untagged layers after a day.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import pulumi
@@ -19,17 +19,19 @@ TOKEN = "mlops:registry:Registry"
 
 @dataclass(frozen=True, kw_only=True)
 class RegistryArgs:
+    """Values from the stack's `registry` settings (defaults in infra/profiles.py only)."""
+
     namespace: str
     """Repository name prefix (`<namespace>/<repo>`), e.g. `mlops-dev`: ECR names are per account and region."""
-    repositories: Sequence[str] = field(default_factory=lambda: ("serving", "tracking", "drift"))
+    repositories: Sequence[str]
     """Repository names, one per service image."""
     kms_key_arn: pulumi.Input[str]
     """Customer-managed key that encrypts the images."""
-    keep_images: int = 20
+    keep_images: int
     """Tagged images kept per repository."""
-    force_delete: bool = False
+    force_delete: bool
     """Allow `pulumi destroy` to delete repositories that still hold images."""
-    protect: bool = False
+    protect: bool
     """Mark repositories `protect`ed (prod)."""
 
     def __post_init__(self) -> None:

@@ -22,17 +22,19 @@ BUCKET_ROLES = ("artifacts", "datasets")
 
 @dataclass(frozen=True, kw_only=True)
 class StorageArgs:
-    versioning: bool = True
+    """Values from the stack's `storage` settings (defaults in infra/profiles.py and infra/settings.py only)."""
+
+    versioning: bool
     """Keep previous object versions (models and datasets survive an overwrite)."""
-    force_destroy: bool = False
+    force_destroy: bool
     """Allow `pulumi destroy` to delete buckets that still hold objects."""
-    noncurrent_version_days: int = 30
+    noncurrent_version_days: int
     """Days a previous version is kept before it expires."""
-    abort_incomplete_upload_days: int = 7
+    abort_incomplete_upload_days: int
     """Days before parts of an abandoned multipart upload are removed."""
-    datasets_infrequent_access_days: int | None = None
+    datasets_infrequent_access_days: int | None
     """Move dataset objects to STANDARD_IA after this many days; None keeps them in STANDARD."""
-    protect: bool = False
+    protect: bool
     """Mark the key and buckets `protect`ed so Pulumi refuses to delete them (prod)."""
 
     def __post_init__(self) -> None:

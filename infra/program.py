@@ -397,6 +397,7 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
                 consolidation_policy="WhenEmptyOrUnderutilized",
                 consolidate_after="1m",
                 expire_after="720h",
+                root_volume_gi=50,
             ),
             gpu=PoolArgs(
                 instance_families=tuple(c.gpu_pool.instance_families),

@@ -1,4 +1,6 @@
-"""The EKS cluster, Karpenter pools and add-ons, checked on every shipped stack's inventory."""
+"""The EKS cluster, Karpenter pools and add-ons, built from explicit args (tests/unit/builders.py).
+
+What each shipped stack's settings make of them is tests/stacks/test_stack_components.py's subject."""
 
 from __future__ import annotations
 
@@ -6,14 +8,21 @@ import json
 
 import pytest
 
-from components.node_pools import NodePoolsArgs, PoolArgs, controller_policy
+from components.node_pools import NodePoolsArgs, controller_policy
+from infra.inventory import Inventory
 from infra.manifests import manifest_of, validate
-from infra.settings import load_settings
-from infra.stackfile import load_stack_config
+from tests.conftest import declare
+from tests.unit.builders import PREFIX, TAGS, Parts, cluster_args, cpu_pool_args, gpu_pool_args, platform
 
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 RELEASE = "kubernetes:helm.sh/v3:Release"
+GPU_POOLS = {
+    "spot": gpu_pool_args(),
+    "on-demand": gpu_pool_args(instance_families=("g6e", "p5"), capacity_types=("on-demand",), limits={"nvidia.com/gpu": "16"},
+                               expire_after="336h"),
+}
+"""Two GPU pools as two profiles might ask for them: spot and capped at 2 GPUs; on-demand, 16 GPUs, other families."""
 
 
 def pool(inventory, name):
@@ -24,81 +33,73 @@ def release(inventory, suffix):
     return next(r for r in inventory.of_type(RELEASE) if r.name.endswith(suffix))
 
 
-def settings_of(stack):
-    config = load_stack_config(stack)
-    return load_settings(config.namespace("mlops-platform"), stack=stack, region=config.values["aws:region"])
+@pytest.fixture(scope="module")
+def full() -> Inventory:
+    """Compute, monitoring, the tracking server and two endpoints: everything that makes roles and charts."""
+    return declare(lambda: platform(Parts(monitoring={}, tracking={}, endpoints=[{"endpoint": "a"}, {"endpoint": "b"}])))
 
 
-@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
-def test_gpu_pool_is_tainted_labelled_and_capped_per_profile(stack_inventories, stack):
-    gpu = pool(stack_inventories[stack], "gpu").inputs["spec"]
-    settings = settings_of(stack).cluster.gpu_pool
+@pytest.fixture(scope="module")
+def compute() -> Inventory:
+    return declare(lambda: platform())
+
+
+@pytest.mark.parametrize("capacity", sorted(GPU_POOLS))
+def test_gpu_pool_is_tainted_labelled_and_capped_as_asked(capacity):
+    args = GPU_POOLS[capacity]
+    gpu = pool(declare(lambda: platform(Parts(pools={"gpu": args}))), "gpu").inputs["spec"]
     assert gpu["template"]["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]
     assert gpu["template"]["metadata"]["labels"] == {"mlops.platform/pool": "gpu"}
-    assert gpu["limits"] == {"nvidia.com/gpu": str(settings.max_gpus)}
+    assert gpu["limits"] == dict(args.limits)
     requirements = {r["key"]: r["values"] for r in gpu["template"]["spec"]["requirements"]}
-    assert requirements["karpenter.sh/capacity-type"] == [settings.capacity_type]
-    assert requirements["karpenter.k8s.aws/instance-family"] == list(settings.instance_families)
-    assert gpu["template"]["spec"]["expireAfter"] == settings.expire_after
+    assert requirements["karpenter.sh/capacity-type"] == [capacity] == list(args.capacity_types)
+    assert requirements["karpenter.k8s.aws/instance-family"] == list(args.instance_families)
+    assert gpu["template"]["spec"]["expireAfter"] == args.expire_after
 
 
-def test_gpu_defaults_spot_in_dev_on_demand_in_prod(stack_inventories):
-    capacity = {
-        stack: {r["key"]: r["values"] for r in pool(stack_inventories[stack], "gpu").inputs["spec"]["template"]["spec"]["requirements"]}[
-            "karpenter.sh/capacity-type"
-        ]
-        for stack in ("dev", "prod")
-    }
-    assert capacity == {"dev": ["spot"], "prod": ["on-demand"]}
-    limits = {s: int(pool(stack_inventories[s], "gpu").inputs["spec"]["limits"]["nvidia.com/gpu"]) for s in ("dev", "prod")}
-    assert limits["dev"] < limits["prod"]
-
-
-@pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_both_pools_scale_to_zero_when_idle(stack_inventories, stack):
+def test_both_pools_scale_to_zero_when_idle(compute):
     for name, policy in (("cpu", "WhenEmptyOrUnderutilized"), ("gpu", "WhenEmpty")):
-        spec = pool(stack_inventories[stack], name).inputs["spec"]
+        spec = pool(compute, name).inputs["spec"]
         assert spec["disruption"]["consolidationPolicy"] == policy
-        assert spec["disruption"]["consolidateAfter"].endswith(("s", "m"))  # minutes, not hours
+        assert spec["disruption"]["consolidateAfter"] == {"cpu": "1m", "gpu": "5m"}[name]  # minutes, not hours
         assert "replicas" not in spec  # no static capacity: an idle pool has no nodes
-    assert "taints" not in pool(stack_inventories[stack], "cpu").inputs["spec"]["template"]["spec"]
+    assert "taints" not in pool(compute, "cpu").inputs["spec"]["template"]["spec"]
 
 
-def test_cluster_endpoint_private_in_prod_allow_listed_in_dev(stack_inventories):
-    prod = stack_inventories["prod"].of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
-    assert prod["endpointPublicAccess"] is False and prod["endpointPrivateAccess"] is True
-    dev = stack_inventories["dev"].of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
-    assert dev["endpointPublicAccess"] is True and dev["publicAccessCidrs"] == ["203.0.113.0/24"]
+def test_cluster_endpoint_private_or_allow_listed(compute):
+    private = compute.of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
+    assert private["endpointPublicAccess"] is False and private["endpointPrivateAccess"] is True
+    public = declare(lambda: platform(Parts(cluster={"endpoint_public_access": True, "public_access_cidrs": ("203.0.113.0/24",),
+                                                     "deploy_runner_cidrs": ()})))
+    vpc = public.of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
+    assert vpc["endpointPublicAccess"] is True and vpc["publicAccessCidrs"] == ["203.0.113.0/24"]
 
 
-@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
-def test_secrets_encryption_logging_and_standard_support(stack_inventories, stack):
-    inventory = stack_inventories[stack]
-    cluster = inventory.of_type("aws:eks/cluster:Cluster")[0].inputs
+def test_secrets_encryption_logging_and_standard_support(compute):
+    args = cluster_args()
+    cluster = compute.of_type("aws:eks/cluster:Cluster")[0].inputs
     assert cluster["encryptionConfig"]["resources"] == ["secrets"]
     key_arn = cluster["encryptionConfig"]["provider"]["keyArn"]
-    key = next(k for k in inventory.of_type("aws:kms/key:Key") if "secrets-key" in k.name)
+    key = next(k for k in compute.of_type("aws:kms/key:Key") if "secrets-key" in k.name)
     assert key.inputs["enableKeyRotation"] is True and key_arn.rsplit("/", 1)[-1].startswith(key.name)
-    assert cluster["enabledClusterLogTypes"] == settings_of(stack).cluster.log_types
+    assert cluster["enabledClusterLogTypes"] == list(args.log_types) == ["api", "audit"]
     assert cluster["upgradePolicy"] == {"supportType": "STANDARD"}
-    assert cluster["version"] == settings_of(stack).cluster.kubernetes_version
-    log_group = inventory.of_type("aws:cloudwatch/logGroup:LogGroup")[0]
+    assert cluster["version"] == args.kubernetes_version
+    log_group = compute.of_type("aws:cloudwatch/logGroup:LogGroup")[0]
     assert log_group.inputs["name"] == f"/aws/eks/{cluster['name']}/cluster"
-    assert log_group.inputs["retentionInDays"] == settings_of(stack).cluster.log_retention_days
+    assert log_group.inputs["retentionInDays"] == args.log_retention_days
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_every_workload_role_trusts_only_its_own_service_account(stack_inventories, stack):
-    inventory = stack_inventories[stack]
-    federated = [r for r in inventory.of_type("aws:iam/role:Role") if "Federated" in r.inputs["assumeRolePolicy"]]
+def test_every_workload_role_trusts_only_its_own_service_account(full):
+    federated = [r for r in full.of_type("aws:iam/role:Role") if "Federated" in r.inputs["assumeRolePolicy"]]
     expected = {
         "-karpenter": "kube-system:karpenter",
         "-lbc": "kube-system:aws-load-balancer-controller",
         "-ebs-csi": "kube-system:ebs-csi-controller-sa",
         "-tracking-workload": "mlflow:mlflow-tracking",
+        "-ep-a-workload": "serving:a",
+        "-ep-b-workload": "serving:b",
     }
-    settings = settings_of(stack)
-    expected.update({f"-ep-{e.name}-workload": f"serving:{e.name}" for e in settings.endpoints})
     assert len(federated) == len(expected)
     for role in federated:
         (statement,) = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
@@ -111,11 +112,10 @@ def test_every_workload_role_trusts_only_its_own_service_account(stack_inventori
         assert "StringLike" not in statement["Condition"]  # no wildcards
 
 
-def test_helm_service_accounts_use_the_role_that_trusts_them(stack_inventories):
-    inventory = stack_inventories["dev"]
-    roles = {r.name: r for r in inventory.of_type("aws:iam/role:Role")}
+def test_helm_service_accounts_use_the_role_that_trusts_them(compute):
+    roles = {r.name: r for r in compute.of_type("aws:iam/role:Role")}
     for release_suffix, role_suffix in (("-karpenter", "-karpenter"), ("-aws-load-balancer-controller", "-lbc")):
-        chart = release(inventory, release_suffix)
+        chart = release(compute, release_suffix)
         role = next(r for n, r in roles.items() if n.endswith(role_suffix))
         sa = chart.inputs["values"]["serviceAccount"]
         trusted = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Condition"]["StringEquals"]
@@ -123,18 +123,16 @@ def test_helm_service_accounts_use_the_role_that_trusts_them(stack_inventories):
         assert sa["annotations"]["eks.amazonaws.com/role-arn"].rsplit("/", 1)[-1].startswith(role.name)
 
 
-@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
-def test_every_kubernetes_resource_uses_the_cluster_provider(stack_inventories, stack):
-    inventory = stack_inventories[stack]
-    (provider,) = inventory.of_type("pulumi:providers:kubernetes")
-    kube = [r for r in inventory.resources if r.type.startswith("kubernetes:")]
+def test_every_kubernetes_resource_uses_the_cluster_provider(full):
+    (provider,) = full.of_type("pulumi:providers:kubernetes")
+    kube = [r for r in full.resources if r.type.startswith("kubernetes:")]
     assert len(kube) >= 8
     for resource in kube:
         assert resource.provider.startswith(provider.urn + "::"), resource.name
 
 
-def test_destroy_ordering_edges(stack_inventories):
-    inventory = stack_inventories["dev"]
+def test_destroy_ordering_edges(full):
+    inventory = full
     karpenter = release(inventory, "-pools-karpenter")
     crds = release(inventory, "-pools-karpenter-crd")
     system = inventory.of_type("aws:eks/nodeGroup:NodeGroup")[0]
@@ -151,41 +149,46 @@ def test_destroy_ordering_edges(stack_inventories):
     # node group before the cluster, the cluster before the network's subnets
     assert eks.urn in system.depends_on
     private_subnets = [s.urn for s in inventory.of_type("aws:ec2/subnet:Subnet") if "private" in s.name]
-    assert set(private_subnets) <= set(eks.depends_on)
+    assert private_subnets and set(private_subnets) <= set(eks.depends_on)
 
 
-def test_nodes_require_imdsv2_with_hop_limit_one(stack_inventories):
-    inventory = stack_inventories["dev"]
+def test_nodes_require_imdsv2_with_hop_limit_one(compute):
+    nodes_require_imdsv2(compute, cluster_name=PREFIX, stack=TAGS["stack"])
+
+
+def nodes_require_imdsv2(inventory: Inventory, *, cluster_name: str, stack: str) -> None:
     lt = inventory.of_type("aws:ec2/launchTemplate:LaunchTemplate")[0].inputs["metadataOptions"]
     assert lt["httpTokens"] == "required" and lt["httpPutResponseHopLimit"] == 1
-    for node_class in inventory.of_type(NODE_CLASS):
+    node_classes = inventory.of_type(NODE_CLASS)
+    assert len(node_classes) == 2
+    for node_class in node_classes:
         spec = node_class.inputs["spec"]
         assert spec["metadataOptions"]["httpTokens"] == "required" and spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
         assert all(b["ebs"]["encrypted"] is True for b in spec["blockDeviceMappings"])
-        assert spec["subnetSelectorTerms"] == [{"tags": {"karpenter.sh/discovery": "mlops-dev"}}]
-        assert spec["tags"]["stack"] == "dev"  # launched instances are cost-allocated like the rest
+        assert spec["subnetSelectorTerms"] == [{"tags": {"karpenter.sh/discovery": cluster_name}}]
+        assert spec["tags"]["stack"] == stack  # launched instances are cost-allocated like the rest
 
 
-def test_nvidia_device_plugin_runs_only_on_gpu_nodes(stack_inventories):
-    plugin = release(stack_inventories["dev"], "-nvidia-device-plugin").inputs
+def test_nvidia_device_plugin_runs_only_on_gpu_nodes(compute):
+    plugin = release(compute, "-nvidia-device-plugin").inputs
     terms = plugin["values"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "mlops.platform/pool", "operator": "In", "values": ["gpu"]}]}]
     assert plugin["values"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
-def test_chart_versions_are_pinned(stack_inventories):
+def test_chart_versions_are_pinned(full):
     from components import versions
 
-    releases = stack_inventories["prod"].of_type(RELEASE)
+    releases = full.of_type(RELEASE)
     assert len(releases) == 8  # + metrics-server
     pinned = {c.version for c in vars(versions).values() if isinstance(c, versions.HelmChart)}
     for chart in releases:
         assert chart.inputs["version"] in pinned, chart.name
 
 
-@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
-def test_karpenter_objects_validate_against_their_schemas(stack_inventories, stack):
-    inventory = stack_inventories[stack]
+@pytest.mark.parametrize("capacity", sorted(GPU_POOLS))
+def test_karpenter_objects_validate_against_their_schemas(capacity):
+    inventory = declare(lambda: platform(Parts(pools={"gpu": GPU_POOLS[capacity]})))
     objects = inventory.of_type(NODE_POOL) + inventory.of_type(NODE_CLASS)
     assert len(objects) == 4
     for resource in objects:
@@ -225,10 +228,9 @@ def test_karpenter_policy_is_scoped_to_this_cluster():
 
 def test_node_pool_args_reject_bad_limits():
     def args(gpu_limits):
-        pool = PoolArgs(instance_families=("m6i",), instance_sizes=("large",), capacity_types=("spot",), limits={"cpu": "4"})
-        gpu = PoolArgs(instance_families=("g5",), instance_sizes=("xlarge",), capacity_types=("spot",), limits=gpu_limits)
         return NodePoolsArgs(
-            cluster_name="c", cluster_endpoint="e", cluster_security_group_id="sg", identity=None, node_role=None, cpu=pool, gpu=gpu  # type: ignore[arg-type]
+            cluster_name="c", cluster_endpoint="e", cluster_security_group_id="sg", identity=None, node_role=None,  # type: ignore[arg-type]
+            node_access=(), ami_alias="al2023@latest", node_tags={}, replicas=1, cpu=cpu_pool_args(), gpu=gpu_pool_args(limits=gpu_limits),
         )
 
     with pytest.raises(ValueError, match="must cap nvidia.com/gpu"):

@@ -14,11 +14,12 @@ import jsonschema
 import pytest
 import yaml
 
-from components.cluster import Cluster, ClusterArgs
+from components.cluster import Cluster
 from infra.inventory import Inventory, Resource
 from infra.settings import SettingsError, load_settings
 from infra.upstream import chart_defaults, unknown_value_keys
-from tests.conftest import declare, offline_stack
+from tests.conftest import declare
+from tests.unit.builders import RUNNER_CIDR, TAGS, Parts, cluster_args, platform, program_inventory
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "components" / "upstream"
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -27,7 +28,24 @@ ACCESS_ENTRY = "aws:eks/accessEntry:AccessEntry"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 ROLE = "aws:iam/role:Role"
 GRANTS = ("aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicyAttachment:RolePolicyAttachment")
-STACKS = ["dev", "staging", "prod"]
+PUBLIC = {"endpoint_public_access": True, "public_access_cidrs": ("203.0.113.0/24",), "deploy_runner_cidrs": ()}
+"""ClusterArgs overrides of an allow-listed public API endpoint (tests/unit/builders.py's is private, with a runner range)."""
+SHAPES = {
+    "private": Parts(),
+    "public": Parts(cluster=PUBLIC),
+    "admins": Parts(cluster={"admin_role_arns": {"platform-admin": "arn:aws:iam::123456789012:role/platform-admin"}}, addons={"replicas": 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def compute() -> Inventory:
+    return declare(lambda: platform())
+
+
+@pytest.fixture(scope="module")
+def full() -> Inventory:
+    """Compute, monitoring, the tracking server and one CPU endpoint: every role the platform makes."""
+    return declare(lambda: platform(Parts(monitoring={}, tracking={}, endpoints=[{}])))
 
 
 def release(inventory: Inventory, suffix: str) -> Resource:
@@ -69,9 +87,12 @@ def closure(inventory: Inventory, resource: Resource) -> set[str]:
 
 # -- item 2: one access entry per principal -----------------------------------------------------
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_no_principal_has_two_access_entries(stack_inventories, stack):
-    inventory = stack_inventories[stack]
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_no_principal_has_two_access_entries(shape):
+    one_entry_per_principal(declare(lambda: platform(SHAPES[shape])))
+
+
+def one_entry_per_principal(inventory: Inventory) -> None:
     roles = {role_arn(inventory, r): r for r in inventory.of_type(ROLE)}
     principals = [e.inputs["principalArn"] for e in inventory.of_type(ACCESS_ENTRY)]
     # EKS itself registers the role of every managed node group (EKS User Guide, "Create access entries")
@@ -80,8 +101,8 @@ def test_no_principal_has_two_access_entries(stack_inventories, stack):
     assert {p for p in principals if p in roles}  # the check compares real ARNs, not placeholders
 
 
-def test_karpenter_nodes_have_their_own_role_entry_and_pass_role(stack_inventories):
-    inventory = stack_inventories["dev"]
+def test_karpenter_nodes_have_their_own_role_entry_and_pass_role(compute):
+    inventory = compute
     (karpenter_role,) = [r for r in inventory.of_type(ROLE) if r.name.endswith("-karpenter-node-role")]
     (entry,) = [e for e in inventory.of_type(ACCESS_ENTRY) if e.inputs["type"] == "EC2_LINUX"]
     assert entry.inputs["principalArn"] == role_arn(inventory, karpenter_role)
@@ -95,13 +116,15 @@ def test_karpenter_nodes_have_their_own_role_entry_and_pass_role(stack_inventori
 
 # -- item 3: the deploy runner reaches a private endpoint ---------------------------------------
 
-@pytest.mark.parametrize("stack", ["staging", "prod"])
-def test_private_endpoint_stacks_admit_the_deploy_runner_on_443(stack_inventories, stack):
-    inventory = stack_inventories[stack]
+def test_a_private_endpoint_admits_the_deploy_runner_on_443(compute):
+    admits_the_runner(compute, [RUNNER_CIDR])
+
+
+def admits_the_runner(inventory: Inventory, cidrs: list[str]) -> None:
     eks = inventory.of_type("aws:eks/cluster:Cluster")[0]
     assert eks.inputs["vpcConfig"]["endpointPublicAccess"] is False
     rules = inventory.of_type(INGRESS_RULE)
-    assert [r.inputs["cidrIpv4"] for r in rules] == ["10.0.0.0/19"]
+    assert [r.inputs["cidrIpv4"] for r in rules] == cidrs
     for rule in rules:
         assert (rule.inputs["ipProtocol"], rule.inputs["fromPort"], rule.inputs["toPort"]) == ("tcp", 443, 443)
         assert rule.inputs["securityGroupId"] == f"sg-{eks.inputs['name']}-cluster"  # the cluster security group
@@ -111,13 +134,15 @@ def test_private_endpoint_stacks_admit_the_deploy_runner_on_443(stack_inventorie
     assert {r.urn for r in rules} <= set(provider.depends_on)
 
 
-def test_dev_with_a_public_allow_listed_endpoint_needs_no_runner_rule(stack_inventories):
-    assert stack_inventories["dev"].of_type(INGRESS_RULE) == []
+def test_a_public_allow_listed_endpoint_needs_no_runner_rule():
+    inventory = declare(lambda: Cluster("c", cluster_args(**PUBLIC)))
+    assert inventory.of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]["endpointPublicAccess"] is True
+    assert inventory.of_type(INGRESS_RULE) == []
 
 
 def test_runner_security_groups_become_referenced_group_rules():
-    inventory = declare(lambda: Cluster("c", ClusterArgs(
-        cluster_name="c1", kubernetes_version="1.35", vpc_id="vpc-1", subnet_ids=["subnet-1", "subnet-2"],
+    inventory = declare(lambda: Cluster("c", cluster_args(
+        cluster_name="c1", subnet_ids=["subnet-1", "subnet-2"], deploy_runner_cidrs=(),
         deploy_runner_security_group_ids=("sg-0123456789abcdef0",),
     )))
     (rule,) = inventory.of_type(INGRESS_RULE)
@@ -127,7 +152,7 @@ def test_runner_security_groups_become_referenced_group_rules():
 
 def test_a_private_cluster_without_a_runner_is_refused_before_anything_is_declared():
     with pytest.raises(ValueError, match="deploy_runner_cidrs or deploy_runner_security_group_ids: required"):
-        ClusterArgs(cluster_name="c1", kubernetes_version="1.35", vpc_id="v", subnet_ids=["s"])
+        cluster_args(deploy_runner_cidrs=(), deploy_runner_security_group_ids=())
 
 
 PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]},
@@ -195,9 +220,8 @@ def pods_of(inventory: Inventory, account: Resource) -> list[Resource]:
     return workloads
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_every_user_of_a_role_depends_on_its_policies(stack_inventories, stack):
-    inventory = stack_inventories[stack]
+def test_every_user_of_a_role_depends_on_its_policies(full):
+    inventory = full
     checked = 0
     for role in inventory.of_type(ROLE):
         arn, grants = role_arn(inventory, role), [g.urn for g in grants_of(inventory, role)]
@@ -210,8 +234,8 @@ def test_every_user_of_a_role_depends_on_its_policies(stack_inventories, stack):
     assert checked >= 12
 
 
-def test_the_vpc_cni_outlives_the_nodes_and_depends_on_the_node_role(stack_inventories):
-    inventory = stack_inventories["dev"]
+def test_the_vpc_cni_outlives_the_nodes_and_depends_on_the_node_role(compute):
+    inventory = compute
     cni = addon(inventory, "vpc-cni")
     (group,) = inventory.of_type("aws:eks/nodeGroup:NodeGroup")
     assert cni.urn in group.depends_on
@@ -221,11 +245,15 @@ def test_the_vpc_cni_outlives_the_nodes_and_depends_on_the_node_role(stack_inven
 
 # -- item 9: metrics-server ----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("stack", "replicas"), [("dev", 1), ("prod", 2)])
-def test_metrics_server_is_pinned_on_system_nodes(stack_inventories, stack, replicas):
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_metrics_server_is_pinned_on_system_nodes(replicas):
+    metrics_server_on_system_nodes(declare(lambda: platform(Parts(addons={"replicas": replicas}))), replicas)
+
+
+def metrics_server_on_system_nodes(inventory: Inventory, replicas: int) -> None:
     from components import versions
 
-    chart = release(stack_inventories[stack], "-metrics-server")
+    chart = release(inventory, "-metrics-server")
     assert (chart.inputs["chart"], chart.inputs["version"]) == ("metrics-server", versions.METRICS_SERVER.version)
     assert chart.inputs["repositoryOpts"]["repo"] == "https://kubernetes-sigs.github.io/metrics-server/"
     assert chart.inputs["namespace"] == "kube-system"
@@ -236,8 +264,8 @@ def test_metrics_server_is_pinned_on_system_nodes(stack_inventories, stack, repl
     assert unknown_value_keys(values, chart_defaults("metrics-server", versions.METRICS_SERVER.version)) == []
 
 
-def test_cpu_autoscaled_endpoints_have_a_metrics_api(stack_inventories):
-    inventory = stack_inventories["prod"]
+def test_cpu_autoscaled_endpoints_have_a_metrics_api(full):
+    inventory = full
     hpas = inventory.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert any(m["type"] == "Resource" for h in hpas for m in h.inputs["spec"]["metrics"])
     assert release(inventory, "-metrics-server")
@@ -245,9 +273,8 @@ def test_cpu_autoscaled_endpoints_have_a_metrics_api(stack_inventories):
 
 # -- item 10: NetworkPolicies are enforced ---------------------------------------------------------
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_vpc_cni_enforces_network_policies(stack_inventories, stack):
-    cni = addon(stack_inventories[stack], "vpc-cni")
+def test_vpc_cni_enforces_network_policies(compute):
+    cni = addon(compute, "vpc-cni")
     # a string, as the add-on's configuration schema wants it
     assert json.loads(cni.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
     assert cni.inputs["resolveConflictsOnCreate"] == "OVERWRITE"  # EKS installed it self-managed with the cluster
@@ -258,9 +285,11 @@ def test_vpc_cni_enforces_network_policies(stack_inventories, stack):
 EBS_TAGS_SCHEMA = json.loads((UPSTREAM / "eks-addons" / "aws-ebs-csi-driver.configuration-schema.json").read_text())
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_stack_tag_reaches_instances_volumes_and_load_balancers(stack_inventories, stack):
-    inventory = stack_inventories[stack]
+def test_stack_tag_reaches_instances_volumes_and_load_balancers(compute):
+    stack_tag_reaches_everything(compute, TAGS["stack"])
+
+
+def stack_tag_reaches_everything(inventory: Inventory, stack: str) -> None:
     (template,) = inventory.of_type("aws:ec2/launchTemplate:LaunchTemplate")
     specs = {s["resourceType"]: s["tags"] for s in template.inputs["tagSpecifications"]}
     assert set(specs) == {"instance", "volume", "network-interface"}
@@ -294,21 +323,21 @@ def restricted_tag_rules(schema: dict) -> tuple[set[str], set[str]]:
     return keys, prefixes
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_node_class_tags_avoid_the_keys_karpenter_reserves(stack_inventories, stack):
+def test_node_class_tags_avoid_the_keys_karpenter_reserves(compute):
     """The CRD's CEL rules (which JSON-schema validation skips) refuse tags Karpenter sets itself."""
     crd = yaml.safe_load((UPSTREAM / "karpenter-v1.11.1" / "karpenter.k8s.aws_ec2nodeclasses.yaml").read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     keys, prefixes = restricted_tag_rules(version["schema"]["openAPIV3Schema"])
     assert "eks:eks-cluster-name" in keys and "kubernetes.io/cluster" in prefixes
-    for resource in stack_inventories[stack].of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
+    node_classes = compute.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass")
+    assert len(node_classes) == 2
+    for resource in node_classes:
         assert not [k for k in resource.inputs["spec"]["tags"] if k in keys or k.startswith(tuple(prefixes))]
 
 
 def test_runner_rules_are_named_after_their_source_so_reordering_replaces_nothing():
     def names(cidrs):
-        inventory = declare(lambda: Cluster("c", ClusterArgs(
-            cluster_name="c1", kubernetes_version="1.35", vpc_id="vpc-1", subnet_ids=["subnet-1"], deploy_runner_cidrs=cidrs)))
+        inventory = declare(lambda: Cluster("c", cluster_args(cluster_name="c1", subnet_ids=["subnet-1"], deploy_runner_cidrs=cidrs)))
         return {r.name: r.inputs["cidrIpv4"] for r in inventory.of_type(INGRESS_RULE)}
 
     assert names(("10.0.0.0/19", "10.8.0.0/16")) == names(("10.8.0.0/16", "10.0.0.0/19")) == {
@@ -323,9 +352,11 @@ CI_DEPLOY_ROLE = "arn:aws:iam::123456789012:role/mlops-staging-ci-deploy"
 
 
 def admin_access(admins: list[str]) -> dict[str, str]:
-    """Name -> principal of the cluster-admin access entries and policy associations of staging with CI."""
-    inventory = offline_stack("staging", ci={"githubRepository": "acme/platform"},
-                              cluster={"deployRunnerCidrs": ["10.0.0.0/19"], "adminRoleArns": admins})
+    """Name -> principal of the cluster-admin access entries and policy associations of a staging stack with CI
+    (the whole program: it keys `cluster.adminRoleArns` and adds the CI deploy role)."""
+    inventory = program_inventory("staging", {"profile": "staging", "budget": {"alertEmails": ["team@example.com"]},
+                                              "ci": {"githubRepository": "acme/platform"},
+                                              "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"], "adminRoleArns": admins}})
     return {r.name: r.inputs["principalArn"] for r in inventory.resources
             if r.type == ACCESS_POLICY or (r.type == ACCESS_ENTRY and r.inputs["type"] == "STANDARD")}
 
@@ -358,5 +389,4 @@ def test_admin_roles_whose_entries_would_share_a_name_are_refused(cluster, ci, e
 
 def test_an_admin_key_that_cannot_name_a_resource_is_refused():
     with pytest.raises(ValueError, match=r"admin_role_arns: keys \['team/admin'\] must be 1-64 letters"):
-        ClusterArgs(cluster_name="c1", kubernetes_version="1.35", vpc_id="v", subnet_ids=["s"], deploy_runner_cidrs=("10.0.0.0/19",),
-                    admin_role_arns={"team/admin": "arn:aws:iam::123456789012:role/team/admin"})
+        cluster_args(admin_role_arns={"team/admin": "arn:aws:iam::123456789012:role/team/admin"})

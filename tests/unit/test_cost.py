@@ -296,19 +296,23 @@ def test_quantities_are_read_by_the_kubernetes_parser():
 
 
 def test_components_read_quantities_with_the_same_parser():
-    from components.node_pools import NodePoolsArgs, PoolArgs
+    from components.node_pools import NodePoolsArgs
     from components.serving import ServingEndpointArgs
+    from tests.unit.builders import cpu_pool_args, gpu_pool_args
 
     def pools(cpu_limit: str) -> NodePoolsArgs:
-        pool = dict(instance_families=["m6i"], instance_sizes=["large"], capacity_types=["on-demand"])
         return NodePoolsArgs(
             cluster_name="c",
             cluster_endpoint="e",
             cluster_security_group_id="sg",
             identity=None,
             node_role=None,  # type: ignore[arg-type]
-            cpu=PoolArgs(**pool, limits={"cpu": cpu_limit}),
-            gpu=PoolArgs(**pool, limits={"nvidia.com/gpu": "2"}),
+            node_access=(),
+            ami_alias="al2023@latest",
+            node_tags={},
+            replicas=1,
+            cpu=cpu_pool_args(limits={"cpu": cpu_limit}),
+            gpu=gpu_pool_args(),
         )
 
     assert pools("32000m").cpu.limits == {"cpu": "32000m"}  # a valid quantity, not a crash of int("32000m")

@@ -4,6 +4,7 @@ import pytest
 
 from components.network import Network, NetworkArgs, load_balancer_blocks, subnet_blocks
 from tests.conftest import declare
+from tests.unit.builders import PREFIX, network_args
 
 SUBNET = "aws:ec2/subnet:Subnet"
 NAT = "aws:ec2/natGateway:NatGateway"
@@ -12,7 +13,8 @@ ROUTE_TABLE = "aws:ec2/routeTable:RouteTable"
 
 
 def network(**overrides) -> NetworkArgs:
-    return NetworkArgs(**{"cluster_name": "mlops-test", **overrides})
+    """tests/unit/builders.py's args: 10.0.0.0/16 over 2 AZs, one NAT, no interface endpoint, cluster `mlops-test`."""
+    return network_args(**overrides)
 
 
 @pytest.mark.parametrize(("mode", "azs", "expected"), [("single", 2, 1), ("single", 3, 1), ("perAz", 2, 2), ("perAz", 3, 3)])
@@ -42,12 +44,12 @@ def test_one_public_one_private_and_one_internal_lb_subnet_per_az_with_discovery
         assert s.inputs["mapPublicIpOnLaunch"] is False
     for s in private:
         assert "kubernetes.io/role/internal-elb" not in s.inputs["tags"]  # pods live here: no load balancer
-        assert s.inputs["tags"]["karpenter.sh/discovery"] == "mlops-test"
-        assert s.inputs["tags"]["kubernetes.io/cluster/mlops-test"] == "shared"
+        assert s.inputs["tags"]["karpenter.sh/discovery"] == PREFIX
+        assert s.inputs["tags"][f"kubernetes.io/cluster/{PREFIX}"] == "shared"
     for s in internal_lb:
         assert s.inputs["tags"]["kubernetes.io/role/internal-elb"] == "1"
         assert "karpenter.sh/discovery" not in s.inputs["tags"]  # no node, so no pod, ever gets an address here
-        assert s.inputs["tags"]["kubernetes.io/cluster/mlops-test"] == "shared"
+        assert s.inputs["tags"][f"kubernetes.io/cluster/{PREFIX}"] == "shared"
 
 
 def test_internal_load_balancers_have_subnets_of_their_own_with_only_the_local_route():

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from components.storage import Storage, StorageArgs
+from components.storage import Storage
 from tests.conftest import declare, only, policy
+from tests.unit.builders import storage_args
 
 BUCKET = "aws:s3/bucket:Bucket"
 
 
 def storage(**overrides):
-    return declare(lambda: Storage("st", StorageArgs(**overrides)))
+    """Storage from tests/unit/builders.py's args: versioned, 30 noncurrent days, uploads aborted after 7, unprotected."""
+    return declare(lambda: Storage("st", storage_args(**overrides)))
 
 
 def test_two_buckets_encrypted_with_the_rotating_customer_key():
@@ -75,6 +77,6 @@ def test_force_destroy_and_protection_follow_the_settings(protect):
 
 def test_bad_args_are_rejected():
     with pytest.raises(ValueError, match="noncurrent_version_days"):
-        StorageArgs(noncurrent_version_days=0)
+        storage_args(noncurrent_version_days=0)
     with pytest.raises(ValueError, match="at least 30"):
-        StorageArgs(datasets_infrequent_access_days=10)
+        storage_args(datasets_infrequent_access_days=10)

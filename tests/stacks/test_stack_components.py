@@ -1,0 +1,171 @@
+"""What each shipped stack's settings make of its components: the values in stacks/*.yaml and the
+profiles reach the resources, and the component properties of tests/unit hold for every shipped stack.
+
+The component tests (tests/unit/test_cluster*.py, test_monitoring_component.py, ...) build each
+component from explicit args; this module is where the shipped stack files are the subject. Where a
+property is the same for any args, the component test's own function runs here on each stack's
+inventory, so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.settings import PlatformSettings, load_settings
+from infra.stackfile import load_stack_config
+from tests.unit import test_cluster as cluster_tests
+from tests.unit import test_cluster_deploy as deploy_tests
+from tests.unit import test_monitoring_component as monitoring_tests
+
+STACKS = ["dev", "staging", "prod"]
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+
+
+def settings_of(stack: str) -> PlatformSettings:
+    config = load_stack_config(stack)
+    return load_settings(config.namespace("mlops-platform"), stack=stack, region=config.values["aws:region"])
+
+
+# -- cluster and node pools -------------------------------------------------------------------
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_gpu_pool_follows_the_stacks_settings(stack_inventories, stack):
+    gpu = cluster_tests.pool(stack_inventories[stack], "gpu").inputs["spec"]
+    settings = settings_of(stack).cluster.gpu_pool
+    assert gpu["template"]["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}]
+    assert gpu["limits"] == {"nvidia.com/gpu": str(settings.max_gpus)}
+    requirements = {r["key"]: r["values"] for r in gpu["template"]["spec"]["requirements"]}
+    assert requirements["karpenter.sh/capacity-type"] == [settings.capacity_type]
+    assert requirements["karpenter.k8s.aws/instance-family"] == list(settings.instance_families)
+    assert gpu["template"]["spec"]["expireAfter"] == settings.expire_after
+    assert gpu["disruption"]["consolidateAfter"] == settings.consolidate_after
+
+
+def test_gpu_defaults_spot_in_dev_on_demand_in_prod(stack_inventories):
+    def requirements(stack):
+        spec = cluster_tests.pool(stack_inventories[stack], "gpu").inputs["spec"]["template"]["spec"]
+        return {r["key"]: r["values"] for r in spec["requirements"]}
+
+    capacity = {stack: requirements(stack)["karpenter.sh/capacity-type"] for stack in ("dev", "prod")}
+    assert capacity == {"dev": ["spot"], "prod": ["on-demand"]}
+    limits = {s: int(cluster_tests.pool(stack_inventories[s], "gpu").inputs["spec"]["limits"]["nvidia.com/gpu"]) for s in ("dev", "prod")}
+    assert limits["dev"] < limits["prod"]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_both_pools_scale_to_zero_when_idle(stack_inventories, stack):
+    for name, policy in (("cpu", "WhenEmptyOrUnderutilized"), ("gpu", "WhenEmpty")):
+        spec = cluster_tests.pool(stack_inventories[stack], name).inputs["spec"]
+        assert spec["disruption"]["consolidationPolicy"] == policy
+        assert spec["disruption"]["consolidateAfter"].endswith(("s", "m"))  # minutes, not hours
+        assert "replicas" not in spec  # no static capacity: an idle pool has no nodes
+    assert "taints" not in cluster_tests.pool(stack_inventories[stack], "cpu").inputs["spec"]["template"]["spec"]
+
+
+def test_cluster_endpoint_private_in_prod_allow_listed_in_dev(stack_inventories):
+    prod = stack_inventories["prod"].of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
+    assert prod["endpointPublicAccess"] is False and prod["endpointPrivateAccess"] is True
+    dev = stack_inventories["dev"].of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
+    assert dev["endpointPublicAccess"] is True and dev["publicAccessCidrs"] == settings_of("dev").cluster.public_access_cidrs
+    assert stack_inventories["dev"].of_type(INGRESS_RULE) == []  # an allow-listed public endpoint needs no runner rule
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_cluster_logging_and_version_follow_the_stack(stack_inventories, stack):
+    inventory, settings = stack_inventories[stack], settings_of(stack).cluster
+    cluster = inventory.of_type("aws:eks/cluster:Cluster")[0].inputs
+    assert cluster["encryptionConfig"]["resources"] == ["secrets"]
+    assert cluster["enabledClusterLogTypes"] == settings.log_types
+    assert cluster["version"] == settings.kubernetes_version and cluster["upgradePolicy"] == {"supportType": "STANDARD"}
+    assert inventory.of_type("aws:cloudwatch/logGroup:LogGroup")[0].inputs["retentionInDays"] == settings.log_retention_days
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_workload_role_trusts_only_its_own_service_account(stack_inventories, stack):
+    federated = [r for r in stack_inventories[stack].of_type("aws:iam/role:Role") if "Federated" in r.inputs["assumeRolePolicy"]]
+    expected = {
+        "-karpenter": "kube-system:karpenter",
+        "-lbc": "kube-system:aws-load-balancer-controller",
+        "-ebs-csi": "kube-system:ebs-csi-controller-sa",
+        "-tracking-workload": "mlflow:mlflow-tracking",
+    }
+    expected.update({f"-ep-{e.name}-workload": f"serving:{e.name}" for e in settings_of(stack).endpoints})
+    assert len(federated) == len(expected)
+    for role in federated:
+        (statement,) = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+        (sub,) = [v for k, v in statement["Condition"]["StringEquals"].items() if k.endswith(":sub")]
+        suffix = next(s for s in expected if role.name.endswith(s))
+        assert sub == f"system:serviceaccount:{expected[suffix]}" and "StringLike" not in statement["Condition"]
+
+
+def test_prod_runs_the_eight_pinned_charts(stack_inventories):
+    cluster_tests.test_chart_versions_are_pinned(stack_inventories["prod"])
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_private_endpoint_stacks_admit_their_deploy_runner(stack_inventories, stack):
+    deploy_tests.admits_the_runner(stack_inventories[stack], settings_of(stack).cluster.deploy_runner_cidrs)
+
+
+@pytest.mark.parametrize(("stack", "replicas"), [("dev", 1), ("prod", 2)])
+def test_metrics_server_replicas_follow_the_profile(stack_inventories, stack, replicas):
+    assert settings_of(stack).cluster.addon_replicas == replicas
+    deploy_tests.metrics_server_on_system_nodes(stack_inventories[stack], replicas)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_component_properties_hold_for_every_shipped_stack(stack_inventories, stack):
+    """The component tests' checks that hold for any args, on this stack's inventory."""
+    inventory = stack_inventories[stack]
+    cluster_tests.test_every_kubernetes_resource_uses_the_cluster_provider(inventory)
+    cluster_tests.test_destroy_ordering_edges(inventory)
+    cluster_tests.nodes_require_imdsv2(inventory, cluster_name=settings_of(stack).cluster_name, stack=stack)
+    deploy_tests.one_entry_per_principal(inventory)
+    deploy_tests.stack_tag_reaches_everything(inventory, stack)
+    deploy_tests.test_karpenter_nodes_have_their_own_role_entry_and_pass_role(inventory)
+    deploy_tests.test_every_user_of_a_role_depends_on_its_policies(inventory)
+    deploy_tests.test_the_vpc_cni_outlives_the_nodes_and_depends_on_the_node_role(inventory)
+    deploy_tests.test_vpc_cni_enforces_network_policies(inventory)
+    deploy_tests.test_cpu_autoscaled_endpoints_have_a_metrics_api(inventory)
+    deploy_tests.test_node_class_tags_avoid_the_keys_karpenter_reserves(inventory)
+    for resource in inventory.of_type(NODE_POOL) + inventory.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
+        assert cluster_tests.validate(cluster_tests.manifest_of(resource), "1.35") == [], resource.name
+
+
+# -- monitoring -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_monitoring_follows_the_stacks_settings(stack_inventories, stack):
+    inventory, settings = stack_inventories[stack], settings_of(stack)
+    values = monitoring_tests.kps(inventory).inputs["values"]
+    monitoring_tests.prometheus_on_retention_and_storage(values, settings.monitoring.retention_days, settings.monitoring.storage_gb)
+    monitoring_tests.endpoints_monitored(inventory, {e.name: e.latency_objective_ms for e in settings.endpoints})
+    monitoring_tests.eks_hidden_parts_off(values)
+    monitoring_tests.volumes_outlive_nothing_they_need(inventory)
+    monitoring_tests.service_monitors_keep_the_endpoint_label(inventory)
+    (grafana,) = [s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if s.name.endswith("-grafana-admin-secret")]
+    assert grafana.protect is settings.deletion_protection is (stack == "prod")
+
+
+def test_retention_grows_with_the_profile(stack_inventories):
+    def days(stack):
+        return int(monitoring_tests.kps(stack_inventories[stack]).inputs["values"]["prometheus"]["prometheusSpec"]["retention"][:-1])
+
+    found = [days(s) for s in STACKS]
+    assert found == sorted(found) and found[0] < found[-1]
+
+
+def test_the_stacks_slack_webhook_secret_reaches_alertmanager_through_secrets_only():
+    """The program reads the secret `mlops-platform:alertSlackWebhook` of the stack (`pulumi config set --secret`)."""
+    from infra.offline import run_offline
+    from infra.program import main as program
+
+    webhook = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXX"
+    config = load_stack_config("dev")
+    runtime = {**config.runtime_config(), "mlops-platform:alertSlackWebhook": webhook}
+    inventory = run_offline(program, project=config.project, stack="dev", config=runtime, secret_keys=["mlops-platform:alertSlackWebhook"])
+    monitoring_tests.slack_webhook_kept_secret(inventory, webhook)
