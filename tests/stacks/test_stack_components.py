@@ -18,6 +18,7 @@ from infra.stackfile import load_stack_config
 from tests.unit import test_cluster as cluster_tests
 from tests.unit import test_cluster_deploy as deploy_tests
 from tests.unit import test_monitoring_component as monitoring_tests
+from tests.unit import test_serving_component as serving_tests
 
 STACKS = ["dev", "staging", "prod"]
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
@@ -169,3 +170,55 @@ def test_the_stacks_slack_webhook_secret_reaches_alertmanager_through_secrets_on
     runtime = {**config.runtime_config(), "mlops-platform:alertSlackWebhook": webhook}
     inventory = run_offline(program, project=config.project, stack="dev", config=runtime, secret_keys=["mlops-platform:alertSlackWebhook"])
     monitoring_tests.slack_webhook_kept_secret(inventory, webhook)
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+def test_the_dev_endpoint_follows_the_dev_stack(stack_inventories):
+    (endpoint,) = settings_of("dev").endpoints
+    objects = serving_tests.endpoint_objects(stack_inventories["dev"], endpoint.name)
+    (deployment,) = serving_tests.of(objects, "kubernetes:apps/v1:Deployment")
+    container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (env["SERVING_MODEL_NAME"], env["SERVING_MODEL_ALIAS"]) == (endpoint.model, endpoint.alias)
+    assert env["SERVING_CAPTURE_FRACTION"] == str(endpoint.capture_fraction) and env["SERVING_PATH_PREFIX"] == f"/{endpoint.name}"
+    assert container["resources"]["requests"] == {"cpu": endpoint.cpu, "memory": endpoint.memory}
+    assert f"/mlops-dev/serving:{endpoint.image_tag}@sha256:" in container["image"]  # pinned by the digest the registry holds
+    assert deployment.inputs["spec"]["template"]["spec"]["nodeSelector"] == {"mlops.platform/pool": "system"}  # dev: no pool node at idle
+    (hpa,) = serving_tests.of(objects, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (endpoint.replicas.min, endpoint.replicas.max)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_endpoints_of_every_stack(stack_inventories, stack):
+    inventory, settings = stack_inventories[stack], settings_of(stack)
+    serving_tests.pods_locked_down(inventory)
+    serving_tests.one_listener_set(inventory, settings.tracking.certificate_arn)
+    assert (settings.tracking.certificate_arn is None) == (stack != "prod")  # HTTPS only in prod
+    for endpoint in settings.endpoints:
+        if endpoint.canary:
+            serving_tests.canary_weights_add_up(inventory, endpoint.name, endpoint.canary.weight)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_shared_alb_drains_and_gates_pods_in_every_stack(stack_inventories, stack):
+    serving_tests.target_groups_drain_within_the_pods_grace(stack_inventories[stack])
+    serving_tests.readiness_gate_on_every_alb_namespace(stack_inventories[stack])
+
+
+def test_prods_endpoints_share_one_alb_and_its_gpu_endpoint_lands_on_the_gpu_pool(stack_inventories):
+    serving_tests.one_internal_alb(stack_inventories["prod"], "mlops-prod-internal")
+    serving_tests.gpu_endpoints_on_the_gpu_pool(stack_inventories["prod"], gpu="reranker", cpu="diabetes")
+
+
+def test_the_dev_endpoint_role_writes_only_its_capture_prefix(stack_inventories):
+    serving_tests.test_endpoint_role_writes_only_its_capture_prefix(stack_inventories["dev"])
+
+
+def test_pool_floor_counts_the_stacks_always_on_pods(stack_inventories):
+    from infra.cost.estimate import workload_demand
+
+    assert workload_demand(stack_inventories["dev"], "cpu", "cpu") == (0.0, 0)  # dev pins them to the system nodes
+    cpus, pods = workload_demand(stack_inventories["prod"], "cpu", "cpu")
+    assert cpus == pytest.approx(3 * 2 + 2 * 0.25) and pods == 5
+    assert workload_demand(stack_inventories["prod"], "gpu", "gpu") == (2.0, 2)  # reranker stable + canary
