@@ -19,6 +19,7 @@ from tests.unit import test_cluster as cluster_tests
 from tests.unit import test_cluster_deploy as deploy_tests
 from tests.unit import test_monitoring_component as monitoring_tests
 from tests.unit import test_serving_component as serving_tests
+from tests.unit import test_tracking_component as tracking_tests
 
 STACKS = ["dev", "staging", "prod"]
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
@@ -222,3 +223,41 @@ def test_pool_floor_counts_the_stacks_always_on_pods(stack_inventories):
     cpus, pods = workload_demand(stack_inventories["prod"], "cpu", "cpu")
     assert cpus == pytest.approx(3 * 2 + 2 * 0.25) and pods == 5
     assert workload_demand(stack_inventories["prod"], "gpu", "gpu") == (2.0, 2)  # reranker stable + canary
+
+
+# -- tracking ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_tracking_server_of_every_stack(stack_inventories, stack):
+    inventory, settings = stack_inventories[stack], settings_of(stack)
+    tracking_tests.database_private(inventory)
+    tracking_tests.no_api_token_and_a_cpu_limit(inventory)
+    if len(settings.endpoints) == 1:  # the check lists the secrets of a server with one reader
+        tracking_tests.generated_secrets_kept_secret(inventory, f"{settings.name_prefix}-tracking-")
+    tracking_tests.workload_role_scoped(inventory, inventory.outputs["artifactBucket"], readers=len(settings.endpoints))
+    if settings.tracking.replicas > 1:  # the check expects the two-replica disruption budget
+        image = f"/{settings.name_prefix}/tracking:{settings.tracking.image_tag}@sha256:"
+        tracking_tests.server_locked_down_behind_the_alb(inventory, settings.tracking.replicas, image)
+    tracking_tests.each_endpoint_its_own_reader(inventory, settings.name_prefix, {e.name for e in settings.endpoints})
+    assert tracking_tests.db(inventory).inputs["multiAz"] is settings.database.multi_az
+
+
+def test_database_protection_and_multi_az_follow_the_profile(stack_inventories):
+    tracking_tests.database_protected_or_not(protected=tracking_tests.db(stack_inventories["prod"]),
+                                             unprotected=tracking_tests.db(stack_inventories["dev"]))
+
+
+def test_a_managed_tracking_stack_keeps_the_outputs_passes_the_checks_and_is_priced():
+    from infra.offline import run_offline
+    from infra.program import main as program
+
+    config = load_stack_config("dev")
+    runtime = config.runtime_config()
+    runtime["mlops-platform:tracking"] = json.dumps({"mode": "managed"})
+    runtime["mlops-platform:endpoints"] = "[]"  # endpoints need the self-hosted server
+    inventory = run_offline(program, project=config.project, stack="dev", config=runtime)
+    assert inventory.of_type(tracking_tests.RDS) == [] and inventory.of_type("kubernetes:apps/v1:Deployment") == []
+    (server,) = inventory.of_type("aws:sagemaker/mlflowTrackingServer:MlflowTrackingServer")
+    assert server.inputs["artifactStoreUri"] == f"s3://{inventory.outputs['artifactBucket']}/mlflow"
+    assert "trackingUrl" in inventory.outputs
+    tracking_tests.managed_stack_checks_and_costs(inventory)
