@@ -1,13 +1,26 @@
 """Authorization function of the tracking server (`authorization_function` in MLflow's
-basic-auth config): basic auth as MLflow does it, plus read-only users.
+basic-auth config): basic auth as MLflow does it, plus two kinds of scoped users.
 
 MLflow's permissions are per resource: any authenticated user may create experiments, runs,
-registered models and artifacts, and owns what it creates, so a "READ" user is not read-only.
-Users whose name starts with `READ_ONLY_PREFIX` (one per model endpoint, created by
-`ensure-user`) may only read: GET/HEAD, and POST on the few search routes that only read.
-Anything else gets 403 before MLflow's own checks run. MLflow calls this function on its
-Flask routes and, through its bridge, on the FastAPI-native ones (artifact uploads, OTLP
-trace ingestion, gateway, jobs).
+registered models and artifacts, and owns what it creates, so a "READ" user is not read-only
+and an "EDIT" grant on one model does not stop a user from creating others. The platform's own
+users are therefore limited by name, before MLflow's own checks run:
+
+- `serving-<endpoint>` (READ_ONLY_PREFIX, one per model endpoint) may only read: GET/HEAD, and
+  POST on the few search routes that only read.
+- `training-<pipeline>` (WRITER_PREFIX, one per training pipeline, see writers.py) may read,
+  and write only through PIPELINE_WRITES: the routes a training run uses to log a run and its
+  model into an experiment, and to register a version of a model and set its tags and aliases.
+  Which experiment and which model is MLflow's own per-resource check on each of those routes:
+  `ensure-user` grants the user EDIT on its pipeline's experiment and model, and everything else
+  falls to the server's `default_permission` (READ). The one creation it may ask for is
+  `registered-models/create` under the name of a model it holds a grant on (MLflow's
+  `register_model` asks for it first and accepts "already exists"); any other name, any new
+  experiment, deletes, renames, users, permissions, the gateway, traces and the rest get 403.
+
+Anything refused here gets 403. MLflow calls this function on its Flask routes and, through its
+bridge, on the FastAPI-native ones (artifact uploads, OTLP trace ingestion, gateway, jobs); the
+bridge passes no request body, so a decision that needs the body is only made on Flask routes.
 """
 
 from __future__ import annotations
@@ -16,6 +29,8 @@ import re
 
 READ_ONLY_PREFIX = "serving-"
 """Model endpoints log in as `serving-<endpoint>`; everything such a user asks must only read."""
+WRITER_PREFIX = "training-"
+"""Training pipelines log in as `training-<pipeline>`; they write through PIPELINE_WRITES only."""
 READ_METHODS = frozenset({"GET", "HEAD"})
 READ_ONLY_POSTS = (
     "/mlflow/experiments/search",
@@ -24,6 +39,21 @@ READ_ONLY_POSTS = (
     "/mlflow/registered-models/get-latest-versions",
 )
 """POST routes that only read (search bodies are too big for a query string)."""
+PIPELINE_WRITES = tuple((method, re.compile(pattern)) for method, pattern in (
+    # a run in the pipeline's experiment: create, log, tag, end (MLflow checks EDIT on the run's experiment)
+    ("POST", r"/mlflow/runs/(?:create|update|log-metric|log-parameter|log-batch|log-inputs|outputs|set-tag)"),
+    # the run's logged model (MLflow 3): create, finalize, tag, params (EDIT on its experiment)
+    ("POST", r"/mlflow/logged-models"),
+    ("PATCH", r"/mlflow/logged-models/[^/]+(?:/tags)?"),
+    ("POST", r"/mlflow/logged-models/[^/]+/params"),
+    # artifact uploads through the server's proxy (EDIT on the experiment the path names)
+    ("PUT", r"/mlflow-artifacts/artifacts/.+"),
+    # a version of the pipeline's model, its tags and aliases (EDIT on the registered model)
+    ("POST", r"/mlflow/model-versions/(?:create|set-tag)"),
+    ("POST", r"/mlflow/registered-models/(?:alias|set-tag)"),
+))
+"""(method, path after the API prefix) a pipeline user may write through; the training flow's calls, nothing more."""
+CREATE_REGISTERED_MODEL = "/mlflow/registered-models/create"
 _API_PREFIX = re.compile(r"^(?:/[^/]+)*?/(?:ajax-)?api/\d+\.\d+")
 
 
@@ -36,23 +66,66 @@ def is_read_only_user(username: str | None) -> bool:
     return bool(username and username.startswith(READ_ONLY_PREFIX))
 
 
+def is_pipeline_user(username: str | None) -> bool:
+    return bool(username and username.startswith(WRITER_PREFIX))
+
+
+def _api_route(path: str) -> str | None:
+    """The path after `/api/2.0` (or `/ajax-api/3.0`, ...), or None for a path outside the API."""
+    match = _API_PREFIX.match(path)
+    return path[match.end():] if match else None
+
+
 def is_read_request(method: str, path: str) -> bool:
     """True for requests that cannot change anything on the server."""
     if method in READ_METHODS:
         return True
-    if method != "POST":
+    return method == "POST" and _api_route(path) in READ_ONLY_POSTS
+
+
+def is_pipeline_write(method: str, path: str) -> bool:
+    """True for the writes of a training run (PIPELINE_WRITES); MLflow then checks the resource."""
+    route = _api_route(path)
+    return route is not None and any(method == m and pattern.fullmatch(route) for m, pattern in PIPELINE_WRITES)
+
+
+def holds_model_grant(username: str, name: object) -> bool:
+    """True when the admin granted `username` a permission that can update registered model `name`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth import store
+    from mlflow.server.auth.permissions import get_permission
+
+    if not isinstance(name, str) or not name:
         return False
-    match = _API_PREFIX.match(path)
-    return match is not None and path[match.end():] in READ_ONLY_POSTS
+    try:
+        return get_permission(store.get_registered_model_permission(name, username).permission).can_update
+    except MlflowException:  # no grant on that name
+        return False
 
 
-def authenticate_request_with_read_only_users():
-    """MLflow's basic auth, then 403 for a read-only user's request that is not a read."""
+def pipeline_may(username: str, method: str, path: str) -> bool:
+    """What a `training-<pipeline>` user may ask beyond reads (see the module docstring)."""
+    if is_pipeline_write(method, path):
+        return True
+    if method == "POST" and _api_route(path) == CREATE_REGISTERED_MODEL:
+        from flask import request
+
+        body = request.get_json(silent=True)
+        return isinstance(body, dict) and holds_model_grant(username, body.get("name"))
+    return False
+
+
+def authenticate_request_with_scoped_users():
+    """MLflow's basic auth, then 403 for a scoped user's request that its scope does not cover."""
     from flask import request
     from mlflow.server.auth import authenticate_request_basic_auth, make_forbidden_response
 
     result = authenticate_request_basic_auth()
     username = getattr(result, "username", None)
-    if is_read_only_user(username) and not is_read_request(request.method, request.path):
+    if is_read_request(request.method, request.path):
+        return result
+    if is_read_only_user(username):
+        return make_forbidden_response()
+    if username and is_pipeline_user(username) and not pipeline_may(username, request.method, request.path):
         return make_forbidden_response()
     return result

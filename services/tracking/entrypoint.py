@@ -27,7 +27,7 @@ from services.tracking.auth import READ_ONLY_PREFIX
 from services.tracking.credentials import DatabaseLogin, StartupError, has_placeholders, master_login, require_strong, resolve, with_login
 from services.tracking.settings import TrackingSettings
 
-AUTHORIZATION_FUNCTION = "services.tracking.auth:authenticate_request_with_read_only_users"
+AUTHORIZATION_FUNCTION = "services.tracking.auth:authenticate_request_with_scoped_users"
 APP_ROOT = Path(__file__).resolve().parents[2]
 """Where `services` is importable from: the server's workers import the authorization function."""
 

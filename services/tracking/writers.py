@@ -4,9 +4,11 @@ Each pipeline logs in as its own user (`training-<pipeline>`) with a password th
 generated. That user may write to exactly two things: the pipeline's experiment
 (`pipelines/<pipeline>`) and the registered model it trains, each granted EDIT (log runs;
 create versions, set their tags and aliases); everything else it may only read (the server's
-`default_permission` is READ), so a pipeline can neither change another team's model nor
-delete its own. The admin creates the experiment and the model when they do not exist yet, so
-the grant always has something to name. Users of pipelines that are gone are deleted.
+`default_permission` is READ), and the server's authorization function (services/tracking/auth.py)
+lets it write only through the routes a training run uses, so a pipeline can neither change
+another team's model, create experiments or models of its own, nor delete its own. The admin
+creates the experiment and the model when they do not exist yet, so the grant always has
+something to name. Users of pipelines that are gone are deleted.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping
 
-WRITER_PREFIX = "training-"
+from services.tracking.auth import WRITER_PREFIX
+
 WRITE_PERMISSION = "EDIT"
 
 
