@@ -55,6 +55,8 @@ NEVER = "0 0 31 2 *"
 TTL_SECONDS = 7 * 24 * 3600
 """Finished Jobs (and their pods' logs) are kept a week, then deleted."""
 CACHE_DIR = "/tmp/training-cache"
+PASSWORD_DIR = "/etc/training/tracking"
+"""Where the pipeline's tracking password is mounted (a read-only Secret volume), never an environment variable."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,14 +158,14 @@ def pipeline_env(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.In
         "TRAINING_TRIGGER": "schedule" if p.schedule else "manual",
         "TRAINING_IMAGE": p.image,
         "TRAINING_CACHE_DIR": CACHE_DIR,
+        "TRAINING_TRACKING_PASSWORD_FILE": f"{PASSWORD_DIR}/password",
         "MLFLOW_TRACKING_URI": args.tracking_url,
         "MLFLOW_TRACKING_USERNAME": writer_username(p.name),
         "AWS_REGION": args.region,
     }
     if p.canary_alias:
         values["TRAINING_CANARY_ALIAS"] = p.canary_alias
-    password = {"name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {"secretKeyRef": {"name": password_secret(p.name), "key": "password"}}}
-    return [*env_list(values), password]
+    return env_list(values)
 
 
 def job_template(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.Input[str]) -> dict[str, Any]:
@@ -174,7 +176,11 @@ def job_template(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.In
         "automountServiceAccountToken": False,  # no Kubernetes API access; IRSA's token is its own projected volume
         "restartPolicy": "Never",
         "securityContext": POD_SECURITY_CONTEXT,
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": p.scratch}}],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": p.scratch}},
+            # readable by the pod's group (fsGroup) only; the runner reads it (TRAINING_TRACKING_PASSWORD_FILE)
+            {"name": "tracking-password", "secret": {"secretName": password_secret(p.name), "defaultMode": 0o440}},
+        ],
         "containers": [{
             "name": "train",
             "image": p.image,
@@ -182,7 +188,7 @@ def job_template(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.In
             "env": pipeline_env(p, args, datasets_bucket),
             "resources": _with_scratch(resources(p.cpu, p.memory, gpus=p.gpu), p.scratch),
             "securityContext": CONTAINER_SECURITY_CONTEXT,
-            "volumeMounts": [TMP_MOUNT],
+            "volumeMounts": [TMP_MOUNT, {"name": "tracking-password", "mountPath": PASSWORD_DIR, "readOnly": True}],
         }],
     }
     pod.update(pool_placement(p.gpu, gpu_node_selector=args.gpu_node_selector,
@@ -304,6 +310,42 @@ def receiver_pipelines(pipelines: Sequence[PipelineArgs], args: TrainingArgs) ->
     })
 
 
+RECEIVER_LABELS = {"app.kubernetes.io/name": RECEIVER, "app.kubernetes.io/part-of": "mlops-training",
+                   COMPONENT_LABEL: "receiver"}
+RECEIVER_META = {"name": RECEIVER, "namespace": NAMESPACE, "labels": RECEIVER_LABELS}
+
+
+def receiver_env() -> dict[str, str]:
+    """The receiver's settings (services/training/receiver.py, `RECEIVER_*`)."""
+    return {"RECEIVER_HOST": "0.0.0.0", "RECEIVER_PORT": str(RECEIVER_PORT),
+            "RECEIVER_TOKEN_FILE": f"{RECEIVER_TOKEN}/token",
+            "RECEIVER_PIPELINES_FILE": f"{RECEIVER_PIPELINES}/pipelines.json",
+            "RECEIVER_LAUNCHER": "kubernetes", "RECEIVER_NAMESPACE": NAMESPACE}
+
+
+def receiver_pod(image: str, node_selector: Mapping[str, str]) -> dict[str, Any]:
+    """The receiver's pod: the token and pipelines file as read-only volumes, an API token (it creates Jobs)."""
+    return {
+        "serviceAccountName": RECEIVER,
+        "automountServiceAccountToken": True,  # it creates Jobs through the API: the one pod here that needs a token
+        "securityContext": POD_SECURITY_CONTEXT,
+        **({"nodeSelector": dict(node_selector)} if node_selector else {}),
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    {"name": "token", "secret": {"secretName": RECEIVER}},
+                    {"name": "pipelines", "configMap": {"name": RECEIVER}}],
+        "containers": [{
+            "name": "receiver", "image": image, "args": ["receiver"], "env": env_list(receiver_env()),
+            "ports": [{"name": "http", "containerPort": RECEIVER_PORT}],
+            "resources": resources("50m", "256Mi"),
+            "readinessProbe": http_probe("/healthz", RECEIVER_PORT, period=10),
+            "livenessProbe": http_probe("/healthz", RECEIVER_PORT, period=20),
+            "securityContext": CONTAINER_SECURITY_CONTEXT,
+            "volumeMounts": [TMP_MOUNT, {"name": "token", "mountPath": RECEIVER_TOKEN, "readOnly": True},
+                             {"name": "pipelines", "mountPath": RECEIVER_PIPELINES, "readOnly": True}],
+        }],
+    }
+
+
 class RetrainReceiver(pulumi.ComponentResource):
     """The drift webhook receiver (services/training/receiver.py): Alertmanager posts `DataDriftHigh`, it creates
     the endpoint's pipeline Job. Its service account may create Jobs in the training namespace and nothing else;
@@ -311,55 +353,52 @@ class RetrainReceiver(pulumi.ComponentResource):
 
     def __init__(self, name: str, pipelines: Sequence[PipelineArgs], args: TrainingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlops:training:RetrainReceiver", name, None, opts)
-        from components.monitoring import MONITORING_NAMESPACE_LABEL
-
         child = pulumi.ResourceOptions(parent=self)
-        labels = {"app.kubernetes.io/name": RECEIVER, "app.kubernetes.io/part-of": "mlops-training", COMPONENT_LABEL: "receiver"}
-        meta = {"name": RECEIVER, "namespace": NAMESPACE, "labels": labels}
-        account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=meta, automount_service_account_token=False, opts=child)
-        role = k8s.rbac.v1.Role(f"{name}-role", metadata=meta, rules=receiver_rules(), opts=child)
+        access = self._access(name)
+        token = k8s.core.v1.Secret(f"{name}-token", metadata=RECEIVER_META, opts=child,
+                                   string_data=pulumi.Output.secret({"token": args.receiver_token}))
+        pipelines_file = receiver_pipelines(pipelines, args)
+        config = k8s.core.v1.ConfigMap(f"{name}-pipelines", metadata=RECEIVER_META, opts=child,
+                                       data={"pipelines.json": pipelines_file})
+        # a changed pipelines file rolls the pod (it reads the file at start)
+        digest = pipelines_file.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())
+        rollout = {"mlops.platform/pipelines-sha256": digest}
+        k8s.apps.v1.Deployment(
+            f"{name}-deployment", metadata={**RECEIVER_META, "annotations": kubernetes_api_client(
+                "creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else")},
+            spec={"replicas": 1, "selector": {"matchLabels": RECEIVER_LABELS},
+                  "template": {"metadata": {"labels": RECEIVER_LABELS, "annotations": rollout},
+                               "spec": receiver_pod(pipelines[0].image, args.node_selector)}},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*access, token, config]),
+        )
+        self._network(name)
+        self.register_outputs({"url": RECEIVER_URL})
+
+    def _access(self, name: str) -> list[pulumi.Resource]:
+        """Its service account, and a Role that may create Jobs in the training namespace, bound to it."""
+        child = pulumi.ResourceOptions(parent=self)
+        account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=RECEIVER_META, opts=child,
+                                             automount_service_account_token=False)
+        role = k8s.rbac.v1.Role(f"{name}-role", metadata=RECEIVER_META, rules=receiver_rules(), opts=child)
         binding = k8s.rbac.v1.RoleBinding(
-            f"{name}-binding", metadata=meta, opts=child,
+            f"{name}-binding", metadata=RECEIVER_META, opts=child,
             role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RECEIVER},
             subjects=[{"kind": "ServiceAccount", "name": RECEIVER, "namespace": NAMESPACE}],
         )
-        token = k8s.core.v1.Secret(f"{name}-token", metadata=meta, string_data=pulumi.Output.secret({"token": args.receiver_token}), opts=child)
-        pipelines_file = receiver_pipelines(pipelines, args)
-        config = k8s.core.v1.ConfigMap(f"{name}-pipelines", metadata=meta, data={"pipelines.json": pipelines_file}, opts=child)
-        env = {"RECEIVER_HOST": "0.0.0.0", "RECEIVER_PORT": str(RECEIVER_PORT), "RECEIVER_TOKEN_FILE": f"{RECEIVER_TOKEN}/token",
-               "RECEIVER_PIPELINES_FILE": f"{RECEIVER_PIPELINES}/pipelines.json", "RECEIVER_LAUNCHER": "kubernetes", "RECEIVER_NAMESPACE": NAMESPACE}
-        pod = {
-            "serviceAccountName": RECEIVER,
-            "automountServiceAccountToken": True,  # it calls the Kubernetes API (create Jobs): the one pod here that needs a token
-            "securityContext": POD_SECURITY_CONTEXT,
-            **({"nodeSelector": dict(args.node_selector)} if args.node_selector else {}),
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, {"name": "token", "secret": {"secretName": RECEIVER}},
-                        {"name": "pipelines", "configMap": {"name": RECEIVER}}],
-            "containers": [{
-                "name": "receiver", "image": pipelines[0].image, "args": ["receiver"], "env": env_list(env),
-                "ports": [{"name": "http", "containerPort": RECEIVER_PORT}],
-                "resources": resources("50m", "256Mi"),
-                "readinessProbe": http_probe("/healthz", RECEIVER_PORT, period=10),
-                "livenessProbe": http_probe("/healthz", RECEIVER_PORT, period=20),
-                "securityContext": CONTAINER_SECURITY_CONTEXT,
-                "volumeMounts": [TMP_MOUNT, {"name": "token", "mountPath": RECEIVER_TOKEN, "readOnly": True},
-                                 {"name": "pipelines", "mountPath": RECEIVER_PIPELINES, "readOnly": True}],
-            }],
-        }
-        k8s.apps.v1.Deployment(
-            f"{name}-deployment", metadata={**meta, "annotations": kubernetes_api_client(
-                "creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else")},
-            spec={"replicas": 1, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels, "annotations": {
-                # a changed pipelines file rolls the pod (it reads the file at start)
-                "mlops.platform/pipelines-sha256": pipelines_file.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())}}, "spec": pod}},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[account, role, binding, token, config]),
-        )
-        k8s.core.v1.Service(f"{name}-svc", metadata=meta, opts=child,
-                            spec={"selector": labels, "ports": [{"name": "http", "port": RECEIVER_PORT, "targetPort": RECEIVER_PORT}]})
+        return [account, role, binding]
+
+    def _network(self, name: str) -> None:
+        """Its Service, and a NetworkPolicy: only the monitoring namespace may connect; out: DNS and the API server."""
+        from components.monitoring import MONITORING_NAMESPACE_LABEL
+
+        child = pulumi.ResourceOptions(parent=self)
+        ports = [{"name": "http", "port": RECEIVER_PORT, "targetPort": RECEIVER_PORT}]
+        k8s.core.v1.Service(f"{name}-svc", metadata=RECEIVER_META, opts=child,
+                            spec={"selector": RECEIVER_LABELS, "ports": ports})
         k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol", metadata=meta, opts=child,
+            f"{name}-netpol", metadata=RECEIVER_META, opts=child,
             spec={
-                "podSelector": {"matchLabels": labels},
+                "podSelector": {"matchLabels": RECEIVER_LABELS},
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}],  # Alertmanager
                              "ports": [{"protocol": "TCP", "port": RECEIVER_PORT}]}],
@@ -370,4 +409,3 @@ class RetrainReceiver(pulumi.ComponentResource):
                 ],
             },
         )
-        self.register_outputs({"url": RECEIVER_URL})

@@ -12,6 +12,7 @@ passes. Every step is printed, so a Job's log reads as the run's story.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,8 +123,22 @@ def score(task: Task, model_uri: str, version: str | None, features: pd.DataFram
         return Score(version=version, error=f"{type(exc).__name__}: {exc}"[:500])
 
 
+def use_tracking_password(settings: TrainingSettings) -> None:
+    """The password in `TRAINING_TRACKING_PASSWORD_FILE`, if set, as MLflow's client reads it (this process only)."""
+    if not settings.tracking_password_file:
+        return
+    try:
+        password = Path(settings.tracking_password_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"TRAINING_TRACKING_PASSWORD_FILE: cannot read {settings.tracking_password_file}: {exc.strerror}") from None
+    if not password:
+        raise ValueError(f"TRAINING_TRACKING_PASSWORD_FILE: {settings.tracking_password_file} is empty")
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+
+
 def run(settings: TrainingSettings) -> Outcome:
     """One run end to end (see the module docstring). Raises `DataCheckError` for a bad frame."""
+    use_tracking_password(settings)
     task = load_task(settings.entry_point)
     params = {**task.default_params, **settings.params}
     frame, data = load_data(settings)

@@ -2,7 +2,9 @@
 
 The platform's CronJob sets them from the stack file's `pipelines:` entry; locally `make local`
 and the drift receiver set the same variables. The tracking server is MLflow's own
-`MLFLOW_TRACKING_URI`, `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD`.
+`MLFLOW_TRACKING_URI`, `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD`; on the
+cluster the password is a file instead (`TRAINING_TRACKING_PASSWORD_FILE`, a read-only Secret
+volume), so it is in no environment variable of the pod's spec.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class TrainingSettings(BaseSettings):
     """Where fetched data versions are kept (an emptyDir on the cluster)."""
     report_path: str | None = None
     """Also write the outcome as JSON here (the pull-request report reads it)."""
+    tracking_password_file: str | None = None
+    """File holding the tracking user's password (the platform mounts the pipeline's Secret there); read at the start
+    of a run into this process's `MLFLOW_TRACKING_PASSWORD`, which MLflow's client reads on every request."""
 
     @property
     def experiment_name(self) -> str:

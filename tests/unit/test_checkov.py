@@ -52,9 +52,11 @@ def test_checkov_finds_nothing_in_the_rendered_manifests(tmp_path, stack):
     assert summary["skipped"] == 0  # nothing in the shipped stacks needs a suppression
 
 
-def test_a_workload_that_calls_the_kubernetes_api_is_skipped_with_its_reason(tmp_path):
-    """The drift receiver keeps its token (it creates Jobs): checkov reads kubernetes_api_client's
-    annotation as a suppression of CKV_K8S_38 with the reason, on that Deployment only."""
+@pytest.fixture(scope="module")
+def pipeline_stack_report(tmp_path_factory) -> dict:
+    """checkov's report on dev with a training pipeline that retrains on its endpoint's drift: the training
+    namespace's CronJob, Secret and the drift receiver are rendered only when a pipeline is declared."""
+    tmp_path = tmp_path_factory.mktemp("pipeline-stack")
     stack_file = tmp_path / "Pulumi.retrain.yaml"
     stack_file.write_text((REPO_ROOT / "stacks" / "Pulumi.dev.yaml").read_text() + (
         "  mlops-platform:registry:\n    repositories: [serving, tracking, drift, training]\n"
@@ -62,7 +64,23 @@ def test_a_workload_that_calls_the_kubernetes_api_is_skipped_with_its_reason(tmp
         " data: data/diabetes.csv.dvc, endpoint: diabetes}\n"))
     out = tmp_path / "manifests"
     render(["--stack-file", str(stack_file)], out)
-    results = checkov(out)["results"]
+    return checkov(out)
+
+
+def test_checkov_finds_nothing_in_a_stack_with_a_training_pipeline(pipeline_stack_report):
+    """The pipeline's tracking password is a read-only Secret volume, not an environment variable (CKV_K8S_35)."""
+    results, summary = pipeline_stack_report["results"], pipeline_stack_report["summary"]
+    failed = [(c["check_id"], c["resource"], c["check_name"]) for c in results["failed_checks"]]
+    assert failed == [] and summary["failed"] == 0, failed
+    checked = {(c["check_id"], c["resource"]) for c in results["passed_checks"]}
+    assert ("CKV_K8S_35", "CronJob.training.diabetes") in checked and ("CKV_K8S_22", "CronJob.training.diabetes") in checked
+    assert summary["parsing_errors"] == 0
+
+
+def test_a_workload_that_calls_the_kubernetes_api_is_skipped_with_its_reason(pipeline_stack_report):
+    """The drift receiver keeps its token (it creates Jobs): checkov reads kubernetes_api_client's
+    annotation as a suppression of CKV_K8S_38 with the reason, on that Deployment only."""
+    results = pipeline_stack_report["results"]
     skipped = [(c["check_id"], c["resource"], c["check_result"]["suppress_comment"]) for c in results["skipped_checks"]]
     assert skipped == [("CKV_K8S_38", "Deployment.training.retrain-receiver",
                         "creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else")]

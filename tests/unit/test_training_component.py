@@ -78,7 +78,8 @@ def test_pods_are_locked_down_without_an_api_token(prod):
         assert pod["securityContext"]["runAsNonRoot"] is True
         context = pod["containers"][0]["securityContext"]
         assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
-        (volume,) = pod["volumes"]
+        (volume,) = [v for v in pod["volumes"] if "emptyDir" in v]
+        assert [v["name"] for v in pod["volumes"]] == ["tmp", "tracking-password"]  # scratch and the password file only
         assert volume["emptyDir"]["sizeLimit"] == pod["containers"][0]["resources"]["requests"]["ephemeral-storage"]
     (namespace,) = [n for n in prod.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "training"]
     assert namespace.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -110,7 +111,14 @@ def test_each_pipeline_has_its_own_tracking_user_with_a_generated_password(prod)
     job = cron_jobs(prod)["diabetes"]
     env = env_of(job)
     assert env["MLFLOW_TRACKING_USERNAME"] == "training-diabetes"
-    assert env["MLFLOW_TRACKING_PASSWORD"] == {"secretKeyRef": {"name": "pipeline-diabetes-tracking", "key": "password"}}
+    # the password is a file from the pipeline's Secret (read-only volume), in no environment variable (checkov CKV_K8S_35)
+    assert "MLFLOW_TRACKING_PASSWORD" not in env and not [v for v in env.values() if isinstance(v, dict)]
+    pod = pod_of(job)
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"] == {"secretName": "pipeline-diabetes-tracking", "defaultMode": 0o440}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and env["TRAINING_TRACKING_PASSWORD_FILE"] == mount["mountPath"] + "/password"
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
     (ensure,) = [j for j in prod.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-ensure-reader")]
     writers = json.loads({e["name"]: e["value"] for e in ensure.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}["TRACKING_WRITERS"])
     assert {p: w["model"] for p, w in writers.items()} == {"diabetes": "diabetes", "reranker": "reranker"}
