@@ -17,6 +17,7 @@ from infra.settings import PlatformSettings, load_settings
 from infra.stackfile import load_stack_config
 from tests.unit import test_cluster as cluster_tests
 from tests.unit import test_cluster_deploy as deploy_tests
+from tests.unit import test_iam_upstream as iam_tests
 from tests.unit import test_monitoring_component as monitoring_tests
 from tests.unit import test_serving_component as serving_tests
 from tests.unit import test_tracking_component as tracking_tests
@@ -134,6 +135,8 @@ def test_component_properties_hold_for_every_shipped_stack(stack_inventories, st
     deploy_tests.test_vpc_cni_enforces_network_policies(inventory)
     deploy_tests.test_cpu_autoscaled_endpoints_have_a_metrics_api(inventory)
     deploy_tests.test_node_class_tags_avoid_the_keys_karpenter_reserves(inventory)
+    iam_tests.lbc_policy_is_upstreams(inventory)
+    iam_tests.karpenter_policy_is_upstreams(inventory, settings_of(stack).cluster_name)
     for resource in inventory.of_type(NODE_POOL) + inventory.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
         assert cluster_tests.validate(cluster_tests.manifest_of(resource), "1.35") == [], resource.name
 

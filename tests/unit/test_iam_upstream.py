@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from components.node_pools import controller_policy
-from tests.conftest import policy
+from infra.inventory import Inventory
+from tests.conftest import declare, policy
+from tests.unit.builders import PREFIX, platform
 from tests.unit.test_cluster_deploy import role_arn
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "components" / "upstream"
@@ -25,6 +27,13 @@ ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 def role_policy(inventory, suffix: str) -> dict:
     (found,) = [r for r in inventory.of_type(ROLE_POLICY) if r.name.endswith(suffix)]
     return policy(found)
+
+
+@pytest.fixture(scope="module")
+def compute() -> Inventory:
+    """The cluster, its add-ons and node pools from tests/unit/builders.py's args (the shipped stacks run the
+    same checks in tests/stacks/test_stack_components.py)."""
+    return declare(lambda: platform())
 
 
 def karpenter_upstream(**values: str) -> list[dict]:
@@ -39,9 +48,12 @@ def karpenter_upstream(**values: str) -> list[dict]:
 # -- AWS Load Balancer Controller ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_load_balancer_controller_policy_is_upstreams_statement_by_statement(stack_inventories, stack):
-    ours = role_policy(stack_inventories[stack], "-lbc-policy")
+def test_load_balancer_controller_policy_is_upstreams_statement_by_statement(compute):
+    lbc_policy_is_upstreams(compute)
+
+
+def lbc_policy_is_upstreams(inventory: Inventory) -> None:
+    ours = role_policy(inventory, "-lbc-policy")
     upstream = json.loads(LBC_UPSTREAM.read_text())
     assert ours["Version"] == upstream["Version"]
     assert len(ours["Statement"]) == len(upstream["Statement"]) == 16
@@ -49,9 +61,9 @@ def test_load_balancer_controller_policy_is_upstreams_statement_by_statement(sta
         assert mine == theirs, f"statement {index} differs from upstream"
 
 
-def test_load_balancer_controller_may_open_the_cluster_security_group(stack_inventories):
+def test_load_balancer_controller_may_open_the_cluster_security_group(compute):
     """The ALB-to-pod rule goes into the cluster security group, which the controller did not tag."""
-    statements = role_policy(stack_inventories["dev"], "-lbc-policy")["Statement"]
+    statements = role_policy(compute, "-lbc-policy")["Statement"]
     unconditioned = [s for s in statements if "Condition" not in s and s["Resource"] == "*"]
     actions = {a for s in unconditioned for a in s["Action"]}
     assert {"ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"} <= actions
@@ -60,8 +72,8 @@ def test_load_balancer_controller_may_open_the_cluster_security_group(stack_inve
     assert delete["Condition"] == {"Null": {"aws:ResourceTag/elbv2.k8s.aws/cluster": "false"}}
 
 
-def test_load_balancer_controller_may_create_and_tag_listeners_and_rules(stack_inventories):
-    statements = role_policy(stack_inventories["dev"], "-lbc-policy")["Statement"]
+def test_load_balancer_controller_may_create_and_tag_listeners_and_rules(compute):
+    statements = role_policy(compute, "-lbc-policy")["Statement"]
 
     def allowed(action: str, resource: str) -> bool:
         from fnmatch import fnmatchcase
@@ -113,14 +125,16 @@ def test_karpenter_policy_is_upstreams_with_placeholders_filled():
         assert mine == theirs, mine["Sid"]
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_deployed_karpenter_policy_is_upstreams_for_this_cluster(stack_inventories, stack):
-    inventory = stack_inventories[stack]
+def test_deployed_karpenter_policy_is_upstreams_for_this_cluster(compute):
+    karpenter_policy_is_upstreams(compute, PREFIX)
+
+
+def karpenter_policy_is_upstreams(inventory: Inventory, cluster_name: str) -> None:
     ours = role_policy(inventory, "-karpenter-policy")["Statement"]
     (queue_arn,) = {t.inputs["arn"] for t in inventory.of_type("aws:cloudwatch/eventTarget:EventTarget")}  # the queue's
     (node_role,) = [r for r in inventory.of_type("aws:iam/role:Role") if r.name.endswith("-karpenter-node-role")]
     upstream = karpenter_upstream(
-        ClusterName=f"mlops-{stack}",
+        ClusterName=cluster_name,
         **{
             "AWS::Region": "us-east-1",
             "AWS::AccountId": "123456789012",
