@@ -14,15 +14,17 @@ import json
 import pytest
 
 from infra.settings import PlatformSettings, load_settings
-from infra.stackfile import load_stack_config
+from infra.stackfile import load_stack_config, stack_names
 from tests.unit import test_cluster as cluster_tests
 from tests.unit import test_cluster_deploy as deploy_tests
 from tests.unit import test_iam_upstream as iam_tests
 from tests.unit import test_monitoring_component as monitoring_tests
 from tests.unit import test_serving_component as serving_tests
 from tests.unit import test_tracking_component as tracking_tests
+from tests.unit import test_upstream_contracts as upstream_tests
 
-STACKS = ["dev", "staging", "prod"]
+STACKS = stack_names()
+"""Every stack with a file: dev, staging, prod, then any other."""
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
@@ -137,6 +139,8 @@ def test_component_properties_hold_for_every_shipped_stack(stack_inventories, st
     deploy_tests.test_node_class_tags_avoid_the_keys_karpenter_reserves(inventory)
     iam_tests.lbc_policy_is_upstreams(inventory)
     iam_tests.karpenter_policy_is_upstreams(inventory, settings_of(stack).cluster_name)
+    upstream_tests.helm_values_are_the_charts(inventory)
+    upstream_tests.custom_resources_validate(inventory)
     for resource in inventory.of_type(NODE_POOL) + inventory.of_type("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"):
         assert cluster_tests.validate(cluster_tests.manifest_of(resource), "1.35") == [], resource.name
 
@@ -160,7 +164,7 @@ def test_retention_grows_with_the_profile(stack_inventories):
     def days(stack):
         return int(monitoring_tests.kps(stack_inventories[stack]).inputs["values"]["prometheus"]["prometheusSpec"]["retention"][:-1])
 
-    found = [days(s) for s in STACKS]
+    found = [days(s) for s in ("dev", "staging", "prod")]
     assert found == sorted(found) and found[0] < found[-1]
 
 

@@ -1,10 +1,14 @@
 """The contracts with upstream that mocks cannot check (issue 11, "Done when").
 
-- Every Helm value any stack sets is a value of the pinned chart (its committed default
+- Every Helm value the components set is a value of the pinned chart (its committed default
   `values.yaml`, subcharts included): Helm ignores a misspelt key, so the setting silently
   does nothing.
-- Every custom resource any stack declares validates against the upstream CRD of the pinned
+- Every custom resource the components declare validates against the upstream CRD of the pinned
   version, strict about unknown fields: the API server would prune them silently.
+
+The components are built from explicit args (tests/unit/builders.py), once with single replicas and
+once with two (which adds disruption budgets to the values); tests/stacks/test_stack_components.py
+runs the same checks on every shipped stack.
 """
 
 from __future__ import annotations
@@ -14,12 +18,22 @@ import copy
 import pytest
 
 from components import versions
+from infra.inventory import Inventory
 from infra.manifests import is_manifest, manifest_of, validate
-from infra.stackfile import stack_names
 from infra.upstream import CRD_FILES, MissingReference, chart_defaults, chart_name, value_problems, values_file
+from tests.conftest import declare
+from tests.unit.builders import Parts, platform
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
-STACKS = stack_names()
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-replica", "two-replicas"])
+def full(request) -> Inventory:
+    """Every chart and custom resource: compute, monitoring, tracking and an endpoint; add-ons with `param` replicas."""
+    replicas = request.param
+    parts = Parts(addons={"replicas": replicas}, pools={"replicas": replicas}, monitoring={}, tracking={"replicas": replicas},
+                  endpoints=[{}])
+    return declare(lambda: platform(parts))
 
 
 def release_problems(release) -> list[str]:
@@ -37,9 +51,12 @@ def test_every_pinned_chart_has_its_default_values_committed():
         assert values_file(chart_name(chart.chart), chart.version).is_file()
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_every_helm_value_a_stack_sets_is_a_value_of_the_pinned_chart(stack_inventories, stack):
-    releases = stack_inventories[stack].of_type(RELEASE)
+def test_every_helm_value_the_components_set_is_a_value_of_the_pinned_chart(full):
+    helm_values_are_the_charts(full)
+
+
+def helm_values_are_the_charts(inventory: Inventory) -> None:
+    releases = inventory.of_type(RELEASE)
     assert {chart_name(r.inputs["chart"]) for r in releases} >= {
         "kube-prometheus-stack",
         "prometheus-adapter",
@@ -53,8 +70,8 @@ def test_every_helm_value_a_stack_sets_is_a_value_of_the_pinned_chart(stack_inve
     assert {chart: found for chart, found in problems.items() if found} == {}
 
 
-def test_a_misspelt_or_misplaced_value_is_caught(stack_inventories):
-    release = copy.deepcopy(release_of(stack_inventories["dev"], "kube-prometheus-stack"))
+def test_a_misspelt_or_misplaced_value_is_caught(full):
+    release = copy.deepcopy(release_of(full, "kube-prometheus-stack"))
     values = release.inputs["values"]
     values["prometheus"]["prometheusSpec"]["retentionn"] = "7d"
     values["grafana"]["sidecar"]["dashboard"] = {"enabled": True}  # a subchart's key: `dashboards`
@@ -69,7 +86,7 @@ def test_a_misspelt_or_misplaced_value_is_caught(stack_inventories):
         "kubeEtcd.enabled: the chart has a bool here, not a map",
         "prometheus.prometheusSpec.retentionn: not a value of the chart",
     ]
-    lbc = copy.deepcopy(release_of(stack_inventories["dev"], "aws-load-balancer-controller"))
+    lbc = copy.deepcopy(release_of(full, "aws-load-balancer-controller"))
     lbc.inputs["values"]["clustername"] = "x"
     assert release_problems(lbc) == ["clustername: not a value of the chart"]
 
@@ -89,17 +106,20 @@ def custom_resources(inventory) -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_every_custom_resource_validates_against_its_upstream_crd(stack_inventories, stack):
-    objects = custom_resources(stack_inventories[stack])
+def test_every_custom_resource_validates_against_its_upstream_crd(full):
+    custom_resources_validate(full)
+
+
+def custom_resources_validate(inventory: Inventory) -> None:
+    objects = custom_resources(inventory)
     kinds = {(m["apiVersion"], m["kind"]) for m in objects}
     assert kinds == set(CRD_FILES)  # NodePool, EC2NodeClass, ServiceMonitor, PrometheusRule; nothing without a CRD
     for manifest in objects:
         assert validate(manifest, "1.35") == [], (manifest["kind"], manifest["metadata"]["name"])
 
 
-def test_a_wrong_field_in_a_custom_resource_is_caught(stack_inventories):
-    objects = {m["kind"]: m for m in custom_resources(stack_inventories["dev"])}
+def test_a_wrong_field_in_a_custom_resource_is_caught(full):
+    objects = {m["kind"]: m for m in custom_resources(full)}
     monitor = copy.deepcopy(objects["ServiceMonitor"])
     monitor["spec"]["endpoints"][0]["metricRelabellings"] = monitor["spec"]["endpoints"][0].pop("metricRelabelings")
     assert any("metricRelabellings" in p for p in validate(monitor, "1.35"))
@@ -114,9 +134,9 @@ def test_a_wrong_field_in_a_custom_resource_is_caught(stack_inventories):
     assert any(p.startswith("spec/metadataOptions/httpTokens") for p in validate(node_class, "1.35"))
 
 
-def test_the_crds_cel_rules_are_enforced(stack_inventories):
+def test_the_crds_cel_rules_are_enforced(full):
     """The API server also runs the CRDs' CEL rules (`x-kubernetes-validations`); so does validate()."""
-    objects = {m["kind"]: m for m in custom_resources(stack_inventories["dev"])}
+    objects = {m["kind"]: m for m in custom_resources(full)}
     node_class = copy.deepcopy(objects["EC2NodeClass"])
     node_class["spec"]["instanceProfile"] = "some-profile"  # the class already names a role
     node_class["spec"]["tags"] = {**node_class["spec"].get("tags", {}), "kubernetes.io/cluster/other": "owned"}
