@@ -20,6 +20,7 @@ from tests.unit import test_cluster as cluster_tests
 from tests.unit import test_cluster_deploy as deploy_tests
 from tests.unit import test_iam_upstream as iam_tests
 from tests.unit import test_monitoring_component as monitoring_tests
+from tests.unit import test_network_policies as netpol_tests
 from tests.unit import test_serving_component as serving_tests
 from tests.unit import test_tracking_component as tracking_tests
 from tests.unit import test_upstream_contracts as upstream_tests
@@ -279,3 +280,22 @@ def test_the_preview_role_covers_every_data_source_the_shipped_stacks_read(monke
     ci = {"githubRepository": ci_tests.REPO}
     invokes = ci_tests.invokes_of(monkeypatch, [lambda s=s: offline_stack(s, ci=ci) for s in STACKS])
     ci_tests.preview_role_covers(invokes, offline_stack("dev", ci=ci))
+
+
+# -- network policies -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_network_policies_admit_every_call_of_the_shipped_stacks(stack_inventories, stack):
+    inventory = stack_inventories[stack]
+    netpol_tests.calls_admitted(inventory, training=False)
+    netpol_tests.egress_names_the_container_port(inventory)
+    netpol_tests.alb_admitted_by_its_own_subnets_only(inventory)
+    netpol_tests.tracking_url_accepted(inventory)
+
+
+def test_network_policies_admit_the_dev_stacks_training_calls():
+    from tests.conftest import offline_stack
+
+    inventory = offline_stack("dev", **netpol_tests.RETRAINING)
+    netpol_tests.calls_admitted(inventory, training=True)
+    netpol_tests.egress_names_the_container_port(inventory)

@@ -355,3 +355,31 @@ def program_inventory(stack: str, settings: dict[str, Any]) -> Inventory:
         **{f"{CONFIG_NAMESPACE}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()},
     }
     return run_offline(program, project=CONFIG_NAMESPACE, stack=stack, config=config)
+
+
+PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "dev": {
+        "cluster": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]},
+        "endpoints": [{"name": "diabetes", "model": "diabetes"}],
+    },
+    "staging": {
+        "cluster": {"deployRunnerCidrs": [RUNNER_CIDR]},
+        "endpoints": [{"name": "diabetes", "model": "diabetes", "canary": {"alias": "challenger", "weight": 10}}],
+    },
+    "prod": {
+        "cluster": {"deployRunnerCidrs": [RUNNER_CIDR]},
+        "tracking": {"certificateArn": CERTIFICATE_ARN},
+        "endpoints": [
+            {"name": "diabetes", "model": "diabetes"},
+            {"name": "reranker", "model": "reranker", "gpu": 1, "canary": {"alias": "challenger", "weight": 5}},
+        ],
+    },
+}
+"""The least each profile needs besides its defaults, and endpoints: a CPU one everywhere, canaries in staging
+and prod, a GPU one in prod. Written here, not read from stacks/*.yaml."""
+
+
+def profile_settings(profile: str, **overrides: Any) -> dict[str, Any]:
+    """`mlops-platform:*` settings of a stack of `profile` (PROFILE_SETTINGS), with top-level keys replaced."""
+    base = {"profile": profile, "budget": {"alertEmails": ["team@example.com"]}, **PROFILE_SETTINGS[profile]}
+    return {**base, **overrides}

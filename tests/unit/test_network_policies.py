@@ -1,5 +1,7 @@
-"""The NetworkPolicies of every stack admit each in-cluster call the platform makes, as the
-VPC CNI's network policy agent enforces them (issue 11 item 10 follow-up).
+"""The NetworkPolicies of a stack of each profile admit each in-cluster call the platform makes, as the
+VPC CNI's network policy agent enforces them (issue 11 item 10 follow-up). The stacks are the program
+run from explicit settings (tests/unit/builders.py); tests/stacks/test_stack_components.py runs the same
+checks on every shipped stack.
 
 The agent's controller (aws/amazon-network-policy-controller-k8s, `pkg/resolvers/endpoints.go`)
 adds a Service's ClusterIP to an egress rule when the Service's *selector* satisfies the rule
@@ -19,6 +21,7 @@ import pytest
 
 from infra.checks.rules import workloads
 from infra.inventory import Inventory, Resource
+from tests.unit.builders import profile_settings, program_inventory
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SERVICE = "kubernetes:core/v1:Service"
@@ -31,10 +34,9 @@ RETRAINING = {"registry": {"repositories": ["serving", "tracking", "drift", "tra
 
 
 @pytest.fixture(scope="module")
-def inventories(stack_inventories) -> dict[str, Inventory]:
-    from tests.conftest import offline_stack
-
-    return {**stack_inventories, "dev+training": offline_stack("dev", **RETRAINING)}
+def inventories() -> dict[str, Inventory]:
+    stacks = {profile: program_inventory(profile, profile_settings(profile)) for profile in STACKS}
+    return {**stacks, "dev+training": program_inventory("dev", profile_settings("dev", **RETRAINING))}
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,13 @@ def cluster_calls(inventory: Inventory) -> list[tuple[Pod, str, str, int]]:
 
 @pytest.mark.parametrize("stack", [*STACKS, "dev+training"])
 def test_every_in_cluster_call_is_admitted_end_to_end(inventories, stack):
-    inventory = inventories[stack]
+    calls_admitted(inventories[stack], training="training" in stack)
+
+
+def calls_admitted(inventory: Inventory, *, training: bool) -> None:
     calls = cluster_calls(inventory)
     # serving -> tracking (every endpoint track), the ensure-user Job -> tracking, training runs -> tracking
-    expected = {("serving", "mlflow-tracking"), ("mlflow", "mlflow-tracking")} | ({("training", "mlflow-tracking")} if "training" in stack else set())
+    expected = {("serving", "mlflow-tracking"), ("mlflow", "mlflow-tracking")} | ({("training", "mlflow-tracking")} if training else set())
     assert {(c.namespace, s) for c, s, _, _ in calls} >= expected
     ns_labels = namespace_labels(inventory)
     for client, service_name, namespace, port in calls:
@@ -147,9 +152,12 @@ def test_every_in_cluster_call_is_admitted_end_to_end(inventories, stack):
 
 @pytest.mark.parametrize("stack", [*STACKS, "dev+training"])
 def test_egress_rules_to_in_cluster_services_name_the_container_port(inventories, stack):
+    egress_names_the_container_port(inventories[stack])
+
+
+def egress_names_the_container_port(inventory: Inventory) -> None:
     """Every egress rule whose peers cover a Service of the stack: the ports it allows are Service
     ports equal to the container ports behind them (what the agent matches on a ClusterIP)."""
-    inventory = inventories[stack]
     ns_labels = namespace_labels(inventory)
     checked = 0
     for policy in inventory.of_type(NETWORK_POLICY):
@@ -168,7 +176,11 @@ def test_egress_rules_to_in_cluster_services_name_the_container_port(inventories
     assert checked, "no egress rule reaches a Service of the stack"
 
 
-def test_the_tracking_url_is_one_constant_that_the_server_accepts_as_host(stack_inventories):
+def test_the_tracking_url_is_one_constant_that_the_server_accepts_as_host(inventories):
+    tracking_url_accepted(inventories["dev+training"])
+
+
+def tracking_url_accepted(inventory: Inventory) -> None:
     """Clients send `Host: <name>:<port>` for a non-default port; the server's allowed hosts
     (MLflow's own check) must accept the host the shared URL makes, and every client names it."""
     from urllib.parse import urlsplit
@@ -178,7 +190,6 @@ def test_the_tracking_url_is_one_constant_that_the_server_accepts_as_host(stack_
     from components.tracking import CLUSTER_URL as URL
     from components.tracking import PORT
 
-    inventory = stack_inventories["dev"]
     urls = {str(e["value"]) for _, pod in workloads(inventory) for c in pod["containers"] for e in c.get("env") or []
             if str(e.get("value", "")).startswith("http://mlflow-tracking.")}
     assert urls == {URL} and urlsplit(URL).port == PORT
@@ -190,12 +201,15 @@ def test_the_tracking_url_is_one_constant_that_the_server_accepts_as_host(stack_
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_the_internal_alb_is_admitted_by_its_own_subnets_only(stack_inventories, stack):
+def test_the_internal_alb_is_admitted_by_its_own_subnets_only(inventories, stack):
+    alb_admitted_by_its_own_subnets_only(inventories[stack])
+
+
+def alb_admitted_by_its_own_subnets_only(inventory: Inventory) -> None:
     """Workloads behind the internal ALB (IP targets) admit its subnets' blocks, which hold nothing else:
     not the VPC, not the private subnets where nodes and pods take their addresses."""
     import ipaddress
 
-    inventory = stack_inventories[stack]
     subnets = inventory.of_type("aws:ec2/subnet:Subnet")
     lb_blocks = sorted(s.inputs["cidrBlock"] for s in subnets if s.inputs["tags"].get("kubernetes.io/role/internal-elb") == "1")
     others = [ipaddress.ip_network(s.inputs["cidrBlock"]) for s in subnets if s.inputs["cidrBlock"] not in lb_blocks]
@@ -214,9 +228,7 @@ def test_the_internal_alb_is_admitted_by_its_own_subnets_only(stack_inventories,
 
 
 def test_a_cluster_only_tracking_server_admits_no_load_balancer():
-    from tests.conftest import offline_stack
-
-    inventory = offline_stack("dev", tracking={"exposure": "clusterOnly"})
+    inventory = program_inventory("dev", profile_settings("dev", tracking={"exposure": "clusterOnly"}))
     assert not inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") or all(
         namespace_of(i) != "mlflow" for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress"))
     (policy,) = [p for p in inventory.of_type(NETWORK_POLICY) if namespace_of(p) == "mlflow"]
