@@ -13,7 +13,7 @@ from infra.images import ImageUse, image_uses, resolve_digests, workload_images
 from infra.inventory import walk
 from infra.offline import OfflineMocks, offline_image_digest
 from infra.settings import PROFILE_NAMES, SettingsError, load_settings
-from tests.conftest import offline_stack
+from tests.unit.builders import profile_settings, program_inventory
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
@@ -177,6 +177,11 @@ def test_phase_one_looks_nothing_up():
 
 
 # -- the program, as `pulumi up` runs it ----------------------------------------------------------
+def dev_stack(**settings):
+    """The program run for a `dev` stack with one endpoint (builders.profile_settings), these settings over it."""
+    return program_inventory("dev", profile_settings("dev", **settings))
+
+
 def images_in(inventory) -> set[str]:
     return {v for r in inventory.resources for v in walk(r.inputs) if isinstance(v, str) and ".dkr.ecr." in v}
 
@@ -202,7 +207,7 @@ def test_an_update_with_a_missing_image_declares_nothing(monkeypatch):
         match=r"endpoints\[0\]\.imageTag: image mlops-dev/serving:0\.1\.0 is not in the stack's registry "
         r"\(.*ImageNotFoundException.*\); push it first, or set mlops-platform:deployWorkloads false",
     ):
-        offline_stack("dev")
+        dev_stack()
     assert declared == []
 
 
@@ -215,7 +220,7 @@ def test_phase_one_declares_no_workload_and_asks_the_registry_nothing(monkeypatc
         return real_call(self, args)
 
     monkeypatch.setattr(OfflineMocks, "call", call)
-    inventory = offline_stack("dev", deployWorkloads="false")
+    inventory = dev_stack(deployWorkloads="false")
     assert "aws:ecr/getImage:getImage" not in asked
     assert images_in(inventory) == set()
     assert "trackingUrl" not in inventory.outputs and inventory.outputs["endpointPaths"] == {}
@@ -223,7 +228,7 @@ def test_phase_one_declares_no_workload_and_asks_the_registry_nothing(monkeypatc
 
 
 def test_workloads_run_the_digest_recorded_for_their_tag():
-    inventory = offline_stack("dev", imageDigests={"tracking": {"3.17.2-1": DIGEST_A}})
+    inventory = dev_stack(imageDigests={"tracking": {"3.17.2-1": DIGEST_A}})
     assert images_in(inventory) == {
         f"123456789012.dkr.ecr.us-east-1.amazonaws.com/mlops-dev/tracking:3.17.2-1@{DIGEST_A}",
         "123456789012.dkr.ecr.us-east-1.amazonaws.com/mlops-dev/serving:0.1.0"
@@ -232,6 +237,6 @@ def test_workloads_run_the_digest_recorded_for_their_tag():
 
 
 def test_managed_tracking_is_part_of_phase_one():
-    inventory = offline_stack("dev", deployWorkloads="false", tracking={"mode": "managed"}, endpoints=[])
+    inventory = dev_stack(deployWorkloads="false", tracking={"mode": "managed"}, endpoints=[])
     assert len(inventory.of_type("aws:sagemaker/mlflowTrackingServer:MlflowTrackingServer")) == 1
     assert "trackingUrl" in inventory.outputs
