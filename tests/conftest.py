@@ -48,3 +48,42 @@ def stack_inventories() -> dict[str, Inventory]:
     from infra.stackfile import load_stack_config, stack_names
 
     return {name: offline_inventory(load_stack_config(name)) for name in stack_names()}
+
+
+STACK_FILE_TESTS: dict[str, str] = {
+    "tests.unit.test_checkov": "runs checkov on the shipped stacks' manifests",
+    "tests.unit.test_checks": "the checks' verdict on every shipped stack, and stack files with a weakness added",
+    "tests.unit.test_cost": "the cost estimate of the shipped stacks",
+    "tests.unit.test_delivery": "CI's edits of the shipped stack files (recorded digests, prod invariants)",
+    "tests.unit.test_deploy_plan": "the create and destroy order of every shipped stack",
+    "tests.unit.test_inventory": "the inventory file of a shipped stack's preview",
+    "tests.unit.test_settings": "the shipped stack files validate",
+    "tests.unit.test_training_cost": "the cost of pipelines added to the shipped stacks",
+    "tests.unit.test_workflows": "the workflows name the shipped stack files",
+    "tests.unit.test_training_component": "pending: the training helper's area; to build from tests/unit/builders.py",
+    "tests.unit.test_settings_contract": "pending: new; its workloads can come from builders.program_inventory",
+}
+"""The tests/unit modules whose subject is the shipped stack files (or that still read them, marked pending),
+each with the reason. Every other unit module stands alone: it builds components from explicit args
+(tests/unit/builders.py), so editing stacks/*.yaml breaks none of them; `_unit_tests_read_no_stack_file`
+enforces it at run time and tests/unit/test_tests_stand_alone.py in the source."""
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_read_no_stack_file(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a unit test module not in STACK_FILE_TESTS, reading a stack file (directly, through `offline_stack` or
+    `stack_inventories`, or through any helper) fails the test, naming the module."""
+    module = request.module.__name__
+    if not module.startswith("tests.unit.") or module in STACK_FILE_TESTS:
+        return
+    from infra import stackfile
+
+    message = (f"{module} reads a stack file: unit tests build components from explicit args (tests/unit/builders.py); "
+               "a test whose subject is the shipped stacks belongs in tests/stacks/ (or in tests/conftest.STACK_FILE_TESTS)")
+    if "stack_inventories" in request.fixturenames:
+        pytest.fail(message)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError(message)
+
+    monkeypatch.setattr(stackfile, "load_stack_file", refuse)
