@@ -15,15 +15,18 @@ from components import tracking
 
 @dataclass(frozen=True)
 class AlertThresholds:
-    error_ratio: float = 0.01
+    """The stack's `monitoring.alerts` settings; their defaults live in infra/settings.py only
+    (`infra.program.alert_thresholds()` gives them)."""
+
+    error_ratio: float
     """Share of 5xx answers over 5 minutes that pages."""
-    gpu_idle_minutes: int = 30
+    gpu_idle_minutes: int
     """A GPU node below 5% utilisation this long is waste (spot or not)."""
-    gpu_pending_minutes: int = 15
+    gpu_pending_minutes: int
     """GPU pods pending this long: the pool is at its ceiling or capacity is short."""
-    drift_psi: float = 0.2
+    drift_psi: float
     """Population stability index above which a feature has drifted (0.1-0.2: moderate; >0.2: significant)."""
-    drift_minutes: int = 30
+    drift_minutes: int
 
 
 @dataclass(frozen=True)

@@ -217,10 +217,11 @@ def start_tracking_plane(plane: LocalPlane, stack: ExitStack) -> Server:
 
 
 def start_local_prometheus(plane: LocalPlane) -> Server:
-    from components.alerts import AlertThresholds, EndpointObjective, rule_groups, rules_file
+    from components.alerts import EndpointObjective, rule_groups, rules_file
     from infra.processes import start_prometheus
+    from infra.program import alert_thresholds  # the settings' default thresholds
 
-    groups = rule_groups(AlertThresholds(), [EndpointObjective(plane.model_name, 250)])
+    groups = rule_groups(alert_thresholds(), [EndpointObjective(plane.model_name, 250)])
     rules = plane.workdir / "rules.yaml"
     rules.write_text(rules_file(with_drift_for(groups, plane.timings.drift_for)))
     target = plane.servers["serving"].url.removeprefix("http://")

@@ -26,7 +26,15 @@ from components.storage import Storage, StorageArgs
 from components.tracking import DatabaseArgs, ManagedTrackingArgs, SelfHostedTrackingArgs, TrackingServer
 from components.training import RECEIVER_URL, PipelineArgs, Training, TrainingArgs
 from infra.images import workload_images
-from infra.settings import CI_DEPLOY_ADMIN_KEY, CONFIG_NAMESPACE, EndpointSettings, PlatformSettings, SettingsError, load_settings
+from infra.settings import (
+    CI_DEPLOY_ADMIN_KEY,
+    CONFIG_NAMESPACE,
+    AlertSettings,
+    EndpointSettings,
+    PlatformSettings,
+    SettingsError,
+    load_settings,
+)
 from infra.tagging import platform_tags, register_platform_tags
 from services.training.dvc import DVC_PREFIX
 
@@ -198,8 +206,7 @@ def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, 
             kms_key_arn=storage.key_arn,
             slack_webhook=webhook,
             slack_channel=m.slack_channel,
-            thresholds=AlertThresholds(error_ratio=a.error_ratio, gpu_idle_minutes=a.gpu_idle_minutes, gpu_pending_minutes=a.gpu_pending_minutes,
-                                       drift_psi=a.drift_psi, drift_minutes=a.drift_minutes),
+            thresholds=alert_thresholds(a),
             endpoints=[EndpointObjective(e.name, e.latency_objective_ms) for e in settings.endpoints],
             gpu_node_selector=node_pools.gpu_node_selector,
             gpu_toleration=node_pools.gpu_toleration,
@@ -212,6 +219,12 @@ def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, 
         # the Prometheus stack runs on the system nodes: it installs once the node group exists
         opts=pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}, depends_on=[cluster.system_node_group]),
     )
+
+
+def alert_thresholds(alerts: AlertSettings | None = None) -> AlertThresholds:
+    """The alert rules' thresholds from a stack's `monitoring.alerts`; None: the settings' defaults (what
+    `make local` and the rule tests use), so AlertThresholds repeats none of them."""
+    return AlertThresholds(**(alerts or AlertSettings()).model_dump())
 
 
 def _serving(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,

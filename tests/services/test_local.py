@@ -83,12 +83,13 @@ def test_prometheus_resolves_a_relative_rules_path_from_any_directory(tmp_path, 
 
     The written path must not depend on the caller's directory.
     """
-    from components.alerts import AlertThresholds, EndpointObjective, rule_groups, rules_file
+    from components.alerts import EndpointObjective, rule_groups, rules_file
     from infra.processes import start_prometheus
+    from infra.program import alert_thresholds
 
     monkeypatch.chdir(tmp_path)
     Path("rules").mkdir()
-    Path("rules/rules.yaml").write_text(rules_file(rule_groups(AlertThresholds(), [EndpointObjective("m", 250)])))
+    Path("rules/rules.yaml").write_text(rules_file(rule_groups(alert_thresholds(), [EndpointObjective("m", 250)])))
     prometheus = start_prometheus(Path("prometheus"), {}, rules_file=Path("rules/rules.yaml"))
     try:
         assert {g["name"] for g in api(prometheus.url + "/api/v1/rules")["groups"]} == {

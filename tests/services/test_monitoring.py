@@ -10,8 +10,9 @@ import urllib.request
 
 import pytest
 
-from components.alerts import AlertThresholds, EndpointObjective, rule_groups, rules_file
+from components.alerts import EndpointObjective, rule_groups, rules_file
 from infra.processes import start_prometheus
+from infra.program import alert_thresholds
 from tests.services.conftest import start_serving
 from tests.services.test_serving import get, post
 
@@ -70,7 +71,7 @@ def test_shifted_inputs_raise_the_drift_score_and_unshifted_keep_it_low(drift_se
     from examples.train import training_data
 
     x_train, _, _, _ = training_data()
-    threshold = AlertThresholds().drift_psi
+    threshold = alert_thresholds().drift_psi
     send(drift_server, x_train.sample(400, replace=True, random_state=11))
     time.sleep(1.5)
     calm = psi_scores(drift_server)
@@ -96,7 +97,7 @@ def test_a_real_prometheus_scrapes_the_model_server_with_the_rules_loaded(drift_
     from examples.train import training_data
 
     rules = tmp_path / "rules.yaml"
-    rules.write_text(rules_file(rule_groups(AlertThresholds(), [EndpointObjective(MODEL, 250)])))
+    rules.write_text(rules_file(rule_groups(alert_thresholds(), [EndpointObjective(MODEL, 250)])))
     target = drift_server.url.removeprefix("http://")
     prometheus = start_prometheus(tmp_path, {"serving": target}, rules_file=rules, scrape_interval="1s")
     try:
@@ -178,7 +179,7 @@ def test_per_endpoint_alerts_and_dashboards_match_what_the_operator_scrapes(drif
         x_train, _, _, _ = training_data()
         (latency_rule,) = [
             r
-            for g in rule_groups(AlertThresholds(), [EndpointObjective(MODEL, 250)])
+            for g in rule_groups(alert_thresholds(), [EndpointObjective(MODEL, 250)])
             for r in g["rules"]
             if r["alert"] == "EndpointLatencyHigh"
         ]
