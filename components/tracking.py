@@ -416,7 +416,7 @@ class TrackingServer(pulumi.ComponentResource):
             "TRACKING_WORKERS": "2",
             "TRACKING_ALLOWED_HOSTS": allowed_hosts(args.vpc_cidr, region, args.allowed_hosts),
             "TRACKING_REGION": region,
-            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,  # what boto3 reads (botocore ignores AWS_REGION)
             "TRACKING_READERS": pulumi.Output.all(**readers).apply(lambda r: json.dumps(r, sort_keys=True)) if readers else "{}",
             "TRACKING_WRITERS": pulumi.Output.all(**secrets.writers).apply(
                 lambda arns: json.dumps({p: {"model": args.writer_models[p], "password_secret_arn": a} for p, a in arns.items()}, sort_keys=True)

@@ -161,7 +161,7 @@ def pipeline_env(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.In
         "TRAINING_TRACKING_PASSWORD_FILE": f"{PASSWORD_DIR}/password",
         "MLFLOW_TRACKING_URI": args.tracking_url,
         "MLFLOW_TRACKING_USERNAME": writer_username(p.name),
-        "AWS_REGION": args.region,
+        "AWS_DEFAULT_REGION": args.region,  # what boto3 reads (botocore ignores AWS_REGION)
     }
     if p.canary_alias:
         values["TRAINING_CANARY_ALIAS"] = p.canary_alias

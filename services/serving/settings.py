@@ -6,7 +6,9 @@ import math
 import os
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.env_settings import StrictEnvSettings
 
 
 def available_cpus() -> int:
@@ -20,7 +22,9 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-class ServingSettings(BaseSettings):
+class ServingSettings(StrictEnvSettings):
+    """`SERVING_*` variables; an unknown one stops the server at start (services/env_settings.py)."""
+
     model_config = SettingsConfigDict(env_prefix="SERVING_", extra="ignore", protected_namespaces=())
 
     model_name: str = Field(min_length=1)

@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from services.env_settings import UnknownSettingError
 from services.tracking.auth import READ_ONLY_PREFIX
 from services.tracking.credentials import DatabaseLogin, StartupError, has_placeholders, master_login, require_strong, resolve, with_login
 from services.tracking.settings import TrackingSettings
@@ -166,6 +167,8 @@ def load_settings() -> TrackingSettings:
     """The settings, or a StartupError naming each bad `TRACKING_*` variable (no traceback)."""
     try:
         return TrackingSettings()
+    except UnknownSettingError as exc:  # a TRACKING_* variable that names no setting (a typo, a removed setting)
+        raise StartupError(exc.message) from None
     except ValidationError as exc:
         raise StartupError("; ".join(f"TRACKING_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())) from None
     except SettingsError as exc:  # a JSON value (TRACKING_READERS) that does not parse

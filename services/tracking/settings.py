@@ -16,7 +16,9 @@ a local PostgreSQL) are used as they are.
 from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.env_settings import StrictEnvSettings
 
 POSTGRES_ROLE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 
@@ -29,7 +31,9 @@ class WriterSettings(BaseModel):
     password: SecretStr | None = None
 
 
-class TrackingSettings(BaseSettings):
+class TrackingSettings(StrictEnvSettings):
+    """`TRACKING_*` variables; an unknown one stops every command at start (services/env_settings.py)."""
+
     model_config = SettingsConfigDict(env_prefix="TRACKING_", extra="ignore")
 
     backend_store_uri: str = "sqlite:////tmp/mlflow.db"

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.env_settings import StrictEnvSettings
 
 log = logging.getLogger("training.receiver")
 DRIFT_ALERT = "DataDriftHigh"
@@ -210,7 +212,9 @@ class KubernetesLauncher:
         return f"job {self.namespace}/{body['metadata']['name']}"
 
 
-class ReceiverSettings(BaseSettings):
+class ReceiverSettings(StrictEnvSettings):
+    """`RECEIVER_*` variables; an unknown one stops the receiver at start (services/env_settings.py)."""
+
     model_config = SettingsConfigDict(env_prefix="RECEIVER_", extra="ignore")
 
     host: str = "127.0.0.1"

@@ -12,12 +12,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.env_settings import StrictEnvSettings
 
 TRIGGERS = ("manual", "schedule", "drift", "pull-request")
 
 
-class TrainingSettings(BaseSettings):
+class TrainingSettings(StrictEnvSettings):
+    """`TRAINING_*` variables; an unknown one stops the run at start (services/env_settings.py)."""
+
     model_config = SettingsConfigDict(env_prefix="TRAINING_", extra="ignore", protected_namespaces=())
 
     pipeline: str = Field(pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")

@@ -1,0 +1,172 @@
+"""The contract between infra and services (issue 15 item 4): every environment variable a component sets on a
+service's container is read by that service, and a service refuses a variable with its prefix that it does not read.
+
+The variables come from the rendered workloads of an offline preview (Pulumi mocks), not from the components'
+source: prod with two training pipelines, one retraining on drift, declares every kind of container the platform
+runs from its own images (model servers, the tracking server and its Jobs, pipeline CronJobs, the drift receiver).
+Each kind's settings class names what it reads (`env_prefix` + field names); variables read by third-party code are
+listed in THIRD_PARTY with the place that reads them, and a test checks each against the pinned library.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from infra.stackfile import REPO_ROOT
+from services.env_settings import UnknownSettingError, setting_names
+from services.serving.settings import ServingSettings
+from services.tracking.settings import TrackingSettings
+from services.training.receiver import ReceiverSettings
+from services.training.settings import TrainingSettings
+from tests.conftest import offline_stack
+
+REPOSITORIES = {"repositories": ["serving", "tracking", "drift", "training"]}
+PIPELINES = [
+    {"name": "diabetes", "model": "diabetes", "entryPoint": "examples.diabetes:task", "data": "examples/data/diabetes.csv.dvc",
+     "endpoint": "diabetes"},
+    {"name": "reranker", "model": "reranker", "entryPoint": "rerank.train:task", "data": "s3://team-data/rerank.parquet.dvc",
+     "schedule": "0 3 * * 1", "gpu": 1},
+]
+THIRD_PARTY = {
+    "MLFLOW_TRACKING_URI": "MLflow's client: mlflow.environment_variables.MLFLOW_TRACKING_URI (mlflow.get_tracking_uri)",
+    "MLFLOW_TRACKING_USERNAME": "MLflow's client: mlflow.utils.credentials.read_mlflow_creds (basic auth user)",
+    "AWS_DEFAULT_REGION": "boto3/botocore: botocore.configprovider.BOTOCORE_DEFAUT_SESSION_VARIABLES['region']",
+}
+"""Variables the components set for code that is not the platform's: name -> where it is read."""
+
+
+def settings_of(image: str, args: list[str] | None) -> type[BaseSettings] | None:
+    """The settings class of a container of one of the platform's images (None: not one of ours)."""
+    repository = image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+    if repository == "serving":
+        return ServingSettings
+    if repository == "tracking":
+        return TrackingSettings
+    if repository == "training":
+        return ReceiverSettings if args == ["receiver"] else TrainingSettings
+    return None
+
+
+def pod_spec(resource) -> dict[str, Any] | None:
+    spec = resource.inputs.get("spec")
+    if not isinstance(spec, dict):
+        return None
+    if "jobTemplate" in spec:
+        spec = spec["jobTemplate"]["spec"]
+    template = spec.get("template")
+    return template.get("spec") if isinstance(template, dict) else None
+
+
+def containers(inventory) -> list[tuple[str, type[BaseSettings], list[str]]]:
+    """(workload, settings class, environment variable names) of every container of the platform's images."""
+    found = []
+    for resource in inventory.resources:
+        pod = pod_spec(resource) if resource.type.startswith("kubernetes:") else None
+        for container in (pod or {}).get("containers", []) + (pod or {}).get("initContainers", []):
+            settings = settings_of(container["image"], container.get("args"))
+            if settings is not None:
+                workload = f"{resource.type.rsplit(':', 1)[-1]} {resource.inputs['metadata']['name']}/{container['name']}"
+                found.append((workload, settings, [e["name"] for e in container.get("env", [])]))
+    return found
+
+
+def unread(settings: type[BaseSettings], names: list[str]) -> list[str]:
+    """Variables of `names` that neither the settings class nor a listed third-party reader reads."""
+    return sorted(set(names) - set(setting_names(settings)) - set(THIRD_PARTY))
+
+
+@pytest.fixture(scope="module")
+def workloads():
+    return containers(offline_stack("prod", registry=REPOSITORIES, pipelines=PIPELINES))
+
+
+def test_every_variable_a_component_sets_is_read_by_its_service(workloads):
+    assert {settings for _, settings, _ in workloads} == {ServingSettings, TrackingSettings, TrainingSettings, ReceiverSettings}
+    assert len(workloads) >= 8  # servers of three endpoints' tracks, the tracking server and its Jobs, two CronJobs, the receiver
+    problems = {workload: unread(settings, names) for workload, settings, names in workloads if unread(settings, names)}
+    assert problems == {}
+
+
+def test_each_settings_class_gets_what_it_cannot_start_without(workloads):
+    required = {settings: {f"{settings.model_config['env_prefix']}{name}".upper() for name, field in settings.model_fields.items()
+                           if field.is_required()} for settings in (ServingSettings, TrainingSettings, ReceiverSettings)}
+    for workload, settings, names in workloads:
+        assert required.get(settings, set()) <= set(names), workload
+
+
+def test_a_variable_no_service_reads_is_found(workloads):
+    """The check itself: one more variable on a model server, a misspelt one on a pipeline, are reported."""
+    workload, settings, names = next(w for w in workloads if w[1] is ServingSettings)
+    assert unread(settings, [*names, "SERVING_BATCH_SIZ", "MLFLOW_TRACKING_PASSWORD"]) == ["MLFLOW_TRACKING_PASSWORD", "SERVING_BATCH_SIZ"]
+    assert unread(TrainingSettings, ["TRAINING_PIPELINE", "TRAINING_TRACKING_PASSWORD_FIEL", "AWS_REGION"]) == [
+        "AWS_REGION", "TRAINING_TRACKING_PASSWORD_FIEL"]
+
+
+def test_third_party_variables_are_read_where_the_list_says(monkeypatch):
+    import botocore.session
+    import mlflow
+    from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "training-diabetes")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")  # no profile may supply a region
+    assert mlflow.environment_variables.MLFLOW_TRACKING_URI.name == "MLFLOW_TRACKING_URI"
+    assert mlflow.get_tracking_uri() == "http://tracking.example:5000"
+    assert read_mlflow_creds().username == "training-diabetes"
+    assert BOTOCORE_DEFAUT_SESSION_VARIABLES["region"][1] == "AWS_DEFAULT_REGION"
+    assert botocore.session.Session().get_config_variable("region") == "eu-west-3"
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    assert botocore.session.Session().get_config_variable("region") is None  # why the components set AWS_DEFAULT_REGION
+
+
+@pytest.mark.parametrize("settings", [ServingSettings, TrackingSettings, TrainingSettings, ReceiverSettings])
+def test_an_unknown_variable_with_the_prefix_stops_the_settings(settings, monkeypatch):
+    prefix = settings.model_config["env_prefix"]
+    monkeypatch.setenv(f"{prefix}PORTT", "1")
+    with pytest.raises(UnknownSettingError) as caught:
+        settings()
+    message = caught.value.message
+    assert message.startswith(f"unknown setting {prefix}PORTT") and f"allowed: {', '.join(setting_names(settings))}" in message
+
+
+def test_kubernetes_service_links_are_not_taken_for_settings(monkeypatch):
+    """An endpoint named `serving-x` has a Service `serving-x-stable`: Kubernetes sets its link variables in every
+    pod of the namespace; they are recognised by their `_SERVICE_HOST` and left alone, a typo next to them is not."""
+    links = {"SERVING_X_STABLE_SERVICE_HOST": "10.0.0.9", "SERVING_X_STABLE_SERVICE_PORT": "8080",
+             "SERVING_X_STABLE_SERVICE_PORT_HTTP": "8080", "SERVING_X_STABLE_PORT": "tcp://10.0.0.9:8080",
+             "SERVING_X_STABLE_PORT_8080_TCP": "tcp://10.0.0.9:8080", "SERVING_X_STABLE_PORT_8080_TCP_ADDR": "10.0.0.9"}
+    for name, value in {**links, "SERVING_MODEL_NAME": "m"}.items():
+        monkeypatch.setenv(name, value)
+    assert ServingSettings().model_name == "m"
+    monkeypatch.setenv("SERVING_X_CANARY_PORT", "tcp://10.0.0.10:8080")  # no SERVING_X_CANARY_SERVICE_HOST: not a link
+    with pytest.raises(UnknownSettingError, match="SERVING_X_CANARY_PORT"):
+        ServingSettings()
+
+
+@pytest.mark.parametrize("command, env, typo, expected", [
+    (["-m", "services.serving"], {"SERVING_MODEL_NAME": "m"}, "SERVING_BATCH_SIZ", "SERVING_BATCH_WAIT_MS"),
+    (["-m", "services.tracking.entrypoint", "serve"], {}, "TRACKING_ADMIN_PASWORD", "TRACKING_ADMIN_PASSWORD"),
+    (["-m", "services.training", "run"], {"TRAINING_PIPELINE": "p", "TRAINING_MODEL_NAME": "m", "TRAINING_ENTRY_POINT": "a:b",
+                                          "TRAINING_DATA": "x.csv"}, "TRAINING_TRACKING_PASWORD_FILE", "TRAINING_TRACKING_PASSWORD_FILE"),
+    (["-m", "services.training", "receiver"], {"RECEIVER_PIPELINES_FILE": "/nonexistent"}, "RECEIVER_TOKN", "RECEIVER_TOKEN"),
+])
+def test_a_service_started_with_a_misspelt_variable_exits_naming_it(command, env, typo, expected):
+    """The real entry points, as the images run them: exit 1 at once, the variable and the allowed ones on stderr."""
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "TRACKING_", "TRAINING_", "RECEIVER_"))}
+    result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env={**clean, **env, typo: "1"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"unknown setting {typo}" in last and "Traceback" not in result.stderr
+    assert "allowed: " in last and expected in last.split("allowed: ")[1]
