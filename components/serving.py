@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 import pulumi
@@ -99,6 +99,8 @@ class CanaryArgs:
 
 @dataclass(frozen=True, kw_only=True)
 class ServingEndpointArgs:
+    """One endpoint's settings (defaults in infra/settings.py only) and what it runs beside: no field has a default."""
+
     endpoint: str
     model: str
     alias: str
@@ -110,7 +112,7 @@ class ServingEndpointArgs:
     gpu: int
     autoscaling_metric: Literal["cpu", "rps"]
     autoscaling_target: int
-    canary: CanaryArgs | None = None
+    canary: CanaryArgs | None
     capture_fraction: float
     artifact_bucket: pulumi.Input[str]
     artifact_bucket_arn: pulumi.Input[str]
@@ -122,15 +124,15 @@ class ServingEndpointArgs:
     identity: OidcIdentity
     load_balancer_cidrs: Sequence[str]
     """Blocks of the internal load balancers' subnets (components/network.py): the ALB reaches the pods from them."""
-    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
-    gpu_toleration: Mapping[str, str] = field(default_factory=dict)
+    gpu_node_selector: Mapping[str, str]
+    gpu_toleration: Mapping[str, str]
     ingress_group: str
-    certificate_arn: str | None = None
+    certificate_arn: str | None
     """The shared internal ALB's certificate (`tracking.certificateArn`): with it the endpoint's path is on HTTPS 443 only."""
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    """Where CPU pods run when not on the Karpenter CPU pool (dev: the system nodes)."""
-    load_balancer_controller: pulumi.Resource | None = None
-    monitoring_crds: pulumi.Resource | None = None
+    node_selector: Mapping[str, str]
+    """Where CPU pods run when not on the Karpenter CPU pool (dev: the system nodes; empty: anywhere)."""
+    load_balancer_controller: pulumi.Resource | None
+    monitoring_crds: pulumi.Resource | None
 
     def __post_init__(self) -> None:
         problems = []

@@ -338,6 +338,13 @@ def test_components_read_quantities_with_the_same_parser():
         autoscaling_target=70,
         capture_fraction=0.0,
         ingress_group="internal",
+        canary=None,
+        certificate_arn=None,
+        gpu_node_selector={},
+        gpu_toleration={},
+        node_selector={},
+        load_balancer_controller=None,
+        monitoring_crds=None,
     )
     assert [ServingEndpointArgs(**endpoint, cpu=cpu).workers for cpu in ("1500m", "2", "2500m", "250m")] == [1, 2, 2, 1]
 
