@@ -1,0 +1,42 @@
+"""The bench's busy-machine check counts only CPU spent outside its own process tree (issue 12).
+
+The bench's own servers raise the load average, so the load average cannot tell whether something
+else was running: `benchmarks.serving` measures, from /proc, the CPU the machine spent minus what
+the bench's process tree spent (its live descendants, and the children each has reaped).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks.serving import MachineCpu, bench_ticks
+
+BUSY = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: pass\n"
+"""One second of CPU, however long the shared machine makes it take."""
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def test_cpu_of_the_benchs_own_processes_counts_as_the_bench_even_after_they_exit():
+    before = bench_ticks(os.getpid())
+    subprocess.run([sys.executable, "-c", BUSY], check=True)  # a child like wrk: runs, exits, is reaped
+    assert bench_ticks(os.getpid()) - before >= 0.9 * TICKS
+
+
+def test_cpu_of_processes_outside_the_bench_is_reported_as_external_load():
+    outsider = subprocess.Popen([sys.executable, "-c", BUSY])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a tree without the outsider
+    try:
+        machine = MachineCpu.now(root=sleeper.pid)
+        outsider.wait(timeout=60)
+        external, steal = machine.outside_bench_since()
+        elapsed = time.monotonic() - machine.at
+        assert bench_ticks(sleeper.pid) - machine.bench < 0.1 * TICKS
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        outsider.wait(timeout=60)
+    assert external * elapsed >= 0.9  # the outsider's second of CPU, at least, is outside the bench
+    assert steal >= 0
