@@ -6,8 +6,10 @@
 - `TablePath`: requests read by `inputs.parse` into typed columns, several requests stacked into
   one model input, one call of the same function `pyfunc.predict` calls, the output split back per
   request. `matrix`: a float64 matrix for a scikit-learn estimator with numeric columns;
-  `frame`: a DataFrame with exactly the dtypes MLflow's schema enforcement gives, for any
-  row-independent flavor. `model.plan` verifies both against `pyfunc.predict` before use.
+  `columns`: the columns in MLflow's dtypes, each ColumnTransformer transformer of a scikit-learn
+  Pipeline given its own (`sklearn_columns`); `frame`: a DataFrame with exactly the dtypes
+  MLflow's schema enforcement gives, for any row-independent flavor. `plan` verifies each
+  against `pyfunc.predict` before use.
 
 A stacked call that fails is retried one request at a time, so a bad request fails alone. A
 failure on an input with nulls or infinities gets a 400 naming the columns (`explain_failure`).
@@ -154,7 +156,7 @@ class TablePath:
     """Plain requests read into columns, stacked, one model call; anything else to `exact`."""
 
     kind: str
-    """"matrix" or "frame"."""
+    """"matrix", "columns" (`sklearn_columns`) or "frame"."""
     schema: Schema
     build: Callable[[Sequence[Table]], Any]
     """Stacks tables into the model's input."""
@@ -192,7 +194,7 @@ class TablePath:
         if len(tables) > 1:
             try:
                 stacked = self.build(tables)
-                self.observe(len(stacked))
+                self.observe(sum(t.rows for t in tables))
                 return split(self.call(stacked, tables[0].params), [t.rows for t in tables])
             except Exception as exc:  # noqa: BLE001 - find which request the model fails on
                 log.debug("a stacked call failed (%s); one call per request", exc)

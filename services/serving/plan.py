@@ -12,7 +12,9 @@ Decided from the model's own configuration, then checked by running it:
    exactly the DataFrame MLflow's parsing and schema enforcement give (values and dtypes).
 4. `matrix` (scikit-learn, numeric columns): the estimator's configured function on a float64
    matrix must return exactly what `pyfunc.predict` returns (the matrix layout, C or F, that
-   does is kept); else `frame`: the flavor's predict function on our DataFrame, exactly again.
+   does is kept); else `columns` (a scikit-learn Pipeline starting with a ColumnTransformer):
+   each transformer on its own columns (`sklearn_columns`), exactly again; else `frame`: the
+   flavor's predict function on our DataFrame, exactly again.
 5. Batching: predicting the rows stacked and split must agree with predicting each slice alone
    (bit for bit for labels and integers; to floating-point rounding, 1e-9 relative, for floats,
    since BLAS sums in a different order for a different number of rows).
@@ -31,6 +33,7 @@ import orjson
 
 from services.serving.inputs import NUMERIC_TYPES, Column, Schema, Table, parse
 from services.serving.paths import ExactPath, TablePath, call_with_params, split
+from services.serving.sklearn_columns import columns_call
 
 log = logging.getLogger("serving")
 ROW_INDEPENDENT_FLAVORS = {"mlflow.sklearn", "mlflow.xgboost", "mlflow.lightgbm"}
@@ -190,11 +193,11 @@ def matrix_builder(names: Sequence[str], order: str) -> Callable[[Sequence[Table
     return build
 
 
-def frame_builder(names: Sequence[str], dtypes: dict[str, Any]) -> Callable[[Sequence[Table]], Any]:
-    """Stacks tables into one DataFrame with the dtypes MLflow's schema enforcement gives."""
+def columns_builder(names: Sequence[str], dtypes: dict[str, Any]) -> Callable[[Sequence[Table]], dict[str, Any]]:
+    """Stacks tables into columns (name -> array) with the dtypes MLflow's schema enforcement gives."""
     import pandas as pd
 
-    def build(tables: Sequence[Table]) -> Any:
+    def build(tables: Sequence[Table]) -> dict[str, Any]:
         data = {}
         for name in names:
             parts = [t.columns[name] for t in tables]
@@ -204,8 +207,16 @@ def frame_builder(names: Sequence[str], dtypes: dict[str, Any]) -> Callable[[Seq
                 values = list(itertools.chain.from_iterable(parts)) if isinstance(parts[0], list) else np.concatenate(parts)
             dtype = dtypes[name]
             data[name] = np.asarray(values, dtype=dtype) if isinstance(dtype, np.dtype) else pd.array(values, dtype=dtype)
-        return pd.DataFrame(data)
+        return data
     return build
+
+
+def frame_builder(names: Sequence[str], dtypes: dict[str, Any]) -> Callable[[Sequence[Table]], Any]:
+    """Stacks tables into one DataFrame with the dtypes MLflow's schema enforcement gives."""
+    import pandas as pd
+
+    columns = columns_builder(names, dtypes)
+    return lambda tables: pd.DataFrame(columns(tables))
 
 
 def _fastest(pyfunc: Any, schema: Schema, function: str, loader: str, dtypes: dict, tables: list[Table], expected: Any, exact: ExactPath) -> TablePath:
@@ -221,10 +232,33 @@ def _fastest(pyfunc: Any, schema: Schema, function: str, loader: str, dtypes: di
                 problems.append(f"{order}-ordered matrix gives a different answer")
             except Exception as exc:  # noqa: BLE001 - e.g. a pipeline that selects columns by name
                 problems.append(f"{order}-ordered matrix: {type(exc).__name__}")
+    if loader == "mlflow.sklearn":
+        columns = _columns_path(pyfunc, schema, function, dtypes, tables, expected, exact)
+        if isinstance(columns, TablePath):
+            columns.detail += "".join(f"; {problem}" for problem in problems[:1])  # why not a matrix
+            return columns
+        problems.append(columns)
     build, call = frame_builder(schema.names, dtypes), call_with_params(model_function)
     if not same(call(build(tables), None), expected):
         raise Rejected(f"{function} on the parsed DataFrame differs from pyfunc.predict ({'; '.join(problems) or 'no matrix path'})")
     return TablePath("frame", schema, build, call, exact, batchable=False, detail="; ".join(problems) or "DataFrame with MLflow's dtypes")
+
+
+def _columns_path(pyfunc: Any, schema: Schema, function: str, dtypes: dict, tables: list[Table], expected: Any,
+                  exact: ExactPath) -> TablePath | str:
+    """A Pipeline starting with a ColumnTransformer, its transformers called on their own columns
+    (`sklearn_columns`), if that gives exactly `expected`; else why not."""
+    unrolled = columns_call(getattr(pyfunc._model_impl, "sklearn_model", None), function, schema.names)
+    if isinstance(unrolled, str):
+        return f"no per-transformer columns: {unrolled}"
+    build = columns_builder(schema.names, dtypes)
+    try:
+        if same(unrolled(build(tables), None), expected):
+            return TablePath("columns", schema, build, unrolled, exact, batchable=False,
+                             detail="each ColumnTransformer transformer on its own columns")
+    except Exception as exc:  # noqa: BLE001 - e.g. a transformer that is not what this scikit-learn version fits
+        return f"per-transformer columns: {type(exc).__name__}: {exc}"
+    return "per-transformer columns give a different answer"
 
 
 def _layouts(build_frame: Callable[[Sequence[Table]], Any], tables: list[Table]) -> tuple[str, str]:

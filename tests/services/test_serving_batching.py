@@ -1,6 +1,7 @@
 """Batching for real: N concurrent requests become fewer model calls, and each request gets the
-answer it gets alone (and that `mlflow models serve` gives), on the matrix path (a tree ensemble)
-and on the frame path (a Pipeline with a string column). A request the model fails on fails alone."""
+answer it gets alone (and that `mlflow models serve` gives), on the matrix path (a tree ensemble),
+the columns path (a Pipeline with a string column) and the frame path (the same Pipeline, its
+ColumnTransformer set to pandas output). A request the model fails on fails alone."""
 
 from __future__ import annotations
 
@@ -28,12 +29,18 @@ def train_and_log(kind: str, name: str):
         x = frames()["trees"]
         return log_sklearn(name, GradientBoostingRegressor(n_estimators=40, random_state=0).fit(x, x["x0"] * 2 + x["x5"]), x, skops_trusted_types=TREE_TYPES), x
     x = houses(400)
-    pipe = Pipeline([("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"])], remainder="passthrough")),
+    dense = kind == "frame"  # pandas output takes no sparse matrix
+    encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=not dense)
+    columns = ColumnTransformer([("city", encoder, ["city"])], remainder="passthrough")
+    pipe = Pipeline([("columns", columns.set_output(transform="pandas") if dense else columns),
                      ("trees", GradientBoostingRegressor(n_estimators=40, random_state=0))])
     return log_sklearn(name, pipe.fit(x, x["size"] * 3 + x["rooms"] * 10 + (x["city"] == "oslo") * 25), x, skops_trusted_types=TREE_TYPES), x
 
 
-@pytest.fixture(scope="module", params=["trees", "pipe"])
+PATHS = {"trees": "matrix", "pipe": "columns", "frame": "frame"}
+
+
+@pytest.fixture(scope="module", params=list(PATHS))
 def batched(request, tracking, tmp_path_factory):
     """(server, pyfunc, inputs) for a model served with a 50 ms batching window."""
     import mlflow
@@ -46,8 +53,12 @@ def batched(request, tracking, tmp_path_factory):
         mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
         pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{info.registered_model_version}")
     server = start_serving(tracking, name, tmp_path_factory.mktemp(name), batch_wait_ms="50", shutdown_delay_seconds="0")
-    yield server, pyfunc, x
-    server.stop()
+    try:
+        version = json.loads(get(server, "/version")[1])
+        assert version["path"] == PATHS[kind], version["reason"]
+        yield server, pyfunc, x
+    finally:
+        server.stop()
 
 
 def model_calls(server) -> float:

@@ -15,7 +15,8 @@ from tests.services.conftest import start_serving
 from tests.services.test_serving import assert_same_as_mlflow, get, mlflow_answer, post, tracking_admin
 
 TREE_TYPES = ["sklearn.tree._tree.Tree"]  # skops refuses tree internals unless named (we made them)
-EXPECTED_PATH = {"proba": "matrix", "pipe": "frame", "ints": "matrix", "trees": "matrix", "dict": "pyfunc", "rows": "frame", "nan": "matrix"}
+EXPECTED_PATH = {"proba": "matrix", "pipe": "columns", "ints": "matrix", "trees": "matrix", "dict": "pyfunc",
+                 "rows": "frame", "nan": "matrix"}
 
 
 def houses(n: int, seed: int = 0) -> pd.DataFrame:
@@ -221,7 +222,7 @@ def test_a_non_finite_prediction_is_written_as_mlflow_writes_it_never_as_null(se
 
 def test_the_matrix_path_is_refused_when_it_would_answer_differently(tmp_path):
     """A pipeline that picks numeric columns by name cannot take a matrix: the check on load sends
-    it to the frame path, which gives pyfunc.predict's answer."""
+    it to a path with named columns, which gives pyfunc.predict's answer."""
     import mlflow
     from mlflow.models import infer_signature
     from sklearn.compose import ColumnTransformer
@@ -235,4 +236,4 @@ def test_the_matrix_path_is_refused_when_it_would_answer_differently(tmp_path):
     pipe = Pipeline([("scale", ColumnTransformer([("y", StandardScaler(), ["y"])])), ("ridge", Ridge())]).fit(x, x["x"])
     mlflow.sklearn.save_model(pipe, tmp_path / "m", signature=infer_signature(x, pipe.predict(x)), input_example=x.head(3))
     path = choose(mlflow.pyfunc.load_model(str(tmp_path / "m")), batching=True)
-    assert path.kind == "frame" and path.batchable and "matrix" in path.reason, path.reason
+    assert path.kind == "columns" and path.batchable and "matrix" in path.reason, path.reason
