@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 import pulumi
@@ -135,7 +135,8 @@ class ManagedTrackingArgs(_ArtifactStoreArgs):
 
 @dataclass(frozen=True, kw_only=True)
 class SelfHostedTrackingArgs(_ArtifactStoreArgs):
-    """`tracking.mode: selfHosted`: MLflow on the cluster with its own RDS PostgreSQL."""
+    """`tracking.mode: selfHosted`: MLflow on the cluster with its own RDS PostgreSQL. Values from the stack's
+    `tracking` and `database` settings (defaults in infra/profiles.py and infra/settings.py only) and the platform."""
 
     vpc_id: pulumi.Input[str]
     vpc_cidr: str
@@ -147,24 +148,24 @@ class SelfHostedTrackingArgs(_ArtifactStoreArgs):
     replicas: int
     database: DatabaseArgs
     exposure: Literal["internalAlb", "clusterOnly"]
-    certificate_arn: str | None = None
+    certificate_arn: str | None
     """ACM certificate for an HTTPS listener on the internal ALB; without it the ALB listens on HTTP 80 inside the VPC."""
-    load_balancer_cidrs: Sequence[str] = ()
+    load_balancer_cidrs: Sequence[str]
     """Blocks of the internal load balancers' subnets (components/network.py): with `internalAlb`, the
     only addresses the NetworkPolicy admits besides the client namespaces (the ALB connects from them)."""
-    allowed_hosts: Sequence[str] = ()
+    allowed_hosts: Sequence[str]
     """Extra Host headers the server accepts (an internal DNS name for the ALB, say)."""
     protect: bool
     """Deletion protection on the database, `protect` on it and its secrets (prod)."""
-    load_balancer_controller: pulumi.Resource | None = None
+    load_balancer_controller: pulumi.Resource | None
     """The Ingress depends on it, so destroy removes the ALB while the controller still runs."""
     ingress_group: str
     """ALB ingress group shared with the model endpoints: one internal load balancer for all of them."""
-    node_selector: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str]
     """Where the server pods run (dev pins them to the system nodes so no pool node is needed)."""
-    reader_endpoints: Sequence[str] = ()
+    reader_endpoints: Sequence[str]
     """Model endpoints: each gets its own read-only tracking user (`serving-<endpoint>`) and password secret."""
-    writer_models: Mapping[str, str] = field(default_factory=dict)
+    writer_models: Mapping[str, str]
     """Training pipelines -> the model each trains: each gets its own tracking user (`training-<pipeline>`,
     write access to its experiment and model only, services/tracking/writers.py) and password secret."""
 

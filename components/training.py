@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import pulumi
@@ -61,28 +61,30 @@ PASSWORD_DIR = "/etc/training/tracking"
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineArgs:
+    """One pipeline's settings (`pipelines[]`; defaults in infra/settings.py only, none repeated here)."""
+
     name: str
     model: str
     entry_point: str
     data: str
     """The `.dvc` file: a path in the image, or an `s3://` URL in the datasets bucket."""
     image: str
-    schedule: str | None = None
+    schedule: str | None
     """Cron schedule (UTC); None: suspended, runs only when started (by hand or on drift)."""
-    cpu: str = "1"
-    memory: str = "4Gi"
-    gpu: int = 0
-    scratch: str = "10Gi"
+    cpu: str
+    memory: str
+    gpu: int
+    scratch: str
     """Local disk for the data and MLflow's temporary files (an emptyDir at /tmp)."""
-    timeout_minutes: int = 60
-    retries: int = 1
-    params: Mapping[str, Any] = field(default_factory=dict)
-    min_improvement: float = 0.01
-    canary_alias: str | None = None
+    timeout_minutes: int
+    retries: int
+    params: Mapping[str, Any]
+    min_improvement: float
+    canary_alias: str | None
     """The endpoint's canary alias: a passing version goes there first."""
-    endpoint: str | None = None
+    endpoint: str | None
     """The endpoint whose `DataDriftHigh` retrains this pipeline (through the receiver)."""
-    retrain_min_interval_minutes: int = 360
+    retrain_min_interval_minutes: int
 
     def __post_init__(self) -> None:
         problems = []
@@ -109,11 +111,11 @@ class TrainingArgs:
     """In-cluster URL of the tracking server."""
     tracking_passwords: Mapping[str, pulumi.Input[str]]
     """Per pipeline: its tracking user's password (TrackingServer.writer_passwords)."""
-    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
-    gpu_toleration: Mapping[str, str] = field(default_factory=dict)
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    """Where CPU pipelines run when not on the Karpenter CPU pool (dev: the system nodes)."""
-    receiver_token: pulumi.Input[str] | None = None
+    gpu_node_selector: Mapping[str, str]
+    gpu_toleration: Mapping[str, str]
+    node_selector: Mapping[str, str]
+    """Where CPU pipelines run when not on the Karpenter CPU pool (dev: the system nodes; empty: anywhere)."""
+    receiver_token: pulumi.Input[str] | None
     """The bearer token Alertmanager sends (Monitoring.retrain_token); required when a pipeline names an endpoint."""
 
     def __post_init__(self) -> None:

@@ -187,7 +187,8 @@ def self_hosted_args(**overrides) -> SelfHostedTrackingArgs:
     database = DatabaseArgs(instance_class="db.t4g.micro", multi_az=False, allocated_storage_gb=20, backup_retention_days=1, engine_version="17")
     values = dict(artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k", vpc_id="vpc", vpc_cidr="10.0.0.0/16", subnet_ids=("s",),
                   cluster_security_group_id="sg", identity=object(), image="repo/tracking:1", replicas=1, database=database,
-                  exposure="clusterOnly", protect=False, ingress_group="internal")
+                  exposure="clusterOnly", protect=False, ingress_group="internal", certificate_arn=None, load_balancer_cidrs=(),
+                  allowed_hosts=(), load_balancer_controller=None, node_selector={}, reader_endpoints=(), writer_models={})
     return SelfHostedTrackingArgs(**{**values, **overrides})  # type: ignore[arg-type]
 
 
