@@ -55,7 +55,8 @@ def unknown_variables(settings: type[BaseSettings], environ: Mapping[str, str]) 
     if not prefix:
         return []
     known, links = set(setting_names(settings)), service_link_variables(environ)
-    return sorted(name for name in environ if name.upper().startswith(prefix) and name.upper() not in known and name not in links)
+    return sorted(name for name in environ
+                  if name.upper().startswith(prefix) and name.upper() not in known and name not in links)
 
 
 def check_environment(settings: type[BaseSettings], environ: Mapping[str, str]) -> None:

@@ -130,7 +130,8 @@ def use_tracking_password(settings: TrainingSettings) -> None:
     try:
         password = Path(settings.tracking_password_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ValueError(f"TRAINING_TRACKING_PASSWORD_FILE: cannot read {settings.tracking_password_file}: {exc.strerror}") from None
+        raise ValueError(f"TRAINING_TRACKING_PASSWORD_FILE: cannot read {settings.tracking_password_file}: "
+                         f"{exc.strerror}") from None
     if not password:
         raise ValueError(f"TRAINING_TRACKING_PASSWORD_FILE: {settings.tracking_password_file} is empty")
     os.environ["MLFLOW_TRACKING_PASSWORD"] = password

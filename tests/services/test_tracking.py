@@ -122,7 +122,8 @@ def test_server_command_enables_auth_proxying_and_host_checks_and_holds_no_crede
     env = server_environment(settings, backend_uri="postgresql+psycopg2://u:secret@db/mlflow", config_path="/tmp/c.ini", password="p", key="k")
     assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://u:secret@db/mlflow"
     assert "database_uri = postgresql://u:p%%40x@db" in auth_config(settings, "postgresql://u:p%40x@db")
-    assert "authorization_function = services.tracking.auth:authenticate_request_with_scoped_users" in auth_config(settings, "sqlite://")
+    config = auth_config(settings, "sqlite://")
+    assert "authorization_function = services.tracking.auth:authenticate_request_with_scoped_users" in config
 
 
 @pytest.mark.parametrize(("key", "value"), [("TRACKING_DATABASE_USER", "Robert'); DROP"), ("TRACKING_READERS", "not json"),

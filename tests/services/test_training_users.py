@@ -88,7 +88,8 @@ def test_a_pipeline_user_runs_its_pipeline_and_writes_nothing_else(tracking, pip
     password_file = tmp_path / "password"
     password_file.write_text(pipeline_user + "\n")
     outcome = run(TrainingSettings(pipeline="perm", model_name="perm-model", entry_point="examples.diabetes:task",
-                                   data=str(write_dataset(tmp_path / "diabetes.csv")), tracking_password_file=str(password_file)))
+                                   data=str(write_dataset(tmp_path / "diabetes.csv")),
+                                   tracking_password_file=str(password_file)))
     assert outcome.version == "1" and outcome.decision.promote  # runs, registers, tags and moves aliases of its own model
     client = MlflowClient()
     assert client.get_model_version_by_alias("perm-model", "champion").version == "1"
@@ -119,12 +120,13 @@ def test_a_pipeline_user_runs_its_pipeline_and_writes_nothing_else(tracking, pip
     assert mlflow.get_experiment(other_experiment) is not None  # reading is allowed
     with admin_client(tracking)[0]:
         assert {m.name for m in admin.search_registered_models()} >= {"perm-model", "someone-elses-model"}
-        assert not admin.search_registered_models("name = 'perms-new-model'") and not admin.get_experiment_by_name("perms-new-experiment")
+        assert not admin.search_registered_models("name = 'perms-new-model'")
+        assert not admin.get_experiment_by_name("perms-new-experiment")
         assert admin.get_model_version_by_alias("perm-model", "champion").version == "1"
 
 
 def test_a_pipeline_user_creates_and_administers_nothing(tracking, pipeline_user):
-    """Over HTTP, as any client could ask: creations, another pipeline's writes, users and permissions, gateway, jobs."""
+    """Over HTTP, as any client could ask: creations, writes elsewhere, users and permissions, traces."""
     user, password = writer_username("perm"), pipeline_user
     context, admin = admin_client(tracking)
     with context:
@@ -133,7 +135,8 @@ def test_a_pipeline_user_creates_and_administers_nothing(tracking, pipeline_user
     attempts: list[tuple[str, str, dict]] = [
         ("POST", "/api/2.0/mlflow/experiments/create", {"name": "perms-own"}),
         ("POST", "/api/2.0/mlflow/registered-models/create", {"name": "perms-own-model"}),
-        ("POST", "/api/2.0/mlflow/registered-models/create", {"name": "perms-own-prompt", "tags": [{"key": "mlflow.prompt.is_prompt", "value": "true"}]}),
+        ("POST", "/api/2.0/mlflow/registered-models/create",
+         {"name": "perms-own-prompt", "tags": [{"key": "mlflow.prompt.is_prompt", "value": "true"}]}),
         ("POST", "/api/2.0/mlflow/runs/create", {"experiment_id": other}),
         ("POST", "/api/2.0/mlflow/logged-models", {"experiment_id": other, "name": "m"}),
         ("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{other}/models/m-1/artifacts/evil.txt", {}),
@@ -142,28 +145,34 @@ def test_a_pipeline_user_creates_and_administers_nothing(tracking, pipeline_user
         ("POST", "/api/2.0/mlflow/experiments/update", {"experiment_id": own, "new_name": "renamed"}),
         ("PATCH", "/api/2.0/mlflow/registered-models/update", {"name": "perm-model", "description": "x"}),
         ("POST", "/api/2.0/mlflow/users/create", {"username": "training-x", "password": secrets.token_urlsafe(18)}),
-        ("PATCH", "/api/2.0/mlflow/users/update-password", {"username": "admin", "password": secrets.token_urlsafe(18)}),
+        ("PATCH", "/api/2.0/mlflow/users/update-password",
+         {"username": "admin", "password": secrets.token_urlsafe(18)}),
         ("PATCH", "/api/2.0/mlflow/users/update-admin", {"username": user, "is_admin": True}),
         ("POST", "/api/3.0/mlflow/users/permissions/grant",
          {"username": user, "resource_type": "experiment", "resource_id": other, "permission": "EDIT"}),
-        ("POST", "/api/2.0/mlflow/experiments/permissions/create", {"experiment_id": other, "username": user, "permission": "EDIT"}),
+        ("POST", "/api/2.0/mlflow/experiments/permissions/create",
+         {"experiment_id": other, "username": user, "permission": "EDIT"}),
         ("POST", "/v1/traces", {}),
     ]
     answers = [(m, p, call(tracking.url, user, password, m, p, body)) for m, p, body in attempts]
     assert answers == [(m, p, 403) for m, p, _ in attempts]
     with admin_client(tracking)[0]:
-        assert not admin.search_registered_models("name LIKE 'perms-own%'") and not admin.get_experiment_by_name("perms-own")
-        assert admin.get_experiment(own).name == "pipelines/perm" and admin.get_experiment(other).lifecycle_stage == "active"
+        assert not admin.search_registered_models("name LIKE 'perms-own%'")
+        assert not admin.get_experiment_by_name("perms-own")
+        assert admin.get_experiment(own).name == "pipelines/perm"
+        assert admin.get_experiment(other).lifecycle_stage == "active"
 
 
 def test_every_other_write_route_of_the_server_refuses_a_pipeline_user(tracking, pipeline_user, tmp_path):
     user, password = writer_username("perm"), pipeline_user
-    routes = {(m, re.sub(r"<[^>]+>|\{[^}]+\}", "x", p)) for m, p in server_routes(tmp_path) if m not in ("GET", "HEAD", "OPTIONS")}
+    routes = {(m, re.sub(r"<[^>]+>|\{[^}]+\}", "x", p))
+              for m, p in server_routes(tmp_path) if m not in ("GET", "HEAD", "OPTIONS")}
     allowed = {(m, p, suffix) for m, p in routes for method, suffix in PIPELINE_ROUTES
                if m == method and re.fullmatch(r"/(?:ajax-)?api/\d\.\d" + re.escape(suffix), p)}
     assert {(m, suffix) for m, _, suffix in allowed} == PIPELINE_ROUTES  # each is a route of the server as it runs
     writes = sorted(routes - {(m, p) for m, p, _ in allowed} - {("POST", p) for p in READ_ONLY_POSTS})
-    assert len(writes) > 250 and ("POST", "/v1/traces") in writes and ("POST", "/api/2.0/mlflow/experiments/create") in writes
+    assert len(writes) > 250 and ("POST", "/v1/traces") in writes
+    assert ("POST", "/api/2.0/mlflow/experiments/create") in writes
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda route: call(tracking.url, user, password, *route), writes))
     open_routes = [(route, status) for route, status in zip(writes, answers, strict=True) if status != 403]
@@ -196,5 +205,5 @@ def test_an_unreadable_or_empty_password_file_stops_the_run_before_anything_is_l
         path.write_text(content)
     settings = TrainingSettings(pipeline="perm", model_name="perm-model", entry_point="examples.diabetes:task",
                                 data=str(tmp_path / "none.csv"), tracking_password_file=str(path))
-    with pytest.raises(ValueError, match=f"TRAINING_TRACKING_PASSWORD_FILE: {re.escape(str(path))} {message}|{message}"):
+    with pytest.raises(ValueError, match=f"TRAINING_TRACKING_PASSWORD_FILE: .*{message}"):
         run(settings)

@@ -73,7 +73,8 @@ def test_checkov_finds_nothing_in_a_stack_with_a_training_pipeline(pipeline_stac
     failed = [(c["check_id"], c["resource"], c["check_name"]) for c in results["failed_checks"]]
     assert failed == [] and summary["failed"] == 0, failed
     checked = {(c["check_id"], c["resource"]) for c in results["passed_checks"]}
-    assert ("CKV_K8S_35", "CronJob.training.diabetes") in checked and ("CKV_K8S_22", "CronJob.training.diabetes") in checked
+    assert ("CKV_K8S_35", "CronJob.training.diabetes") in checked  # secrets as files, not env vars
+    assert ("CKV_K8S_22", "CronJob.training.diabetes") in checked  # read-only root file system
     assert summary["parsing_errors"] == 0
 
 

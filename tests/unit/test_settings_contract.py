@@ -27,13 +27,13 @@ from tests.conftest import offline_stack
 
 REPOSITORIES = {"repositories": ["serving", "tracking", "drift", "training"]}
 PIPELINES = [
-    {"name": "diabetes", "model": "diabetes", "entryPoint": "examples.diabetes:task", "data": "examples/data/diabetes.csv.dvc",
-     "endpoint": "diabetes"},
-    {"name": "reranker", "model": "reranker", "entryPoint": "rerank.train:task", "data": "s3://team-data/rerank.parquet.dvc",
-     "schedule": "0 3 * * 1", "gpu": 1},
+    {"name": "diabetes", "model": "diabetes", "entryPoint": "examples.diabetes:task",
+     "data": "examples/data/diabetes.csv.dvc", "endpoint": "diabetes"},
+    {"name": "reranker", "model": "reranker", "entryPoint": "rerank.train:task",
+     "data": "s3://team-data/rerank.parquet.dvc", "schedule": "0 3 * * 1", "gpu": 1},
 ]
 THIRD_PARTY = {
-    "MLFLOW_TRACKING_URI": "MLflow's client: mlflow.environment_variables.MLFLOW_TRACKING_URI (mlflow.get_tracking_uri)",
+    "MLFLOW_TRACKING_URI": "MLflow's client: mlflow.environment_variables.MLFLOW_TRACKING_URI (get_tracking_uri)",
     "MLFLOW_TRACKING_USERNAME": "MLflow's client: mlflow.utils.credentials.read_mlflow_creds (basic auth user)",
     "AWS_DEFAULT_REGION": "boto3/botocore: botocore.configprovider.BOTOCORE_DEFAUT_SESSION_VARIABLES['region']",
 }
@@ -70,7 +70,8 @@ def containers(inventory) -> list[tuple[str, type[BaseSettings], list[str]]]:
         for container in (pod or {}).get("containers", []) + (pod or {}).get("initContainers", []):
             settings = settings_of(container["image"], container.get("args"))
             if settings is not None:
-                workload = f"{resource.type.rsplit(':', 1)[-1]} {resource.inputs['metadata']['name']}/{container['name']}"
+                kind, name = resource.type.rsplit(":", 1)[-1], resource.inputs["metadata"]["name"]
+                workload = f"{kind} {name}/{container['name']}"
                 found.append((workload, settings, [e["name"] for e in container.get("env", [])]))
     return found
 
@@ -86,15 +87,19 @@ def workloads():
 
 
 def test_every_variable_a_component_sets_is_read_by_its_service(workloads):
-    assert {settings for _, settings, _ in workloads} == {ServingSettings, TrackingSettings, TrainingSettings, ReceiverSettings}
-    assert len(workloads) >= 8  # servers of three endpoints' tracks, the tracking server and its Jobs, two CronJobs, the receiver
+    kinds = {settings for _, settings, _ in workloads}
+    assert kinds == {ServingSettings, TrackingSettings, TrainingSettings, ReceiverSettings}
+    assert len(workloads) >= 8  # model-server tracks, tracking server and Jobs, CronJobs, receiver
     problems = {workload: unread(settings, names) for workload, settings, names in workloads if unread(settings, names)}
     assert problems == {}
 
 
 def test_each_settings_class_gets_what_it_cannot_start_without(workloads):
-    required = {settings: {f"{settings.model_config['env_prefix']}{name}".upper() for name, field in settings.model_fields.items()
-                           if field.is_required()} for settings in (ServingSettings, TrainingSettings, ReceiverSettings)}
+    required = {
+        settings: {f"{settings.model_config['env_prefix']}{name}".upper()
+                   for name, field in settings.model_fields.items() if field.is_required()}
+        for settings in (ServingSettings, TrainingSettings, ReceiverSettings)
+    }
     for workload, settings, names in workloads:
         assert required.get(settings, set()) <= set(names), workload
 
@@ -102,7 +107,8 @@ def test_each_settings_class_gets_what_it_cannot_start_without(workloads):
 def test_a_variable_no_service_reads_is_found(workloads):
     """The check itself: one more variable on a model server, a misspelt one on a pipeline, are reported."""
     workload, settings, names = next(w for w in workloads if w[1] is ServingSettings)
-    assert unread(settings, [*names, "SERVING_BATCH_SIZ", "MLFLOW_TRACKING_PASSWORD"]) == ["MLFLOW_TRACKING_PASSWORD", "SERVING_BATCH_SIZ"]
+    extra = ["SERVING_BATCH_SIZ", "MLFLOW_TRACKING_PASSWORD"]
+    assert unread(settings, [*names, *extra]) == sorted(extra)
     assert unread(TrainingSettings, ["TRAINING_PIPELINE", "TRAINING_TRACKING_PASSWORD_FIEL", "AWS_REGION"]) == [
         "AWS_REGION", "TRAINING_TRACKING_PASSWORD_FIEL"]
 
@@ -135,7 +141,8 @@ def test_an_unknown_variable_with_the_prefix_stops_the_settings(settings, monkey
     with pytest.raises(UnknownSettingError) as caught:
         settings()
     message = caught.value.message
-    assert message.startswith(f"unknown setting {prefix}PORTT") and f"allowed: {', '.join(setting_names(settings))}" in message
+    assert message.startswith(f"unknown setting {prefix}PORTT")
+    assert f"allowed: {', '.join(setting_names(settings))}" in message
 
 
 def test_kubernetes_service_links_are_not_taken_for_settings(monkeypatch):
@@ -155,15 +162,18 @@ def test_kubernetes_service_links_are_not_taken_for_settings(monkeypatch):
 @pytest.mark.parametrize("command, env, typo, expected", [
     (["-m", "services.serving"], {"SERVING_MODEL_NAME": "m"}, "SERVING_BATCH_SIZ", "SERVING_BATCH_WAIT_MS"),
     (["-m", "services.tracking.entrypoint", "serve"], {}, "TRACKING_ADMIN_PASWORD", "TRACKING_ADMIN_PASSWORD"),
-    (["-m", "services.training", "run"], {"TRAINING_PIPELINE": "p", "TRAINING_MODEL_NAME": "m", "TRAINING_ENTRY_POINT": "a:b",
-                                          "TRAINING_DATA": "x.csv"}, "TRAINING_TRACKING_PASWORD_FILE", "TRAINING_TRACKING_PASSWORD_FILE"),
-    (["-m", "services.training", "receiver"], {"RECEIVER_PIPELINES_FILE": "/nonexistent"}, "RECEIVER_TOKN", "RECEIVER_TOKEN"),
+    (["-m", "services.training", "run"],
+     {"TRAINING_PIPELINE": "p", "TRAINING_MODEL_NAME": "m", "TRAINING_ENTRY_POINT": "a:b", "TRAINING_DATA": "x.csv"},
+     "TRAINING_TRACKING_PASWORD_FILE", "TRAINING_TRACKING_PASSWORD_FILE"),
+    (["-m", "services.training", "receiver"], {"RECEIVER_PIPELINES_FILE": "/nonexistent"},
+     "RECEIVER_TOKN", "RECEIVER_TOKEN"),
 ])
 def test_a_service_started_with_a_misspelt_variable_exits_naming_it(command, env, typo, expected):
     """The real entry points, as the images run them: exit 1 at once, the variable and the allowed ones on stderr."""
     import os
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "TRACKING_", "TRAINING_", "RECEIVER_"))}
+    prefixes = ("SERVING_", "TRACKING_", "TRAINING_", "RECEIVER_")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env={**clean, **env, typo: "1"},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr

@@ -111,14 +111,15 @@ def test_each_pipeline_has_its_own_tracking_user_with_a_generated_password(prod)
     job = cron_jobs(prod)["diabetes"]
     env = env_of(job)
     assert env["MLFLOW_TRACKING_USERNAME"] == "training-diabetes"
-    # the password is a file from the pipeline's Secret (read-only volume), in no environment variable (checkov CKV_K8S_35)
+    # the password is a file from the pipeline's Secret (read-only volume), in no env variable (checkov CKV_K8S_35)
     assert "MLFLOW_TRACKING_PASSWORD" not in env and not [v for v in env.values() if isinstance(v, dict)]
     pod = pod_of(job)
     (volume,) = [v for v in pod["volumes"] if "secret" in v]
     assert volume["secret"] == {"secretName": "pipeline-diabetes-tracking", "defaultMode": 0o440}
     (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
     assert mount["readOnly"] is True and env["TRAINING_TRACKING_PASSWORD_FILE"] == mount["mountPath"] + "/password"
-    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
     (ensure,) = [j for j in prod.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-ensure-reader")]
     writers = json.loads({e["name"]: e["value"] for e in ensure.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}["TRACKING_WRITERS"])
     assert {p: w["model"] for p, w in writers.items()} == {"diabetes": "diabetes", "reranker": "reranker"}
