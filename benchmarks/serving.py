@@ -64,6 +64,9 @@ class Result:
     """CPU the hypervisor took from this machine during the measurement, in cores."""
     cpu_ms_per_request: float
     """CPU time the server's processes spent per answered request (robust to other load on the machine)."""
+    requests_per_model_call: float | None = None
+    """This server: answered requests per model call (its /metrics). It depends on how wrk's connections
+    landed on the workers (all on one: batches of up to --connections; spread: fewer per worker)."""
 
 
 def wrk(url: str, body: bytes, *, duration: int, connections: int, threads: int) -> tuple[float, float, float, int]:
@@ -168,18 +171,35 @@ def measure(kind: str, pair: tuple[Server, Server], args: argparse.Namespace) ->
         for name, server in ((BASELINE, theirs), (OURS, ours)):
             wrk(server.url + "/invocations", body, duration=2, connections=args.connections, threads=args.threads)  # warm-up
             cpu_before, machine_before = cpu_seconds(server.process.pid), MachineCpu.now()
+            calls_before = model_calls(server) if server is ours else None
             rps, p50, p99, errors = wrk(server.url + "/invocations", body, duration=args.duration, connections=args.connections, threads=args.threads)
             external, steal = machine_before.outside_bench_since()
             cpu_ms = 1000 * (cpu_seconds(server.process.pid) - cpu_before) / max(1.0, rps * args.duration)
+            batch = None
+            if calls_before is not None:
+                answered, calls = model_calls(server)
+                batch = round((answered - calls_before[0]) / max(1.0, calls - calls_before[1]), 2)
             results.append(Result(kind, name, rows, rps, p50, p99, errors, round(external, 3), round(steal, 3),
-                                  round(cpu_ms, 4)))
+                                  round(cpu_ms, 4), batch))
             print(f"[bench] {kind:9} {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
                   f"cpu {cpu_ms:6.3f} ms/request  errors {errors}  "
-                  f"(outside the bench: {external:.2f} cores, steal {steal:.2f})")
+                  + (f"requests/model call {batch:.1f}  " if batch is not None else "")
+                  + f"(outside the bench: {external:.2f} cores, steal {steal:.2f})")
             if external > args.max_external_cpu:
                 print(f"[bench] WARNING: other processes used {external:.2f} CPU cores during this measurement "
                       f"(> {args.max_external_cpu}): the machine is busy, these figures are not valid")
     return results
+
+
+def model_calls(server: Server) -> tuple[float, float]:
+    """(requests answered, model calls) so far, from the platform server's /metrics (all workers)."""
+    import urllib.request
+
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    answered = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("serving_request_rows_count{"))
+    calls = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("serving_batch_rows_count{"))
+    return answered, calls
 
 
 def process_times() -> dict[int, tuple[int, int]]:
