@@ -37,7 +37,9 @@ def service_link_variables(environ: Mapping[str, str]) -> set[str]:
     """The variables Kubernetes set for the Services of the pod's namespace (those with a `<NAME>_SERVICE_HOST`)."""
     services = [name[: -len(SERVICE_HOST)] for name in environ if name.endswith(SERVICE_HOST)]
     return {
-        name for name in environ for service in services
+        name
+        for name in environ
+        for service in services
         if name in (f"{service}{SERVICE_HOST}", f"{service}_SERVICE_PORT", f"{service}_PORT")
         or name.startswith((f"{service}_SERVICE_PORT_", f"{service}_PORT_"))
     }
@@ -55,8 +57,9 @@ def unknown_variables(settings: type[BaseSettings], environ: Mapping[str, str]) 
     if not prefix:
         return []
     known, links = set(setting_names(settings)), service_link_variables(environ)
-    return sorted(name for name in environ
-                  if name.upper().startswith(prefix) and name.upper() not in known and name not in links)
+    return sorted(
+        name for name in environ if name.upper().startswith(prefix) and name.upper() not in known and name not in links
+    )
 
 
 def check_environment(settings: type[BaseSettings], environ: Mapping[str, str]) -> None:
@@ -70,8 +73,10 @@ def check_environment(settings: type[BaseSettings], environ: Mapping[str, str]) 
         close = difflib.get_close_matches(name.upper(), allowed, n=1)
         problems.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
     prefix = str(settings.model_config.get("env_prefix", ""))
-    raise UnknownSettingError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(problems)}: "
-                              f"{settings.__name__} reads no such {prefix}* variable; allowed: {', '.join(allowed)}")
+    raise UnknownSettingError(
+        f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(problems)}: "
+        f"{settings.__name__} reads no such {prefix}* variable; allowed: {', '.join(allowed)}"
+    )
 
 
 class StrictEnvSettings(BaseSettings):

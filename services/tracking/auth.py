@@ -39,19 +39,22 @@ READ_ONLY_POSTS = (
     "/mlflow/registered-models/get-latest-versions",
 )
 """POST routes that only read (search bodies are too big for a query string)."""
-PIPELINE_WRITES = tuple((method, re.compile(pattern)) for method, pattern in (
-    # a run in the pipeline's experiment: create, log, tag, end (MLflow checks EDIT on the run's experiment)
-    ("POST", r"/mlflow/runs/(?:create|update|log-metric|log-parameter|log-batch|log-inputs|outputs|set-tag)"),
-    # the run's logged model (MLflow 3): create, finalize, tag, params (EDIT on its experiment)
-    ("POST", r"/mlflow/logged-models"),
-    ("PATCH", r"/mlflow/logged-models/[^/]+(?:/tags)?"),
-    ("POST", r"/mlflow/logged-models/[^/]+/params"),
-    # artifact uploads through the server's proxy (EDIT on the experiment the path names)
-    ("PUT", r"/mlflow-artifacts/artifacts/.+"),
-    # a version of the pipeline's model, its tags and aliases (EDIT on the registered model)
-    ("POST", r"/mlflow/model-versions/(?:create|set-tag)"),
-    ("POST", r"/mlflow/registered-models/(?:alias|set-tag)"),
-))
+PIPELINE_WRITES = tuple(
+    (method, re.compile(pattern))
+    for method, pattern in (
+        # a run in the pipeline's experiment: create, log, tag, end (MLflow checks EDIT on the run's experiment)
+        ("POST", r"/mlflow/runs/(?:create|update|log-metric|log-parameter|log-batch|log-inputs|outputs|set-tag)"),
+        # the run's logged model (MLflow 3): create, finalize, tag, params (EDIT on its experiment)
+        ("POST", r"/mlflow/logged-models"),
+        ("PATCH", r"/mlflow/logged-models/[^/]+(?:/tags)?"),
+        ("POST", r"/mlflow/logged-models/[^/]+/params"),
+        # artifact uploads through the server's proxy (EDIT on the experiment the path names)
+        ("PUT", r"/mlflow-artifacts/artifacts/.+"),
+        # a version of the pipeline's model, its tags and aliases (EDIT on the registered model)
+        ("POST", r"/mlflow/model-versions/(?:create|set-tag)"),
+        ("POST", r"/mlflow/registered-models/(?:alias|set-tag)"),
+    )
+)
 """(method, path after the API prefix) a pipeline user may write through; the training flow's calls, nothing more."""
 CREATE_REGISTERED_MODEL = "/mlflow/registered-models/create"
 _API_PREFIX = re.compile(r"^(?:/[^/]+)*?/(?:ajax-)?api/\d+\.\d+")
@@ -73,7 +76,7 @@ def is_pipeline_user(username: str | None) -> bool:
 def _api_route(path: str) -> str | None:
     """The path after `/api/2.0` (or `/ajax-api/3.0`, ...), or None for a path outside the API."""
     match = _API_PREFIX.match(path)
-    return path[match.end():] if match else None
+    return path[match.end() :] if match else None
 
 
 def is_read_request(method: str, path: str) -> bool:

@@ -62,7 +62,10 @@ def require_strong(what: str, password: str | None, *, setting: str, context: Se
     result = zxcvbn(password[:100], user_inputs=["mlflow", "tracking", *context])
     if result["score"] < MIN_SCORE:
         hint = result["feedback"].get("warning") or "too predictable"
-        raise StartupError(f"the {what} is weak ({hint}: zxcvbn score {result['score']} of 4, {MIN_SCORE} required); generate one (the platform does)")
+        raise StartupError(
+            f"the {what} is weak ({hint}: zxcvbn score {result['score']} of 4, {MIN_SCORE} required); generate one "
+            "(the platform does)"
+        )
     return password
 
 
@@ -82,6 +85,8 @@ def with_login(uri: str, login: DatabaseLogin | None) -> str:
 def master_login(secret_arn: str | None, region: str | None) -> DatabaseLogin:
     """The RDS master credentials as they are now (RDS rotates the password every 7 days)."""
     if not secret_arn:
-        raise StartupError("the database URI has placeholders: set TRACKING_DATABASE_SECRET_ARN (the RDS master secret) for migrate")
+        raise StartupError(
+            "the database URI has placeholders: set TRACKING_DATABASE_SECRET_ARN (the RDS master secret) for migrate"
+        )
     value = json.loads(fetch_secret(secret_arn, region))
     return DatabaseLogin(value["username"], value["password"])

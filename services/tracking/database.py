@@ -28,7 +28,9 @@ def ensure_database(admin_uri: str, database: str) -> bool:
     engine = sqlalchemy.create_engine(admin_uri, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            exists = connection.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database}).scalar()
+            exists = connection.execute(
+                sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": database}
+            ).scalar()
             if exists:
                 return False
             quoted = engine.dialect.identifier_preparer.quote(database)
@@ -72,12 +74,16 @@ def ensure_role(admin_uri: str, login: DatabaseLogin) -> None:
     try:
         with engine.connect() as connection:
             role = engine.dialect.identifier_preparer.quote(login.username)
-            exists = connection.execute(sqlalchemy.text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": login.username}).scalar()
+            exists = connection.execute(
+                sqlalchemy.text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": login.username}
+            ).scalar()
             verb = "ALTER" if exists else "CREATE"
             # A new role is NOSUPERUSER NOCREATEDB NOCREATEROLE by default (and RDS's master may
             # not name superuser attributes in ALTER). psycopg2 binds parameters on the client,
             # so a utility statement can take one.
-            connection.exec_driver_sql(f"{verb} ROLE {role} WITH LOGIN PASSWORD %s", (scram_verifier(connection, login),))
+            connection.exec_driver_sql(
+                f"{verb} ROLE {role} WITH LOGIN PASSWORD %s", (scram_verifier(connection, login),)
+            )
     finally:
         engine.dispose()
 

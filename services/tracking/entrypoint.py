@@ -25,7 +25,15 @@ from pydantic_settings import SettingsError
 
 from services.env_settings import UnknownSettingError
 from services.tracking.auth import READ_ONLY_PREFIX
-from services.tracking.credentials import DatabaseLogin, StartupError, has_placeholders, master_login, require_strong, resolve, with_login
+from services.tracking.credentials import (
+    DatabaseLogin,
+    StartupError,
+    has_placeholders,
+    master_login,
+    require_strong,
+    resolve,
+    with_login,
+)
 from services.tracking.settings import TrackingSettings
 
 AUTHORIZATION_FUNCTION = "services.tracking.auth:authenticate_request_with_scoped_users"
@@ -36,11 +44,18 @@ APP_ROOT = Path(__file__).resolve().parents[2]
 def resolve_secrets(settings: TrackingSettings) -> tuple[str, str]:
     """(admin password, Flask secret key), from the environment or Secrets Manager."""
     password = resolve(settings.admin_password, settings.admin_password_secret_arn, settings.region)
-    password = require_strong("admin password", password, setting="TRACKING_ADMIN_PASSWORD or TRACKING_ADMIN_PASSWORD_SECRET_ARN",
-                              context=[settings.admin_username])
+    password = require_strong(
+        "admin password",
+        password,
+        setting="TRACKING_ADMIN_PASSWORD or TRACKING_ADMIN_PASSWORD_SECRET_ARN",
+        context=[settings.admin_username],
+    )
     key = resolve(settings.flask_secret_key, settings.flask_secret_key_secret_arn, settings.region)
     if not key or len(key) < 32:
-        raise StartupError("no Flask secret key of 32+ characters: set TRACKING_FLASK_SECRET_KEY or TRACKING_FLASK_SECRET_KEY_SECRET_ARN")
+        raise StartupError(
+            "no Flask secret key of 32+ characters: set TRACKING_FLASK_SECRET_KEY or "
+            "TRACKING_FLASK_SECRET_KEY_SECRET_ARN"
+        )
     return password, key
 
 
@@ -49,8 +64,12 @@ def server_login(settings: TrackingSettings) -> DatabaseLogin | None:
     if not has_placeholders(settings.backend_store_uri):
         return None
     password = resolve(settings.database_password, settings.database_password_secret_arn, settings.region)
-    password = require_strong("database password", password, setting="TRACKING_DATABASE_PASSWORD or TRACKING_DATABASE_PASSWORD_SECRET_ARN",
-                              context=[settings.database_user])
+    password = require_strong(
+        "database password",
+        password,
+        setting="TRACKING_DATABASE_PASSWORD or TRACKING_DATABASE_PASSWORD_SECRET_ARN",
+        context=[settings.database_user],
+    )
     return DatabaseLogin(settings.database_user, password)
 
 
@@ -68,19 +87,31 @@ def auth_config(settings: TrackingSettings, database_uri: str) -> str:
 def server_command(settings: TrackingSettings) -> list[str]:
     """The argv of the server: no credentials (the backend URI travels in the environment)."""
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--app-name", "basic-auth",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--app-name",
+        "basic-auth",
         "--serve-artifacts",
-        "--artifacts-destination", settings.artifacts_destination,
-        "--host", settings.host,
-        "--port", str(settings.port),
-        "--workers", str(settings.workers),
-        "--allowed-hosts", settings.allowed_hosts,
-        "--cors-allowed-origins", settings.cors_allowed_origins,
+        "--artifacts-destination",
+        settings.artifacts_destination,
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--workers",
+        str(settings.workers),
+        "--allowed-hosts",
+        settings.allowed_hosts,
+        "--cors-allowed-origins",
+        settings.cors_allowed_origins,
     ]
 
 
-def server_environment(settings: TrackingSettings, *, backend_uri: str, config_path: str, password: str, key: str) -> dict[str, str]:
+def server_environment(
+    settings: TrackingSettings, *, backend_uri: str, config_path: str, password: str, key: str
+) -> dict[str, str]:
     env = {
         **os.environ,
         "MLFLOW_BACKEND_STORE_URI": backend_uri,
@@ -94,7 +125,13 @@ def server_environment(settings: TrackingSettings, *, backend_uri: str, config_p
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(APP_ROOT), os.environ.get("PYTHONPATH")])),
     }
-    for name in ("TRACKING_ADMIN_PASSWORD", "TRACKING_FLASK_SECRET_KEY", "TRACKING_DATABASE_PASSWORD", "TRACKING_READER_PASSWORDS", "TRACKING_WRITERS"):
+    for name in (
+        "TRACKING_ADMIN_PASSWORD",
+        "TRACKING_FLASK_SECRET_KEY",
+        "TRACKING_DATABASE_PASSWORD",
+        "TRACKING_READER_PASSWORDS",
+        "TRACKING_WRITERS",
+    ):
         env.pop(name, None)
     return env
 
@@ -109,7 +146,11 @@ def serve(settings: TrackingSettings) -> None:
     with open(os.open(config_path, os.O_WRONLY | os.O_CREAT, 0o600), "w", encoding="utf-8") as fh:
         fh.write(auth_config(settings, auth_db))
     command = server_command(settings)
-    os.execvpe(command[0], command, server_environment(settings, backend_uri=backend, config_path=config_path, password=password, key=key))
+    os.execvpe(
+        command[0],
+        command,
+        server_environment(settings, backend_uri=backend, config_path=config_path, password=password, key=key),
+    )
 
 
 def migrate(settings: TrackingSettings) -> None:
@@ -118,7 +159,11 @@ def migrate(settings: TrackingSettings) -> None:
 
     from services.tracking import database
 
-    master = master_login(settings.database_secret_arn, settings.region) if has_placeholders(settings.backend_store_uri) else None
+    master = (
+        master_login(settings.database_secret_arn, settings.region)
+        if has_placeholders(settings.backend_store_uri)
+        else None
+    )
     backend = with_login(settings.backend_store_uri, master)
     auth_db = with_login(settings.auth_database_uri, master)
     if database.is_postgres(auth_db):
@@ -148,7 +193,12 @@ def reader_passwords(settings: TrackingSettings) -> dict[str, str]:
     for name, password in wanted.items():
         if not name.startswith(READ_ONLY_PREFIX):
             raise StartupError(f"reader {name!r}: read-only user names start with {READ_ONLY_PREFIX!r}")
-        require_strong(f"password of reader {name}", password, setting="TRACKING_READERS or TRACKING_READER_PASSWORDS", context=[name])
+        require_strong(
+            f"password of reader {name}",
+            password,
+            setting="TRACKING_READERS or TRACKING_READER_PASSWORDS",
+            context=[name],
+        )
     return wanted
 
 
@@ -170,10 +220,14 @@ def load_settings() -> TrackingSettings:
     except UnknownSettingError as exc:  # a TRACKING_* variable that names no setting (a typo, a removed setting)
         raise StartupError(exc.message) from None
     except ValidationError as exc:
-        raise StartupError("; ".join(f"TRACKING_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())) from None
+        raise StartupError(
+            "; ".join(f"TRACKING_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        ) from None
     except SettingsError as exc:  # a JSON value (TRACKING_READERS) that does not parse
         field = re.search(r'field "(\w+)"', str(exc))
-        raise StartupError(f"TRACKING_{field.group(1).upper() if field else '?'}: not valid JSON ({exc.__cause__})") from None
+        raise StartupError(
+            f"TRACKING_{field.group(1).upper() if field else '?'}: not valid JSON ({exc.__cause__})"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,9 @@ from services.tracking.auth import is_read_only_user
 def _call(host_creds, path: str, method: str, payload: dict | None = None) -> dict:
     from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-    response = verify_rest_response(http_request(host_creds, path, method, **({"json": payload} if payload else {})), path)
+    response = verify_rest_response(
+        http_request(host_creds, path, method, **({"json": payload} if payload else {})), path
+    )
     return response.json() if response.content else {}
 
 

@@ -37,7 +37,8 @@ class TrackingSettings(StrictEnvSettings):
     model_config = SettingsConfigDict(env_prefix="TRACKING_", extra="ignore")
 
     backend_store_uri: str = "sqlite:////tmp/mlflow.db"
-    """Runs and the model registry: `postgresql+psycopg2://{user}:{password}@host:5432/mlflow?sslmode=require` on the platform, sqlite locally."""
+    """Runs and the model registry: sqlite locally; on the platform
+    `postgresql+psycopg2://{user}:{password}@host:5432/mlflow?sslmode=require`."""
     auth_database_uri: str = "sqlite:////tmp/mlflow-auth.db"
     """Users and permissions of MLflow's basic-auth app (a second database on the same Postgres)."""
     database_secret_arn: str | None = None

@@ -47,7 +47,9 @@ def writers_from_settings(settings) -> dict[str, Writer]:
     for pipeline, spec in settings.writers.items():
         username = writer_username(pipeline)
         secret = resolve(spec.password, spec.password_secret_arn, settings.region)
-        password = require_strong(f"password of pipeline user {username}", secret, setting="TRACKING_WRITERS", context=[username, pipeline])
+        password = require_strong(
+            f"password of pipeline user {username}", secret, setting="TRACKING_WRITERS", context=[username, pipeline]
+        )
         found[username] = Writer(pipeline, spec.model, password)
     return found
 
@@ -120,8 +122,13 @@ def sync_writers(server_url: str, admin_username: str, admin_password: str, writ
                 print(f"tracking: pipeline user {username} exists; password synchronised")
             _grant(auth, username, "experiment", _ensure_resources(client, writer))
             _grant(auth, username, "registered_model", writer.model)
-            print(f"tracking: {username} may write to experiment {pipeline_experiment(writer.pipeline)} and model {writer.model}")
-        existing = _call(MlflowHostCreds(server_url, username=admin_username, password=admin_password), LIST_USERS, "GET").get("users", [])
+            print(
+                f"tracking: {username} may write to experiment {pipeline_experiment(writer.pipeline)} and model "
+                f"{writer.model}"
+            )
+        existing = _call(
+            MlflowHostCreds(server_url, username=admin_username, password=admin_password), LIST_USERS, "GET"
+        ).get("users", [])
         for user in existing:
             if user["username"].startswith(WRITER_PREFIX) and user["username"] not in writers:
                 auth.delete_user(user["username"])

@@ -30,10 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="training", description="training runs and the drift retraining receiver")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="one training run (settings from TRAINING_* variables)")
-    commands.add_parser("receiver", help="the drift webhook receiver for Alertmanager (settings from RECEIVER_* variables)")
-    push = commands.add_parser("data-push", help="hash data into DVC's cache, write its .dvc file, push it to an S3 remote")
+    commands.add_parser(
+        "receiver", help="the drift webhook receiver for Alertmanager (settings from RECEIVER_* variables)"
+    )
+    push = commands.add_parser(
+        "data-push", help="hash data into DVC's cache, write its .dvc file, push it to an S3 remote"
+    )
     push.add_argument("path")
-    push.add_argument("--remote", required=True, help="s3://<bucket>/<prefix>, e.g. the stack's datasets bucket and dvc")
+    push.add_argument(
+        "--remote", required=True, help="s3://<bucket>/<prefix>, e.g. the stack's datasets bucket and dvc"
+    )
     push.add_argument("--cache", default=".dvc/cache", help="DVC cache directory (default: .dvc/cache)")
     push.add_argument("--endpoint-url", default=None, help="S3 endpoint (moto, locally)")
     args = parser.parse_args(argv)
@@ -52,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run(TrainingSettings())
     except DataCheckError:
         return 2
-    print(f"[training] done: {outcome.model} version {outcome.version or '(not registered)'}: {outcome.decision.outcome}", flush=True)
+    print(
+        f"[training] done: {outcome.model} version {outcome.version or '(not registered)'}: {outcome.decision.outcome}",
+        flush=True,
+    )
     return 0
 
 

@@ -42,7 +42,9 @@ class Failure:
         if not self.rows:
             found = f" (found {self.values[0]})" if self.values and self.check.startswith("dtype") else ""
             return f"column {self.column}: {self.check}{found}"
-        shown = ", ".join(f"{row} ({value!r})" for row, value in list(zip(self.rows, self.values, strict=True))[:MAX_ROWS_SHOWN])
+        shown = ", ".join(
+            f"{row} ({value!r})" for row, value in list(zip(self.rows, self.values, strict=True))[:MAX_ROWS_SHOWN]
+        )
         more = f" and {len(self.rows) - MAX_ROWS_SHOWN} more" if len(self.rows) > MAX_ROWS_SHOWN else ""
         return f"column {self.column}: {self.check} fails at rows {shown}{more}"
 
@@ -63,13 +65,17 @@ class DataCheckError(ValueError):
         return str(self)
 
 
-def frame_schema(columns: Mapping[str, str | None], target: str, ranges: Mapping[str, tuple[float | None, float | None]]) -> pa.DataFrameSchema:
+def frame_schema(
+    columns: Mapping[str, str | None], target: str, ranges: Mapping[str, tuple[float | None, float | None]]
+) -> pa.DataFrameSchema:
     """Columns (name -> MLflow type, or None for "any type") and the target, none nullable, each in its range."""
     ranged_only = [(name, None) for name in ranges if name not in columns and name != target]  # required all the same
     spec = {}
     for name, kind in [*columns.items(), *ranged_only, (target, None)]:
         if kind is not None and kind not in PANDAS_TYPES:
-            raise ValueError(f"column {name}: signature type {kind!r} has no data check; known: {', '.join(PANDAS_TYPES)}")
+            raise ValueError(
+                f"column {name}: signature type {kind!r} has no data check; known: {', '.join(PANDAS_TYPES)}"
+            )
         dtype, coerce = PANDAS_TYPES[kind] if kind else (None, False)
         low, high = ranges.get(name, (None, None))
         checks = [_range(low, high)] if low is not None or high is not None else []
@@ -108,7 +114,11 @@ def _failures(cases: pd.DataFrame) -> list[Failure]:
         if check == "column_in_dataframe":
             failures.extend(Failure(str(value), "missing from the data", (), ()) for value in group["failure_case"])
             continue
-        rows = [(int(i), v) for i, v in zip(group["index"], group["failure_case"], strict=True) if i is not None and not pd.isna(i)]
+        rows = [
+            (int(i), v)
+            for i, v in zip(group["index"], group["failure_case"], strict=True)
+            if i is not None and not pd.isna(i)
+        ]
         if check.startswith("dtype") and column in coerced:
             continue  # the same values as the failed coercion
         if not rows and column in type_failed and not check.startswith(("dtype", "coerce_dtype")):

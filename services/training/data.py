@@ -103,5 +103,7 @@ def _locate(out, cache: Path, workspace: Path, reference: str, remote_url: str |
         return dvc.pull(out, cache, remote, s3), f"s3://{remote.bucket}/{remote.key(out.md5)}"
     if out.is_dir and dvc.cache_path(cache, out.md5).is_file():
         return dvc.checkout(out, cache), f"DVC cache {cache}"
-    raise FileNotFoundError(f"{reference}: md5 {out.md5} is neither in the DVC cache {cache} nor in the workspace; "
-                            "set TRAINING_DVC_REMOTE (s3://<datasets bucket>/dvc) to fetch it")
+    raise FileNotFoundError(
+        f"{reference}: md5 {out.md5} is neither in the DVC cache {cache} nor in the workspace; "
+        "set TRAINING_DVC_REMOTE (s3://<datasets bucket>/dvc) to fetch it"
+    )

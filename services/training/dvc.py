@@ -75,7 +75,9 @@ def read_dvc_file(text: str, origin: str) -> DvcOut:
         (out,) = document["outs"]
         if out.get("hash", HASH_NAME) != HASH_NAME:
             raise ValueError(f"hash {out['hash']!r}: only DVC 3's md5 is supported")
-        return DvcOut(md5=str(out["md5"]), size=int(out.get("size", 0)), path=str(out["path"]), nfiles=out.get("nfiles"))
+        return DvcOut(
+            md5=str(out["md5"]), size=int(out.get("size", 0)), path=str(out["path"]), nfiles=out.get("nfiles")
+        )
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise ValueError(f"{origin}: not a .dvc file with one output ({exc})") from None
 
@@ -110,7 +112,12 @@ def add(data: Path, cache: Path) -> tuple[Path, DvcOut]:
     odb = _odb(cache)
     staging, meta, obj = build(odb, str(data), odb.fs, HASH_NAME)
     transfer(staging, odb, {obj.hash_info}, shallow=False, hardlink=False)
-    out = DvcOut(md5=str(obj.hash_info.value), size=int(meta.size or 0), path=data.name, nfiles=meta.nfiles if meta.isdir else None)
+    out = DvcOut(
+        md5=str(obj.hash_info.value),
+        size=int(meta.size or 0),
+        path=data.name,
+        nfiles=meta.nfiles if meta.isdir else None,
+    )
     dvc_file = data.with_name(data.name + ".dvc")
     dvc_file.write_text(dvc_file_text(out))
     ignore = data.parent / ".gitignore"

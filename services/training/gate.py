@@ -46,8 +46,16 @@ def improvement(challenger: float, champion: float, *, greater_is_better: bool) 
     return gain / abs(champion) if champion else gain
 
 
-def decide(challenger: Score, champion: Score | None, *, metric: str, greater_is_better: bool, min_improvement: float,
-           checks_passed: bool = True, canary_alias: str | None = None) -> Decision:
+def decide(
+    challenger: Score,
+    champion: Score | None,
+    *,
+    metric: str,
+    greater_is_better: bool,
+    min_improvement: float,
+    checks_passed: bool = True,
+    canary_alias: str | None = None,
+) -> Decision:
     """The gate's decision (pure: the runner records and applies it)."""
     if min_improvement < 0:
         raise ValueError(f"min_improvement: got {min_improvement}; allowed: 0 or more (a fraction, 0.01 = 1 %)")
@@ -55,15 +63,25 @@ def decide(challenger: Score, champion: Score | None, *, metric: str, greater_is
     if not checks_passed:
         return Decision(False, REJECTED, "the data checks failed")
     if not challenger.ok:
-        return Decision(False, REJECTED, f"the new version could not be scored on the held-out data: {challenger.error or 'no finite score'}")
+        return Decision(
+            False,
+            REJECTED,
+            f"the new version could not be scored on the held-out data: {challenger.error or 'no finite score'}",
+        )
     if champion is None:
         return Decision(True, outcome, f"first version: no champion to compare with ({metric} {challenger.value:.4g})")
     if not champion.ok:
-        return Decision(False, REJECTED, f"champion version {champion.version} could not be scored on this data ({champion.error}); "
-                        "compare by hand and set the alias if the new version should serve")
+        return Decision(
+            False,
+            REJECTED,
+            f"champion version {champion.version} could not be scored on this data ({champion.error}); "
+            "compare by hand and set the alias if the new version should serve",
+        )
     assert challenger.value is not None and champion.value is not None  # both `ok`
     gain = improvement(challenger.value, champion.value, greater_is_better=greater_is_better)
-    versus = f"{metric} {challenger.value:.4g} vs champion {champion.value:.4g} (version {champion.version}), {gain:+.2%}"
+    versus = (
+        f"{metric} {challenger.value:.4g} vs champion {champion.value:.4g} (version {champion.version}), {gain:+.2%}"
+    )
     if gain >= min_improvement:
         return Decision(True, outcome, f"{versus}: at least the required {min_improvement:.2%} better", gain)
     return Decision(False, REJECTED, f"{versus}: not the required {min_improvement:.2%} better", gain)

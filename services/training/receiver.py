@@ -87,8 +87,11 @@ def drift_reason(endpoint: str, alerts: list[Alert]) -> str:
     features = sorted({a.labels.get("feature", "?") for a in alerts})
     summaries = "; ".join(sorted({a.annotations.get("summary", "") for a in alerts if a.annotations.get("summary")}))
     started = min((a.startsAt for a in alerts if a.startsAt), default="")
-    return (f"{DRIFT_ALERT} on endpoint {endpoint}: feature(s) {', '.join(features)}"
-            + (f" firing since {started}" if started else "") + (f" ({summaries})" if summaries else ""))[:1000]
+    return (
+        f"{DRIFT_ALERT} on endpoint {endpoint}: feature(s) {', '.join(features)}"
+        + (f" firing since {started}" if started else "")
+        + (f" ({summaries})" if summaries else "")
+    )[:1000]
 
 
 class Receiver:
@@ -106,8 +109,17 @@ class Receiver:
         skipped: list[dict[str, str]] = []
         by_endpoint: dict[str, list[Alert]] = {}
         for alert in payload.alerts:
-            if alert.labels.get("alertname") != DRIFT_ALERT or alert.status != "firing" or "endpoint" not in alert.labels:
-                skipped.append({"alert": alert.labels.get("alertname", "?"), "reason": f"not a firing {DRIFT_ALERT} with an endpoint label"})
+            if (
+                alert.labels.get("alertname") != DRIFT_ALERT
+                or alert.status != "firing"
+                or "endpoint" not in alert.labels
+            ):
+                skipped.append(
+                    {
+                        "alert": alert.labels.get("alertname", "?"),
+                        "reason": f"not a firing {DRIFT_ALERT} with an endpoint label",
+                    }
+                )
                 continue
             by_endpoint.setdefault(alert.labels["endpoint"], []).append(alert)
         for endpoint, alerts in sorted(by_endpoint.items()):
@@ -125,7 +137,10 @@ class Receiver:
             last = self.last_started.get(pipeline.name)
             if last is not None and now - last < pipeline.min_interval_seconds:
                 wait = pipeline.min_interval_seconds - (now - last)
-                return {"pipeline": pipeline.name, "reason": f"rate-limited: started {now - last:.0f} s ago; next start allowed in {wait:.0f} s"}
+                return {
+                    "pipeline": pipeline.name,
+                    "reason": f"rate-limited: started {now - last:.0f} s ago; next start allowed in {wait:.0f} s",
+                }
             try:
                 run = self.launcher.start(pipeline, reason, now)
             except Busy as exc:
@@ -142,7 +157,9 @@ def run_env(base: Mapping[str, str], reason: str) -> dict[str, str]:
 class ProcessLauncher:
     """Locally: the runner as a child process (its output in `<log_dir>/retrain-<pipeline>-<n>.log`)."""
 
-    def __init__(self, command: list[str], log_dir: Path, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, command: list[str], log_dir: Path, cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.command, self.log_dir, self.cwd, self.env = command, log_dir, cwd, dict(env or {})
         self.running: dict[str, Any] = {}
         self.count = 0
@@ -158,8 +175,13 @@ class ProcessLauncher:
         log_path = self.log_dir / f"retrain-{pipeline.name}-{self.count}.log"
         with open(log_path, "wb") as handle:
             # in the receiver's process group: stopping the receiver's group stops its runs too
-            process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, cwd=self.cwd,
-                                       env={**os.environ, **self.env, **run_env(pipeline.env, reason)})
+            process = subprocess.Popen(
+                self.command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env={**os.environ, **self.env, **run_env(pipeline.env, reason)},
+            )
         self.running[pipeline.name] = process
         return f"process {process.pid} (log {log_path})"
 
@@ -184,7 +206,9 @@ class KubernetesLauncher:
         window = int(now // pipeline.min_interval_seconds)
         template = json.loads(json.dumps(pipeline.job))  # a deep copy
         for container in template["spec"]["template"]["spec"]["containers"]:
-            kept = [e for e in container.get("env", []) if e["name"] not in ("TRAINING_TRIGGER", "TRAINING_TRIGGER_REASON")]
+            kept = [
+                e for e in container.get("env", []) if e["name"] not in ("TRAINING_TRIGGER", "TRAINING_TRIGGER_REASON")
+            ]
             container["env"] = kept + [{"name": k, "value": v} for k, v in run_env({}, reason).items()]
         metadata = template.get("metadata", {})
         return {
@@ -207,7 +231,9 @@ class KubernetesLauncher:
             self.api.create_namespaced_job(self.namespace, body)
         except ApiException as exc:
             if exc.status == 409:
-                raise Busy(f"job {body['metadata']['name']} exists: {pipeline.name} already started in this interval") from None
+                raise Busy(
+                    f"job {body['metadata']['name']} exists: {pipeline.name} already started in this interval"
+                ) from None
             raise
         return f"job {self.namespace}/{body['metadata']['name']}"
 
@@ -240,8 +266,16 @@ class ReceiverSettings(StrictEnvSettings):
 
 def load_pipelines(path: str) -> dict[str, Pipeline]:
     raw = json.loads(Path(path).read_text())
-    return {name: Pipeline(name=name, endpoint=spec["endpoint"], min_interval_seconds=float(spec["min_interval_seconds"]),
-                           job=spec.get("job", {}), env=spec.get("env", {})) for name, spec in raw.items()}
+    return {
+        name: Pipeline(
+            name=name,
+            endpoint=spec["endpoint"],
+            min_interval_seconds=float(spec["min_interval_seconds"]),
+            job=spec.get("job", {}),
+            env=spec.get("env", {}),
+        )
+        for name, spec in raw.items()
+    }
 
 
 def create_app(receiver: Receiver, token: str, max_body_bytes: int = 262_144):
@@ -255,7 +289,9 @@ def create_app(receiver: Receiver, token: str, max_body_bytes: int = 262_144):
 
     async def alerts(request: Request) -> JSONResponse:
         if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"error": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         body = await request.body()
         if len(body) > max_body_bytes:
             return JSONResponse({"error": f"body over {max_body_bytes} bytes"}, status_code=413)
@@ -267,7 +303,9 @@ def create_app(receiver: Receiver, token: str, max_body_bytes: int = 262_144):
             payload = WebhookPayload.model_validate(document)
         except ValidationError as exc:
             problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors(include_url=False)]
-            return JSONResponse({"error": "not an Alertmanager webhook payload (version 4)", "problems": problems}, status_code=422)
+            return JSONResponse(
+                {"error": "not an Alertmanager webhook payload (version 4)", "problems": problems}, status_code=422
+            )
         import anyio
 
         return JSONResponse(await anyio.to_thread.run_sync(receiver.handle, payload))

@@ -58,7 +58,9 @@ def code_revision(settings: TrainingSettings) -> str:
     if settings.code_revision:
         return settings.code_revision
     try:
-        found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent)
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
+        )
         return found.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -111,11 +113,15 @@ def split(frame: pd.DataFrame, columns: list[str], target: str, settings: Traini
 
     if settings.sample_fraction < 1:
         frame = frame.sample(frac=settings.sample_fraction, random_state=settings.split_seed)
-    return train_test_split(frame[columns], frame[target], test_size=settings.holdout_fraction, random_state=settings.split_seed)
+    return train_test_split(
+        frame[columns], frame[target], test_size=settings.holdout_fraction, random_state=settings.split_seed
+    )
 
 
 def score(task: Task, model_uri: str, version: str | None, features: pd.DataFrame, labels: pd.Series) -> Score:
-    """The model as it will be served (its logged pyfunc) scored on the held-out rows; errors are recorded, not raised."""
+    """The model as it will be served (its logged pyfunc) scored on the held-out rows.
+
+    Errors are recorded, not raised."""
     try:
         predictions = mlflow.pyfunc.load_model(model_uri).predict(features)
         return Score(version=version, value=task.score(labels.to_numpy(), predictions))
@@ -130,8 +136,9 @@ def use_tracking_password(settings: TrainingSettings) -> None:
     try:
         password = Path(settings.tracking_password_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ValueError(f"TRAINING_TRACKING_PASSWORD_FILE: cannot read {settings.tracking_password_file}: "
-                         f"{exc.strerror}") from None
+        raise ValueError(
+            f"TRAINING_TRACKING_PASSWORD_FILE: cannot read {settings.tracking_password_file}: {exc.strerror}"
+        ) from None
     if not password:
         raise ValueError(f"TRAINING_TRACKING_PASSWORD_FILE: {settings.tracking_password_file} is empty")
     os.environ["MLFLOW_TRACKING_PASSWORD"] = password
@@ -157,14 +164,39 @@ def run(settings: TrainingSettings) -> Outcome:
         mlflow.log_params({**params, "holdout_fraction": settings.holdout_fraction, "split_seed": settings.split_seed})
         model_info = log_model(task, task.fit(train_x, train_y, params), train_x)
         challenger = score(task, model_info.model_uri, None, holdout_x, holdout_y)
-        current = score(task, f"models:/{settings.model_name}/{champion}", champion, holdout_x, holdout_y) if champion else None
+        current = (
+            score(task, f"models:/{settings.model_name}/{champion}", champion, holdout_x, holdout_y)
+            if champion
+            else None
+        )
         log_scores(task.metric, challenger, current)
-    decision = decide(challenger, current, metric=task.metric, greater_is_better=task.greater_is_better,
-                      min_improvement=settings.min_improvement, canary_alias=settings.canary_alias)
+    decision = decide(
+        challenger,
+        current,
+        metric=task.metric,
+        greater_is_better=task.greater_is_better,
+        min_improvement=settings.min_improvement,
+        canary_alias=settings.canary_alias,
+    )
     say(f"gate: {decision.outcome}: {decision.reason}")
-    version = register(client, settings, model_info.model_uri, active.info.run_id, tags, task.metric, challenger, current, decision) \
-        if settings.promote else None
-    outcome = Outcome(settings.pipeline, settings.model_name, active.info.run_id, version, task.metric, challenger, current, decision, data)
+    version = (
+        register(
+            client, settings, model_info.model_uri, active.info.run_id, tags, task.metric, challenger, current, decision
+        )
+        if settings.promote
+        else None
+    )
+    outcome = Outcome(
+        settings.pipeline,
+        settings.model_name,
+        active.info.run_id,
+        version,
+        task.metric,
+        challenger,
+        current,
+        decision,
+        data,
+    )
     if settings.report_path:
         Path(settings.report_path).write_text(outcome.as_json())
     return outcome
@@ -180,7 +212,10 @@ def checked(frame: pd.DataFrame, columns: dict[str, str | None], task: Task) -> 
         say(exc.report)
         raise
     mlflow.set_tag(TAG_PREFIX + "data.checks", "passed")
-    say(f"data checks passed: {len(columns)} feature columns and {task.target}, no nulls, ranges of {len(task.ranges)} column(s)")
+    say(
+        f"data checks passed: {len(columns)} feature columns and {task.target}, no nulls, ranges of "
+        f"{len(task.ranges)} column(s)"
+    )
     return frame
 
 
@@ -191,7 +226,11 @@ def log_data_version(frame: pd.DataFrame, data: DataVersion, target: str) -> Non
     from mlflow.data.pandas_dataset import from_pandas
 
     dataset = from_pandas(frame, source=data.source, targets=target, name=data.path, digest=data.md5)
-    mlflow.log_input(dataset, context="training", tags={"dvc.md5": data.md5, "dvc.path": data.path, **({"dvc.file": data.dvc_file} if data.dvc_file else {})})
+    mlflow.log_input(
+        dataset,
+        context="training",
+        tags={"dvc.md5": data.md5, "dvc.path": data.path, **({"dvc.file": data.dvc_file} if data.dvc_file else {})},
+    )
 
 
 def log_model(task: Task, model: Any, train_x: pd.DataFrame):
@@ -215,24 +254,43 @@ def log_scores(metric: str, challenger: Score, champion: Score | None) -> None:
         mlflow.log_metric(f"holdout_{metric}", challenger.value)
     if champion is not None and champion.ok and champion.value is not None:
         mlflow.log_metric(f"champion_holdout_{metric}", champion.value)
-    say(f"held-out {metric}: new {challenger.value if challenger.ok else challenger.error}; "
-        + (f"champion v{champion.version} {champion.value if champion.ok else champion.error}" if champion else "no champion"))
+    say(
+        f"held-out {metric}: new {challenger.value if challenger.ok else challenger.error}; "
+        + (
+            f"champion v{champion.version} {champion.value if champion.ok else champion.error}"
+            if champion
+            else "no champion"
+        )
+    )
 
 
-def register(client: MlflowClient, settings: TrainingSettings, model_uri: str, run_id: str, tags: dict[str, str], metric: str,
-             challenger: Score, champion: Score | None, decision: Decision) -> str:
+def register(
+    client: MlflowClient,
+    settings: TrainingSettings,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    metric: str,
+    challenger: Score,
+    champion: Score | None,
+    decision: Decision,
+) -> str:
     """Register the version with its evidence as tags, alias it `challenger`, and promote it if the gate passed."""
     gate = {
         "gate.metric": metric,
         "gate.challenger_score": f"{challenger.value:.6g}" if challenger.ok else f"error: {challenger.error}",
-        "gate.champion_score": "none" if champion is None else (f"{champion.value:.6g}" if champion.ok else f"error: {champion.error}"),
+        "gate.champion_score": "none"
+        if champion is None
+        else (f"{champion.value:.6g}" if champion.ok else f"error: {champion.error}"),
         "gate.champion_version": champion.version if champion else "none",
         "gate.min_improvement": f"{settings.min_improvement:g}",
         "gate.decision": decision.outcome,
         "gate.reason": decision.reason,
         "data.checks": "passed",
     }
-    version = mlflow.register_model(model_uri, settings.model_name, tags={**tags, **{TAG_PREFIX + k: v for k, v in gate.items()}}).version
+    version = mlflow.register_model(
+        model_uri, settings.model_name, tags={**tags, **{TAG_PREFIX + k: v for k, v in gate.items()}}
+    ).version
     client.set_model_version_tag(settings.model_name, version, TAG_PREFIX + "run_id", run_id)
     client.set_registered_model_alias(settings.model_name, settings.challenger_alias, version)
     say(f"registered {settings.model_name} version {version} as @{settings.challenger_alias}")

@@ -89,5 +89,7 @@ def load_task(entry_point: str) -> Task:
         raise ValueError(f"entry point {entry_point!r}: {exc}") from None
     task = target() if callable(target) and not isinstance(target, Task) else target
     if not isinstance(task, Task):
-        raise ValueError(f"entry point {entry_point!r}: gave {type(task).__name__}, expected a services.training.task.Task")
+        raise ValueError(
+            f"entry point {entry_point!r}: gave {type(task).__name__}, expected a services.training.task.Task"
+        )
     return task

@@ -38,8 +38,22 @@ class Postgres:
 
     def sql(self, statement: str, database: str = "postgres") -> str:
         """Run `statement` as the cluster's superuser (over the local socket) and return psql's output."""
-        command = [_binary("psql"), "-h", str(self.datadir), "-p", str(self.port), "-U", SUPERUSER, "-d", database,
-                   "-v", "ON_ERROR_STOP=1", "-At", "-c", statement]
+        command = [
+            _binary("psql"),
+            "-h",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-c",
+            statement,
+        ]
         result = subprocess.run(_as_owner(command), capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise RuntimeError(f"psql failed: {result.stderr}")
@@ -47,7 +61,11 @@ class Postgres:
 
     def stop(self) -> None:
         """A fast shutdown (open client connections don't hold it up), then the process group."""
-        subprocess.run(_as_owner([_binary("pg_ctl"), "-D", str(self.datadir), "stop", "-m", "fast", "-w"]), capture_output=True, timeout=60)
+        subprocess.run(
+            _as_owner([_binary("pg_ctl"), "-D", str(self.datadir), "stop", "-m", "fast", "-w"]),
+            capture_output=True,
+            timeout=60,
+        )
         self.server.stop()
         shutil.rmtree(self.datadir, ignore_errors=True)
 
@@ -55,7 +73,9 @@ class Postgres:
 def _binary(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if not found:
-        raise RuntimeError(f"{name} not found under /usr/lib/postgresql/*/bin: install Debian's postgresql package (make setup does)")
+        raise RuntimeError(
+            f"{name} not found under /usr/lib/postgresql/*/bin: install Debian's postgresql package (make setup does)"
+        )
     return found[-1]
 
 
@@ -65,13 +85,31 @@ def _as_owner(command: list[str]) -> list[str]:
 
 def _tls_only(datadir: Path) -> None:
     """A self-signed certificate, and pg_hba rules that refuse TCP logins without TLS."""
-    subprocess.run(_as_owner(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={LOOPBACK}",
-                              "-keyout", str(datadir / "server.key"), "-out", str(datadir / "server.crt")]),
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        _as_owner(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={LOOPBACK}",
+                "-keyout",
+                str(datadir / "server.key"),
+                "-out",
+                str(datadir / "server.crt"),
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     (datadir / "pg_hba.conf").write_text(
-        "local all all trust\n"
-        f"hostssl all all {LOOPBACK}/32 scram-sha-256\n"
-        f"hostnossl all all {LOOPBACK}/32 reject\n"
+        f"local all all trust\nhostssl all all {LOOPBACK}/32 scram-sha-256\nhostnossl all all {LOOPBACK}/32 reject\n"
     )
 
 
@@ -82,12 +120,46 @@ def start_postgres(log_dir: Path) -> Postgres:
     if os.geteuid() == 0:
         owner = pwd.getpwnam(SUPERUSER)
         os.chown(datadir, owner.pw_uid, owner.pw_gid)
-    subprocess.run(_as_owner([_binary("initdb"), "-D", str(datadir), "-U", SUPERUSER, "--auth-local=trust",
-                              "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"]), check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        _as_owner(
+            [
+                _binary("initdb"),
+                "-D",
+                str(datadir),
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     _tls_only(datadir)
     port = free_port()
-    command = _as_owner([_binary("postgres"), "-D", str(datadir), "-h", LOOPBACK, "-p", str(port), "-k", str(datadir),
-                         "-c", "fsync=off", "-c", "log_statement=all", "-c", "ssl=on"])
+    command = _as_owner(
+        [
+            _binary("postgres"),
+            "-D",
+            str(datadir),
+            "-h",
+            LOOPBACK,
+            "-p",
+            str(port),
+            "-k",
+            str(datadir),
+            "-c",
+            "fsync=off",
+            "-c",
+            "log_statement=all",
+            "-c",
+            "ssl=on",
+        ]
+    )
     server = start("postgres", command, url=f"postgresql://{LOOPBACK}:{port}", log_dir=log_dir)
     postgres = Postgres(server=server, port=port, datadir=datadir)
     deadline = time.monotonic() + 60

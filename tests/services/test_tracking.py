@@ -51,7 +51,13 @@ def test_log_register_alias_and_load_by_alias(as_admin):
     assert registered.rmse < 70  # a fitted model, not a constant
 
     # artifacts went through the server into the bucket, under the configured prefix
-    s3 = boto3.client("s3", endpoint_url=as_admin.moto_url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=as_admin.moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/").get("Contents", [])]
     assert any(k.endswith("MLmodel") for k in keys), keys
 
@@ -64,15 +70,25 @@ def test_moving_the_alias_points_loads_at_the_new_version(as_admin):
     first = train_and_register("tracking-alias-model", alpha=1.0)
     second = train_and_register("tracking-alias-model", alpha=10.0)
     assert int(second.version) == int(first.version) + 1
-    assert mlflow.MlflowClient().get_model_version_by_alias("tracking-alias-model", "champion").version == second.version
+    assert (
+        mlflow.MlflowClient().get_model_version_by_alias("tracking-alias-model", "champion").version == second.version
+    )
 
 
 def run_entrypoint(command: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.tracking.entrypoint", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "services.tracking.entrypoint", command],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize("password", ["aaaaaaaaaaaaaaaa", "passwordpassword", "password1234", "qwertyuiopasdfgh", "short", ""])
+@pytest.mark.parametrize(
+    "password", ["aaaaaaaaaaaaaaaa", "passwordpassword", "password1234", "qwertyuiopasdfgh", "short", ""]
+)
 def test_a_weak_admin_password_is_refused(tmp_path, password):
     import os
 
@@ -93,7 +109,9 @@ def test_password_strength_is_estimated_not_looked_up():
             require_strong("admin password", weak, setting="X", context=["serving-diabetes"])
     generated = secrets.token_urlsafe(18)  # what the local plane and the tests generate
     assert require_strong("admin password", generated, setting="X") == generated
-    assert require_strong("admin password", "Ld4VbXcNqW2pTz8RkYm3HsJf7GaE9UoB", setting="X")  # the platform's: 32 alphanumerics
+    assert require_strong(
+        "admin password", "Ld4VbXcNqW2pTz8RkYm3HsJf7GaE9UoB", setting="X"
+    )  # the platform's: 32 alphanumerics
 
 
 def test_migrate_creates_the_schema(tmp_path):
@@ -103,9 +121,17 @@ def test_migrate_creates_the_schema(tmp_path):
     env = {**os.environ, **tracking_env(tmp_path, free_port(), "http://127.0.0.1:1", "x")}
     result = run_entrypoint("migrate", env)
     assert result.returncode == 0, result.stderr
-    tables = {row[0] for row in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from sqlite_master where type='table'")}
+    tables = {
+        row[0]
+        for row in sqlite3.connect(tmp_path / "mlflow.db").execute("select name from sqlite_master where type='table'")
+    }
     assert {"experiments", "runs", "registered_models", "model_versions", "registered_model_aliases"} <= tables
-    auth_tables = {row[0] for row in sqlite3.connect(tmp_path / "mlflow-auth.db").execute("select name from sqlite_master where type='table'")}
+    auth_tables = {
+        row[0]
+        for row in sqlite3.connect(tmp_path / "mlflow-auth.db").execute(
+            "select name from sqlite_master where type='table'"
+        )
+    }
     assert {"users", "experiment_permissions", "alembic_version_auth"} <= auth_tables  # the auth schema too
 
 
@@ -119,15 +145,27 @@ def test_server_command_enables_auth_proxying_and_host_checks_and_holds_no_crede
     assert "--serve-artifacts" in command and command[command.index("--artifacts-destination") + 1] == "s3://b/p"
     assert command[command.index("--allowed-hosts") + 1] == "mlflow.internal"
     assert "--backend-store-uri" not in command  # it holds the database password: environment only
-    env = server_environment(settings, backend_uri="postgresql+psycopg2://u:secret@db/mlflow", config_path="/tmp/c.ini", password="p", key="k")
+    env = server_environment(
+        settings,
+        backend_uri="postgresql+psycopg2://u:secret@db/mlflow",
+        config_path="/tmp/c.ini",
+        password="p",
+        key="k",
+    )
     assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://u:secret@db/mlflow"
     assert "database_uri = postgresql://u:p%%40x@db" in auth_config(settings, "postgresql://u:p%40x@db")
     config = auth_config(settings, "sqlite://")
     assert "authorization_function = services.tracking.auth:authenticate_request_with_scoped_users" in config
 
 
-@pytest.mark.parametrize(("key", "value"), [("TRACKING_DATABASE_USER", "Robert'); DROP"), ("TRACKING_READERS", "not json"),
-                                            ("TRACKING_DEFAULT_PERMISSION", "ALL")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("TRACKING_DATABASE_USER", "Robert'); DROP"),
+        ("TRACKING_READERS", "not json"),
+        ("TRACKING_DEFAULT_PERMISSION", "ALL"),
+    ],
+)
 def test_a_bad_setting_is_named_without_a_traceback(tmp_path, key, value):
     import os
 

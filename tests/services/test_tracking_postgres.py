@@ -54,14 +54,25 @@ def platform(moto, tmp_path_factory):
         master_password = secrets.token_urlsafe(24)
         postgres.sql(f"CREATE ROLE {MASTER} LOGIN CREATEDB CREATEROLE PASSWORD '{master_password}'")
         postgres.sql(f"CREATE DATABASE mlflow OWNER {MASTER}")
-        sm = boto3.client("secretsmanager", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
-        master_arn = sm.create_secret(Name=f"rds!db-{uuid.uuid4()}", SecretString=json.dumps({"username": MASTER, "password": master_password}))["ARN"]
+        sm = boto3.client(
+            "secretsmanager",
+            endpoint_url=moto.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        master_arn = sm.create_secret(
+            Name=f"rds!db-{uuid.uuid4()}", SecretString=json.dumps({"username": MASTER, "password": master_password})
+        )["ARN"]
         server_password = secrets.token_urlsafe(24)
-        server_arn = sm.create_secret(Name=f"tracking-database-password-{uuid.uuid4()}", SecretString=server_password)["ARN"]
+        server_arn = sm.create_secret(Name=f"tracking-database-password-{uuid.uuid4()}", SecretString=server_password)[
+            "ARN"
+        ]
         admin_password = secrets.token_urlsafe(18)
         port = free_port()
         env = {
-            **os.environ, **tracking_env(tmp, port, moto.url, admin_password),
+            **os.environ,
+            **tracking_env(tmp, port, moto.url, admin_password),
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto.url,
             # exactly what the component builds (sslmode=require included)
             "TRACKING_BACKEND_STORE_URI": database_uri(postgres.address, "mlflow"),
@@ -71,8 +82,14 @@ def platform(moto, tmp_path_factory):
         }
         migrated = run_entrypoint("migrate", env)
         assert migrated.returncode == 0, migrated.stderr
-        server = start("tracking-pg", [sys.executable, "-m", "services.tracking.entrypoint", "serve"], url=f"http://{LOOPBACK}:{port}",
-                       log_dir=tmp, env=env, cwd=REPO_ROOT)
+        server = start(
+            "tracking-pg",
+            [sys.executable, "-m", "services.tracking.entrypoint", "serve"],
+            url=f"http://{LOOPBACK}:{port}",
+            log_dir=tmp,
+            env=env,
+            cwd=REPO_ROOT,
+        )
         try:
             wait_http(server, "/health", timeout=120)
             yield Platform(postgres, server, env, sm, master_arn, master_password, server_password, admin_password)
@@ -86,7 +103,11 @@ def platform(moto, tmp_path_factory):
 def client(platform, monkeypatch):
     import mlflow
 
-    for key, value in {**AWS_ENV, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": platform.admin_password}.items():
+    for key, value in {
+        **AWS_ENV,
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": platform.admin_password,
+    }.items():
         monkeypatch.setenv(key, value)
     return mlflow.MlflowClient(tracking_uri=platform.server.url)
 
@@ -109,16 +130,25 @@ def test_migrate_and_serve_on_postgres_with_the_component_uris(platform, client)
     run_id = log_a_run(client)
     assert client.get_run(run_id).data.metrics == {"rmse": 1.5}
     assert [a.path for a in client.list_artifacts(run_id, "notes")] == ["notes/hello.txt"]
-    assert platform.postgres.sql(f"SELECT status FROM runs WHERE run_uuid = '{run_id}'", database="mlflow") == "FINISHED"
+    assert (
+        platform.postgres.sql(f"SELECT status FROM runs WHERE run_uuid = '{run_id}'", database="mlflow") == "FINISHED"
+    )
     # the server holds connections as its own role only, all over TLS
     sessions = platform.postgres.sql(
-        "SELECT usename || ':' || ssl FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) WHERE client_addr IS NOT NULL").split()
+        "SELECT usename || ':' || ssl FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) WHERE client_addr IS NOT NULL"
+    ).split()
     assert sessions and set(sessions) == {f"{SERVER_ROLE}:true"}, sessions
 
 
 def test_the_servers_role_reads_and_writes_data_but_cannot_change_the_schema(platform):
-    connection = psycopg2.connect(host=LOOPBACK, port=platform.postgres.port, dbname="mlflow", user=SERVER_ROLE,
-                                  password=platform.server_password, sslmode="require")
+    connection = psycopg2.connect(
+        host=LOOPBACK,
+        port=platform.postgres.port,
+        dbname="mlflow",
+        user=SERVER_ROLE,
+        password=platform.server_password,
+        sslmode="require",
+    )
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
@@ -137,15 +167,26 @@ def test_a_master_password_rotation_does_not_reach_the_running_server(platform, 
     The next `migrate` reads the new master password."""
     rotated = secrets.token_urlsafe(24)
     platform.postgres.sql(f"ALTER ROLE {MASTER} PASSWORD '{rotated}'")
-    platform.secretsmanager.put_secret_value(SecretId=platform.master_arn, SecretString=json.dumps({"username": MASTER, "password": rotated}))
-    dropped = platform.postgres.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE client_addr IS NOT NULL")
+    platform.secretsmanager.put_secret_value(
+        SecretId=platform.master_arn, SecretString=json.dumps({"username": MASTER, "password": rotated})
+    )
+    dropped = platform.postgres.sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE client_addr IS NOT NULL"
+    )
     assert int(dropped) >= 1  # the server had connections open
 
     run_id = log_a_run(client)  # new connections, no restart
     assert client.get_run(run_id).info.status == "FINISHED"
     assert platform.server.process.poll() is None
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
-        psycopg2.connect(host=LOOPBACK, port=platform.postgres.port, dbname="mlflow", user=MASTER, password=platform.master_password, sslmode="require")
+        psycopg2.connect(
+            host=LOOPBACK,
+            port=platform.postgres.port,
+            dbname="mlflow",
+            user=MASTER,
+            password=platform.master_password,
+            sslmode="require",
+        )
     again = run_entrypoint("migrate", platform.env)
     assert again.returncode == 0, again.stderr
 

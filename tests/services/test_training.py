@@ -12,15 +12,26 @@ from examples.diabetes import write_dataset
 def datasets(tmp_path_factory):
     """Version 1 of the example data and a newer version in which every bmi reads 2 standard deviations higher."""
     root = tmp_path_factory.mktemp("data")
-    return {"v1": write_dataset(root / "v1" / "diabetes.csv"), "shifted": write_dataset(root / "v2" / "diabetes.csv", bmi_shift=2.0)}
+    return {
+        "v1": write_dataset(root / "v1" / "diabetes.csv"),
+        "shifted": write_dataset(root / "v2" / "diabetes.csv", bmi_shift=2.0),
+    }
 
 
 def train(model: str, data, **settings):
     from services.training.runner import run
     from services.training.settings import TrainingSettings
 
-    return run(TrainingSettings(pipeline="diabetes", model_name=model, entry_point="examples.diabetes:task", data=str(data),
-                                code_revision="test", **settings))
+    return run(
+        TrainingSettings(
+            pipeline="diabetes",
+            model_name=model,
+            entry_point="examples.diabetes:task",
+            data=str(data),
+            code_revision="test",
+            **settings,
+        )
+    )
 
 
 def version_tags(model: str, version: str) -> dict[str, str]:
@@ -48,7 +59,9 @@ def test_a_worse_model_is_registered_but_not_promoted(as_admin, datasets):
     tags = version_tags("gate-worse", "2")
     assert tags["mlops.gate.decision"] == "rejected"
     assert tags["mlops.gate.champion_version"] == "1"
-    assert float(tags["mlops.gate.challenger_score"]) > float(tags["mlops.gate.champion_score"])  # rmse: higher is worse
+    assert float(tags["mlops.gate.challenger_score"]) > float(
+        tags["mlops.gate.champion_score"]
+    )  # rmse: higher is worse
     assert "not the required 1.00% better" in tags["mlops.gate.reason"]
     assert tags["mlops.data.dvc_md5"] == worse.data.md5 and tags["mlops.code.revision"] == "test"
     assert tags["mlops.trigger"] == "manual"
@@ -102,6 +115,10 @@ def test_a_bad_frame_stops_the_run_and_registers_nothing(as_admin, datasets, tmp
     assert "column s6: missing from the data" in report
     assert "column s1: coerce_dtype('float64') fails at rows 11 ('twelve')" in report
     assert [v.version for v in MlflowClient().search_model_versions("name = 'gate-bad-frame'")] == ["1"]
-    runs = mlflow.search_runs(experiment_names=["pipelines/diabetes"], filter_string="tags.`mlops.data.checks` = 'failed'", output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=["pipelines/diabetes"],
+        filter_string="tags.`mlops.data.checks` = 'failed'",
+        output_format="list",
+    )
     assert runs and runs[0].info.status == "FAILED"
     assert "column age" in mlflow.artifacts.load_text(f"runs:/{runs[0].info.run_id}/data-checks.txt")

@@ -20,7 +20,11 @@ BUCKET = "artifacts"  # the session's moto bucket (tests/services/conftest.py)
 
 @pytest.fixture
 def s3(moto, monkeypatch):
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     return boto3.client("s3", endpoint_url=moto.url)
 
@@ -51,7 +55,11 @@ def test_add_and_push_write_what_dvc_writes(s3, tmp_path):
 def test_pull_fetches_by_hash_and_refuses_a_corrupt_object(s3, tmp_path):
     remote = dvc.Remote.parse(f"s3://{BUCKET}/pull/dvc")
     for name in ("one.csv", "two.csv"):  # laid out as `dvc push` did (remote-keys.txt)
-        s3.upload_file(str(UPSTREAM / "parts" / name), BUCKET, remote.key(hashlib.md5((UPSTREAM / "parts" / name).read_bytes()).hexdigest()))
+        s3.upload_file(
+            str(UPSTREAM / "parts" / name),
+            BUCKET,
+            remote.key(hashlib.md5((UPSTREAM / "parts" / name).read_bytes()).hexdigest()),
+        )
     out = dvc.read_dvc_file((UPSTREAM / "parts.dvc").read_text(), "parts.dvc")
     s3.upload_file(str(UPSTREAM / "parts.dir"), BUCKET, remote.key(out.md5))
 
@@ -79,11 +87,19 @@ def test_a_run_records_the_dvc_version_it_trained_on(as_admin, s3, tmp_path):
     dvc.push(out, tmp_path / "publisher-cache", dvc.Remote.parse(remote_url), s3)
     (workspace / "diabetes.csv").unlink()  # the training job has the .dvc file only
 
-    outcome = run(TrainingSettings(
-        pipeline="diabetes", model_name="dvc-traced", entry_point="examples.diabetes:task", data=str(workspace / "diabetes.csv.dvc"),
-        dvc_remote=remote_url, s3_endpoint_url=as_admin.moto_url, cache_dir=str(tmp_path / "job-cache"), code_revision="abc123",
-        image="registry.example/training:0.1.0",
-    ))
+    outcome = run(
+        TrainingSettings(
+            pipeline="diabetes",
+            model_name="dvc-traced",
+            entry_point="examples.diabetes:task",
+            data=str(workspace / "diabetes.csv.dvc"),
+            dvc_remote=remote_url,
+            s3_endpoint_url=as_admin.moto_url,
+            cache_dir=str(tmp_path / "job-cache"),
+            code_revision="abc123",
+            image="registry.example/training:0.1.0",
+        )
+    )
 
     object_url = f"{remote_url}/files/md5/{out.md5[:2]}/{out.md5[2:]}"
     assert (outcome.data.md5, outcome.data.source) == (out.md5, object_url)
@@ -91,7 +107,9 @@ def test_a_run_records_the_dvc_version_it_trained_on(as_admin, s3, tmp_path):
     assert dataset_input.dataset.digest == out.md5 and object_url in dataset_input.dataset.source
     assert {t.key: t.value for t in dataset_input.tags}["dvc.path"] == str(workspace / "diabetes.csv")
     tags = MlflowClient().get_model_version("dvc-traced", outcome.version).tags
-    assert tags["mlops.data.dvc_md5"] == out.md5 and tags["mlops.data.dvc_file"].endswith("examples/data/diabetes.csv.dvc")
+    assert tags["mlops.data.dvc_md5"] == out.md5 and tags["mlops.data.dvc_file"].endswith(
+        "examples/data/diabetes.csv.dvc"
+    )
     assert tags["mlops.data.source"] == object_url
     assert (tags["mlops.code.revision"], tags["mlops.image"]) == ("abc123", "registry.example/training:0.1.0")
 
@@ -103,13 +121,21 @@ def test_a_dvc_pointer_in_the_bucket_names_the_newest_version(s3, tmp_path):
 
     remote = dvc.Remote.parse(f"s3://{BUCKET}/pointer/dvc")
     for shift in (0.0, 2.0):
-        dvc_file, out = dvc.add(write_dataset(tmp_path / f"v{shift}" / "diabetes.csv", bmi_shift=shift), tmp_path / "cache")
+        dvc_file, out = dvc.add(
+            write_dataset(tmp_path / f"v{shift}" / "diabetes.csv", bmi_shift=shift), tmp_path / "cache"
+        )
         dvc.push(out, tmp_path / "cache", remote, s3)
         s3.upload_file(str(dvc_file), BUCKET, "pointer/current/diabetes.csv.dvc")
 
-    settings = TrainingSettings(pipeline="diabetes", model_name="m", entry_point="examples.diabetes:task",
-                                data=f"s3://{BUCKET}/pointer/current/diabetes.csv.dvc", dvc_remote=remote.url,
-                                s3_endpoint_url=s3.meta.endpoint_url, cache_dir=str(tmp_path / "job-cache"))
+    settings = TrainingSettings(
+        pipeline="diabetes",
+        model_name="m",
+        entry_point="examples.diabetes:task",
+        data=f"s3://{BUCKET}/pointer/current/diabetes.csv.dvc",
+        dvc_remote=remote.url,
+        s3_endpoint_url=s3.meta.endpoint_url,
+        cache_dir=str(tmp_path / "job-cache"),
+    )
     frame, version = load_data(settings)
     assert version.md5 == out.md5 and version.path == f"s3://{BUCKET}/pointer/current/diabetes.csv"
     assert frame["bmi"].mean() > 0.05  # the shifted version, not the first one
@@ -119,8 +145,18 @@ def test_without_a_remote_a_missing_version_is_named(tmp_path):
     from services.training.data import load_data
     from services.training.settings import TrainingSettings
 
-    (tmp_path / "d.csv.dvc").write_text("outs:\n- md5: 0123456789abcdef0123456789abcdef\n  size: 1\n  hash: md5\n  path: d.csv\n")
-    settings = TrainingSettings(pipeline="p1", model_name="m", entry_point="examples.diabetes:task", data=str(tmp_path / "d.csv.dvc"),
-                                cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(FileNotFoundError, match="md5 0123456789abcdef0123456789abcdef is neither in the DVC cache .* set TRAINING_DVC_REMOTE"):
+    (tmp_path / "d.csv.dvc").write_text(
+        "outs:\n- md5: 0123456789abcdef0123456789abcdef\n  size: 1\n  hash: md5\n  path: d.csv\n"
+    )
+    settings = TrainingSettings(
+        pipeline="p1",
+        model_name="m",
+        entry_point="examples.diabetes:task",
+        data=str(tmp_path / "d.csv.dvc"),
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(
+        FileNotFoundError,
+        match="md5 0123456789abcdef0123456789abcdef is neither in the DVC cache .* set TRAINING_DVC_REMOTE",
+    ):
         load_data(settings)

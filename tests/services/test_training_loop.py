@@ -14,9 +14,25 @@ from infra.stackfile import REPO_ROOT
 
 def test_make_local_retrains_on_drift_and_the_model_server_swaps(tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", "local", "--retrain-demo", "--workdir", str(tmp_path),
-         "--scrape-interval", "1s", "--drift-interval", "1", "--drift-for", "3s"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "infra.cli",
+            "local",
+            "--retrain-demo",
+            "--workdir",
+            str(tmp_path),
+            "--scrape-interval",
+            "1s",
+            "--drift-interval",
+            "1",
+            "--drift-for",
+            "3s",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     try:
@@ -49,9 +65,13 @@ def test_make_local_retrains_on_drift_and_the_model_server_swaps(tmp_path):
             tags = version.tags
             first = client.get_model_version("diabetes", "1").tags
         assert version.version == "2"
-        assert tags["mlops.gate.decision"] == "promoted" and float(tags["mlops.gate.challenger_score"]) < float(tags["mlops.gate.champion_score"])
+        assert tags["mlops.gate.decision"] == "promoted" and float(tags["mlops.gate.challenger_score"]) < float(
+            tags["mlops.gate.champion_score"]
+        )
         assert tags["mlops.gate.champion_version"] == "1"
-        assert tags["mlops.trigger"] == "drift" and tags["mlops.trigger.reason"].startswith("DataDriftHigh on endpoint diabetes: feature(s) bmi")
+        assert tags["mlops.trigger"] == "drift" and tags["mlops.trigger.reason"].startswith(
+            "DataDriftHigh on endpoint diabetes: feature(s) bmi"
+        )
         assert tags["mlops.data.dvc_md5"] == newer != first["mlops.data.dvc_md5"]
         assert tags["mlops.data.source"].startswith("s3://mlops-local-datasets/dvc/files/md5/")
         assert (first["mlops.trigger"], first["mlops.gate.decision"]) == ("manual", "promoted")

@@ -17,13 +17,23 @@ from services.tracking.writers import Writer, sync_writers, writer_username
 from tests.services.test_tracking_readers import READ_ONLY_POSTS, call, server_routes
 
 PIPELINE_ROUTES = {
-    ("POST", "/mlflow/runs/create"), ("POST", "/mlflow/runs/update"), ("POST", "/mlflow/runs/log-metric"),
-    ("POST", "/mlflow/runs/log-parameter"), ("POST", "/mlflow/runs/log-batch"), ("POST", "/mlflow/runs/log-inputs"),
-    ("POST", "/mlflow/runs/outputs"), ("POST", "/mlflow/runs/set-tag"),
-    ("POST", "/mlflow/logged-models"), ("PATCH", "/mlflow/logged-models/x"), ("PATCH", "/mlflow/logged-models/x/tags"),
-    ("POST", "/mlflow/logged-models/x/params"), ("PUT", "/mlflow-artifacts/artifacts/x"),
-    ("POST", "/mlflow/model-versions/create"), ("POST", "/mlflow/model-versions/set-tag"),
-    ("POST", "/mlflow/registered-models/alias"), ("POST", "/mlflow/registered-models/set-tag"),
+    ("POST", "/mlflow/runs/create"),
+    ("POST", "/mlflow/runs/update"),
+    ("POST", "/mlflow/runs/log-metric"),
+    ("POST", "/mlflow/runs/log-parameter"),
+    ("POST", "/mlflow/runs/log-batch"),
+    ("POST", "/mlflow/runs/log-inputs"),
+    ("POST", "/mlflow/runs/outputs"),
+    ("POST", "/mlflow/runs/set-tag"),
+    ("POST", "/mlflow/logged-models"),
+    ("PATCH", "/mlflow/logged-models/x"),
+    ("PATCH", "/mlflow/logged-models/x/tags"),
+    ("POST", "/mlflow/logged-models/x/params"),
+    ("PUT", "/mlflow-artifacts/artifacts/x"),
+    ("POST", "/mlflow/model-versions/create"),
+    ("POST", "/mlflow/model-versions/set-tag"),
+    ("POST", "/mlflow/registered-models/alias"),
+    ("POST", "/mlflow/registered-models/set-tag"),
     ("POST", "/mlflow/registered-models/create"),  # only under the name of its own model
 }
 """The writes a training run makes (MLflow 3.17's client, as the server logged them); written out here, not taken from
@@ -38,10 +48,20 @@ def ensure_user(tracking, writers: dict) -> None:
 
     from infra.stackfile import REPO_ROOT
 
-    env = {"TRACKING_SERVER_URL": tracking.url, "TRACKING_ADMIN_PASSWORD": tracking.password,
-           "TRACKING_FLASK_SECRET_KEY": secrets.token_urlsafe(32), "TRACKING_WRITERS": json.dumps(writers)}
-    result = subprocess.run([sys.executable, "-m", "services.tracking.entrypoint", "ensure-user"], cwd=REPO_ROOT,
-                            env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    env = {
+        "TRACKING_SERVER_URL": tracking.url,
+        "TRACKING_ADMIN_PASSWORD": tracking.password,
+        "TRACKING_FLASK_SECRET_KEY": secrets.token_urlsafe(32),
+        "TRACKING_WRITERS": json.dumps(writers),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "services.tracking.entrypoint", "ensure-user"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tracking: training-perm may write to experiment pipelines/perm and model perm-model" in result.stdout
 
@@ -53,9 +73,14 @@ def pipeline_user(tracking, monkeypatch):
 
     password = secrets.token_urlsafe(24)
     ensure_user(tracking, {"perm": {"model": "perm-model", "password": password}})
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "MLFLOW_TRACKING_URI": tracking.url, "MLFLOW_TRACKING_USERNAME": writer_username("perm"),
-                       "MLFLOW_TRACKING_PASSWORD": password}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_TRACKING_URI": tracking.url,
+        "MLFLOW_TRACKING_USERNAME": writer_username("perm"),
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }.items():
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(tracking.url)
     yield password
@@ -87,10 +112,18 @@ def test_a_pipeline_user_runs_its_pipeline_and_writes_nothing_else(tracking, pip
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     password_file = tmp_path / "password"
     password_file.write_text(pipeline_user + "\n")
-    outcome = run(TrainingSettings(pipeline="perm", model_name="perm-model", entry_point="examples.diabetes:task",
-                                   data=str(write_dataset(tmp_path / "diabetes.csv")),
-                                   tracking_password_file=str(password_file)))
-    assert outcome.version == "1" and outcome.decision.promote  # runs, registers, tags and moves aliases of its own model
+    outcome = run(
+        TrainingSettings(
+            pipeline="perm",
+            model_name="perm-model",
+            entry_point="examples.diabetes:task",
+            data=str(write_dataset(tmp_path / "diabetes.csv")),
+            tracking_password_file=str(password_file),
+        )
+    )
+    assert (
+        outcome.version == "1" and outcome.decision.promote
+    )  # runs, registers, tags and moves aliases of its own model
     client = MlflowClient()
     assert client.get_model_version_by_alias("perm-model", "champion").version == "1"
 
@@ -135,8 +168,11 @@ def test_a_pipeline_user_creates_and_administers_nothing(tracking, pipeline_user
     attempts: list[tuple[str, str, dict]] = [
         ("POST", "/api/2.0/mlflow/experiments/create", {"name": "perms-own"}),
         ("POST", "/api/2.0/mlflow/registered-models/create", {"name": "perms-own-model"}),
-        ("POST", "/api/2.0/mlflow/registered-models/create",
-         {"name": "perms-own-prompt", "tags": [{"key": "mlflow.prompt.is_prompt", "value": "true"}]}),
+        (
+            "POST",
+            "/api/2.0/mlflow/registered-models/create",
+            {"name": "perms-own-prompt", "tags": [{"key": "mlflow.prompt.is_prompt", "value": "true"}]},
+        ),
         ("POST", "/api/2.0/mlflow/runs/create", {"experiment_id": other}),
         ("POST", "/api/2.0/mlflow/logged-models", {"experiment_id": other, "name": "m"}),
         ("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{other}/models/m-1/artifacts/evil.txt", {}),
@@ -145,13 +181,22 @@ def test_a_pipeline_user_creates_and_administers_nothing(tracking, pipeline_user
         ("POST", "/api/2.0/mlflow/experiments/update", {"experiment_id": own, "new_name": "renamed"}),
         ("PATCH", "/api/2.0/mlflow/registered-models/update", {"name": "perm-model", "description": "x"}),
         ("POST", "/api/2.0/mlflow/users/create", {"username": "training-x", "password": secrets.token_urlsafe(18)}),
-        ("PATCH", "/api/2.0/mlflow/users/update-password",
-         {"username": "admin", "password": secrets.token_urlsafe(18)}),
+        (
+            "PATCH",
+            "/api/2.0/mlflow/users/update-password",
+            {"username": "admin", "password": secrets.token_urlsafe(18)},
+        ),
         ("PATCH", "/api/2.0/mlflow/users/update-admin", {"username": user, "is_admin": True}),
-        ("POST", "/api/3.0/mlflow/users/permissions/grant",
-         {"username": user, "resource_type": "experiment", "resource_id": other, "permission": "EDIT"}),
-        ("POST", "/api/2.0/mlflow/experiments/permissions/create",
-         {"experiment_id": other, "username": user, "permission": "EDIT"}),
+        (
+            "POST",
+            "/api/3.0/mlflow/users/permissions/grant",
+            {"username": user, "resource_type": "experiment", "resource_id": other, "permission": "EDIT"},
+        ),
+        (
+            "POST",
+            "/api/2.0/mlflow/experiments/permissions/create",
+            {"experiment_id": other, "username": user, "permission": "EDIT"},
+        ),
         ("POST", "/v1/traces", {}),
     ]
     answers = [(m, p, call(tracking.url, user, password, m, p, body)) for m, p, body in attempts]
@@ -165,10 +210,17 @@ def test_a_pipeline_user_creates_and_administers_nothing(tracking, pipeline_user
 
 def test_every_other_write_route_of_the_server_refuses_a_pipeline_user(tracking, pipeline_user, tmp_path):
     user, password = writer_username("perm"), pipeline_user
-    routes = {(m, re.sub(r"<[^>]+>|\{[^}]+\}", "x", p))
-              for m, p in server_routes(tmp_path) if m not in ("GET", "HEAD", "OPTIONS")}
-    allowed = {(m, p, suffix) for m, p in routes for method, suffix in PIPELINE_ROUTES
-               if m == method and re.fullmatch(r"/(?:ajax-)?api/\d\.\d" + re.escape(suffix), p)}
+    routes = {
+        (m, re.sub(r"<[^>]+>|\{[^}]+\}", "x", p))
+        for m, p in server_routes(tmp_path)
+        if m not in ("GET", "HEAD", "OPTIONS")
+    }
+    allowed = {
+        (m, p, suffix)
+        for m, p in routes
+        for method, suffix in PIPELINE_ROUTES
+        if m == method and re.fullmatch(r"/(?:ajax-)?api/\d\.\d" + re.escape(suffix), p)
+    }
     assert {(m, suffix) for m, _, suffix in allowed} == PIPELINE_ROUTES  # each is a route of the server as it runs
     writes = sorted(routes - {(m, p) for m, p, _ in allowed} - {("POST", p) for p in READ_ONLY_POSTS})
     assert len(writes) > 250 and ("POST", "/v1/traces") in writes
@@ -185,13 +237,26 @@ def test_ensure_user_resets_the_password_and_removes_users_of_gone_pipelines(tra
     from services.tracking.writers import as_user
 
     first, second = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    sync_writers(tracking.url, tracking.username, tracking.password, {writer_username("gone"): Writer("gone", "gone-model", first)})
-    sync_writers(tracking.url, tracking.username, tracking.password, {writer_username("gone"): Writer("gone", "gone-model", second)})
+    sync_writers(
+        tracking.url,
+        tracking.username,
+        tracking.password,
+        {writer_username("gone"): Writer("gone", "gone-model", first)},
+    )
+    sync_writers(
+        tracking.url,
+        tracking.username,
+        tracking.password,
+        {writer_username("gone"): Writer("gone", "gone-model", second)},
+    )
     with as_user(writer_username("gone"), second):
         assert AuthServiceClient(tracking.url).get_user(writer_username("gone")).username == writer_username("gone")
 
     sync_writers(tracking.url, tracking.username, tracking.password, {})
-    with as_user(tracking.username, tracking.password), pytest.raises(Exception, match="not found|RESOURCE_DOES_NOT_EXIST"):
+    with (
+        as_user(tracking.username, tracking.password),
+        pytest.raises(Exception, match="not found|RESOURCE_DOES_NOT_EXIST"),
+    ):
         AuthServiceClient(tracking.url).get_user(writer_username("gone"))
 
 
@@ -203,7 +268,12 @@ def test_an_unreadable_or_empty_password_file_stops_the_run_before_anything_is_l
     path = tmp_path / "password"
     if content is not None:
         path.write_text(content)
-    settings = TrainingSettings(pipeline="perm", model_name="perm-model", entry_point="examples.diabetes:task",
-                                data=str(tmp_path / "none.csv"), tracking_password_file=str(path))
+    settings = TrainingSettings(
+        pipeline="perm",
+        model_name="perm-model",
+        entry_point="examples.diabetes:task",
+        data=str(tmp_path / "none.csv"),
+        tracking_password_file=str(path),
+    )
     with pytest.raises(ValueError, match=f"TRAINING_TRACKING_PASSWORD_FILE: .*{message}"):
         run(settings)

@@ -24,16 +24,26 @@ OFFLINE = {"CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}
 
 
 def render(stack_args: list[str], out: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "infra.cli", "render", *stack_args, "--out", str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "render", *stack_args, "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and "0 problem(s)" in result.stdout, result.stdout + result.stderr
 
 
 def checkov(directory: Path) -> dict:
     """checkov's JSON report of the Kubernetes framework over `directory`."""
     assert CHECKOV.exists(), f"{CHECKOV} is missing: run scripts/setup.sh (it installs requirements-checkov.lock there)"
-    result = subprocess.run([str(CHECKOV), "-d", str(directory), "--framework", "kubernetes", "--compact", "-o", "json", "--skip-download"],
-                            env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(CHECKOV), "-d", str(directory), "--framework", "kubernetes", "--compact", "-o", "json", "--skip-download"],
+        env={**os.environ, **OFFLINE},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode in (0, 1), result.stderr[-2000:]  # 1: some check failed
     report = json.loads(result.stdout)
     assert isinstance(report, dict) and report["check_type"] == "kubernetes", report
@@ -58,10 +68,14 @@ def pipeline_stack_report(tmp_path_factory) -> dict:
     namespace's CronJob, Secret and the drift receiver are rendered only when a pipeline is declared."""
     tmp_path = tmp_path_factory.mktemp("pipeline-stack")
     stack_file = tmp_path / "Pulumi.retrain.yaml"
-    stack_file.write_text((REPO_ROOT / "stacks" / "Pulumi.dev.yaml").read_text() + (
-        "  mlops-platform:registry:\n    repositories: [serving, tracking, drift, training]\n"
-        "  mlops-platform:pipelines:\n    - {name: diabetes, model: diabetes, entryPoint: 'examples.diabetes:task',"
-        " data: data/diabetes.csv.dvc, endpoint: diabetes}\n"))
+    stack_file.write_text(
+        (REPO_ROOT / "stacks" / "Pulumi.dev.yaml").read_text()
+        + (
+            "  mlops-platform:registry:\n    repositories: [serving, tracking, drift, training]\n"
+            "  mlops-platform:pipelines:\n    - {name: diabetes, model: diabetes, entryPoint: 'examples.diabetes:task',"
+            " data: data/diabetes.csv.dvc, endpoint: diabetes}\n"
+        )
+    )
     out = tmp_path / "manifests"
     render(["--stack-file", str(stack_file)], out)
     return checkov(out)
@@ -83,8 +97,13 @@ def test_a_workload_that_calls_the_kubernetes_api_is_skipped_with_its_reason(pip
     annotation as a suppression of CKV_K8S_38 with the reason, on that Deployment only."""
     results = pipeline_stack_report["results"]
     skipped = [(c["check_id"], c["resource"], c["check_result"]["suppress_comment"]) for c in results["skipped_checks"]]
-    assert skipped == [("CKV_K8S_38", "Deployment.training.retrain-receiver",
-                        "creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else")]
+    assert skipped == [
+        (
+            "CKV_K8S_38",
+            "Deployment.training.retrain-receiver",
+            "creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else",
+        )
+    ]
     assert not [c for c in results["failed_checks"] if c["check_id"] == "CKV_K8S_38"]
 
 

@@ -27,10 +27,21 @@ from tests.conftest import offline_stack
 
 REPOSITORIES = {"repositories": ["serving", "tracking", "drift", "training"]}
 PIPELINES = [
-    {"name": "diabetes", "model": "diabetes", "entryPoint": "examples.diabetes:task",
-     "data": "examples/data/diabetes.csv.dvc", "endpoint": "diabetes"},
-    {"name": "reranker", "model": "reranker", "entryPoint": "rerank.train:task",
-     "data": "s3://team-data/rerank.parquet.dvc", "schedule": "0 3 * * 1", "gpu": 1},
+    {
+        "name": "diabetes",
+        "model": "diabetes",
+        "entryPoint": "examples.diabetes:task",
+        "data": "examples/data/diabetes.csv.dvc",
+        "endpoint": "diabetes",
+    },
+    {
+        "name": "reranker",
+        "model": "reranker",
+        "entryPoint": "rerank.train:task",
+        "data": "s3://team-data/rerank.parquet.dvc",
+        "schedule": "0 3 * * 1",
+        "gpu": 1,
+    },
 ]
 THIRD_PARTY = {
     "MLFLOW_TRACKING_URI": "MLflow's client: mlflow.environment_variables.MLFLOW_TRACKING_URI (get_tracking_uri)",
@@ -96,8 +107,11 @@ def test_every_variable_a_component_sets_is_read_by_its_service(workloads):
 
 def test_each_settings_class_gets_what_it_cannot_start_without(workloads):
     required = {
-        settings: {f"{settings.model_config['env_prefix']}{name}".upper()
-                   for name, field in settings.model_fields.items() if field.is_required()}
+        settings: {
+            f"{settings.model_config['env_prefix']}{name}".upper()
+            for name, field in settings.model_fields.items()
+            if field.is_required()
+        }
         for settings in (ServingSettings, TrainingSettings, ReceiverSettings)
     }
     for workload, settings, names in workloads:
@@ -110,7 +124,9 @@ def test_a_variable_no_service_reads_is_found(workloads):
     extra = ["SERVING_BATCH_SIZ", "MLFLOW_TRACKING_PASSWORD"]
     assert unread(settings, [*names, *extra]) == sorted(extra)
     assert unread(TrainingSettings, ["TRAINING_PIPELINE", "TRAINING_TRACKING_PASSWORD_FIEL", "AWS_REGION"]) == [
-        "AWS_REGION", "TRAINING_TRACKING_PASSWORD_FIEL"]
+        "AWS_REGION",
+        "TRAINING_TRACKING_PASSWORD_FIEL",
+    ]
 
 
 def test_third_party_variables_are_read_where_the_list_says(monkeypatch):
@@ -148,9 +164,14 @@ def test_an_unknown_variable_with_the_prefix_stops_the_settings(settings, monkey
 def test_kubernetes_service_links_are_not_taken_for_settings(monkeypatch):
     """An endpoint named `serving-x` has a Service `serving-x-stable`: Kubernetes sets its link variables in every
     pod of the namespace; they are recognised by their `_SERVICE_HOST` and left alone, a typo next to them is not."""
-    links = {"SERVING_X_STABLE_SERVICE_HOST": "10.0.0.9", "SERVING_X_STABLE_SERVICE_PORT": "8080",
-             "SERVING_X_STABLE_SERVICE_PORT_HTTP": "8080", "SERVING_X_STABLE_PORT": "tcp://10.0.0.9:8080",
-             "SERVING_X_STABLE_PORT_8080_TCP": "tcp://10.0.0.9:8080", "SERVING_X_STABLE_PORT_8080_TCP_ADDR": "10.0.0.9"}
+    links = {
+        "SERVING_X_STABLE_SERVICE_HOST": "10.0.0.9",
+        "SERVING_X_STABLE_SERVICE_PORT": "8080",
+        "SERVING_X_STABLE_SERVICE_PORT_HTTP": "8080",
+        "SERVING_X_STABLE_PORT": "tcp://10.0.0.9:8080",
+        "SERVING_X_STABLE_PORT_8080_TCP": "tcp://10.0.0.9:8080",
+        "SERVING_X_STABLE_PORT_8080_TCP_ADDR": "10.0.0.9",
+    }
     for name, value in {**links, "SERVING_MODEL_NAME": "m"}.items():
         monkeypatch.setenv(name, value)
     assert ServingSettings().model_name == "m"
@@ -159,23 +180,44 @@ def test_kubernetes_service_links_are_not_taken_for_settings(monkeypatch):
         ServingSettings()
 
 
-@pytest.mark.parametrize("command, env, typo, expected", [
-    (["-m", "services.serving"], {"SERVING_MODEL_NAME": "m"}, "SERVING_BATCH_SIZ", "SERVING_BATCH_WAIT_MS"),
-    (["-m", "services.tracking.entrypoint", "serve"], {}, "TRACKING_ADMIN_PASWORD", "TRACKING_ADMIN_PASSWORD"),
-    (["-m", "services.training", "run"],
-     {"TRAINING_PIPELINE": "p", "TRAINING_MODEL_NAME": "m", "TRAINING_ENTRY_POINT": "a:b", "TRAINING_DATA": "x.csv"},
-     "TRAINING_TRACKING_PASWORD_FILE", "TRAINING_TRACKING_PASSWORD_FILE"),
-    (["-m", "services.training", "receiver"], {"RECEIVER_PIPELINES_FILE": "/nonexistent"},
-     "RECEIVER_TOKN", "RECEIVER_TOKEN"),
-])
+@pytest.mark.parametrize(
+    "command, env, typo, expected",
+    [
+        (["-m", "services.serving"], {"SERVING_MODEL_NAME": "m"}, "SERVING_BATCH_SIZ", "SERVING_BATCH_WAIT_MS"),
+        (["-m", "services.tracking.entrypoint", "serve"], {}, "TRACKING_ADMIN_PASWORD", "TRACKING_ADMIN_PASSWORD"),
+        (
+            ["-m", "services.training", "run"],
+            {
+                "TRAINING_PIPELINE": "p",
+                "TRAINING_MODEL_NAME": "m",
+                "TRAINING_ENTRY_POINT": "a:b",
+                "TRAINING_DATA": "x.csv",
+            },
+            "TRAINING_TRACKING_PASWORD_FILE",
+            "TRAINING_TRACKING_PASSWORD_FILE",
+        ),
+        (
+            ["-m", "services.training", "receiver"],
+            {"RECEIVER_PIPELINES_FILE": "/nonexistent"},
+            "RECEIVER_TOKN",
+            "RECEIVER_TOKEN",
+        ),
+    ],
+)
 def test_a_service_started_with_a_misspelt_variable_exits_naming_it(command, env, typo, expected):
     """The real entry points, as the images run them: exit 1 at once, the variable and the allowed ones on stderr."""
     import os
 
     prefixes = ("SERVING_", "TRACKING_", "TRAINING_", "RECEIVER_")
     clean = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env={**clean, **env, typo: "1"},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, *command],
+        cwd=REPO_ROOT,
+        env={**clean, **env, typo: "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert f"unknown setting {typo}" in last and "Traceback" not in result.stderr

@@ -60,8 +60,10 @@ def test_a_missing_column_is_named():
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(DataCheckError) as caught:
-        check_frame(frame(age=[None, 9.0, 0.1], y=[1.0, 2.0, None]).drop(columns=["visits"]),
-                    frame_schema(SIGNATURE, "y", {"age": (0, 1)}))
+        check_frame(
+            frame(age=[None, 9.0, 0.1], y=[1.0, 2.0, None]).drop(columns=["visits"]),
+            frame_schema(SIGNATURE, "y", {"age": (0, 1)}),
+        )
     assert {f.column for f in caught.value.failures} == {"age", "visits", "y"}
     assert "3 row" in str(caught.value)
 
@@ -78,11 +80,14 @@ def test_a_task_with_an_unknown_metric_or_inverted_range_is_refused():
         Task(target="y", fit=lambda *a: None, ranges={"age": (2, 1)})
 
 
-@pytest.mark.parametrize("entry_point, message", [
-    ("examples.diabetes", "expected module:attribute"),
-    ("examples.nothing_here:task", "No module named"),
-    ("examples.diabetes:TARGET", "gave str, expected"),
-])
+@pytest.mark.parametrize(
+    "entry_point, message",
+    [
+        ("examples.diabetes", "expected module:attribute"),
+        ("examples.nothing_here:task", "No module named"),
+        ("examples.diabetes:TARGET", "gave str, expected"),
+    ],
+)
 def test_a_bad_entry_point_is_named(entry_point, message):
     with pytest.raises(ValueError, match=message):
         load_task(entry_point)

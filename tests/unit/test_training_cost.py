@@ -15,7 +15,16 @@ from tests.unit.test_training_component import REPOSITORIES
 TABLE = PriceTable.load()
 BASE = {"model": "m", "entryPoint": "examples.diabetes:task", "data": "examples/data/diabetes.csv.dvc"}
 PIPELINES = [
-    {**BASE, "name": "weekly-gpu", "schedule": "0 3 * * 1", "gpu": 1, "cpu": "4", "memory": "16Gi", "timeoutMinutes": 240, "retries": 2},
+    {
+        **BASE,
+        "name": "weekly-gpu",
+        "schedule": "0 3 * * 1",
+        "gpu": 1,
+        "cpu": "4",
+        "memory": "16Gi",
+        "timeoutMinutes": 240,
+        "retries": 2,
+    },
     {**BASE, "name": "on-drift", "model": "diabetes", "endpoint": "diabetes", "retrainMinIntervalMinutes": 360},
     {**BASE, "name": "by-hand", "model": "other"},
     {**BASE, "name": "too-big", "schedule": "@daily", "gpu": 1, "cpu": "16", "memory": "64Gi"},
@@ -47,8 +56,12 @@ def test_a_scheduled_gpu_pipeline_is_priced_on_the_cheapest_gpu_node_that_fits(p
     _, result = prod
     found = line(result, "weekly-gpu")
     hours = 4 * 3 * 4  # 4 starts, 3 attempts, 4 h deadline
-    cheapest = min(("g5.2xlarge", "g6.2xlarge"), key=lambda t: price(f"ec2.instance.{t}"))  # 4 CPU, 16 GiB, 1 GPU: the xlarge ones are too small
-    hourly = price(f"ec2.instance.{cheapest}") + 100 * price("ebs.gp3.storage") / 730  # the GPU pool's 100 GiB root volume
+    cheapest = min(
+        ("g5.2xlarge", "g6.2xlarge"), key=lambda t: price(f"ec2.instance.{t}")
+    )  # 4 CPU, 16 GiB, 1 GPU: the xlarge ones are too small
+    hourly = (
+        price(f"ec2.instance.{cheapest}") + 100 * price("ebs.gp3.storage") / 730
+    )  # the GPU pool's 100 GiB root volume
     assert found.kind == PIPELINE and found.quantity == hours and found.unit == "run-hours"
     assert found.monthly == pytest.approx(hours * hourly, abs=0.01)
     assert f"1 × {cheapest}" in found.assumption and "4 starts in 730 h" in found.assumption
@@ -65,19 +78,35 @@ def test_a_pipeline_only_a_person_starts_or_that_fits_no_node_is_not_priced_with
     _, result = prod
     by_hand, too_big = line(result, "by-hand"), line(result, "too-big")
     assert by_hand.kind == NOT_PRICED and "runs only when a person starts it" in by_hand.assumption
-    assert too_big.kind == NOT_PRICED and "no allowed instance type of pool `gpu` holds its requests" in too_big.assumption
+    assert (
+        too_big.kind == NOT_PRICED and "no allowed instance type of pool `gpu` holds its requests" in too_big.assumption
+    )
 
 
 def test_pipelines_add_nothing_to_the_stacks_totals(prod):
     """They run inside their pools' ceilings, which the worst case already counts."""
     inventory, result = prod
-    without = estimate(type(inventory)(project=inventory.project, stack=inventory.stack, source=inventory.source, region=inventory.region,
-                                       resources=[r for r in inventory.resources if r.type != "kubernetes:batch/v1:CronJob"]),
-                       table=TABLE, region="us-east-1", usage=dict(DEFAULT_USAGE))
-    assert (result.baseline_monthly, result.worst_case_monthly) == (without.baseline_monthly, without.worst_case_monthly)
+    without = estimate(
+        type(inventory)(
+            project=inventory.project,
+            stack=inventory.stack,
+            source=inventory.source,
+            region=inventory.region,
+            resources=[r for r in inventory.resources if r.type != "kubernetes:batch/v1:CronJob"],
+        ),
+        table=TABLE,
+        region="us-east-1",
+        usage=dict(DEFAULT_USAGE),
+    )
+    assert (result.baseline_monthly, result.worst_case_monthly) == (
+        without.baseline_monthly,
+        without.worst_case_monthly,
+    )
 
 
 def test_on_the_system_nodes_a_pipeline_needs_no_node_of_its_own():
-    inventory = offline_stack("dev", registry=REPOSITORIES, pipelines=[{**BASE, "name": "nightly", "schedule": "@daily"}])
+    inventory = offline_stack(
+        "dev", registry=REPOSITORIES, pipelines=[{**BASE, "name": "nightly", "schedule": "@daily"}]
+    )
     found = line(estimate(inventory, table=TABLE, region="us-east-1", usage=dict(DEFAULT_USAGE)), "nightly")
     assert found.kind == PIPELINE and found.monthly == 0 and "always-on `system` nodes" in found.assumption

@@ -25,13 +25,16 @@ def test_a_dvc_file_round_trips():
     assert dvc.read_dvc_file(dvc.dvc_file_text(out), "parts.dvc") == out and out.is_dir
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("outs: []", "not enough values"),
-    ("stages: {}", "'outs'"),
-    ("outs:\n- md5: abc\n  path: a\n- md5: def\n  path: b\n", "too many values"),
-    ("outs:\n- md5: abc\n  hash: md5-dos2unix\n  path: a\n", "only DVC 3's md5"),
-    ("outs: [", "while parsing"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("outs: []", "not enough values"),
+        ("stages: {}", "'outs'"),
+        ("outs:\n- md5: abc\n  path: a\n- md5: def\n  path: b\n", "too many values"),
+        ("outs:\n- md5: abc\n  hash: md5-dos2unix\n  path: a\n", "only DVC 3's md5"),
+        ("outs: [", "while parsing"),
+    ],
+)
 def test_a_bad_dvc_file_is_named(text, problem):
     with pytest.raises(ValueError, match=rf"data.csv.dvc: not a .dvc file with one output \(.*{problem}"):
         dvc.read_dvc_file(text, "data.csv.dvc")

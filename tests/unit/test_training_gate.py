@@ -8,8 +8,14 @@ from services.training.gate import PROMOTED, PROMOTED_TO_CANARY, REJECTED, Score
 
 
 def gate(challenger: Score, champion: Score | None, **kwargs):
-    return decide(challenger, champion, metric="rmse", greater_is_better=kwargs.pop("greater_is_better", False),
-                  min_improvement=kwargs.pop("min_improvement", 0.01), **kwargs)
+    return decide(
+        challenger,
+        champion,
+        metric="rmse",
+        greater_is_better=kwargs.pop("greater_is_better", False),
+        min_improvement=kwargs.pop("min_improvement", 0.01),
+        **kwargs,
+    )
 
 
 def test_better_by_the_margin_is_promoted():

@@ -15,7 +15,9 @@ def pins(path: Path) -> dict[str, str]:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    requirements = [Requirement(line.split("#", 1)[0]) for line in path.read_text().splitlines() if line.split("#", 1)[0].strip()]
+    requirements = [
+        Requirement(line.split("#", 1)[0]) for line in path.read_text().splitlines() if line.split("#", 1)[0].strip()
+    ]
     return {canonicalize_name(r.name): str(r.specifier).removeprefix("==") for r in requirements}
 
 
@@ -42,7 +44,13 @@ def repository_imports(files: list[Path]) -> set[str]:
     while queue:
         tree = ast.parse(queue.pop().read_text())
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
             for name in names:
                 if name.split(".")[0] in ("services", "examples") and name not in seen:
                     seen.add(name)

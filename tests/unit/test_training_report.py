@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from infra.model_report import COMMENT_MARKER, render
 
-HEAD = {"metric": "rmse", "version": None, "challenger": {"version": None, "value": 53.21, "error": None},
-        "champion": None, "data": {"md5": "a" * 32, "path": "examples/data/diabetes.csv"},
-        "decision": {"promote": True, "outcome": "promoted", "reason": "first version: no champion to compare with (rmse 53.21)"}}
+HEAD = {
+    "metric": "rmse",
+    "version": None,
+    "challenger": {"version": None, "value": 53.21, "error": None},
+    "champion": None,
+    "data": {"md5": "a" * 32, "path": "examples/data/diabetes.csv"},
+    "decision": {
+        "promote": True,
+        "outcome": "promoted",
+        "reason": "first version: no champion to compare with (rmse 53.21)",
+    },
+}
 
 
 def test_a_base_without_the_pipeline_has_no_champion():
@@ -18,5 +27,7 @@ def test_a_base_without_the_pipeline_has_no_champion():
 
 
 def test_a_failed_run_shows_its_output():
-    comment = render(None, None, base_ref="origin/main", failure="data checks failed on 442 rows: 1 problem(s) in column(s) bmi")
+    comment = render(
+        None, None, base_ref="origin/main", failure="data checks failed on 442 rows: 1 problem(s) in column(s) bmi"
+    )
     assert "did not finish" in comment and "data checks failed on 442 rows" in comment
