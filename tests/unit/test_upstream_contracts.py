@@ -147,3 +147,16 @@ def test_the_crds_cel_rules_are_enforced(full):
     requirements = node_pool["spec"]["template"]["spec"]["requirements"]
     requirements.append({"key": "karpenter.sh/nodepool", "operator": "In", "values": ["x"]})
     assert any(p.startswith("spec/template/spec/requirements") for p in validate(node_pool, "1.35"))
+
+
+def test_rendering_manifests_leaves_the_inventory_as_recorded(full):
+    """A Secret's masked data renders empty with a `redacted` annotation on a copy: whoever reads the same
+    inventory next (the deploy plan compares two previews) sees the inputs the program declared."""
+    import json
+
+    from infra.manifests import manifests
+
+    before = json.dumps([r.inputs for r in full.resources], sort_keys=True, default=str)
+    redacted = [m for m in manifests(full) if "mlops.platform/redacted" in (m["metadata"].get("annotations") or {})]
+    assert redacted  # the Grafana admin Secret, among others
+    assert json.dumps([r.inputs for r in full.resources], sort_keys=True, default=str) == before
