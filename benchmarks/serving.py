@@ -35,6 +35,7 @@ import tempfile
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 from infra.local import LocalPlane, start_tracking_plane
 from infra.processes import LOOPBACK, Server, free_port, start, wait_http
@@ -202,33 +203,26 @@ def model_calls(server: Server) -> tuple[float, float]:
     return answered, calls
 
 
-def process_times() -> dict[int, tuple[int, int]]:
-    """Every process: pid -> (parent pid, CPU ticks of it and of its reaped children)."""
-    table = {}
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """Every live process: (pid, the fields of /proc/<pid>/stat after the command name)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            yield int(entry), Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited meanwhile
-        table[int(entry)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))  # utime stime cutime cstime
-    return table
+
+
+def process_times() -> dict[int, tuple[int, int]]:
+    """Every process: pid -> (parent pid, CPU ticks of it and of its reaped children)."""
+    return {pid: (int(fields[1]), sum(int(f) for f in fields[11:15])) for pid, fields in proc_stats()}  # utime..cstime
 
 
 def cpu_seconds(group: int) -> float:
     """User + system CPU seconds of every process in a process group (a server and its workers)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in proc_stats() if int(fields[2]) == group)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def bench_ticks(root: int) -> int:
