@@ -38,7 +38,8 @@ def manifest_of(resource: Resource) -> dict[str, Any]:
     if masked:  # a Pulumi secret as a whole (a Secret's data): render it empty, and say so
         for key in masked:
             body[key] = {}
-        metadata = body["metadata"] = dict(body.get("metadata") or {})  # a copy: the inventory's inputs stay as recorded
+        # a copy: the inventory's inputs stay as recorded
+        metadata = body["metadata"] = dict(body.get("metadata") or {})
         metadata["annotations"] = {**(metadata.get("annotations") or {}), "mlops.platform/redacted": ",".join(masked)}
     return {"apiVersion": api_version, "kind": kind, **body}
 

@@ -78,8 +78,10 @@ def _unit_tests_read_no_stack_file(request: pytest.FixtureRequest, monkeypatch: 
         return
     from infra import stackfile
 
-    message = (f"{module} reads a stack file: unit tests build components from explicit args (tests/unit/builders.py); "
-               "a test whose subject is the shipped stacks belongs in tests/stacks/ (or in tests/conftest.STACK_FILE_TESTS)")
+    message = (
+        f"{module} reads a stack file: unit tests build components from explicit args (tests/unit/builders.py); "
+        "a test whose subject is the shipped stacks belongs in tests/stacks/ (or in tests/conftest.STACK_FILE_TESTS)"
+    )
     if "stack_inventories" in request.fixturenames:
         pytest.fail(message)
 

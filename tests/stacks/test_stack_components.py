@@ -39,6 +39,7 @@ def settings_of(stack: str) -> PlatformSettings:
 
 # -- cluster and node pools -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_gpu_pool_follows_the_stacks_settings(stack_inventories, stack):
     gpu = cluster_tests.pool(stack_inventories[stack], "gpu").inputs["spec"]
@@ -59,7 +60,10 @@ def test_gpu_defaults_spot_in_dev_on_demand_in_prod(stack_inventories):
 
     capacity = {stack: requirements(stack)["karpenter.sh/capacity-type"] for stack in ("dev", "prod")}
     assert capacity == {"dev": ["spot"], "prod": ["on-demand"]}
-    limits = {s: int(cluster_tests.pool(stack_inventories[s], "gpu").inputs["spec"]["limits"]["nvidia.com/gpu"]) for s in ("dev", "prod")}
+    limits = {
+        s: int(cluster_tests.pool(stack_inventories[s], "gpu").inputs["spec"]["limits"]["nvidia.com/gpu"])
+        for s in ("dev", "prod")
+    }
     assert limits["dev"] < limits["prod"]
 
 
@@ -77,7 +81,10 @@ def test_cluster_endpoint_private_in_prod_allow_listed_in_dev(stack_inventories)
     prod = stack_inventories["prod"].of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
     assert prod["endpointPublicAccess"] is False and prod["endpointPrivateAccess"] is True
     dev = stack_inventories["dev"].of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
-    assert dev["endpointPublicAccess"] is True and dev["publicAccessCidrs"] == settings_of("dev").cluster.public_access_cidrs
+    assert (
+        dev["endpointPublicAccess"] is True
+        and dev["publicAccessCidrs"] == settings_of("dev").cluster.public_access_cidrs
+    )
     assert stack_inventories["dev"].of_type(INGRESS_RULE) == []  # an allow-listed public endpoint needs no runner rule
 
 
@@ -88,12 +95,17 @@ def test_cluster_logging_and_version_follow_the_stack(stack_inventories, stack):
     assert cluster["encryptionConfig"]["resources"] == ["secrets"]
     assert cluster["enabledClusterLogTypes"] == settings.log_types
     assert cluster["version"] == settings.kubernetes_version and cluster["upgradePolicy"] == {"supportType": "STANDARD"}
-    assert inventory.of_type("aws:cloudwatch/logGroup:LogGroup")[0].inputs["retentionInDays"] == settings.log_retention_days
+    assert (
+        inventory.of_type("aws:cloudwatch/logGroup:LogGroup")[0].inputs["retentionInDays"]
+        == settings.log_retention_days
+    )
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_every_workload_role_trusts_only_its_own_service_account(stack_inventories, stack):
-    federated = [r for r in stack_inventories[stack].of_type("aws:iam/role:Role") if "Federated" in r.inputs["assumeRolePolicy"]]
+    federated = [
+        r for r in stack_inventories[stack].of_type("aws:iam/role:Role") if "Federated" in r.inputs["assumeRolePolicy"]
+    ]
     expected = {
         "-karpenter": "kube-system:karpenter",
         "-lbc": "kube-system:aws-load-balancer-controller",
@@ -149,22 +161,31 @@ def test_component_properties_hold_for_every_shipped_stack(stack_inventories, st
 
 # -- monitoring -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_monitoring_follows_the_stacks_settings(stack_inventories, stack):
     inventory, settings = stack_inventories[stack], settings_of(stack)
     values = monitoring_tests.kps(inventory).inputs["values"]
-    monitoring_tests.prometheus_on_retention_and_storage(values, settings.monitoring.retention_days, settings.monitoring.storage_gb)
+    monitoring_tests.prometheus_on_retention_and_storage(
+        values, settings.monitoring.retention_days, settings.monitoring.storage_gb
+    )
     monitoring_tests.endpoints_monitored(inventory, {e.name: e.latency_objective_ms for e in settings.endpoints})
     monitoring_tests.eks_hidden_parts_off(values)
     monitoring_tests.volumes_outlive_nothing_they_need(inventory)
     monitoring_tests.service_monitors_keep_the_endpoint_label(inventory)
-    (grafana,) = [s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if s.name.endswith("-grafana-admin-secret")]
+    (grafana,) = [
+        s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if s.name.endswith("-grafana-admin-secret")
+    ]
     assert grafana.protect is settings.deletion_protection is (stack == "prod")
 
 
 def test_retention_grows_with_the_profile(stack_inventories):
     def days(stack):
-        return int(monitoring_tests.kps(stack_inventories[stack]).inputs["values"]["prometheus"]["prometheusSpec"]["retention"][:-1])
+        return int(
+            monitoring_tests.kps(stack_inventories[stack]).inputs["values"]["prometheus"]["prometheusSpec"][
+                "retention"
+            ][:-1]
+        )
 
     found = [days(s) for s in ("dev", "staging", "prod")]
     assert found == sorted(found) and found[0] < found[-1]
@@ -178,11 +199,14 @@ def test_the_stacks_slack_webhook_secret_reaches_alertmanager_through_secrets_on
     webhook = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXX"
     config = load_stack_config("dev")
     runtime = {**config.runtime_config(), "mlops-platform:alertSlackWebhook": webhook}
-    inventory = run_offline(program, project=config.project, stack="dev", config=runtime, secret_keys=["mlops-platform:alertSlackWebhook"])
+    inventory = run_offline(
+        program, project=config.project, stack="dev", config=runtime, secret_keys=["mlops-platform:alertSlackWebhook"]
+    )
     monitoring_tests.slack_webhook_kept_secret(inventory, webhook)
 
 
 # -- serving ----------------------------------------------------------------------------------
+
 
 def test_the_dev_endpoint_follows_the_dev_stack(stack_inventories):
     (endpoint,) = settings_of("dev").endpoints
@@ -191,12 +215,22 @@ def test_the_dev_endpoint_follows_the_dev_stack(stack_inventories):
     container = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert (env["SERVING_MODEL_NAME"], env["SERVING_MODEL_ALIAS"]) == (endpoint.model, endpoint.alias)
-    assert env["SERVING_CAPTURE_FRACTION"] == str(endpoint.capture_fraction) and env["SERVING_PATH_PREFIX"] == f"/{endpoint.name}"
+    assert (
+        env["SERVING_CAPTURE_FRACTION"] == str(endpoint.capture_fraction)
+        and env["SERVING_PATH_PREFIX"] == f"/{endpoint.name}"
+    )
     assert container["resources"]["requests"] == {"cpu": endpoint.cpu, "memory": endpoint.memory}
-    assert f"/mlops-dev/serving:{endpoint.image_tag}@sha256:" in container["image"]  # pinned by the digest the registry holds
-    assert deployment.inputs["spec"]["template"]["spec"]["nodeSelector"] == {"mlops.platform/pool": "system"}  # dev: no pool node at idle
+    assert (
+        f"/mlops-dev/serving:{endpoint.image_tag}@sha256:" in container["image"]
+    )  # pinned by the digest the registry holds
+    assert deployment.inputs["spec"]["template"]["spec"]["nodeSelector"] == {
+        "mlops.platform/pool": "system"
+    }  # dev: no pool node at idle
     (hpa,) = serving_tests.of(objects, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
-    assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (endpoint.replicas.min, endpoint.replicas.max)
+    assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (
+        endpoint.replicas.min,
+        endpoint.replicas.max,
+    )
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -236,6 +270,7 @@ def test_pool_floor_counts_the_stacks_always_on_pods(stack_inventories):
 
 # -- tracking ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_the_tracking_server_of_every_stack(stack_inventories, stack):
     inventory, settings = stack_inventories[stack], settings_of(stack)
@@ -252,8 +287,9 @@ def test_the_tracking_server_of_every_stack(stack_inventories, stack):
 
 
 def test_database_protection_and_multi_az_follow_the_profile(stack_inventories):
-    tracking_tests.database_protected_or_not(protected=tracking_tests.db(stack_inventories["prod"]),
-                                             unprotected=tracking_tests.db(stack_inventories["dev"]))
+    tracking_tests.database_protected_or_not(
+        protected=tracking_tests.db(stack_inventories["prod"]), unprotected=tracking_tests.db(stack_inventories["dev"])
+    )
 
 
 def test_a_managed_tracking_stack_keeps_the_outputs_passes_the_checks_and_is_priced():
@@ -274,6 +310,7 @@ def test_a_managed_tracking_stack_keeps_the_outputs_passes_the_checks_and_is_pri
 
 # -- CI roles ---------------------------------------------------------------------------------
 
+
 def test_the_preview_role_covers_every_data_source_the_shipped_stacks_read(monkeypatch):
     from tests.conftest import offline_stack
 
@@ -283,6 +320,7 @@ def test_the_preview_role_covers_every_data_source_the_shipped_stacks_read(monke
 
 
 # -- network policies -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_network_policies_admit_every_call_of_the_shipped_stacks(stack_inventories, stack):

@@ -129,7 +129,14 @@ def test_preview_role_trusts_exactly_the_repositorys_pull_requests(ci_stack):
 
 def test_several_environments_and_an_existing_provider():
     arn = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"
-    inventory = dev_stack(ci={"githubRepository": REPO, "deployEnvironments": ["dev", "dev-eu"], "oidcProviderArn": arn, "previewRole": False})
+    inventory = dev_stack(
+        ci={
+            "githubRepository": REPO,
+            "deployEnvironments": ["dev", "dev-eu"],
+            "oidcProviderArn": arn,
+            "previewRole": False,
+        }
+    )
     assert not github_providers(inventory)  # one per account: reused
     found = roles(inventory)
     assert set(found) == {"mlops-dev-ci-deploy"}
@@ -216,10 +223,21 @@ def test_every_data_source_the_program_reads_is_covered_by_the_preview_role(monk
     """A preview runs the program, so every invoke it makes must be allowed to the preview role; a new data
     source in any component fails here until PREVIEW_READS (and so the policy) says what it needs."""
     private = {"cluster": {"deployRunnerCidrs": ["10.0.0.0/19"]}}
-    certificate = {"tracking": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"}}
+    certificate = {
+        "tracking": {
+            "certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
+        }
+    }
     ci = {"ci": {"githubRepository": REPO}}
-    stacks = {"dev": {**PUBLIC, **ENDPOINT}, "staging": {**private, **ENDPOINT}, "prod": {**private, **certificate, **ENDPOINT}}
-    invokes = invokes_of(monkeypatch, [lambda p=p, s=s: program_inventory(p, {"profile": p, **EMAILS, **s, **ci}) for p, s in stacks.items()])
+    stacks = {
+        "dev": {**PUBLIC, **ENDPOINT},
+        "staging": {**private, **ENDPOINT},
+        "prod": {**private, **certificate, **ENDPOINT},
+    }
+    invokes = invokes_of(
+        monkeypatch,
+        [lambda p=p, s=s: program_inventory(p, {"profile": p, **EMAILS, **s, **ci}) for p, s in stacks.items()],
+    )
     preview_role_covers(invokes, ci_stack)
 
 

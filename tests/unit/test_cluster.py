@@ -19,8 +19,12 @@ NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 GPU_POOLS = {
     "spot": gpu_pool_args(),
-    "on-demand": gpu_pool_args(instance_families=("g6e", "p5"), capacity_types=("on-demand",), limits={"nvidia.com/gpu": "16"},
-                               expire_after="336h"),
+    "on-demand": gpu_pool_args(
+        instance_families=("g6e", "p5"),
+        capacity_types=("on-demand",),
+        limits={"nvidia.com/gpu": "16"},
+        expire_after="336h",
+    ),
 }
 """Two GPU pools as two profiles might ask for them: spot and capped at 2 GPUs; on-demand, 16 GPUs, other families."""
 
@@ -36,7 +40,9 @@ def release(inventory, suffix):
 @pytest.fixture(scope="module")
 def full() -> Inventory:
     """Compute, monitoring, the tracking server and two endpoints: everything that makes roles and charts."""
-    return declare(lambda: platform(Parts(monitoring={}, tracking={}, endpoints=[{"endpoint": "a"}, {"endpoint": "b"}])))
+    return declare(
+        lambda: platform(Parts(monitoring={}, tracking={}, endpoints=[{"endpoint": "a"}, {"endpoint": "b"}]))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +75,17 @@ def test_both_pools_scale_to_zero_when_idle(compute):
 def test_cluster_endpoint_private_or_allow_listed(compute):
     private = compute.of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
     assert private["endpointPublicAccess"] is False and private["endpointPrivateAccess"] is True
-    public = declare(lambda: platform(Parts(cluster={"endpoint_public_access": True, "public_access_cidrs": ("203.0.113.0/24",),
-                                                     "deploy_runner_cidrs": ()})))
+    public = declare(
+        lambda: platform(
+            Parts(
+                cluster={
+                    "endpoint_public_access": True,
+                    "public_access_cidrs": ("203.0.113.0/24",),
+                    "deploy_runner_cidrs": (),
+                }
+            )
+        )
+    )
     vpc = public.of_type("aws:eks/cluster:Cluster")[0].inputs["vpcConfig"]
     assert vpc["endpointPublicAccess"] is True and vpc["publicAccessCidrs"] == ["203.0.113.0/24"]
 
@@ -229,8 +244,17 @@ def test_karpenter_policy_is_scoped_to_this_cluster():
 def test_node_pool_args_reject_bad_limits():
     def args(gpu_limits):
         return NodePoolsArgs(
-            cluster_name="c", cluster_endpoint="e", cluster_security_group_id="sg", identity=None, node_role=None,  # type: ignore[arg-type]
-            node_access=(), ami_alias="al2023@latest", node_tags={}, replicas=1, cpu=cpu_pool_args(), gpu=gpu_pool_args(limits=gpu_limits),
+            cluster_name="c",
+            cluster_endpoint="e",
+            cluster_security_group_id="sg",
+            identity=None,
+            node_role=None,  # type: ignore[arg-type]
+            node_access=(),
+            ami_alias="al2023@latest",
+            node_tags={},
+            replicas=1,
+            cpu=cpu_pool_args(),
+            gpu=gpu_pool_args(limits=gpu_limits),
         )
 
     with pytest.raises(ValueError, match="must cap nvidia.com/gpu"):

@@ -29,11 +29,14 @@ INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 ROLE = "aws:iam/role:Role"
 GRANTS = ("aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicyAttachment:RolePolicyAttachment")
 PUBLIC = {"endpoint_public_access": True, "public_access_cidrs": ("203.0.113.0/24",), "deploy_runner_cidrs": ()}
-"""ClusterArgs overrides of an allow-listed public API endpoint (tests/unit/builders.py's is private, with a runner range)."""
+"""ClusterArgs overrides of an allow-listed public API endpoint (builders.py's is private, with a runner range)."""
 SHAPES = {
     "private": Parts(),
     "public": Parts(cluster=PUBLIC),
-    "admins": Parts(cluster={"admin_role_arns": {"platform-admin": "arn:aws:iam::123456789012:role/platform-admin"}}, addons={"replicas": 2}),
+    "admins": Parts(
+        cluster={"admin_role_arns": {"platform-admin": "arn:aws:iam::123456789012:role/platform-admin"}},
+        addons={"replicas": 2},
+    ),
 }
 
 
@@ -337,7 +340,9 @@ def test_node_class_tags_avoid_the_keys_karpenter_reserves(compute):
 
 def test_runner_rules_are_named_after_their_source_so_reordering_replaces_nothing():
     def names(cidrs):
-        inventory = declare(lambda: Cluster("c", cluster_args(cluster_name="c1", subnet_ids=["subnet-1"], deploy_runner_cidrs=cidrs)))
+        inventory = declare(
+            lambda: Cluster("c", cluster_args(cluster_name="c1", subnet_ids=["subnet-1"], deploy_runner_cidrs=cidrs))
+        )
         return {r.name: r.inputs["cidrIpv4"] for r in inventory.of_type(INGRESS_RULE)}
 
     assert names(("10.0.0.0/19", "10.8.0.0/16")) == names(("10.8.0.0/16", "10.0.0.0/19")) == {
@@ -354,9 +359,15 @@ CI_DEPLOY_ROLE = "arn:aws:iam::123456789012:role/mlops-staging-ci-deploy"
 def admin_access(admins: list[str]) -> dict[str, str]:
     """Name -> principal of the cluster-admin access entries and policy associations of a staging stack with CI
     (the whole program: it keys `cluster.adminRoleArns` and adds the CI deploy role)."""
-    inventory = program_inventory("staging", {"profile": "staging", "budget": {"alertEmails": ["team@example.com"]},
-                                              "ci": {"githubRepository": "acme/platform"},
-                                              "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"], "adminRoleArns": admins}})
+    inventory = program_inventory(
+        "staging",
+        {
+            "profile": "staging",
+            "budget": {"alertEmails": ["team@example.com"]},
+            "ci": {"githubRepository": "acme/platform"},
+            "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"], "adminRoleArns": admins},
+        },
+    )
     return {r.name: r.inputs["principalArn"] for r in inventory.resources
             if r.type == ACCESS_POLICY or (r.type == ACCESS_ENTRY and r.inputs["type"] == "STANDARD")}
 

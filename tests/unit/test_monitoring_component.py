@@ -30,7 +30,9 @@ def monitored() -> Inventory:
 
 @pytest.mark.parametrize(("days", "gb"), [(7, 20), (30, 200)])
 def test_alertmanager_on_retention_and_storage_as_asked(days, gb):
-    values = kps(declare(lambda: platform(Parts(monitoring={"retention_days": days, "storage_gb": gb})))).inputs["values"]
+    values = kps(declare(lambda: platform(Parts(monitoring={"retention_days": days, "storage_gb": gb})))).inputs[
+        "values"
+    ]
     prometheus_on_retention_and_storage(values, days, gb)
 
 
@@ -86,7 +88,9 @@ def endpoints_monitored(inventory: Inventory, objectives_ms: dict[str, int]) -> 
     assert set(objectives_ms) <= monitors
     (rule,) = inventory.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")
     groups = rule.inputs["spec"]["groups"]
-    latency = {r["labels"]["endpoint"]: r["expr"] for g in groups for r in g["rules"] if r["alert"] == "EndpointLatencyHigh"}
+    latency = {
+        r["labels"]["endpoint"]: r["expr"] for g in groups for r in g["rules"] if r["alert"] == "EndpointLatencyHigh"
+    }
     assert set(latency) == set(objectives_ms)
     for endpoint, ms in objectives_ms.items():
         assert latency[endpoint].endswith(f"> {ms / 1000:g}")
@@ -164,7 +168,11 @@ def test_the_node_labels_the_dashboards_use_are_exported_by_kube_state_metrics(m
     resource, labels = re.fullmatch(r"(\w+)=\[(.*)\]", allowlist).groups()
     assert resource == "nodes" and POOL_LABEL in labels.split(",")
     exported = {ksm_label(k) for k in labels.split(",")}
-    maps = [c for c in monitored.of_type("kubernetes:core/v1:ConfigMap") if "mlops-gpus.json" in (c.inputs.get("data") or {})]
+    maps = [
+        c
+        for c in monitored.of_type("kubernetes:core/v1:ConfigMap")
+        if "mlops-gpus.json" in (c.inputs.get("data") or {})
+    ]
     exprs = [t["expr"] for p in json.loads(maps[0].inputs["data"]["mlops-gpus.json"])["panels"] for t in p["targets"]]
     used = {name for e in exprs for name in re.findall(r"\blabel_\w+", e)}
     assert ksm_label(POOL_LABEL) in used and used <= exported

@@ -128,7 +128,9 @@ def test_every_in_cluster_call_is_admitted_end_to_end(inventories, stack):
 def calls_admitted(inventory: Inventory, *, training: bool) -> None:
     calls = cluster_calls(inventory)
     # serving -> tracking (every endpoint track), the ensure-user Job -> tracking, training runs -> tracking
-    expected = {("serving", "mlflow-tracking"), ("mlflow", "mlflow-tracking")} | ({("training", "mlflow-tracking")} if training else set())
+    expected = {("serving", "mlflow-tracking"), ("mlflow", "mlflow-tracking")} | (
+        {("training", "mlflow-tracking")} if training else set()
+    )
     assert {(c.namespace, s) for c, s, _, _ in calls} >= expected
     ns_labels = namespace_labels(inventory)
     for client, service_name, namespace, port in calls:

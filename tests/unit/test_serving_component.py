@@ -14,11 +14,27 @@ from tests.conftest import declare
 from tests.unit.builders import CERTIFICATE_ARN, PREFIX, SERVING_IMAGE, Parts, canary, platform
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
-DIABETES = {"endpoint": "diabetes", "model": "diabetes", "min_replicas": 1, "max_replicas": 2, "cpu": "500m", "memory": "1Gi",
-            "capture_fraction": 0.1, "node_selector": SYSTEM_POOL_LABEL}
+DIABETES = {
+    "endpoint": "diabetes",
+    "model": "diabetes",
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "cpu": "500m",
+    "memory": "1Gi",
+    "capture_fraction": 0.1,
+    "node_selector": SYSTEM_POOL_LABEL,
+}
 """A CPU endpoint pinned to the system nodes (as dev's is)."""
-RERANKER = {"endpoint": "reranker", "model": "reranker", "gpu": 1, "cpu": "4", "memory": "16Gi", "min_replicas": 1, "max_replicas": 4,
-            "canary": canary(weight=5)}
+RERANKER = {
+    "endpoint": "reranker",
+    "model": "reranker",
+    "gpu": 1,
+    "cpu": "4",
+    "memory": "16Gi",
+    "min_replicas": 1,
+    "max_replicas": 4,
+    "canary": canary(weight=5),
+}
 """A GPU endpoint with a canary (as prod's is)."""
 
 
@@ -54,7 +70,8 @@ def test_an_endpoint_follows_its_args(both):
     assert env["SERVING_TRACKING_PASSWORD_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
     assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
     assert container["image"] == SERVING_IMAGE  # pinned by the digest the registry holds
-    assert deployment.inputs["spec"]["template"]["spec"]["nodeSelector"] == {"mlops.platform/pool": "system"}  # no pool node at idle
+    # no pool node at idle
+    assert deployment.inputs["spec"]["template"]["spec"]["nodeSelector"] == {"mlops.platform/pool": "system"}
     (hpa,) = of(objects, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (1, 2)
     assert hpa.inputs["spec"]["metrics"][0]["resource"]["name"] == "cpu"

@@ -18,7 +18,14 @@ import pytest
 from tests.conftest import STACK_FILE_TESTS
 
 UNIT = Path(__file__).resolve().parent
-WAYS_IN = {"stack_inventories", "offline_stack", "load_stack_config", "load_stack_file", "stack_names", "offline_inventory"}
+WAYS_IN = {
+    "stack_inventories",
+    "offline_stack",
+    "load_stack_config",
+    "load_stack_file",
+    "stack_names",
+    "offline_inventory",
+}
 """Names that read stacks/*.yaml: the loader (infra/stackfile.py), the CLI's preview, the test helpers over it."""
 
 
@@ -40,7 +47,11 @@ def stack_reads(source: str) -> list[str]:
         elif isinstance(node, ast.arg) and node.arg in WAYS_IN:
             found.append(f"line {node.lineno}: fixture {node.arg}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if node.value == "stacks" or node.value.startswith("stacks/") or (node.value.startswith("Pulumi.") and ".yaml" in node.value):
+            if (
+                node.value == "stacks"
+                or node.value.startswith("stacks/")
+                or (node.value.startswith("Pulumi.") and ".yaml" in node.value)
+            ):
                 found.append(f"line {node.lineno}: {node.value!r}")
     return found
 

@@ -97,7 +97,9 @@ def workload_role_scoped(inventory: Inventory, bucket: str, readers: int) -> Non
     assert len(s3) == 2
     secrets = next(s for s in statements if s["Sid"] == "OwnSecrets")
     # the RDS master secret, admin, Flask key, database role and each endpoint's reader
-    assert len(secrets["Resource"]) == 4 + readers and all(r.startswith("arn:aws:secretsmanager:") for r in secrets["Resource"])
+    assert len(secrets["Resource"]) == 4 + readers and all(
+        r.startswith("arn:aws:secretsmanager:") for r in secrets["Resource"]
+    )
 
 
 def test_migration_job_precedes_the_deployment(server):
@@ -161,13 +163,20 @@ def no_api_token_and_a_cpu_limit(inventory: Inventory) -> None:
 
 
 def test_managed_mode_declares_no_database_or_deployment():
-    managed = ManagedTrackingArgs(artifact_bucket=ARTIFACT_BUCKET, artifact_bucket_arn=f"arn:aws:s3:::{ARTIFACT_BUCKET}", kms_key_arn=KEY_ARN,
-                                  size="Small")
+    managed = ManagedTrackingArgs(
+        artifact_bucket=ARTIFACT_BUCKET,
+        artifact_bucket_arn=f"arn:aws:s3:::{ARTIFACT_BUCKET}",
+        kms_key_arn=KEY_ARN,
+        size="Small",
+    )
     inventory = declare(lambda: TrackingServer("t", managed))
     assert inventory.of_type(RDS) == [] and inventory.of_type("aws:secretsmanager/secret:Secret") == []
     assert [r for r in inventory.resources if r.type.startswith("kubernetes:")] == []
     (server,) = inventory.of_type("aws:sagemaker/mlflowTrackingServer:MlflowTrackingServer")
-    assert server.inputs["artifactStoreUri"] == f"s3://{ARTIFACT_BUCKET}/mlflow" and server.inputs["trackingServerSize"] == "Small"
+    assert (
+        server.inputs["artifactStoreUri"] == f"s3://{ARTIFACT_BUCKET}/mlflow"
+        and server.inputs["trackingServerSize"] == "Small"
+    )
 
 
 def managed_stack_checks_and_costs(inventory: Inventory) -> None:
@@ -185,10 +194,29 @@ def managed_stack_checks_and_costs(inventory: Inventory) -> None:
 def self_hosted_args(**overrides) -> SelfHostedTrackingArgs:
     """The smallest self-hosted args: every field without a default given once, here."""
     database = DatabaseArgs(instance_class="db.t4g.micro", multi_az=False, allocated_storage_gb=20, backup_retention_days=1, engine_version="17")
-    values = dict(artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k", vpc_id="vpc", vpc_cidr="10.0.0.0/16", subnet_ids=("s",),
-                  cluster_security_group_id="sg", identity=object(), image="repo/tracking:1", replicas=1, database=database,
-                  exposure="clusterOnly", protect=False, ingress_group="internal", certificate_arn=None, load_balancer_cidrs=(),
-                  allowed_hosts=(), load_balancer_controller=None, node_selector={}, reader_endpoints=(), writer_models={})
+    values = dict(
+        artifact_bucket="b",
+        artifact_bucket_arn="arn",
+        kms_key_arn="k",
+        vpc_id="vpc",
+        vpc_cidr="10.0.0.0/16",
+        subnet_ids=("s",),
+        cluster_security_group_id="sg",
+        identity=object(),
+        image="repo/tracking:1",
+        replicas=1,
+        database=database,
+        exposure="clusterOnly",
+        protect=False,
+        ingress_group="internal",
+        certificate_arn=None,
+        load_balancer_cidrs=(),
+        allowed_hosts=(),
+        load_balancer_controller=None,
+        node_selector={},
+        reader_endpoints=(),
+        writer_models={},
+    )
     return SelfHostedTrackingArgs(**{**values, **overrides})  # type: ignore[arg-type]
 
 
@@ -259,7 +287,11 @@ def each_endpoint_its_own_reader(inventory: Inventory, prefix: str, names: set[s
     assert all(user == f"serving-{endpoint}" for endpoint, (user, _) in endpoints.items())
     assert len(set(readers.values())) == len(readers)  # no shared secret
     for endpoint, (_, arn) in endpoints.items():
-        (policy,) = [p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name == f"{prefix}-ep-{endpoint}-workload-policy"]
+        (policy,) = [
+            p
+            for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy")
+            if p.name == f"{prefix}-ep-{endpoint}-workload-policy"
+        ]
         reader = next(s for s in json.loads(policy.inputs["policy"])["Statement"] if s["Sid"] == "TrackingReader")
         assert reader["Resource"] == arn
 
@@ -277,5 +309,8 @@ def test_only_the_migration_job_reads_the_rds_master_secret(server):
     assert env_of(migrate)["TRACKING_DATABASE_SECRET_ARN"].startswith("arn:aws:secretsmanager:")
     assert "TRACKING_DATABASE_SECRET_ARN" not in env_of(server)
     for resource in (migrate, server):
-        assert f":secret:{PREFIX}-tracking-database-password-secret-" in env_of(resource)["TRACKING_DATABASE_PASSWORD_SECRET_ARN"]
+        assert (
+            f":secret:{PREFIX}-tracking-database-password-secret-"
+            in env_of(resource)["TRACKING_DATABASE_PASSWORD_SECRET_ARN"]
+        )
     assert master.inputs["username"] == "mlflow" and master.inputs["manageMasterUserPassword"] is True

@@ -31,8 +31,13 @@ RELEASE = "kubernetes:helm.sh/v3:Release"
 def full(request) -> Inventory:
     """Every chart and custom resource: compute, monitoring, tracking and an endpoint; add-ons with `param` replicas."""
     replicas = request.param
-    parts = Parts(addons={"replicas": replicas}, pools={"replicas": replicas}, monitoring={}, tracking={"replicas": replicas},
-                  endpoints=[{}])
+    parts = Parts(
+        addons={"replicas": replicas},
+        pools={"replicas": replicas},
+        monitoring={},
+        tracking={"replicas": replicas},
+        endpoints=[{}],
+    )
     return declare(lambda: platform(parts))
 
 
