@@ -61,7 +61,6 @@ STACK_FILE_TESTS: dict[str, str] = {
     "tests.unit.test_training_cost": "the cost of pipelines added to the shipped stacks",
     "tests.unit.test_workflows": "the workflows name the shipped stack files",
     "tests.unit.test_training_component": "pending: the training helper's area; to build from tests/unit/builders.py",
-    "tests.unit.test_settings_contract": "pending: new; its workloads can come from builders.program_inventory",
 }
 """The tests/unit modules whose subject is the shipped stack files (or that still read them, marked pending),
 each with the reason. Every other unit module stands alone: it builds components from explicit args

@@ -2,8 +2,8 @@
 service's container is read by that service, and a service refuses a variable with its prefix that it does not read.
 
 The variables come from the rendered workloads of an offline preview (Pulumi mocks), not from the components'
-source: prod with two training pipelines, one retraining on drift, declares every kind of container the platform
-runs from its own images (model servers, the tracking server and its Jobs, pipeline CronJobs, the drift receiver).
+source: a prod-profile stack (tests/unit/builders.profile_settings: a CPU endpoint and a GPU one with a canary) with
+two training pipelines, one retraining on drift, declares every kind of container the platform runs from its own images (model servers, the tracking server and its Jobs, pipeline CronJobs, the drift receiver).
 Each kind's settings class names what it reads (`env_prefix` + field names); variables read by third-party code are
 listed in THIRD_PARTY with the place that reads them, and a test checks each against the pinned library.
 """
@@ -23,7 +23,7 @@ from services.serving.settings import ServingSettings
 from services.tracking.settings import TrackingSettings
 from services.training.receiver import ReceiverSettings
 from services.training.settings import TrainingSettings
-from tests.conftest import offline_stack
+from tests.unit.builders import profile_settings, program_inventory
 
 REPOSITORIES = {"repositories": ["serving", "tracking", "drift", "training"]}
 PIPELINES = [
@@ -94,7 +94,7 @@ def unread(settings: type[BaseSettings], names: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workloads():
-    return containers(offline_stack("prod", registry=REPOSITORIES, pipelines=PIPELINES))
+    return containers(program_inventory("prod", profile_settings("prod", registry=REPOSITORIES, pipelines=PIPELINES)))
 
 
 def test_every_variable_a_component_sets_is_read_by_its_service(workloads):
