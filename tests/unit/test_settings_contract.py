@@ -3,7 +3,8 @@ service's container is read by that service, and a service refuses a variable wi
 
 The variables come from the rendered workloads of an offline preview (Pulumi mocks), not from the components'
 source: a prod-profile stack (tests/unit/builders.profile_settings: a CPU endpoint and a GPU one with a canary) with
-two training pipelines, one retraining on drift, declares every kind of container the platform runs from its own images (model servers, the tracking server and its Jobs, pipeline CronJobs, the drift receiver).
+two training pipelines, one retraining on drift, declares every kind of container the platform runs from its own
+images (model servers, the tracking server and its Jobs, pipeline CronJobs, the drift receiver).
 Each kind's settings class names what it reads (`env_prefix` + field names); variables read by third-party code are
 listed in THIRD_PARTY with the place that reads them, and a test checks each against the pinned library.
 """
