@@ -29,6 +29,7 @@ from components.node_pools import GPU_RESOURCE, NodePools, NodePoolsArgs, PoolAr
 from components.registry import RegistryArgs
 from components.serving import CanaryArgs, ServingEndpoint, ServingEndpointArgs, ServingPlane
 from components.storage import StorageArgs
+from components.tracking import CLUSTER_URL as TRACKING_CLUSTER_URL
 from components.tracking import DatabaseArgs, SelfHostedTrackingArgs, TrackingServer
 from infra.inventory import Inventory
 from infra.offline import ACCOUNT_ID, run_offline
@@ -189,14 +190,33 @@ def addons_args(network: Network, cluster: Cluster, **overrides: Any) -> Cluster
     return ClusterAddonsArgs(**{**values, **overrides})
 
 
-def node_pools_args(cluster: Cluster, **overrides: Any) -> NodePoolsArgs:
+DETACHED: dict[str, Any] = dict(identity=None, load_balancer_controller=None)
+"""What an `*_args` factory gives for its neighbours when called without them (None): enough for checks of the
+args alone, which declare nothing."""
+
+
+def node_pools_args(cluster: Cluster | None, **overrides: Any) -> NodePoolsArgs:
+    """The pools of `cluster`; without one (None), detached values for checks of the args alone."""
+    neighbours: dict[str, Any] = (
+        dict(
+            cluster_endpoint="https://test.eks",
+            cluster_security_group_id="sg-0test",
+            identity=None,
+            node_role=None,
+            node_access=(),
+        )
+        if cluster is None
+        else dict(
+            cluster_endpoint=cluster.endpoint,
+            cluster_security_group_id=cluster.security_group_id,
+            identity=cluster.identity,
+            node_role=cluster.karpenter_node_role,
+            node_access=(cluster.karpenter_node_access,),
+        )
+    )
     values: dict[str, Any] = dict(
         cluster_name=PREFIX,
-        cluster_endpoint=cluster.endpoint,
-        cluster_security_group_id=cluster.security_group_id,
-        identity=cluster.identity,
-        node_role=cluster.karpenter_node_role,
-        node_access=(cluster.karpenter_node_access,),
+        **neighbours,
         ami_alias="al2023@latest",
         node_tags={**TAGS, "component": "node-pools"},
         replicas=1,
@@ -236,8 +256,9 @@ def monitoring_args(built: Platform, **overrides: Any) -> MonitoringArgs:
     return MonitoringArgs(**{**values, **overrides})
 
 
-def tracking_args(built: Platform, **overrides: Any) -> SelfHostedTrackingArgs:
-    """Self-hosted, on an internal ALB, one replica, the smallest database."""
+def tracking_args(built: Platform | None, **overrides: Any) -> SelfHostedTrackingArgs:
+    """Self-hosted, on an internal ALB, one replica, the smallest database; without a platform (None), detached
+    values for checks of the args alone."""
     database = DatabaseArgs(
         instance_class="db.t4g.micro",
         multi_az=False,
@@ -249,12 +270,7 @@ def tracking_args(built: Platform, **overrides: Any) -> SelfHostedTrackingArgs:
         artifact_bucket=ARTIFACT_BUCKET,
         artifact_bucket_arn=f"arn:aws:s3:::{ARTIFACT_BUCKET}",
         kms_key_arn=KEY_ARN,
-        vpc_id=built.network.vpc_id,
-        vpc_cidr=built.network.vpc_cidr,
-        load_balancer_cidrs=built.network.load_balancer_cidrs,
-        subnet_ids=built.network.private_subnet_ids,
-        cluster_security_group_id=built.cluster.security_group_id,
-        identity=built.cluster.identity,
+        **_tracking_neighbours(built),
         image=TRACKING_IMAGE,
         replicas=1,
         database=database,
@@ -262,7 +278,6 @@ def tracking_args(built: Platform, **overrides: Any) -> SelfHostedTrackingArgs:
         certificate_arn=None,
         allowed_hosts=(),
         protect=False,
-        load_balancer_controller=built.addons.load_balancer_controller,
         ingress_group=f"{PREFIX}-internal",
         node_selector={},
         reader_endpoints=(),
@@ -271,9 +286,54 @@ def tracking_args(built: Platform, **overrides: Any) -> SelfHostedTrackingArgs:
     return SelfHostedTrackingArgs(**{**values, **overrides})
 
 
-def endpoint_args(built: Platform, **overrides: Any) -> ServingEndpointArgs:
-    """One CPU endpoint `ep` serving model `m`; needs the platform's tracking server and monitoring."""
+def _tracking_neighbours(built: Platform | None) -> dict[str, Any]:
+    if built is None:
+        return dict(
+            DETACHED,
+            vpc_id="vpc-0test",
+            vpc_cidr="10.0.0.0/16",
+            load_balancer_cidrs=("10.0.192.0/22",),
+            subnet_ids=("subnet-0test",),
+            cluster_security_group_id="sg-0test",
+        )
+    return dict(
+        vpc_id=built.network.vpc_id,
+        vpc_cidr=built.network.vpc_cidr,
+        load_balancer_cidrs=built.network.load_balancer_cidrs,
+        subnet_ids=built.network.private_subnet_ids,
+        cluster_security_group_id=built.cluster.security_group_id,
+        identity=built.cluster.identity,
+        load_balancer_controller=built.addons.load_balancer_controller,
+    )
+
+
+def _endpoint_neighbours(built: Platform | None, endpoint: str) -> dict[str, Any]:
+    if built is None:
+        return dict(
+            DETACHED,
+            tracking_url=TRACKING_CLUSTER_URL,
+            tracking_reader_secret_arn="arn:aws:secretsmanager:test",
+            load_balancer_cidrs=("10.0.192.0/22",),
+            gpu_node_selector={},
+            gpu_toleration={},
+            monitoring_crds=None,
+        )
     assert built.tracking is not None and built.monitoring is not None, "endpoints need tracking and monitoring parts"
+    return dict(
+        tracking_url=built.tracking.cluster_url,
+        tracking_reader_secret_arn=built.tracking.reader_secret_arns[endpoint],
+        identity=built.cluster.identity,
+        load_balancer_cidrs=built.network.load_balancer_cidrs,
+        gpu_node_selector=built.pools.gpu_node_selector,
+        gpu_toleration=built.pools.gpu_toleration,
+        load_balancer_controller=built.addons.load_balancer_controller,
+        monitoring_crds=built.monitoring.release,
+    )
+
+
+def endpoint_args(built: Platform | None, **overrides: Any) -> ServingEndpointArgs:
+    """One CPU endpoint `ep` serving model `m`, beside the platform's tracking server and monitoring; without a
+    platform (None), detached values for checks of the args alone."""
     endpoint = overrides.get("endpoint", "ep")
     values: dict[str, Any] = dict(
         endpoint=endpoint,
@@ -292,17 +352,10 @@ def endpoint_args(built: Platform, **overrides: Any) -> ServingEndpointArgs:
         artifact_bucket=ARTIFACT_BUCKET,
         artifact_bucket_arn=f"arn:aws:s3:::{ARTIFACT_BUCKET}",
         kms_key_arn=KEY_ARN,
-        tracking_url=built.tracking.cluster_url,
-        tracking_reader_secret_arn=built.tracking.reader_secret_arns[endpoint],
-        identity=built.cluster.identity,
-        load_balancer_cidrs=built.network.load_balancer_cidrs,
-        gpu_node_selector=built.pools.gpu_node_selector,
-        gpu_toleration=built.pools.gpu_toleration,
+        **_endpoint_neighbours(built, endpoint),
         ingress_group=f"{PREFIX}-internal",
         certificate_arn=None,
         node_selector={},
-        load_balancer_controller=built.addons.load_balancer_controller,
-        monitoring_crds=built.monitoring.release,
     )
     return ServingEndpointArgs(**{**values, **overrides})
 

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from components.node_pools import NodePoolsArgs, controller_policy
+from components.node_pools import controller_policy
 from infra.inventory import Inventory
 from infra.manifests import manifest_of, validate
 from tests.conftest import declare
-from tests.unit.builders import PREFIX, TAGS, Parts, cluster_args, cpu_pool_args, gpu_pool_args, platform
+from tests.unit.builders import PREFIX, TAGS, Parts, cluster_args, gpu_pool_args, node_pools_args, platform
 
 NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
 NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
@@ -243,19 +243,7 @@ def test_karpenter_policy_is_scoped_to_this_cluster():
 
 def test_node_pool_args_reject_bad_limits():
     def args(gpu_limits):
-        return NodePoolsArgs(
-            cluster_name="c",
-            cluster_endpoint="e",
-            cluster_security_group_id="sg",
-            identity=None,
-            node_role=None,  # type: ignore[arg-type]
-            node_access=(),
-            ami_alias="al2023@latest",
-            node_tags={},
-            replicas=1,
-            cpu=cpu_pool_args(),
-            gpu=gpu_pool_args(limits=gpu_limits),
-        )
+        return node_pools_args(None, gpu=gpu_pool_args(limits=gpu_limits))
 
     with pytest.raises(ValueError, match="must cap nvidia.com/gpu"):
         args({"cpu": "8"})

@@ -296,57 +296,15 @@ def test_quantities_are_read_by_the_kubernetes_parser():
 
 
 def test_components_read_quantities_with_the_same_parser():
-    from components.node_pools import NodePoolsArgs
-    from components.serving import ServingEndpointArgs
-    from tests.unit.builders import cpu_pool_args, gpu_pool_args
+    from tests.unit.builders import cpu_pool_args, endpoint_args, node_pools_args
 
-    def pools(cpu_limit: str) -> NodePoolsArgs:
-        return NodePoolsArgs(
-            cluster_name="c",
-            cluster_endpoint="e",
-            cluster_security_group_id="sg",
-            identity=None,
-            node_role=None,  # type: ignore[arg-type]
-            node_access=(),
-            ami_alias="al2023@latest",
-            node_tags={},
-            replicas=1,
-            cpu=cpu_pool_args(limits={"cpu": cpu_limit}),
-            gpu=gpu_pool_args(),
-        )
+    def pools(cpu_limit: str):
+        return node_pools_args(None, cpu=cpu_pool_args(limits={"cpu": cpu_limit}))
 
     assert pools("32000m").cpu.limits == {"cpu": "32000m"}  # a valid quantity, not a crash of int("32000m")
     with pytest.raises(ValueError, match=r"cpu.limits\[cpu\]: not a Kubernetes quantity: 'lots'"):
         pools("lots")
-    endpoint = dict(
-        endpoint="e",
-        model="m",
-        image="repo/model:1.0",
-        artifact_bucket="b",
-        artifact_bucket_arn="arn",
-        kms_key_arn="k",
-        tracking_url="http://t",
-        tracking_reader_secret_arn="s",
-        identity=None,
-        load_balancer_cidrs=["10.0.192.0/22"],
-        alias="champion",
-        min_replicas=1,
-        max_replicas=1,
-        memory="1Gi",
-        gpu=0,
-        autoscaling_metric="cpu",
-        autoscaling_target=70,
-        capture_fraction=0.0,
-        ingress_group="internal",
-        canary=None,
-        certificate_arn=None,
-        gpu_node_selector={},
-        gpu_toleration={},
-        node_selector={},
-        load_balancer_controller=None,
-        monitoring_crds=None,
-    )
-    assert [ServingEndpointArgs(**endpoint, cpu=cpu).workers for cpu in ("1500m", "2", "2500m", "250m")] == [1, 2, 2, 1]
+    assert [endpoint_args(None, cpu=cpu).workers for cpu in ("1500m", "2", "2500m", "250m")] == [1, 2, 2, 1]
 
 
 def test_a_cpu_limit_in_millicores_is_read_as_cores():

@@ -10,7 +10,7 @@ import pytest
 from components.tracking import DatabaseArgs, ManagedTrackingArgs, SelfHostedTrackingArgs, TrackingServer
 from infra.inventory import Inventory
 from tests.conftest import declare
-from tests.unit.builders import ARTIFACT_BUCKET, KEY_ARN, PREFIX, TRACKING_IMAGE, Parts, platform
+from tests.unit.builders import ARTIFACT_BUCKET, KEY_ARN, PREFIX, TRACKING_IMAGE, Parts, platform, tracking_args
 
 RDS = "aws:rds/instance:Instance"
 PROTECTED = {"protect": True, "replicas": 2, "database": DatabaseArgs(instance_class="db.m6g.large", multi_az=True,
@@ -192,32 +192,8 @@ def managed_stack_checks_and_costs(inventory: Inventory) -> None:
 
 
 def self_hosted_args(**overrides) -> SelfHostedTrackingArgs:
-    """The smallest self-hosted args: every field without a default given once, here."""
-    database = DatabaseArgs(instance_class="db.t4g.micro", multi_az=False, allocated_storage_gb=20, backup_retention_days=1, engine_version="17")
-    values = dict(
-        artifact_bucket="b",
-        artifact_bucket_arn="arn",
-        kms_key_arn="k",
-        vpc_id="vpc",
-        vpc_cidr="10.0.0.0/16",
-        subnet_ids=("s",),
-        cluster_security_group_id="sg",
-        identity=object(),
-        image="repo/tracking:1",
-        replicas=1,
-        database=database,
-        exposure="clusterOnly",
-        protect=False,
-        ingress_group="internal",
-        certificate_arn=None,
-        load_balancer_cidrs=(),
-        allowed_hosts=(),
-        load_balancer_controller=None,
-        node_selector={},
-        reader_endpoints=(),
-        writer_models={},
-    )
-    return SelfHostedTrackingArgs(**{**values, **overrides})  # type: ignore[arg-type]
+    """builders.tracking_args without a platform (checks of the args alone), exposed in the cluster only."""
+    return tracking_args(None, **{"exposure": "clusterOnly", **overrides})
 
 
 @pytest.mark.parametrize("image", ["repo/tracking:latest", "repo/tracking", ""])
