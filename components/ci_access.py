@@ -59,35 +59,70 @@ def preview_subject(repository: str) -> str:
 def trust_policy(provider_arn: str, subjects: Sequence[str]) -> str:
     """Only tokens from GitHub for STS, whose `sub` is exactly one of `subjects`."""
     if not subjects or any("*" in s or "?" in s for s in subjects):
-        raise ValueError(f"refusing a trust policy for subjects {list(subjects)}: name each repository and environment exactly")
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": {"Federated": provider_arn},
-            "Action": "sts:AssumeRoleWithWebIdentity",
-            "Condition": {"StringEquals": {f"{GITHUB_ISSUER}:aud": AUDIENCE, f"{GITHUB_ISSUER}:sub": list(subjects)}},
-        }],
-    })
+        raise ValueError(
+            f"refusing a trust policy for subjects {list(subjects)}: name each repository and environment exactly"
+        )
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Federated": provider_arn},
+                    "Action": "sts:AssumeRoleWithWebIdentity",
+                    "Condition": {
+                        "StringEquals": {f"{GITHUB_ISSUER}:aud": AUDIENCE, f"{GITHUB_ISSUER}:sub": list(subjects)}
+                    },
+                }
+            ],
+        }
+    )
 
 
-def preview_policy(*, partition: str, region: str, account: str, registry_namespace: str,
-                   state_bucket: str | None, secrets_key_arn: str | None) -> str:
+def preview_policy(
+    *,
+    partition: str,
+    region: str,
+    account: str,
+    registry_namespace: str,
+    state_bucket: str | None,
+    secrets_key_arn: str | None,
+) -> str:
     """Read-only: the data sources the program reads, the stack's own image digests, and the state.
 
     Not AWS's `ReadOnlyAccess`: that one reads every object in every bucket and every table, and a
     pull request's workflow can run any code with this role (a branch can change the workflow)."""
     statements: list[dict[str, Any]] = [
         {"Sid": "ProgramReads", "Effect": "Allow", "Action": ["ec2:DescribeAvailabilityZones"], "Resource": "*"},
-        {"Sid": "StackImageDigests", "Effect": "Allow", "Action": ["ecr:DescribeImages"],
-         "Resource": f"arn:{partition}:ecr:{region}:{account}:repository/{registry_namespace}/*"},
+        {
+            "Sid": "StackImageDigests",
+            "Effect": "Allow",
+            "Action": ["ecr:DescribeImages"],
+            "Resource": f"arn:{partition}:ecr:{region}:{account}:repository/{registry_namespace}/*",
+        },
     ]
     if state_bucket:
-        statements.append({"Sid": "StateList", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:{partition}:s3:::{state_bucket}"})
-        statements.append({"Sid": "StateRead", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"arn:{partition}:s3:::{state_bucket}/.pulumi/*"})
+        statements.append(
+            {
+                "Sid": "StateList",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": f"arn:{partition}:s3:::{state_bucket}",
+            }
+        )
+        statements.append(
+            {
+                "Sid": "StateRead",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": f"arn:{partition}:s3:::{state_bucket}/.pulumi/*",
+            }
+        )
     if secrets_key_arn:
         # Decrypt is a "Write" in IAM's access levels, but changes nothing: preview must read the stack's secret config.
-        statements.append({"Sid": "SecretConfig", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": secrets_key_arn})
+        statements.append(
+            {"Sid": "SecretConfig", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": secrets_key_arn}
+        )
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
@@ -125,20 +160,40 @@ class CiAccess(pulumi.ComponentResource):
                 opts=child,
             )
             self.oidc_provider_arn = provider.arn
-        self.deploy = self._role(f"{name}-deploy", f"{args.name_prefix}-ci-deploy", args,
-                                 deploy_subjects(args.repository, args.deploy_environments), managed=args.deploy_policy_arns)
+        self.deploy = self._role(
+            f"{name}-deploy",
+            f"{args.name_prefix}-ci-deploy",
+            args,
+            deploy_subjects(args.repository, args.deploy_environments),
+            managed=args.deploy_policy_arns,
+        )
         self.preview = None
         if args.preview_role:
-            self.preview = self._role(f"{name}-preview", f"{args.name_prefix}-ci-preview", args, [preview_subject(args.repository)],
-                                      inline=self._preview_policy(args))
-        self.register_outputs({
-            "oidc_provider_arn": self.oidc_provider_arn,
-            "deploy_role_arn": self.deploy.arn,
-            "preview_role_arn": self.preview.arn if self.preview else None,
-        })
+            self.preview = self._role(
+                f"{name}-preview",
+                f"{args.name_prefix}-ci-preview",
+                args,
+                [preview_subject(args.repository)],
+                inline=self._preview_policy(args),
+            )
+        self.register_outputs(
+            {
+                "oidc_provider_arn": self.oidc_provider_arn,
+                "deploy_role_arn": self.deploy.arn,
+                "preview_role_arn": self.preview.arn if self.preview else None,
+            }
+        )
 
-    def _role(self, name: str, role_name: str, args: CiAccessArgs, subjects: list[str], *,
-              managed: Sequence[str] = (), inline: pulumi.Input[str] | None = None) -> RoleWithPolicies:
+    def _role(
+        self,
+        name: str,
+        role_name: str,
+        args: CiAccessArgs,
+        subjects: list[str],
+        *,
+        managed: Sequence[str] = (),
+        inline: pulumi.Input[str] | None = None,
+    ) -> RoleWithPolicies:
         child = pulumi.ResourceOptions(parent=self)
         role = aws.iam.Role(
             name,
@@ -160,7 +215,13 @@ class CiAccess(pulumi.ComponentResource):
         caller = aws.get_caller_identity(opts=pulumi.InvokeOptions(parent=self))
         partition = aws.get_partition(opts=pulumi.InvokeOptions(parent=self)).partition
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
-        return pulumi.Output.from_input(preview_policy(
-            partition=partition, region=region, account=caller.account_id, registry_namespace=args.name_prefix,
-            state_bucket=args.state_bucket, secrets_key_arn=args.secrets_key_arn,
-        ))
+        return pulumi.Output.from_input(
+            preview_policy(
+                partition=partition,
+                region=region,
+                account=caller.account_id,
+                registry_namespace=args.name_prefix,
+                state_bucket=args.state_bucket,
+                secrets_key_arn=args.secrets_key_arn,
+            )
+        )

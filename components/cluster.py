@@ -86,8 +86,10 @@ class ClusterArgs:
     def __post_init__(self) -> None:
         problems = []
         if not self.endpoint_public_access and not (self.deploy_runner_cidrs or self.deploy_runner_security_group_ids):
-            problems.append("deploy_runner_cidrs or deploy_runner_security_group_ids: required with a private endpoint "
-                            "(nothing else can reach the API to install the add-ons)")
+            problems.append(
+                "deploy_runner_cidrs or deploy_runner_security_group_ids: required with a private endpoint "
+                "(nothing else can reach the API to install the add-ons)"
+            )
         if any(c.endswith("/0") for c in self.deploy_runner_cidrs):
             problems.append("deploy_runner_cidrs: 0.0.0.0/0 is not allowed")
         if self.endpoint_public_access and not self.public_access_cidrs:
@@ -109,7 +111,9 @@ def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> s
         {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
+            "clusters": [
+                {"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}
+            ],
             "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
             "current-context": cluster_name,
             "users": [
@@ -119,7 +123,16 @@ def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> s
                         "exec": {
                             "apiVersion": "client.authentication.k8s.io/v1beta1",
                             "command": "aws",
-                            "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region, "--output", "json"],
+                            "args": [
+                                "eks",
+                                "get-token",
+                                "--cluster-name",
+                                cluster_name,
+                                "--region",
+                                region,
+                                "--output",
+                                "json",
+                            ],
                         }
                     },
                 }
@@ -202,7 +215,9 @@ class Cluster(pulumi.ComponentResource):
             retention_in_days=args.log_retention_days,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        cluster_role = service_role(f"{name}-cluster-role", service="eks.amazonaws.com", managed_policy_arns=(CLUSTER_POLICY,), parent=self)
+        cluster_role = service_role(
+            f"{name}-cluster-role", service="eks.amazonaws.com", managed_policy_arns=(CLUSTER_POLICY,), parent=self
+        )
         return aws.eks.Cluster(
             f"{name}-eks",
             name=args.cluster_name,
@@ -227,12 +242,16 @@ class Cluster(pulumi.ComponentResource):
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
             deletion_protection=args.deletion_protection,
             # the cluster policy outlives the cluster on destroy (EKS needs it to delete its ENIs)
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group, *cluster_role.ready], protect=args.deletion_protection),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[log_group, *cluster_role.ready], protect=args.deletion_protection
+            ),
         )
 
     def _system_nodes(self, name: str, args: ClusterArgs, cluster: aws.eks.Cluster) -> aws.eks.NodeGroup:
         """The VPC CNI add-on, then the managed system node group with an IMDSv2-only launch template."""
-        self.system_node_role = service_role(f"{name}-node-role", service="ec2.amazonaws.com", managed_policy_arns=NODE_POLICIES, parent=self)
+        self.system_node_role = service_role(
+            f"{name}-node-role", service="ec2.amazonaws.com", managed_policy_arns=NODE_POLICIES, parent=self
+        )
         # Before any node: aws-node starts with NetworkPolicy enforcement on. It uses the node
         # role's CNI policy, so it depends on that role too.
         self.vpc_cni = aws.eks.Addon(
@@ -244,26 +263,7 @@ class Cluster(pulumi.ComponentResource):
             resolve_conflicts_on_update="OVERWRITE",  # our configuration is the truth
             opts=pulumi.ResourceOptions(parent=self, depends_on=self.system_node_role.ready),
         )
-        instance_tags = dict(args.instance_tags)
-        launch_template = aws.ec2.LaunchTemplate(
-            f"{name}-system-lt",
-            description="system nodes: IMDSv2 only, hop limit 1, encrypted gp3 root volume",
-            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
-            ),
-            block_device_mappings=[
-                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                    device_name="/dev/xvda",
-                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(volume_size=40, volume_type="gp3", encrypted="true"),
-                )
-            ],
-            # The template's own `tags` stay on the template; what it launches is tagged here,
-            # so the budget's `stack` filter counts the system nodes and their volumes.
-            tag_specifications=[
-                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags) for kind in LAUNCHED_RESOURCE_TYPES
-            ] if instance_tags else None,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        launch_template = self._system_launch_template(name, args)
         return aws.eks.NodeGroup(
             f"{name}-system",
             cluster_name=cluster.name,
@@ -276,13 +276,47 @@ class Cluster(pulumi.ComponentResource):
                 min_size=args.system_min_size, max_size=args.system_max_size, desired_size=args.system_desired_size
             ),
             labels=SYSTEM_POOL_LABEL,
-            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(id=launch_template.id, version=launch_template.latest_version.apply(str)),
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=launch_template.id, version=launch_template.latest_version.apply(str)
+            ),
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[self.vpc_cni, *self.system_node_role.ready], ignore_changes=["scalingConfig.desiredSize"]
+                parent=self,
+                depends_on=[self.vpc_cni, *self.system_node_role.ready],
+                ignore_changes=["scalingConfig.desiredSize"],
             ),
         )
 
-    def _karpenter_node_identity(self, name: str, cluster: aws.eks.Cluster) -> tuple[RoleWithPolicies, aws.eks.AccessEntry]:
+    def _system_launch_template(self, name: str, args: ClusterArgs) -> aws.ec2.LaunchTemplate:
+        """System nodes: IMDSv2 only (hop limit 1, so pods can't borrow the node's role) and an encrypted root."""
+        instance_tags = dict(args.instance_tags)
+        return aws.ec2.LaunchTemplate(
+            f"{name}-system-lt",
+            description="system nodes: IMDSv2 only, hop limit 1, encrypted gp3 root volume",
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=40, volume_type="gp3", encrypted="true"
+                    ),
+                )
+            ],
+            # The template's own `tags` stay on the template; what it launches is tagged here,
+            # so the budget's `stack` filter counts the system nodes and their volumes.
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=instance_tags)
+                for kind in LAUNCHED_RESOURCE_TYPES
+            ]
+            if instance_tags
+            else None,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _karpenter_node_identity(
+        self, name: str, cluster: aws.eks.Cluster
+    ) -> tuple[RoleWithPolicies, aws.eks.AccessEntry]:
         """Karpenter's nodes get their own role and their own `EC2_LINUX` access entry.
 
         Why not reuse the system node group's role: EKS creates the access entry of a managed
@@ -293,7 +327,9 @@ class Cluster(pulumi.ComponentResource):
         getting-started template does: `KarpenterNodeRole`), the entry is ours, Karpenter may
         pass only this role, and NodeClasses depend on the entry, so it outlives their nodes.
         """
-        role = service_role(f"{name}-karpenter-node-role", service="ec2.amazonaws.com", managed_policy_arns=NODE_POLICIES, parent=self)
+        role = service_role(
+            f"{name}-karpenter-node-role", service="ec2.amazonaws.com", managed_policy_arns=NODE_POLICIES, parent=self
+        )
         entry = aws.eks.AccessEntry(
             f"{name}-karpenter-nodes",
             cluster_name=cluster.name,
@@ -308,7 +344,11 @@ class Cluster(pulumi.ComponentResource):
         access: list[pulumi.Resource] = []
         for key, role_arn in args.admin_role_arns.items():
             entry = aws.eks.AccessEntry(
-                f"{name}-admin-{key}", cluster_name=cluster.name, principal_arn=role_arn, type="STANDARD", opts=pulumi.ResourceOptions(parent=self)
+                f"{name}-admin-{key}",
+                cluster_name=cluster.name,
+                principal_arn=role_arn,
+                type="STANDARD",
+                opts=pulumi.ResourceOptions(parent=self),
             )
             association = aws.eks.AccessPolicyAssociation(
                 f"{name}-admin-{key}-policy",
@@ -329,17 +369,25 @@ class Cluster(pulumi.ComponentResource):
         """
         # Named after the source, not its position: reordering the list must not replace a rule
         # (a replacement would first create a duplicate, which EC2 refuses).
-        sources = [(cidr.replace("/", "-"), "the deploy runner", {"cidr_ipv4": cidr}) for cidr in args.deploy_runner_cidrs]
-        sources += [(group, "the deploy runner's security group", {"referenced_security_group_id": group})
-                    for group in args.deploy_runner_security_group_ids]
+        sources = [
+            (cidr.replace("/", "-"), "the deploy runner", {"cidr_ipv4": cidr}) for cidr in args.deploy_runner_cidrs
+        ]
+        sources += [
+            (group, "the deploy runner's security group", {"referenced_security_group_id": group})
+            for group in args.deploy_runner_security_group_ids
+        ]
         rules: list[pulumi.Resource] = []
         for key, who, source in sources:
-            rules.append(aws.vpc.SecurityGroupIngressRule(
-                f"{name}-deploy-runner-{key}",
-                security_group_id=self.security_group_id,
-                description=f"Kubernetes API from {who}",
-                ip_protocol="tcp", from_port=443, to_port=443,
-                opts=pulumi.ResourceOptions(parent=self),
-                **source,
-            ))
+            rules.append(
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-deploy-runner-{key}",
+                    security_group_id=self.security_group_id,
+                    description=f"Kubernetes API from {who}",
+                    ip_protocol="tcp",
+                    from_port=443,
+                    to_port=443,
+                    opts=pulumi.ResourceOptions(parent=self),
+                    **source,
+                )
+            )
         return rules

@@ -112,7 +112,12 @@ class ClusterAddons(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(self._after)),
         )
         self.load_balancer_controller_role_arn, self.ebs_csi_role_arn = lbc_role.arn, ebs_role.arn
-        self.register_outputs({"load_balancer_controller_role_arn": self.load_balancer_controller_role_arn, "ebs_csi_role_arn": self.ebs_csi_role_arn})
+        self.register_outputs(
+            {
+                "load_balancer_controller_role_arn": self.load_balancer_controller_role_arn,
+                "ebs_csi_role_arn": self.ebs_csi_role_arn,
+            }
+        )
 
     def _load_balancer_controller(self, name: str, args: ClusterAddonsArgs) -> RoleWithPolicies:
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
@@ -134,7 +139,11 @@ class ClusterAddons(pulumi.ComponentResource):
                 "region": region,
                 "vpcId": args.vpc_id,  # explicit: nodes' IMDS is closed to pods (hop limit 1)
                 "replicaCount": args.replicas,
-                "serviceAccount": {"create": True, "name": LBC_SERVICE_ACCOUNT, "annotations": {"eks.amazonaws.com/role-arn": lbc_role.arn}},
+                "serviceAccount": {
+                    "create": True,
+                    "name": LBC_SERVICE_ACCOUNT,
+                    "annotations": {"eks.amazonaws.com/role-arn": lbc_role.arn},
+                },
                 "nodeSelector": SYSTEM_POOL_LABEL,
                 # Do not silently take over every `type: LoadBalancer` Service in the cluster.
                 "enableServiceMutatorWebhook": False,

@@ -81,14 +81,21 @@ class RoleWithPolicies:
         return [self.role, *self.policies]
 
 
-def _grant(name: str, role: aws.iam.Role, policy: pulumi.Input[str] | None, managed_policy_arns: Sequence[str],
-           parent: pulumi.Resource) -> RoleWithPolicies:
+def _grant(
+    name: str,
+    role: aws.iam.Role,
+    policy: pulumi.Input[str] | None,
+    managed_policy_arns: Sequence[str],
+    parent: pulumi.Resource,
+) -> RoleWithPolicies:
     opts = pulumi.ResourceOptions(parent=parent)
     policies: list[pulumi.Resource] = []
     if policy is not None:
         policies.append(aws.iam.RolePolicy(f"{name}-policy", role=role.id, policy=policy, opts=opts))
     for index, arn in enumerate(managed_policy_arns):
-        policies.append(aws.iam.RolePolicyAttachment(f"{name}-managed-{index}", role=role.name, policy_arn=arn, opts=opts))
+        policies.append(
+            aws.iam.RolePolicyAttachment(f"{name}-managed-{index}", role=role.name, policy_arn=arn, opts=opts)
+        )
     return RoleWithPolicies(role=role, policies=tuple(policies))
 
 
@@ -114,7 +121,9 @@ def workload_role(
     return _grant(name, role, policy, managed_policy_arns, parent)
 
 
-def service_role(name: str, *, service: str, managed_policy_arns: Sequence[str], parent: pulumi.Resource) -> RoleWithPolicies:
+def service_role(
+    name: str, *, service: str, managed_policy_arns: Sequence[str], parent: pulumi.Resource
+) -> RoleWithPolicies:
     """A role an AWS service (EKS, EC2) assumes, with AWS managed policies attached."""
     role = aws.iam.Role(
         name,

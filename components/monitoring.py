@@ -76,7 +76,13 @@ def model_server_relabelings() -> list[dict[str, Any]]:
     Prometheus with `overrideHonorLabels` ignores.
     """
     return [
-        {"sourceLabels": ["exported_endpoint"], "regex": "(.+)", "targetLabel": "endpoint", "replacement": "$1", "action": "replace"},
+        {
+            "sourceLabels": ["exported_endpoint"],
+            "regex": "(.+)",
+            "targetLabel": "endpoint",
+            "replacement": "$1",
+            "action": "replace",
+        },
         {"action": "labeldrop", "regex": "exported_endpoint"},
     ]
 
@@ -103,7 +109,8 @@ class MonitoringArgs:
     """Where Prometheus, Alertmanager and Grafana run (dev: the system nodes; empty: anywhere)."""
     protect_secrets: bool
     retrain_webhook_url: str | None
-    """The drift retraining receiver (components/training.py): `DataDriftHigh` is routed there too, with a generated token."""
+    """The drift retraining receiver (components/training.py): `DataDriftHigh` is routed there too, with a generated
+    token."""
     volume_dependencies: Sequence[pulumi.Resource]
     """What the volumes need: the `storage_class` StorageClass (which depends on the EBS CSI
     driver). The namespace and the release depend on it, so it outlives their PVCs on destroy."""
@@ -111,7 +118,9 @@ class MonitoringArgs:
     def __post_init__(self) -> None:
         problems = []
         if not self.volume_dependencies:
-            problems.append("volume_dependencies: empty; pass the StorageClass of storage_class, or destroy orphans the EBS volumes")
+            problems.append(
+                "volume_dependencies: empty; pass the StorageClass of storage_class, or destroy orphans the EBS volumes"
+            )
         if not 1 <= self.retention_days <= 3650:
             problems.append(f"retention_days: got {self.retention_days}, expected 1 to 3650")
         if self.storage_gb < 5:
@@ -135,26 +144,49 @@ def alertmanager_config(has_slack: bool, channel: str, retrain: RetrainRoute | N
     from a mounted Secret, and then on to the default receiver, so people still see it."""
     receivers: list[dict[str, Any]] = [{"name": "null"}]
     if has_slack:
-        receivers.append({
-            "name": "slack",
-            "slack_configs": [{"api_url_file": f"/etc/alertmanager/secrets/{SLACK_SECRET}/url", "channel": channel, "send_resolved": True,
-                               "title": "{{ .CommonLabels.alertname }}", "text": "{{ range .Alerts }}{{ .Annotations.summary }}\n{{ end }}"}],
-        })
+        receivers.append(
+            {
+                "name": "slack",
+                "slack_configs": [
+                    {
+                        "api_url_file": f"/etc/alertmanager/secrets/{SLACK_SECRET}/url",
+                        "channel": channel,
+                        "send_resolved": True,
+                        "title": "{{ .CommonLabels.alertname }}",
+                        "text": "{{ range .Alerts }}{{ .Annotations.summary }}\n{{ end }}",
+                    }
+                ],
+            }
+        )
     default = "slack" if has_slack else "null"
     routes: list[dict[str, Any]] = [{"receiver": "null", "matchers": ['alertname="Watchdog"']}]
     if retrain is not None:
-        receivers.append({"name": "retrain", "webhook_configs": [{
-            "url": retrain.url, "send_resolved": False,
-            "http_config": {"authorization": {"type": "Bearer", "credentials_file": retrain.credentials_file}},
-        }]})
+        receivers.append(
+            {
+                "name": "retrain",
+                "webhook_configs": [
+                    {
+                        "url": retrain.url,
+                        "send_resolved": False,
+                        "http_config": {
+                            "authorization": {"type": "Bearer", "credentials_file": retrain.credentials_file}
+                        },
+                    }
+                ],
+            }
+        )
         drift = ['alertname="DataDriftHigh"']
-        routes += [{"receiver": "retrain", "matchers": drift, "group_wait": retrain.group_wait, "continue": True},
-                   {"receiver": default, "matchers": drift}]
+        routes += [
+            {"receiver": "retrain", "matchers": drift, "group_wait": retrain.group_wait, "continue": True},
+            {"receiver": default, "matchers": drift},
+        ]
     return {
         "route": {
             "receiver": default,
             "group_by": ["alertname", "endpoint"],
-            "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
+            "group_wait": "30s",
+            "group_interval": "5m",
+            "repeat_interval": "4h",
             "routes": routes,
         },
         "receivers": receivers,
@@ -162,8 +194,15 @@ def alertmanager_config(has_slack: bool, channel: str, retrain: RetrainRoute | N
 
 
 def _volume(storage_class: str, size_gb: int) -> dict[str, Any]:
-    return {"volumeClaimTemplate": {"spec": {"storageClassName": storage_class, "accessModes": ["ReadWriteOnce"],
-                                             "resources": {"requests": {"storage": f"{size_gb}Gi"}}}}}
+    return {
+        "volumeClaimTemplate": {
+            "spec": {
+                "storageClassName": storage_class,
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": f"{size_gb}Gi"}},
+            }
+        }
+    }
 
 
 # The operator deletes and recreates a StatefulSet it cannot update (a new volume size, say):
@@ -177,25 +216,41 @@ def kube_prometheus_stack_values(args: MonitoringArgs, alertmanager_secrets: lis
     placement = {"nodeSelector": args.node_selector} if args.node_selector else {}
     return {
         "crds": {"enabled": True},
-        "prometheus": {"prometheusSpec": {
-            "retention": f"{args.retention_days}d",
-            "storageSpec": _volume(args.storage_class, args.storage_gb),
-            "persistentVolumeClaimRetentionPolicy": _KEEP_VOLUMES,
-            # pick up every ServiceMonitor and PrometheusRule, not only the chart's own
-            "serviceMonitorSelectorNilUsesHelmValues": False,
-            "ruleSelectorNilUsesHelmValues": False,
-            **placement,
-        }},
+        "prometheus": {
+            "prometheusSpec": {
+                "retention": f"{args.retention_days}d",
+                "storageSpec": _volume(args.storage_class, args.storage_gb),
+                "persistentVolumeClaimRetentionPolicy": _KEEP_VOLUMES,
+                # pick up every ServiceMonitor and PrometheusRule, not only the chart's own
+                "serviceMonitorSelectorNilUsesHelmValues": False,
+                "ruleSelectorNilUsesHelmValues": False,
+                **placement,
+            }
+        },
         "alertmanager": {
             "enabled": True,
-            "config": alertmanager_config(SLACK_SECRET in alertmanager_secrets, args.slack_channel,
-                                          RetrainRoute(args.retrain_webhook_url) if args.retrain_webhook_url else None),
-            "alertmanagerSpec": {"secrets": alertmanager_secrets, "storage": _volume(args.storage_class, 2),
-                                 "persistentVolumeClaimRetentionPolicy": _KEEP_VOLUMES, **placement},
+            "config": alertmanager_config(
+                SLACK_SECRET in alertmanager_secrets,
+                args.slack_channel,
+                RetrainRoute(args.retrain_webhook_url) if args.retrain_webhook_url else None,
+            ),
+            "alertmanagerSpec": {
+                "secrets": alertmanager_secrets,
+                "storage": _volume(args.storage_class, 2),
+                "persistentVolumeClaimRetentionPolicy": _KEEP_VOLUMES,
+                **placement,
+            },
         },
         "grafana": {
             "admin": {"existingSecret": GRAFANA_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
-            "sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1", "searchNamespace": "ALL"}},
+            "sidecar": {
+                "dashboards": {
+                    "enabled": True,
+                    "label": "grafana_dashboard",
+                    "labelValue": "1",
+                    "searchNamespace": "ALL",
+                }
+            },
             **placement,
         },
         "kube-state-metrics": {"metricLabelsAllowlist": [f"nodes=[{','.join(NODE_LABELS_FOR_METRICS)}]"]},
@@ -216,7 +271,10 @@ class Monitoring(pulumi.ComponentResource):
         super().__init__(TOKEN, name, None, opts)
         namespace = k8s.core.v1.Namespace(
             f"{name}-ns",
-            metadata={"name": NAMESPACE, "labels": {MONITORING_NAMESPACE_LABEL: "true", "pod-security.kubernetes.io/enforce": "privileged"}},
+            metadata={
+                "name": NAMESPACE,
+                "labels": {MONITORING_NAMESPACE_LABEL: "true", "pod-security.kubernetes.io/enforce": "privileged"},
+            },
             # deleting the namespace deletes the PVCs: the StorageClass and the CSI driver must still be there
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.volume_dependencies)),
         )
@@ -229,22 +287,32 @@ class Monitoring(pulumi.ComponentResource):
             release="kube-prometheus-stack",
             namespace=NAMESPACE,
             values=kube_prometheus_stack_values(args, secrets_for_alertmanager),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[namespace, *dependencies(opts), *args.volume_dependencies]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[namespace, *dependencies(opts), *args.volume_dependencies]
+            ),
         )
         self._exporters(name, args, after_stack=pulumi.ResourceOptions(parent=self, depends_on=[self.release]))
         for file_name, content in dashboards().items():
             k8s.core.v1.ConfigMap(
                 f"{name}-dashboard-{file_name.removesuffix('.json')}",
-                metadata={"name": file_name.removesuffix(".json"), "namespace": NAMESPACE, "labels": {"grafana_dashboard": "1"}},
+                metadata={
+                    "name": file_name.removesuffix(".json"),
+                    "namespace": NAMESPACE,
+                    "labels": {"grafana_dashboard": "1"},
+                },
                 data={file_name: content},
                 opts=in_namespace,
             )
         self.register_outputs({"grafana_secret_arn": self.grafana_secret_arn})
 
-    def _grafana_admin(self, name: str, args: MonitoringArgs, in_namespace: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    def _grafana_admin(
+        self, name: str, args: MonitoringArgs, in_namespace: pulumi.ResourceOptions
+    ) -> pulumi.Output[str]:
         """Grafana's generated admin password: in Secrets Manager for people, in a Secret for the chart;
         the Secrets Manager secret's ARN."""
-        password = random.RandomPassword(f"{name}-grafana-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=self))
+        password = random.RandomPassword(
+            f"{name}-grafana-password", length=32, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
         grafana_secret = self._secret(name, "grafana-admin", "Grafana admin password", password.result, args)
         k8s.core.v1.Secret(
             f"{name}-grafana-admin",
@@ -269,7 +337,9 @@ class Monitoring(pulumi.ComponentResource):
             mounted.append(SLACK_SECRET)
         self.retrain_token = None
         if args.retrain_webhook_url is not None:
-            token = random.RandomPassword(f"{name}-retrain-token", length=40, special=False, opts=pulumi.ResourceOptions(parent=self))
+            token = random.RandomPassword(
+                f"{name}-retrain-token", length=40, special=False, opts=pulumi.ResourceOptions(parent=self)
+            )
             k8s.core.v1.Secret(
                 f"{name}-retrain",
                 metadata={"name": RETRAIN_SECRET, "namespace": NAMESPACE},
@@ -302,12 +372,19 @@ class Monitoring(pulumi.ComponentResource):
             namespace=NAMESPACE,
             values={
                 "prometheus": {"url": f"http://kube-prometheus-stack-prometheus.{NAMESPACE}.svc", "port": 9090},
-                "rules": {"default": False, "custom": [{
-                    "seriesQuery": 'serving_requests_total{namespace!="",pod!=""}',
-                    "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
-                    "name": {"matches": "^serving_requests_total$", "as": RPS_METRIC},
-                    "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)",
-                }]},
+                "rules": {
+                    "default": False,
+                    "custom": [
+                        {
+                            "seriesQuery": 'serving_requests_total{namespace!="",pod!=""}',
+                            "resources": {
+                                "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+                            },
+                            "name": {"matches": "^serving_requests_total$", "as": RPS_METRIC},
+                            "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)",
+                        }
+                    ],
+                },
                 **({"nodeSelector": args.node_selector} if args.node_selector else {}),
             },
             opts=after_stack,
@@ -321,12 +398,20 @@ class Monitoring(pulumi.ComponentResource):
             opts=after_stack,
         )
 
-    def _secret(self, name: str, role: str, description: str, value: pulumi.Input[str], args: MonitoringArgs) -> aws.secretsmanager.Secret:
+    def _secret(
+        self, name: str, role: str, description: str, value: pulumi.Input[str], args: MonitoringArgs
+    ) -> aws.secretsmanager.Secret:
         secret = aws.secretsmanager.Secret(
-            f"{name}-{role}-secret", description=description, kms_key_id=args.kms_key_arn,
+            f"{name}-{role}-secret",
+            description=description,
+            kms_key_id=args.kms_key_arn,
             recovery_window_in_days=30 if args.protect_secrets else 7,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect_secrets),
         )
-        aws.secretsmanager.SecretVersion(f"{name}-{role}-value", secret_id=secret.id, secret_string=pulumi.Output.secret(value),
-                                         opts=pulumi.ResourceOptions(parent=self))
+        aws.secretsmanager.SecretVersion(
+            f"{name}-{role}-value",
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(value),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         return secret

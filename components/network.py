@@ -91,10 +91,19 @@ class Network(pulumi.ComponentResource):
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TOKEN, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        zones = aws.get_availability_zones(state="available", opts=pulumi.InvokeOptions(parent=self)).names[: args.az_count]
+        zones = aws.get_availability_zones(state="available", opts=pulumi.InvokeOptions(parent=self)).names[
+            : args.az_count
+        ]
         if len(zones) < args.az_count:
             raise ValueError(f"the region has {len(zones)} available zones; {args.az_count} requested")
-        vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=args.cidr, enable_dns_hostnames=True, enable_dns_support=True, tags={"Name": f"{name}-vpc"}, opts=child)
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc",
+            cidr_block=args.cidr,
+            enable_dns_hostnames=True,
+            enable_dns_support=True,
+            tags={"Name": f"{name}-vpc"},
+            opts=child,
+        )
         # Lock down the default security group: nothing may use it by accident.
         aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=vpc.id, ingress=[], egress=[], opts=child)
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": f"{name}-igw"}, opts=child)
@@ -118,10 +127,16 @@ class Network(pulumi.ComponentResource):
         self.load_balancer_cidrs = load_balancer_blocks(args.cidr, args.az_count)
         self.nat_gateway_count = nat_count
         self.register_outputs(
-            {"vpc_id": self.vpc_id, "private_subnet_ids": self.private_subnet_ids, "public_subnet_ids": self.public_subnet_ids}
+            {
+                "vpc_id": self.vpc_id,
+                "private_subnet_ids": self.private_subnet_ids,
+                "public_subnet_ids": self.public_subnet_ids,
+            }
         )
 
-    def _subnets(self, name: str, args: NetworkArgs, vpc: aws.ec2.Vpc, zones: Sequence[str]) -> dict[str, list[aws.ec2.Subnet]]:
+    def _subnets(
+        self, name: str, args: NetworkArgs, vpc: aws.ec2.Vpc, zones: Sequence[str]
+    ) -> dict[str, list[aws.ec2.Subnet]]:
         """One public, one private and one internal-load-balancer subnet per AZ, each tagged for who finds it:
         the LB controller (`role/elb`, `role/internal-elb`), Karpenter (`karpenter.sh/discovery`)."""
         private_blocks, public_blocks = subnet_blocks(args.cidr, args.az_count)
@@ -129,20 +144,31 @@ class Network(pulumi.ComponentResource):
         kinds = {
             "public": (public_blocks, {"kubernetes.io/role/elb": "1"}, False),
             "private": (private_blocks, {"karpenter.sh/discovery": args.cluster_name}, None),
-            "internal-lb": (load_balancer_blocks(args.cidr, args.az_count), {"kubernetes.io/role/internal-elb": "1"}, None),
+            "internal-lb": (
+                load_balancer_blocks(args.cidr, args.az_count),
+                {"kubernetes.io/role/internal-elb": "1"},
+                None,
+            ),
         }
         return {
             role: [
-                aws.ec2.Subnet(f"{name}-{role}-{index}", vpc_id=vpc.id, cidr_block=blocks[index], availability_zone=zone,
-                               tags={"Name": f"{name}-{role}-{zone}", **tags, cluster_tag: "shared"}, map_public_ip_on_launch=public_ip,
-                               opts=pulumi.ResourceOptions(parent=self))
+                aws.ec2.Subnet(
+                    f"{name}-{role}-{index}",
+                    vpc_id=vpc.id,
+                    cidr_block=blocks[index],
+                    availability_zone=zone,
+                    tags={"Name": f"{name}-{role}-{zone}", **tags, cluster_tag: "shared"},
+                    map_public_ip_on_launch=public_ip,
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
                 for index, zone in enumerate(zones)
             ]
             for role, (blocks, tags, public_ip) in kinds.items()
         }
 
-    def _public_routes(self, name: str, vpc: aws.ec2.Vpc, igw: aws.ec2.InternetGateway,
-                       subnets: Sequence[aws.ec2.Subnet]) -> list[pulumi.CustomResource]:
+    def _public_routes(
+        self, name: str, vpc: aws.ec2.Vpc, igw: aws.ec2.InternetGateway, subnets: Sequence[aws.ec2.Subnet]
+    ) -> list[pulumi.CustomResource]:
         """The public subnets' route table: the internet through the gateway."""
         child = pulumi.ResourceOptions(parent=self)
         public_rt = aws.ec2.RouteTable(
@@ -152,32 +178,59 @@ class Network(pulumi.ComponentResource):
             tags={"Name": f"{name}-public"},
             opts=child,
         )
-        return [aws.ec2.RouteTableAssociation(f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child)
-                for index, subnet in enumerate(subnets)]
+        return [
+            aws.ec2.RouteTableAssociation(
+                f"{name}-public-rta-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=child
+            )
+            for index, subnet in enumerate(subnets)
+        ]
 
-    def _internal_lb_routes(self, name: str, vpc: aws.ec2.Vpc, subnets: Sequence[aws.ec2.Subnet]) -> list[pulumi.CustomResource]:
+    def _internal_lb_routes(
+        self, name: str, vpc: aws.ec2.Vpc, subnets: Sequence[aws.ec2.Subnet]
+    ) -> list[pulumi.CustomResource]:
         """Internal load balancers answer inside the VPC only: their route table has just the VPC's local route."""
         child = pulumi.ResourceOptions(parent=self)
-        lb_rt = aws.ec2.RouteTable(f"{name}-internal-lb-rt", vpc_id=vpc.id, routes=[], tags={"Name": f"{name}-internal-lb"}, opts=child)
-        return [aws.ec2.RouteTableAssociation(f"{name}-internal-lb-rta-{index}", subnet_id=subnet.id, route_table_id=lb_rt.id, opts=child)
-                for index, subnet in enumerate(subnets)]
+        lb_rt = aws.ec2.RouteTable(
+            f"{name}-internal-lb-rt", vpc_id=vpc.id, routes=[], tags={"Name": f"{name}-internal-lb"}, opts=child
+        )
+        return [
+            aws.ec2.RouteTableAssociation(
+                f"{name}-internal-lb-rta-{index}", subnet_id=subnet.id, route_table_id=lb_rt.id, opts=child
+            )
+            for index, subnet in enumerate(subnets)
+        ]
 
-    def _nat_gateways(self, name: str, count: int, igw: aws.ec2.InternetGateway, public: Sequence[aws.ec2.Subnet]) -> list[aws.ec2.NatGateway]:
+    def _nat_gateways(
+        self, name: str, count: int, igw: aws.ec2.InternetGateway, public: Sequence[aws.ec2.Subnet]
+    ) -> list[aws.ec2.NatGateway]:
         """`count` NAT gateways in the first public subnets, each with its Elastic IP."""
         nats = []
         for index in range(count):
-            eip = aws.ec2.Eip(f"{name}-nat-eip-{index}", domain="vpc", tags={"Name": f"{name}-nat-{index}"}, opts=pulumi.ResourceOptions(parent=self))
-            nats.append(aws.ec2.NatGateway(
-                f"{name}-nat-{index}",
-                allocation_id=eip.id,
-                subnet_id=public[index].id,
+            eip = aws.ec2.Eip(
+                f"{name}-nat-eip-{index}",
+                domain="vpc",
                 tags={"Name": f"{name}-nat-{index}"},
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
-            ))
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            nats.append(
+                aws.ec2.NatGateway(
+                    f"{name}-nat-{index}",
+                    allocation_id=eip.id,
+                    subnet_id=public[index].id,
+                    tags={"Name": f"{name}-nat-{index}"},
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+                )
+            )
         return nats
 
-    def _private_routes(self, name: str, vpc: aws.ec2.Vpc, zones: Sequence[str], nats: Sequence[aws.ec2.NatGateway],
-                        subnets: Sequence[aws.ec2.Subnet]) -> tuple[list[pulumi.CustomResource], list[aws.ec2.RouteTable]]:
+    def _private_routes(
+        self,
+        name: str,
+        vpc: aws.ec2.Vpc,
+        zones: Sequence[str],
+        nats: Sequence[aws.ec2.NatGateway],
+        subnets: Sequence[aws.ec2.Subnet],
+    ) -> tuple[list[pulumi.CustomResource], list[aws.ec2.RouteTable]]:
         """A route table per private subnet, egress through its AZ's NAT (or the one shared NAT);
         (the associations, the tables)."""
         child = pulumi.ResourceOptions(parent=self)
@@ -192,52 +245,68 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
             associations.append(
-                aws.ec2.RouteTableAssociation(f"{name}-private-rta-{index}", subnet_id=subnet.id, route_table_id=route_table.id, opts=child)
+                aws.ec2.RouteTableAssociation(
+                    f"{name}-private-rta-{index}", subnet_id=subnet.id, route_table_id=route_table.id, opts=child
+                )
             )
             tables.append(route_table)
         return associations, tables
 
-    def _endpoints(self, name: str, args: NetworkArgs, vpc: aws.ec2.Vpc, private_rts: Sequence[aws.ec2.RouteTable],
-                   private: Sequence[aws.ec2.Subnet]) -> list[pulumi.CustomResource]:
+    def _endpoints(
+        self,
+        name: str,
+        args: NetworkArgs,
+        vpc: aws.ec2.Vpc,
+        private_rts: Sequence[aws.ec2.RouteTable],
+        private: Sequence[aws.ec2.Subnet],
+    ) -> list[pulumi.CustomResource]:
         """The S3 gateway endpoint (free; keeps artifact traffic off the NAT) and the interface endpoints
         the profile asks for, behind a security group admitting HTTPS from the VPC."""
         child = pulumi.ResourceOptions(parent=self)
         region = aws.get_region(opts=pulumi.InvokeOptions(parent=self)).region
-        endpoints: list[pulumi.CustomResource] = [aws.ec2.VpcEndpoint(
-            f"{name}-s3",
-            vpc_id=vpc.id,
-            service_name=f"com.amazonaws.{region}.s3",
-            vpc_endpoint_type="Gateway",
-            route_table_ids=[rt.id for rt in private_rts],
-            tags={"Name": f"{name}-s3"},
-            opts=child,
-        )]
+        endpoints: list[pulumi.CustomResource] = [
+            aws.ec2.VpcEndpoint(
+                f"{name}-s3",
+                vpc_id=vpc.id,
+                service_name=f"com.amazonaws.{region}.s3",
+                vpc_endpoint_type="Gateway",
+                route_table_ids=[rt.id for rt in private_rts],
+                tags={"Name": f"{name}-s3"},
+                opts=child,
+            )
+        ]
         if not args.interface_endpoints:
             return endpoints
         endpoint_sg = aws.ec2.SecurityGroup(
             f"{name}-endpoints-sg",
             description="HTTPS from inside the VPC to AWS interface endpoints",
             vpc_id=vpc.id,
-            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[args.cidr])],
+            ingress=[
+                aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=443, to_port=443, cidr_blocks=[args.cidr])
+            ],
             egress=[],
             tags={"Name": f"{name}-endpoints"},
             opts=child,
         )
         for service in args.interface_endpoints:
-            endpoints.append(aws.ec2.VpcEndpoint(
-                f"{name}-{service.replace('.', '-')}",
-                vpc_id=vpc.id,
-                service_name=f"com.amazonaws.{region}.{service}",
-                vpc_endpoint_type="Interface",
-                private_dns_enabled=True,
-                subnet_ids=[s.id for s in private],
-                security_group_ids=[endpoint_sg.id],
-                tags={"Name": f"{name}-{service}"},
-                opts=child,
-            ))
+            endpoints.append(
+                aws.ec2.VpcEndpoint(
+                    f"{name}-{service.replace('.', '-')}",
+                    vpc_id=vpc.id,
+                    service_name=f"com.amazonaws.{region}.{service}",
+                    vpc_endpoint_type="Interface",
+                    private_dns_enabled=True,
+                    subnet_ids=[s.id for s in private],
+                    security_group_ids=[endpoint_sg.id],
+                    tags={"Name": f"{name}-{service}"},
+                    opts=child,
+                )
+            )
         return endpoints
 
 
 def _ids_after(subnets: Sequence[aws.ec2.Subnet], ready: Sequence[pulumi.CustomResource]) -> pulumi.Output[list[str]]:
     """The subnets' ids, as an output that also depends on `ready` (an output carries its resources as dependencies)."""
-    return pulumi.Output.all(*[s.id for s in subnets], *[r.id for r in ready]).apply(lambda ids: list(ids[: len(subnets)]))
+    return pulumi.Output.all(*[s.id for s in subnets], *[r.id for r in ready]).apply(
+        lambda ids: list(ids[: len(subnets)])
+    )

@@ -3,9 +3,9 @@
 Creates, in dependency order: the interruption queue (SQS, encrypted, TLS-only) and the
 EventBridge rules that feed it spot interruptions, rebalance hints, scheduled maintenance,
 instance state changes and capacity-reservation interruptions; Karpenter's workload role
-(IRSA, with exactly the upstream controller policy of the pinned version); the CRD release, then the Karpenter release on the system nodes; one
-`EC2NodeClass` and one `NodePool` per pool; and the NVIDIA device plugin, scheduled only on
-GPU nodes.
+(IRSA, with exactly the upstream controller policy of the pinned version); the CRD release,
+then the Karpenter release on the system nodes; one `EC2NodeClass` and one `NodePool` per
+pool; and the NVIDIA device plugin, scheduled only on GPU nodes.
 
 GPU capacity cannot run away: the GPU pool is tainted `nvidia.com/gpu=true:NoSchedule` (only
 pods that ask for GPUs land there), has a hard `limits` ceiling on GPUs, is consolidated as
@@ -49,7 +49,10 @@ INTERRUPTION_EVENTS = {
     "spot-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
     "rebalance": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
     "state-change": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
-    "capacity-reservation-interruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]},
+    "capacity-reservation-interruption": {
+        "source": ["aws.ec2"],
+        "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"],
+    },
 }
 """The EventBridge rules of Karpenter's getting-started template, one for one."""
 
@@ -114,7 +117,9 @@ class NodePoolsArgs:
             raise ValueError("invalid NodePoolsArgs: " + "; ".join(problems))
 
 
-def controller_policy(*, cluster_name: str, region: str, account: str, partition: str, queue_arn: str, node_role_arn: str) -> str:
+def controller_policy(
+    *, cluster_name: str, region: str, account: str, partition: str, queue_arn: str, node_role_arn: str
+) -> str:
     """Karpenter's permissions: exactly the statements of the five controller policies in Karpenter's
     getting-started CloudFormation template of the pinned version (committed as a derived subset,
     see components/upstream/README.md), with the template's placeholders filled in.
@@ -178,16 +183,35 @@ def queue_policy(queue_arn: str) -> str:
 
 
 def node_class_spec(
-    *, role_name: str, cluster_name: str, security_group_id: str, ami_alias: str, root_volume_gi: int, tags: Mapping[str, str]
+    *,
+    role_name: str,
+    cluster_name: str,
+    security_group_id: str,
+    ami_alias: str,
+    root_volume_gi: int,
+    tags: Mapping[str, str],
 ) -> dict[str, Any]:
     return {
         "role": role_name,
         "amiSelectorTerms": [{"alias": ami_alias}],
         "subnetSelectorTerms": [{"tags": {"karpenter.sh/discovery": cluster_name}}],
         "securityGroupSelectorTerms": [{"id": security_group_id}],
-        "metadataOptions": {"httpEndpoint": "enabled", "httpProtocolIPv6": "disabled", "httpPutResponseHopLimit": 1, "httpTokens": "required"},
+        "metadataOptions": {
+            "httpEndpoint": "enabled",
+            "httpProtocolIPv6": "disabled",
+            "httpPutResponseHopLimit": 1,
+            "httpTokens": "required",
+        },
         "blockDeviceMappings": [
-            {"deviceName": "/dev/xvda", "ebs": {"volumeSize": f"{root_volume_gi}Gi", "volumeType": "gp3", "encrypted": True, "deleteOnTermination": True}}
+            {
+                "deviceName": "/dev/xvda",
+                "ebs": {
+                    "volumeSize": f"{root_volume_gi}Gi",
+                    "volumeType": "gp3",
+                    "encrypted": True,
+                    "deleteOnTermination": True,
+                },
+            }
         ],
         "tags": dict(tags),
     }
@@ -238,11 +262,18 @@ class NodePools(pulumi.ComponentResource):
         self.karpenter = self._karpenter(name, args, queue, role, after=after)
         # Node classes need the node role, its policies and its access entry for their nodes to
         # join; on destroy they (and their nodes) go first.
-        after_karpenter = pulumi.ResourceOptions(parent=self, depends_on=[self.karpenter, *args.node_role.ready, *args.node_access])
+        after_karpenter = pulumi.ResourceOptions(
+            parent=self, depends_on=[self.karpenter, *args.node_role.ready, *args.node_access]
+        )
         for pool_name, pool, gpu in (("cpu", args.cpu, False), ("gpu", args.gpu, True)):
             self._pool(name, args, pool_name, pool, gpu=gpu, after_karpenter=after_karpenter)
         self.gpu_node_selector = {POOL_LABEL: "gpu"}
-        self.gpu_toleration = {"key": GPU_TAINT["key"], "operator": "Equal", "value": GPU_TAINT["value"], "effect": GPU_TAINT["effect"]}
+        self.gpu_toleration = {
+            "key": GPU_TAINT["key"],
+            "operator": "Equal",
+            "value": GPU_TAINT["value"],
+            "effect": GPU_TAINT["effect"],
+        }
         self._device_plugin(name, after=after)
         self.queue_name = queue.name
         self.karpenter_role_arn = role.arn
@@ -251,11 +282,21 @@ class NodePools(pulumi.ComponentResource):
     def _interruption_queue(self, name: str) -> aws.sqs.Queue:
         """The SQS queue Karpenter reads interruptions from, and the EventBridge rules that feed it."""
         child = pulumi.ResourceOptions(parent=self)
-        queue = aws.sqs.Queue(f"{name}-interruptions", message_retention_seconds=300, sqs_managed_sse_enabled=True, opts=child)
-        aws.sqs.QueuePolicy(f"{name}-interruptions-policy", queue_url=queue.url, policy=queue.arn.apply(queue_policy), opts=child)
+        queue = aws.sqs.Queue(
+            f"{name}-interruptions", message_retention_seconds=300, sqs_managed_sse_enabled=True, opts=child
+        )
+        aws.sqs.QueuePolicy(
+            f"{name}-interruptions-policy", queue_url=queue.url, policy=queue.arn.apply(queue_policy), opts=child
+        )
         for event, pattern in INTERRUPTION_EVENTS.items():
             rule = aws.cloudwatch.EventRule(f"{name}-{event}", event_pattern=json.dumps(pattern), opts=child)
-            aws.cloudwatch.EventTarget(f"{name}-{event}-target", rule=rule.name, arn=queue.arn, target_id="karpenter-interruption-queue", opts=child)
+            aws.cloudwatch.EventTarget(
+                f"{name}-{event}-target",
+                rule=rule.name,
+                arn=queue.arn,
+                target_id="karpenter-interruption-queue",
+                opts=child,
+            )
         return queue
 
     def _controller_role(self, name: str, args: NodePoolsArgs, queue: aws.sqs.Queue) -> RoleWithPolicies:
@@ -270,14 +311,26 @@ class NodePools(pulumi.ComponentResource):
             service_account=SERVICE_ACCOUNT,
             policy=pulumi.Output.all(queue.arn, args.node_role.arn).apply(
                 lambda a: controller_policy(
-                    cluster_name=args.cluster_name, region=region, account=caller.account_id, partition=partition, queue_arn=a[0], node_role_arn=a[1]
+                    cluster_name=args.cluster_name,
+                    region=region,
+                    account=caller.account_id,
+                    partition=partition,
+                    queue_arn=a[0],
+                    node_role_arn=a[1],
                 )
             ),
             parent=self,
         )
 
-    def _karpenter(self, name: str, args: NodePoolsArgs, queue: aws.sqs.Queue, role: RoleWithPolicies, *,
-                   after: list[pulumi.Resource]) -> k8s.helm.v3.Release:
+    def _karpenter(
+        self,
+        name: str,
+        args: NodePoolsArgs,
+        queue: aws.sqs.Queue,
+        role: RoleWithPolicies,
+        *,
+        after: list[pulumi.Resource],
+    ) -> k8s.helm.v3.Release:
         """The CRD release, then the controller release on the system nodes."""
         crds = versions.helm_release(
             f"{name}-karpenter-crd",
@@ -294,16 +347,31 @@ class NodePools(pulumi.ComponentResource):
             skip_crds=True,  # owned by the karpenter-crd release above
             values={
                 "replicas": args.replicas,
-                "settings": {"clusterName": args.cluster_name, "clusterEndpoint": args.cluster_endpoint, "interruptionQueue": queue.name},
+                "settings": {
+                    "clusterName": args.cluster_name,
+                    "clusterEndpoint": args.cluster_endpoint,
+                    "interruptionQueue": queue.name,
+                },
                 "serviceAccount": {"name": SERVICE_ACCOUNT, "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
                 "nodeSelector": SYSTEM_POOL_LABEL,  # never on the nodes it manages
-                "controller": {"resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}}},
+                "controller": {
+                    "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "512Mi"}}
+                },
             },
             # its policy outlives it: on destroy it still terminates the nodes of deleted pools
             opts=pulumi.ResourceOptions(parent=self, depends_on=[crds, *after, *role.ready]),
         )
 
-    def _pool(self, name: str, args: NodePoolsArgs, pool_name: str, pool: PoolArgs, *, gpu: bool, after_karpenter: pulumi.ResourceOptions) -> None:
+    def _pool(
+        self,
+        name: str,
+        args: NodePoolsArgs,
+        pool_name: str,
+        pool: PoolArgs,
+        *,
+        gpu: bool,
+        after_karpenter: pulumi.ResourceOptions,
+    ) -> None:
         """One pool: its EC2NodeClass (AMI, subnets, security group, IMDSv2, encrypted root volume) and NodePool."""
         node_class = k8s.apiextensions.CustomResource(
             f"{name}-{pool_name}-class",
@@ -343,7 +411,9 @@ class NodePools(pulumi.ComponentResource):
                 "affinity": {
                     "nodeAffinity": {
                         "requiredDuringSchedulingIgnoredDuringExecution": {
-                            "nodeSelectorTerms": [{"matchExpressions": [{"key": POOL_LABEL, "operator": "In", "values": ["gpu"]}]}]
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": POOL_LABEL, "operator": "In", "values": ["gpu"]}]}
+                            ]
                         }
                     }
                 },

@@ -19,4 +19,6 @@ def dependencies(opts: pulumi.ResourceOptions | None) -> list[pulumi.Resource]:
         return [opts.depends_on]
     if isinstance(opts.depends_on, (list, tuple)) and all(isinstance(d, pulumi.Resource) for d in opts.depends_on):
         return list(opts.depends_on)
-    raise TypeError(f"depends_on of a platform component must be a resource or a list of resources, got {opts.depends_on!r}")
+    raise TypeError(
+        f"depends_on of a platform component must be a resource or a list of resources, got {opts.depends_on!r}"
+    )

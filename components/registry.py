@@ -48,7 +48,12 @@ def lifecycle_policy(keep_images: int) -> str:
                 {
                     "rulePriority": 1,
                     "description": "drop untagged images after a day",
-                    "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 1},
+                    "selection": {
+                        "tagStatus": "untagged",
+                        "countType": "sinceImagePushed",
+                        "countUnit": "days",
+                        "countNumber": 1,
+                    },
                     "action": {"type": "expire"},
                 },
                 {
@@ -75,7 +80,9 @@ class Registry(pulumi.ComponentResource):
                 name=f"{args.namespace}/{repo}",
                 image_tag_mutability="IMMUTABLE",
                 image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
-                encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="KMS", kms_key=args.kms_key_arn)],
+                encryption_configurations=[
+                    aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="KMS", kms_key=args.kms_key_arn)
+                ],
                 force_delete=args.force_delete,
                 opts=pulumi.ResourceOptions(parent=self, protect=args.protect, delete_before_replace=True),
             )

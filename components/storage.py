@@ -39,7 +39,9 @@ class StorageArgs:
 
     def __post_init__(self) -> None:
         if self.noncurrent_version_days < 1:
-            raise ValueError(f"invalid StorageArgs: noncurrent_version_days: got {self.noncurrent_version_days}, expected >= 1")
+            raise ValueError(
+                f"invalid StorageArgs: noncurrent_version_days: got {self.noncurrent_version_days}, expected >= 1"
+            )
         if self.datasets_infrequent_access_days is not None and self.datasets_infrequent_access_days < 30:
             raise ValueError("invalid StorageArgs: datasets_infrequent_access_days: S3 requires at least 30")
 
@@ -81,7 +83,12 @@ class Storage(pulumi.ComponentResource):
             deletion_window_in_days=30 if args.protect else 7,
             opts=child,
         )
-        aws.kms.Alias(f"{name}-key-alias", name=f"alias/{name}", target_key_id=key.key_id, opts=pulumi.ResourceOptions(parent=self))
+        aws.kms.Alias(
+            f"{name}-key-alias",
+            name=f"alias/{name}",
+            target_key_id=key.key_id,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
         self.bucket_names, self.bucket_arns = {}, {}
         for role in BUCKET_ROLES:
@@ -90,9 +97,13 @@ class Storage(pulumi.ComponentResource):
             self.bucket_arns[role] = bucket.arn
 
         self.key_arn = key.arn
-        self.register_outputs({"key_arn": self.key_arn, "bucket_names": self.bucket_names, "bucket_arns": self.bucket_arns})
+        self.register_outputs(
+            {"key_arn": self.key_arn, "bucket_names": self.bucket_names, "bucket_arns": self.bucket_arns}
+        )
 
-    def _bucket(self, name: str, role: str, key: aws.kms.Key, args: StorageArgs, child: pulumi.ResourceOptions) -> aws.s3.Bucket:
+    def _bucket(
+        self, name: str, role: str, key: aws.kms.Key, args: StorageArgs, child: pulumi.ResourceOptions
+    ) -> aws.s3.Bucket:
         parent = pulumi.ResourceOptions(parent=self)
         bucket = aws.s3.Bucket(f"{name}-{role}", force_destroy=args.force_destroy, opts=child)
         aws.s3.BucketOwnershipControls(

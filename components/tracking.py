@@ -87,7 +87,12 @@ def client_egress_rule() -> dict:
     The peer's podSelector equals the Service's selector, which is how the network policy
     controller decides that the Service's ClusterIP belongs to the rule as well."""
     return {
-        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}, "podSelector": {"matchLabels": dict(SERVER_LABELS)}}],
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+                "podSelector": {"matchLabels": dict(SERVER_LABELS)},
+            }
+        ],
         "ports": [{"protocol": "TCP", "port": PORT}],
     }
 
@@ -149,7 +154,8 @@ class SelfHostedTrackingArgs(_ArtifactStoreArgs):
     database: DatabaseArgs
     exposure: Literal["internalAlb", "clusterOnly"]
     certificate_arn: str | None
-    """ACM certificate for an HTTPS listener on the internal ALB; without it the ALB listens on HTTP 80 inside the VPC."""
+    """ACM certificate for an HTTPS listener on the internal ALB; without it the ALB listens on HTTP 80 inside the
+    VPC."""
     load_balancer_cidrs: Sequence[str]
     """Blocks of the internal load balancers' subnets (components/network.py): with `internalAlb`, the
     only addresses the NetworkPolicy admits besides the client namespaces (the ALB connects from them)."""
@@ -176,8 +182,10 @@ class SelfHostedTrackingArgs(_ArtifactStoreArgs):
         if not 1 <= self.replicas <= 5:
             problems.append(f"replicas: got {self.replicas}, expected 1 to 5")
         if self.exposure == "internalAlb" and not self.load_balancer_cidrs:
-            problems.append("load_balancer_cidrs: required with exposure 'internalAlb' "
-                            "(the ALB reaches the pods from these subnets)")
+            problems.append(
+                "load_balancer_cidrs: required with exposure 'internalAlb' "
+                "(the ALB reaches the pods from these subnets)"
+            )
         if problems:
             raise ValueError("invalid SelfHostedTrackingArgs: " + "; ".join(problems))
 
@@ -189,13 +197,35 @@ TrackingServerArgs = SelfHostedTrackingArgs | ManagedTrackingArgs
 def artifact_policy(bucket_arn: str, prefix: str, kms_key_arn: str, secret_arns: Sequence[str]) -> str:
     """Read and write only `<prefix>/` of the bucket, use the data key, read the server's secrets."""
     statements = [
-        {"Sid": "ObjectsUnderPrefix", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": f"{bucket_arn}/{prefix}/*"},
-        {"Sid": "ListPrefix", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
-         "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}}},
-        {"Sid": "BucketKey", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": kms_key_arn},
+        {
+            "Sid": "ObjectsUnderPrefix",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": f"{bucket_arn}/{prefix}/*",
+        },
+        {
+            "Sid": "ListPrefix",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket_arn,
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*", prefix]}},
+        },
+        {
+            "Sid": "BucketKey",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": kms_key_arn,
+        },
     ]
     if secret_arns:
-        statements.append({"Sid": "OwnSecrets", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": list(secret_arns)})
+        statements.append(
+            {
+                "Sid": "OwnSecrets",
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": list(secret_arns),
+            }
+        )
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
@@ -203,7 +233,16 @@ def allowed_hosts(vpc_cidr: str, region: str, extra: Sequence[str]) -> str:
     """Host headers the server accepts (DNS-rebinding guard): its service names, the internal ALB's AWS
     name, and IP literals of the VPC (kubelet probes and ALB health checks address pods by IP)."""
     vpc_ips = ".".join(vpc_cidr.split(".")[:2]) + ".*"
-    return ",".join(["localhost", f"{SERVICE}.{NAMESPACE}.svc:{PORT}", CLUSTER_HOST, f"internal-*.{region}.elb.amazonaws.com", vpc_ips, *extra])
+    return ",".join(
+        [
+            "localhost",
+            f"{SERVICE}.{NAMESPACE}.svc:{PORT}",
+            CLUSTER_HOST,
+            f"internal-*.{region}.elb.amazonaws.com",
+            vpc_ips,
+            *extra,
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -244,11 +283,17 @@ class TrackingServer(pulumi.ComponentResource):
             self.url = self._managed(name, args)
         else:
             self.url = self._self_hosted(name, args)
-        self.register_outputs({"url": self.url, "admin_secret_arn": self.admin_secret_arn, "reader_secret_arns": self.reader_secret_arns})
+        self.register_outputs(
+            {"url": self.url, "admin_secret_arn": self.admin_secret_arn, "reader_secret_arns": self.reader_secret_arns}
+        )
 
-    def _generated_secret(self, name: str, role_name: str, length: int, args: SelfHostedTrackingArgs) -> aws.secretsmanager.Secret:
+    def _generated_secret(
+        self, name: str, role_name: str, length: int, args: SelfHostedTrackingArgs
+    ) -> aws.secretsmanager.Secret:
         """A random password kept in a KMS-encrypted Secrets Manager secret (never in the stack file)."""
-        generated = random.RandomPassword(f"{name}-{role_name}", length=length, special=False, opts=pulumi.ResourceOptions(parent=self))
+        generated = random.RandomPassword(
+            f"{name}-{role_name}", length=length, special=False, opts=pulumi.ResourceOptions(parent=self)
+        )
         secret = aws.secretsmanager.Secret(
             f"{name}-{role_name}-secret",
             description=f"MLflow tracking server {role_name}",
@@ -256,8 +301,12 @@ class TrackingServer(pulumi.ComponentResource):
             recovery_window_in_days=30 if args.protect else 7,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
-        aws.secretsmanager.SecretVersion(f"{name}-{role_name}-value", secret_id=secret.id, secret_string=generated.result,
-                                         opts=pulumi.ResourceOptions(parent=self))
+        aws.secretsmanager.SecretVersion(
+            f"{name}-{role_name}-value",
+            secret_id=secret.id,
+            secret_string=generated.result,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         self._passwords[role_name] = generated.result
         return secret
 
@@ -265,14 +314,26 @@ class TrackingServer(pulumi.ComponentResource):
     def _managed(self, name: str, args: ManagedTrackingArgs) -> pulumi.Output[str]:
         role = aws.iam.Role(
             f"{name}-sagemaker",
-            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "sagemaker.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
             opts=pulumi.ResourceOptions(parent=self),
         )
         artifacts_policy = aws.iam.RolePolicy(
             f"{name}-sagemaker-artifacts",
             role=role.id,
-            policy=pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn).apply(lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], [])),
+            policy=pulumi.Output.all(args.artifact_bucket_arn, args.kms_key_arn).apply(
+                lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], [])
+            ),
             opts=pulumi.ResourceOptions(parent=self),
         )
         server = aws.sagemaker.MlflowTrackingServer(
@@ -293,12 +354,17 @@ class TrackingServer(pulumi.ComponentResource):
         secrets = self._secrets(name, args)
         role = self._workload_role(name, args, secrets)
         labels = restricted_namespace_labels(ALB_READINESS_GATE_LABELS)
-        namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": NAMESPACE, "labels": labels},
-                                          opts=pulumi.ResourceOptions(parent=self))
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-ns", metadata={"name": NAMESPACE, "labels": labels}, opts=pulumi.ResourceOptions(parent=self)
+        )
         in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
         k8s.core.v1.ServiceAccount(
             f"{name}-sa",
-            metadata={"name": SERVICE_ACCOUNT, "namespace": NAMESPACE, "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+            metadata={
+                "name": SERVICE_ACCOUNT,
+                "namespace": NAMESPACE,
+                "annotations": {"eks.amazonaws.com/role-arn": role.arn},
+            },
             automount_service_account_token=False,
             opts=in_namespace,
         )
@@ -306,12 +372,23 @@ class TrackingServer(pulumi.ComponentResource):
         # Migrations must complete before the new server version rolls out (the Deployment depends on it).
         # Every pod of the server uses the role, and all come after the migration: its policy outlives them on destroy.
         # Only migrate reads the RDS master secret, fresh on each run (RDS rotates it every 7 days).
-        migration = self._entrypoint_job(name, args, env, "migrate", "migrate", backoff=2, cpu="100m", memory="512Mi",
-                                         after=[namespace, self.database, *role.ready],
-                                         extra_env={"TRACKING_DATABASE_SECRET_ARN": secrets.database_master_arn})
+        migration = self._entrypoint_job(
+            name,
+            args,
+            env,
+            "migrate",
+            "migrate",
+            backoff=2,
+            cpu="100m",
+            memory="512Mi",
+            after=[namespace, self.database, *role.ready],
+            extra_env={"TRACKING_DATABASE_SECRET_ARN": secrets.database_master_arn},
+        )
         deployment = self._server(name, args, env, after=migration)
         # The read-only users model endpoints log in as; runs once the new server version is up.
-        self._entrypoint_job(name, args, env, "ensure-reader", "ensure-user", backoff=6, cpu="50m", memory="256Mi", after=[deployment])
+        self._entrypoint_job(
+            name, args, env, "ensure-reader", "ensure-user", backoff=6, cpu="50m", memory="256Mi", after=[deployment]
+        )
         service = self._service(name, args, in_namespace)
         if args.exposure == "clusterOnly":
             return pulumi.Output.from_input(CLUSTER_URL)
@@ -327,7 +404,11 @@ class TrackingServer(pulumi.ComponentResource):
             f"{name}-db-sg",
             description="PostgreSQL of the tracking server: only from the cluster",
             vpc_id=args.vpc_id,
-            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=5432, to_port=5432, security_groups=[args.cluster_security_group_id])],
+            ingress=[
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp", from_port=5432, to_port=5432, security_groups=[args.cluster_security_group_id]
+                )
+            ],
             egress=[],
             opts=child,
         )
@@ -375,10 +456,16 @@ class TrackingServer(pulumi.ComponentResource):
             "database-password": self._generated_secret(name, "database-password", 32, args),
         }
         self.reader_secret_arns = {
-            endpoint: self._generated_secret(name, f"reader-{endpoint}-password", 32, args).arn for endpoint in args.reader_endpoints
+            endpoint: self._generated_secret(name, f"reader-{endpoint}-password", 32, args).arn
+            for endpoint in args.reader_endpoints
         }
-        writers = {pipeline: self._generated_secret(name, f"writer-{pipeline}-password", 32, args).arn for pipeline in args.writer_models}
-        self.writer_passwords = {pipeline: self._passwords[f"writer-{pipeline}-password"] for pipeline in args.writer_models}
+        writers = {
+            pipeline: self._generated_secret(name, f"writer-{pipeline}-password", 32, args).arn
+            for pipeline in args.writer_models
+        }
+        self.writer_passwords = {
+            pipeline: self._passwords[f"writer-{pipeline}-password"] for pipeline in args.writer_models
+        }
         self.admin_secret_arn = own["admin-password"].arn
         master = self.database.master_user_secrets.apply(lambda s: s[0].secret_arn)
         return _ServerSecrets(own=own, database_master_arn=master, writers=writers)
@@ -391,11 +478,13 @@ class TrackingServer(pulumi.ComponentResource):
             namespace=NAMESPACE,
             service_account=SERVICE_ACCOUNT,
             policy=pulumi.Output.all(
-                args.artifact_bucket_arn, args.kms_key_arn, secrets.database_master_arn,
-                *[secret.arn for secret in secrets.own.values()], *self.reader_secret_arns.values(), *secrets.writers.values(),
-            ).apply(
-                lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], a[2:])
-            ),
+                args.artifact_bucket_arn,
+                args.kms_key_arn,
+                secrets.database_master_arn,
+                *[secret.arn for secret in secrets.own.values()],
+                *self.reader_secret_arns.values(),
+                *secrets.writers.values(),
+            ).apply(lambda a: artifact_policy(a[0], args.artifact_prefix, a[1], a[2:])),
             parent=self,
         )
 
@@ -411,17 +500,26 @@ class TrackingServer(pulumi.ComponentResource):
             "TRACKING_DATABASE_PASSWORD_SECRET_ARN": secrets.own["database-password"].arn,
             "TRACKING_ADMIN_PASSWORD_SECRET_ARN": secrets.own["admin-password"].arn,
             "TRACKING_FLASK_SECRET_KEY_SECRET_ARN": secrets.own["flask-secret-key"].arn,
-            "TRACKING_ARTIFACTS_DESTINATION": pulumi.Output.concat("s3://", args.artifact_bucket, "/", args.artifact_prefix),
+            "TRACKING_ARTIFACTS_DESTINATION": pulumi.Output.concat(
+                "s3://", args.artifact_bucket, "/", args.artifact_prefix
+            ),
             "TRACKING_HOST": "0.0.0.0",
             "TRACKING_PORT": str(PORT),
             "TRACKING_WORKERS": "2",
             "TRACKING_ALLOWED_HOSTS": allowed_hosts(args.vpc_cidr, region, args.allowed_hosts),
             "TRACKING_REGION": region,
             "AWS_DEFAULT_REGION": region,  # what boto3 reads (botocore ignores AWS_REGION)
-            "TRACKING_READERS": pulumi.Output.all(**readers).apply(lambda r: json.dumps(r, sort_keys=True)) if readers else "{}",
+            "TRACKING_READERS": pulumi.Output.all(**readers).apply(lambda r: json.dumps(r, sort_keys=True))
+            if readers
+            else "{}",
             "TRACKING_WRITERS": pulumi.Output.all(**secrets.writers).apply(
-                lambda arns: json.dumps({p: {"model": args.writer_models[p], "password_secret_arn": a} for p, a in arns.items()}, sort_keys=True)
-            ) if secrets.writers else "{}",
+                lambda arns: json.dumps(
+                    {p: {"model": args.writer_models[p], "password_secret_arn": a} for p, a in arns.items()},
+                    sort_keys=True,
+                )
+            )
+            if secrets.writers
+            else "{}",
             "TRACKING_SERVER_URL": CLUSTER_URL,
         }
 
@@ -431,15 +529,27 @@ class TrackingServer(pulumi.ComponentResource):
         return {
             **({"nodeSelector": dict(args.node_selector)} if args.node_selector else {}),
             "serviceAccountName": SERVICE_ACCOUNT,
-            # no Kubernetes API calls: no API token (IRSA's token is a volume the EKS pod identity webhook projects itself)
+            # no Kubernetes API calls: no API token (IRSA's token is a volume the EKS pod identity webhook projects
+            # itself)
             "automountServiceAccountToken": False,
             "securityContext": POD_SECURITY_CONTEXT,
             "volumes": [TMP_VOLUME],
         }
 
-    def _entrypoint_job(self, name: str, args: SelfHostedTrackingArgs, env: Mapping[str, pulumi.Input[str]], role: str, command: str, *,
-                        backoff: int, cpu: str, memory: str, after: list[pulumi.Resource],
-                        extra_env: Mapping[str, pulumi.Input[str]] | None = None) -> k8s.batch.v1.Job:
+    def _entrypoint_job(
+        self,
+        name: str,
+        args: SelfHostedTrackingArgs,
+        env: Mapping[str, pulumi.Input[str]],
+        role: str,
+        command: str,
+        *,
+        backoff: int,
+        cpu: str,
+        memory: str,
+        after: list[pulumi.Resource],
+        extra_env: Mapping[str, pulumi.Input[str]] | None = None,
+    ) -> k8s.batch.v1.Job:
         """A Job running one entrypoint command of the tracking image, named after the image:
         a new version gets a new Job."""
         image_hash = hashlib.sha256(args.image.encode()).hexdigest()[:8]
@@ -453,17 +563,26 @@ class TrackingServer(pulumi.ComponentResource):
                     "spec": {
                         **self._pod_common(args),
                         "restartPolicy": "Never",
-                        "containers": [{
-                            "name": role, "image": args.image, "args": [command], "env": env_list({**env, **(extra_env or {})}),
-                            "resources": resources(cpu, memory), "securityContext": CONTAINER_SECURITY_CONTEXT, "volumeMounts": [TMP_MOUNT],
-                        }],
+                        "containers": [
+                            {
+                                "name": role,
+                                "image": args.image,
+                                "args": [command],
+                                "env": env_list({**env, **(extra_env or {})}),
+                                "resources": resources(cpu, memory),
+                                "securityContext": CONTAINER_SECURITY_CONTEXT,
+                                "volumeMounts": [TMP_MOUNT],
+                            }
+                        ],
                     },
                 },
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=after, delete_before_replace=True),
         )
 
-    def _server(self, name: str, args: SelfHostedTrackingArgs, env: Mapping[str, pulumi.Input[str]], *, after: pulumi.Resource) -> k8s.apps.v1.Deployment:
+    def _server(
+        self, name: str, args: SelfHostedTrackingArgs, env: Mapping[str, pulumi.Input[str]], *, after: pulumi.Resource
+    ) -> k8s.apps.v1.Deployment:
         """The server's Deployment: zone-spread, surge-only rollouts, after the migration Job."""
         return k8s.apps.v1.Deployment(
             f"{name}-server",
@@ -477,25 +596,29 @@ class TrackingServer(pulumi.ComponentResource):
                     "spec": {
                         **self._pod_common(args),
                         "topologySpreadConstraints": zone_spread(SERVER_LABELS),
-                        "containers": [{
-                            "name": CONTAINER,
-                            "image": args.image,
-                            "args": ["serve"],
-                            "ports": [{"name": "http", "containerPort": PORT}],
-                            "env": env_list(env),
-                            "resources": resources("250m", "1Gi"),
-                            "readinessProbe": http_probe("/health", PORT, period=10),
-                            "livenessProbe": http_probe("/health", PORT, period=20, failures=6, initial_delay=30),
-                            "securityContext": CONTAINER_SECURITY_CONTEXT,
-                            "volumeMounts": [TMP_MOUNT],
-                        }],
+                        "containers": [
+                            {
+                                "name": CONTAINER,
+                                "image": args.image,
+                                "args": ["serve"],
+                                "ports": [{"name": "http", "containerPort": PORT}],
+                                "env": env_list(env),
+                                "resources": resources("250m", "1Gi"),
+                                "readinessProbe": http_probe("/health", PORT, period=10),
+                                "livenessProbe": http_probe("/health", PORT, period=20, failures=6, initial_delay=30),
+                                "securityContext": CONTAINER_SECURITY_CONTEXT,
+                                "volumeMounts": [TMP_MOUNT],
+                            }
+                        ],
                     },
                 },
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[after]),
         )
 
-    def _service(self, name: str, args: SelfHostedTrackingArgs, in_namespace: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+    def _service(
+        self, name: str, args: SelfHostedTrackingArgs, in_namespace: pulumi.ResourceOptions
+    ) -> k8s.core.v1.Service:
         """The Service behind CLUSTER_URL, its PodDisruptionBudget, and the NetworkPolicy of the namespace's pods."""
         service = k8s.core.v1.Service(
             f"{name}-svc",
@@ -504,16 +627,31 @@ class TrackingServer(pulumi.ComponentResource):
             spec={"selector": SERVER_LABELS, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
             opts=in_namespace,
         )
-        disruption_budget(f"{name}-pdb", name=SERVICE, namespace=NAMESPACE, labels=SERVER_LABELS, replicas=args.replicas, opts=in_namespace)
-        k8s.networking.v1.NetworkPolicy(f"{name}-netpol", metadata={"name": SERVICE, "namespace": NAMESPACE}, spec=network_policy_spec(args), opts=in_namespace)
+        disruption_budget(
+            f"{name}-pdb",
+            name=SERVICE,
+            namespace=NAMESPACE,
+            labels=SERVER_LABELS,
+            replicas=args.replicas,
+            opts=in_namespace,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata={"name": SERVICE, "namespace": NAMESPACE},
+            spec=network_policy_spec(args),
+            opts=in_namespace,
+        )
         return service
 
     def _ingress(self, name: str, args: SelfHostedTrackingArgs, *, after: list[pulumi.Resource]) -> pulumi.Output[str]:
         """The catch-all path of the shared internal ALB; the URL is the ALB's once it has one."""
         annotations = {
-            **internal_alb_annotations(group=args.ingress_group, healthcheck_path="/health",
-                                       certificate_arn=args.certificate_arn,
-                                       deregistration_delay_seconds=DEREGISTRATION_DELAY_SECONDS),
+            **internal_alb_annotations(
+                group=args.ingress_group,
+                healthcheck_path="/health",
+                certificate_arn=args.certificate_arn,
+                deregistration_delay_seconds=DEREGISTRATION_DELAY_SECONDS,
+            ),
             # the catch-all "/" rule is evaluated after every endpoint's path
             "alb.ingress.kubernetes.io/group.order": "1000",
         }
@@ -522,17 +660,32 @@ class TrackingServer(pulumi.ComponentResource):
             metadata={"name": SERVICE, "namespace": NAMESPACE, "annotations": annotations},
             spec={
                 "ingressClassName": "alb",
-                "rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": SERVICE, "port": {"number": PORT}}}}]}}],
+                "rules": [
+                    {
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": "/",
+                                    "pathType": "Prefix",
+                                    "backend": {"service": {"name": SERVICE, "port": {"number": PORT}}},
+                                }
+                            ]
+                        }
+                    }
+                ],
             },
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[*after, *([args.load_balancer_controller] if args.load_balancer_controller else [])]
+                parent=self,
+                depends_on=[*after, *([args.load_balancer_controller] if args.load_balancer_controller else [])],
             ),
         )
         scheme = "https" if args.certificate_arn else "http"
         return ingress.status.apply(
-            lambda status: f"{scheme}://{status.load_balancer.ingress[0].hostname}"
-            if status and status.load_balancer and status.load_balancer.ingress
-            else CLUSTER_URL
+            lambda status: (
+                f"{scheme}://{status.load_balancer.ingress[0].hostname}"
+                if status and status.load_balancer and status.load_balancer.ingress
+                else CLUSTER_URL
+            )
         )
 
 
@@ -542,18 +695,25 @@ def network_policy_spec(args: SelfHostedTrackingArgs) -> dict[str, Any]:
     return {
         "podSelector": {"matchLabels": APP_LABELS},
         "policyTypes": ["Ingress", "Egress"],
-        "ingress": [{
-            "from": [{"namespaceSelector": {"matchLabels": {CLIENT_NAMESPACE_LABEL: "true"}}}],
-            "ports": [{"protocol": "TCP", "port": PORT}],
-        }, {
-            # the ensure-reader Job calls the server from inside the namespace
-            "from": [{"podSelector": {"matchLabels": APP_LABELS}}],
-            "ports": [{"protocol": "TCP", "port": PORT}],
-        }, *([load_balancer_ingress(args.load_balancer_cidrs, PORT)] if args.exposure == "internalAlb" else [])],
+        "ingress": [
+            {
+                "from": [{"namespaceSelector": {"matchLabels": {CLIENT_NAMESPACE_LABEL: "true"}}}],
+                "ports": [{"protocol": "TCP", "port": PORT}],
+            },
+            {
+                # the ensure-reader Job calls the server from inside the namespace
+                "from": [{"podSelector": {"matchLabels": APP_LABELS}}],
+                "ports": [{"protocol": "TCP", "port": PORT}],
+            },
+            *([load_balancer_ingress(args.load_balancer_cidrs, PORT)] if args.exposure == "internalAlb" else []),
+        ],
         "egress": [
             dns_egress_rule(),
             {"to": [{"ipBlock": {"cidr": args.vpc_cidr}}], "ports": [{"protocol": "TCP", "port": 5432}]},
-            {"to": [{"podSelector": {"matchLabels": SERVER_LABELS}}], "ports": [{"protocol": "TCP", "port": PORT}]},  # ensure-user
+            {
+                "to": [{"podSelector": {"matchLabels": SERVER_LABELS}}],
+                "ports": [{"protocol": "TCP", "port": PORT}],
+            },  # ensure-user
             aws_api_egress_rule(),  # S3, STS, Secrets Manager
         ],
     }

@@ -36,6 +36,8 @@ from components.k8s_workload import (
     CONTAINER_SECURITY_CONTEXT,
     POD_SECURITY_CONTEXT,
     TMP_MOUNT,
+    aws_api_egress_rule,
+    dns_egress_rule,
     env_list,
     http_probe,
     kubernetes_api_client,
@@ -122,19 +124,34 @@ class TrainingArgs:
         names = [p.name for p in self.pipelines]
         missing = sorted(set(names) - set(self.tracking_passwords))
         if len(set(names)) != len(names) or missing:
-            raise ValueError(f"invalid TrainingArgs: pipeline names must be unique and each needs a tracking password (missing: {missing})")
+            raise ValueError(
+                "invalid TrainingArgs: pipeline names must be unique and each needs a tracking password (missing: "
+                f"{missing})"
+            )
         if any(p.endpoint for p in self.pipelines) and self.receiver_token is None:
-            raise ValueError("invalid TrainingArgs: receiver_token: required when a pipeline retrains on an endpoint's drift")
+            raise ValueError(
+                "invalid TrainingArgs: receiver_token: required when a pipeline retrains on an endpoint's drift"
+            )
 
 
 def datasets_read_policy(bucket_arn: str, kms_key_arn: str, region: str) -> str:
     """Read the datasets bucket (the DVC remote and any `.dvc` pointer in it); nothing else in AWS."""
-    return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "ReadDatasets", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket_arn}/*"},
-        {"Sid": "ListDatasets", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn},
-        {"Sid": "DecryptDatasets", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": kms_key_arn,
-         "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}},
-    ]})
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Sid": "ReadDatasets", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket_arn}/*"},
+                {"Sid": "ListDatasets", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn},
+                {
+                    "Sid": "DecryptDatasets",
+                    "Effect": "Allow",
+                    "Action": "kms:Decrypt",
+                    "Resource": kms_key_arn,
+                    "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+                },
+            ],
+        }
+    )
 
 
 def service_account(pipeline: str) -> str:
@@ -183,18 +200,26 @@ def job_template(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.In
             # readable by the pod's group (fsGroup) only; the runner reads it (TRAINING_TRACKING_PASSWORD_FILE)
             {"name": "tracking-password", "secret": {"secretName": password_secret(p.name), "defaultMode": 0o440}},
         ],
-        "containers": [{
-            "name": "train",
-            "image": p.image,
-            "args": ["run"],
-            "env": pipeline_env(p, args, datasets_bucket),
-            "resources": _with_scratch(resources(p.cpu, p.memory, gpus=p.gpu), p.scratch),
-            "securityContext": CONTAINER_SECURITY_CONTEXT,
-            "volumeMounts": [TMP_MOUNT, {"name": "tracking-password", "mountPath": PASSWORD_DIR, "readOnly": True}],
-        }],
+        "containers": [
+            {
+                "name": "train",
+                "image": p.image,
+                "args": ["run"],
+                "env": pipeline_env(p, args, datasets_bucket),
+                "resources": _with_scratch(resources(p.cpu, p.memory, gpus=p.gpu), p.scratch),
+                "securityContext": CONTAINER_SECURITY_CONTEXT,
+                "volumeMounts": [TMP_MOUNT, {"name": "tracking-password", "mountPath": PASSWORD_DIR, "readOnly": True}],
+            }
+        ],
     }
-    pod.update(pool_placement(p.gpu, gpu_node_selector=args.gpu_node_selector,
-                              gpu_toleration=args.gpu_toleration, node_selector=args.node_selector))
+    pod.update(
+        pool_placement(
+            p.gpu,
+            gpu_node_selector=args.gpu_node_selector,
+            gpu_toleration=args.gpu_toleration,
+            node_selector=args.node_selector,
+        )
+    )
     return {
         "metadata": {"labels": labels},
         "spec": {
@@ -208,7 +233,10 @@ def job_template(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.In
 
 def _with_scratch(spec: dict[str, Any], scratch: str) -> dict[str, Any]:
     """Requests and limits with the scratch disk as ephemeral storage (the scheduler places by it)."""
-    return {"requests": {**spec["requests"], "ephemeral-storage": scratch}, "limits": {**spec["limits"], "ephemeral-storage": scratch}}
+    return {
+        "requests": {**spec["requests"], "ephemeral-storage": scratch},
+        "limits": {**spec["limits"], "ephemeral-storage": scratch},
+    }
 
 
 class Training(pulumi.ComponentResource):
@@ -229,23 +257,36 @@ class Training(pulumi.ComponentResource):
             self.cron_jobs[p.name] = self._pipeline(name, p, args, in_namespace)
         retraining = [p for p in args.pipelines if p.endpoint]
         if retraining:
-            RetrainReceiver(f"{name}-receiver", retraining, args, opts=pulumi.ResourceOptions(parent=self, depends_on=[self.namespace]))
+            RetrainReceiver(
+                f"{name}-receiver",
+                retraining,
+                args,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.namespace]),
+            )
         self.register_outputs({"role_arns": self.role_arns, "namespace": NAMESPACE})
 
-    def _pipeline(self, name: str, p: PipelineArgs, args: TrainingArgs, in_namespace: pulumi.ResourceOptions) -> k8s.batch.v1.CronJob:
+    def _pipeline(
+        self, name: str, p: PipelineArgs, args: TrainingArgs, in_namespace: pulumi.ResourceOptions
+    ) -> k8s.batch.v1.CronJob:
         role = workload_role(
             f"{name}-{p.name}-workload",
             identity=args.identity,
             namespace=NAMESPACE,
             service_account=service_account(p.name),
-            policy=pulumi.Output.all(args.datasets_bucket_arn, args.kms_key_arn).apply(lambda a: datasets_read_policy(a[0], a[1], args.region)),
+            policy=pulumi.Output.all(args.datasets_bucket_arn, args.kms_key_arn).apply(
+                lambda a: datasets_read_policy(a[0], a[1], args.region)
+            ),
             parent=self,
         )
         self.role_arns[p.name] = role.arn
         account = k8s.core.v1.ServiceAccount(
             f"{name}-{p.name}-sa",
-            metadata={"name": service_account(p.name), "namespace": NAMESPACE, "labels": {PIPELINE_LABEL: p.name},
-                      "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+            metadata={
+                "name": service_account(p.name),
+                "namespace": NAMESPACE,
+                "labels": {PIPELINE_LABEL: p.name},
+                "annotations": {"eks.amazonaws.com/role-arn": role.arn},
+            },
             automount_service_account_token=False,
             opts=in_namespace,
         )
@@ -281,10 +322,10 @@ class Training(pulumi.ComponentResource):
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [],  # nothing connects to a training run
                 "egress": [
-                    {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
-                    client_egress_rule(),  # the tracking server's pods, on the port of its Service (components/tracking.CLUSTER_URL)
-                    {"ports": [{"protocol": "TCP", "port": 443}]},  # S3 (the DVC remote), STS
+                    dns_egress_rule(),
+                    # the tracking server's pods, on the port of its Service (components/tracking.CLUSTER_URL)
+                    client_egress_rule(),
+                    aws_api_egress_rule(),  # S3 (the DVC remote), STS
                 ],
             },
             opts=opts,
@@ -306,23 +347,36 @@ def receiver_rules() -> list[dict[str, Any]]:
 
 def receiver_pipelines(pipelines: Sequence[PipelineArgs], args: TrainingArgs) -> pulumi.Output[str]:
     """The receiver's pipelines file: each pipeline's endpoint, rate limit and Job (the CronJob's own template)."""
-    return pulumi.Output.json_dumps({
-        p.name: {"endpoint": p.endpoint, "min_interval_seconds": p.retrain_min_interval_minutes * 60, "job": job_template(p, args, args.datasets_bucket)}
-        for p in pipelines
-    })
+    return pulumi.Output.json_dumps(
+        {
+            p.name: {
+                "endpoint": p.endpoint,
+                "min_interval_seconds": p.retrain_min_interval_minutes * 60,
+                "job": job_template(p, args, args.datasets_bucket),
+            }
+            for p in pipelines
+        }
+    )
 
 
-RECEIVER_LABELS = {"app.kubernetes.io/name": RECEIVER, "app.kubernetes.io/part-of": "mlops-training",
-                   COMPONENT_LABEL: "receiver"}
+RECEIVER_LABELS = {
+    "app.kubernetes.io/name": RECEIVER,
+    "app.kubernetes.io/part-of": "mlops-training",
+    COMPONENT_LABEL: "receiver",
+}
 RECEIVER_META = {"name": RECEIVER, "namespace": NAMESPACE, "labels": RECEIVER_LABELS}
 
 
 def receiver_env() -> dict[str, str]:
     """The receiver's settings (services/training/receiver.py, `RECEIVER_*`)."""
-    return {"RECEIVER_HOST": "0.0.0.0", "RECEIVER_PORT": str(RECEIVER_PORT),
-            "RECEIVER_TOKEN_FILE": f"{RECEIVER_TOKEN}/token",
-            "RECEIVER_PIPELINES_FILE": f"{RECEIVER_PIPELINES}/pipelines.json",
-            "RECEIVER_LAUNCHER": "kubernetes", "RECEIVER_NAMESPACE": NAMESPACE}
+    return {
+        "RECEIVER_HOST": "0.0.0.0",
+        "RECEIVER_PORT": str(RECEIVER_PORT),
+        "RECEIVER_TOKEN_FILE": f"{RECEIVER_TOKEN}/token",
+        "RECEIVER_PIPELINES_FILE": f"{RECEIVER_PIPELINES}/pipelines.json",
+        "RECEIVER_LAUNCHER": "kubernetes",
+        "RECEIVER_NAMESPACE": NAMESPACE,
+    }
 
 
 def receiver_pod(image: str, node_selector: Mapping[str, str]) -> dict[str, Any]:
@@ -332,19 +386,29 @@ def receiver_pod(image: str, node_selector: Mapping[str, str]) -> dict[str, Any]
         "automountServiceAccountToken": True,  # it creates Jobs through the API: the one pod here that needs a token
         "securityContext": POD_SECURITY_CONTEXT,
         **({"nodeSelector": dict(node_selector)} if node_selector else {}),
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                    {"name": "token", "secret": {"secretName": RECEIVER}},
-                    {"name": "pipelines", "configMap": {"name": RECEIVER}}],
-        "containers": [{
-            "name": "receiver", "image": image, "args": ["receiver"], "env": env_list(receiver_env()),
-            "ports": [{"name": "http", "containerPort": RECEIVER_PORT}],
-            "resources": resources("50m", "256Mi"),
-            "readinessProbe": http_probe("/healthz", RECEIVER_PORT, period=10),
-            "livenessProbe": http_probe("/healthz", RECEIVER_PORT, period=20),
-            "securityContext": CONTAINER_SECURITY_CONTEXT,
-            "volumeMounts": [TMP_MOUNT, {"name": "token", "mountPath": RECEIVER_TOKEN, "readOnly": True},
-                             {"name": "pipelines", "mountPath": RECEIVER_PIPELINES, "readOnly": True}],
-        }],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            {"name": "token", "secret": {"secretName": RECEIVER}},
+            {"name": "pipelines", "configMap": {"name": RECEIVER}},
+        ],
+        "containers": [
+            {
+                "name": "receiver",
+                "image": image,
+                "args": ["receiver"],
+                "env": env_list(receiver_env()),
+                "ports": [{"name": "http", "containerPort": RECEIVER_PORT}],
+                "resources": resources("50m", "256Mi"),
+                "readinessProbe": http_probe("/healthz", RECEIVER_PORT, period=10),
+                "livenessProbe": http_probe("/healthz", RECEIVER_PORT, period=20),
+                "securityContext": CONTAINER_SECURITY_CONTEXT,
+                "volumeMounts": [
+                    TMP_MOUNT,
+                    {"name": "token", "mountPath": RECEIVER_TOKEN, "readOnly": True},
+                    {"name": "pipelines", "mountPath": RECEIVER_PIPELINES, "readOnly": True},
+                ],
+            }
+        ],
     }
 
 
@@ -353,24 +417,45 @@ class RetrainReceiver(pulumi.ComponentResource):
     the endpoint's pipeline Job. Its service account may create Jobs in the training namespace and nothing else;
     only the monitoring namespace may reach it, with the bearer token both sides get from Monitoring."""
 
-    def __init__(self, name: str, pipelines: Sequence[PipelineArgs], args: TrainingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        pipelines: Sequence[PipelineArgs],
+        args: TrainingArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("mlops:training:RetrainReceiver", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         access = self._access(name)
-        token = k8s.core.v1.Secret(f"{name}-token", metadata=RECEIVER_META, opts=child,
-                                   string_data=pulumi.Output.secret({"token": args.receiver_token}))
+        token = k8s.core.v1.Secret(
+            f"{name}-token",
+            metadata=RECEIVER_META,
+            opts=child,
+            string_data=pulumi.Output.secret({"token": args.receiver_token}),
+        )
         pipelines_file = receiver_pipelines(pipelines, args)
-        config = k8s.core.v1.ConfigMap(f"{name}-pipelines", metadata=RECEIVER_META, opts=child,
-                                       data={"pipelines.json": pipelines_file})
+        config = k8s.core.v1.ConfigMap(
+            f"{name}-pipelines", metadata=RECEIVER_META, opts=child, data={"pipelines.json": pipelines_file}
+        )
         # a changed pipelines file rolls the pod (it reads the file at start)
         digest = pipelines_file.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())
         rollout = {"mlops.platform/pipelines-sha256": digest}
         k8s.apps.v1.Deployment(
-            f"{name}-deployment", metadata={**RECEIVER_META, "annotations": kubernetes_api_client(
-                "creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else")},
-            spec={"replicas": 1, "selector": {"matchLabels": RECEIVER_LABELS},
-                  "template": {"metadata": {"labels": RECEIVER_LABELS, "annotations": rollout},
-                               "spec": receiver_pod(pipelines[0].image, args.node_selector)}},
+            f"{name}-deployment",
+            metadata={
+                **RECEIVER_META,
+                "annotations": kubernetes_api_client(
+                    "creates the pipeline Jobs on drift; its Role allows creating Jobs in training and nothing else"
+                ),
+            },
+            spec={
+                "replicas": 1,
+                "selector": {"matchLabels": RECEIVER_LABELS},
+                "template": {
+                    "metadata": {"labels": RECEIVER_LABELS, "annotations": rollout},
+                    "spec": receiver_pod(pipelines[0].image, args.node_selector),
+                },
+            },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[*access, token, config]),
         )
         self._network(name)
@@ -379,11 +464,14 @@ class RetrainReceiver(pulumi.ComponentResource):
     def _access(self, name: str) -> list[pulumi.Resource]:
         """Its service account, and a Role that may create Jobs in the training namespace, bound to it."""
         child = pulumi.ResourceOptions(parent=self)
-        account = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=RECEIVER_META, opts=child,
-                                             automount_service_account_token=False)
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa", metadata=RECEIVER_META, opts=child, automount_service_account_token=False
+        )
         role = k8s.rbac.v1.Role(f"{name}-role", metadata=RECEIVER_META, rules=receiver_rules(), opts=child)
         binding = k8s.rbac.v1.RoleBinding(
-            f"{name}-binding", metadata=RECEIVER_META, opts=child,
+            f"{name}-binding",
+            metadata=RECEIVER_META,
+            opts=child,
             role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RECEIVER},
             subjects=[{"kind": "ServiceAccount", "name": RECEIVER, "namespace": NAMESPACE}],
         )
@@ -395,18 +483,26 @@ class RetrainReceiver(pulumi.ComponentResource):
 
         child = pulumi.ResourceOptions(parent=self)
         ports = [{"name": "http", "port": RECEIVER_PORT, "targetPort": RECEIVER_PORT}]
-        k8s.core.v1.Service(f"{name}-svc", metadata=RECEIVER_META, opts=child,
-                            spec={"selector": RECEIVER_LABELS, "ports": ports})
+        k8s.core.v1.Service(
+            f"{name}-svc", metadata=RECEIVER_META, opts=child, spec={"selector": RECEIVER_LABELS, "ports": ports}
+        )
         k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol", metadata=RECEIVER_META, opts=child,
+            f"{name}-netpol",
+            metadata=RECEIVER_META,
+            opts=child,
             spec={
                 "podSelector": {"matchLabels": RECEIVER_LABELS},
                 "policyTypes": ["Ingress", "Egress"],
-                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}],  # Alertmanager
-                             "ports": [{"protocol": "TCP", "port": RECEIVER_PORT}]}],
+                "ingress": [
+                    {
+                        "from": [
+                            {"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}
+                        ],  # Alertmanager
+                        "ports": [{"protocol": "TCP", "port": RECEIVER_PORT}],
+                    }
+                ],
                 "egress": [
-                    {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                     "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                    dns_egress_rule(),
                     {"ports": [{"protocol": "TCP", "port": 443}]},  # the Kubernetes API server
                 ],
             },

@@ -30,6 +30,7 @@ from infra.settings import (
     CI_DEPLOY_ADMIN_KEY,
     CONFIG_NAMESPACE,
     AlertSettings,
+    ClusterSettings,
     EndpointSettings,
     PlatformSettings,
     SettingsError,
@@ -53,9 +54,9 @@ def read_stack_config() -> dict[str, Any]:
     for key, value in all_config.items():
         if key.startswith(prefix):
             try:
-                raw[key[len(prefix):]] = json.loads(value) if value[:1] in "[{" else value
+                raw[key[len(prefix) :]] = json.loads(value) if value[:1] in "[{" else value
             except json.JSONDecodeError:
-                raw[key[len(prefix):]] = value
+                raw[key[len(prefix) :]] = value
     return raw
 
 
@@ -75,12 +76,22 @@ def build(settings: PlatformSettings, images: dict[tuple[str, str], str]) -> Non
     network = _network(settings)
     storage, registry = _storage_and_registry(settings)
     ci = _ci_access(settings)
-    cluster, node_pools, addons = _compute(settings, network, tags, ci_admins={CI_DEPLOY_ADMIN_KEY: ci.deploy.arn} if ci else {})
+    cluster, node_pools, addons = _compute(
+        settings, network, tags, ci_admins={CI_DEPLOY_ADMIN_KEY: ci.deploy.arn} if ci else {}
+    )
     # Managed MLflow pulls no image of ours, so it belongs to phase 1 as well.
     workloads = settings.deploy_workloads
-    tracking = _tracking(settings, network, storage, cluster, addons, images) if workloads or settings.tracking.mode == "managed" else None
+    tracking = (
+        _tracking(settings, network, storage, cluster, addons, images)
+        if workloads or settings.tracking.mode == "managed"
+        else None
+    )
     monitoring = _monitoring(settings, storage, cluster, node_pools, addons)
-    endpoints = _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring, images) if tracking and workloads else []
+    endpoints = (
+        _serving(settings, network, storage, cluster, addons, node_pools, tracking, monitoring, images)
+        if tracking and workloads
+        else []
+    )
     if tracking is not None and workloads and settings.pipelines:
         _training(settings, storage, cluster, node_pools, tracking, monitoring, images)
     _budget(settings)
@@ -140,8 +151,17 @@ def _budget(settings: PlatformSettings) -> Budget:
     )
 
 
-def _exports(settings: PlatformSettings, network: Network, storage: Storage, registry: Registry, cluster: Cluster,
-             node_pools: NodePools, ci: CiAccess | None, tracking: TrackingServer | None, endpoints: list[ServingEndpoint]) -> None:
+def _exports(
+    settings: PlatformSettings,
+    network: Network,
+    storage: Storage,
+    registry: Registry,
+    cluster: Cluster,
+    node_pools: NodePools,
+    ci: CiAccess | None,
+    tracking: TrackingServer | None,
+    endpoints: list[ServingEndpoint],
+) -> None:
     """The stack outputs: what CI, the README's commands and `dvc remote add` read after `pulumi up`."""
     pulumi.export("profile", settings.profile)
     pulumi.export("vpcId", network.vpc_id)
@@ -195,7 +215,9 @@ def _ci_access(settings: PlatformSettings) -> CiAccess | None:
     )
 
 
-def _monitoring(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools, addons: ClusterAddons) -> Monitoring:
+def _monitoring(
+    settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools, addons: ClusterAddons
+) -> Monitoring:
     m, a = settings.monitoring, settings.monitoring.alerts
     webhook = pulumi.Config(CONFIG_NAMESPACE).get_secret("alertSlackWebhook")
     return Monitoring(
@@ -227,8 +249,17 @@ def alert_thresholds(alerts: AlertSettings | None = None) -> AlertThresholds:
     return AlertThresholds(**(alerts or AlertSettings()).model_dump())
 
 
-def _serving(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
-             node_pools: NodePools, tracking: TrackingServer, monitoring: Monitoring, images: dict[tuple[str, str], str]) -> list[ServingEndpoint]:
+def _serving(
+    settings: PlatformSettings,
+    network: Network,
+    storage: Storage,
+    cluster: Cluster,
+    addons: ClusterAddons,
+    node_pools: NodePools,
+    tracking: TrackingServer,
+    monitoring: Monitoring,
+    images: dict[tuple[str, str], str],
+) -> list[ServingEndpoint]:
     if not settings.endpoints:
         return []
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
@@ -275,7 +306,11 @@ def _serving(settings: PlatformSettings, network: Network, storage: Storage, clu
 
 def _retrains_on_drift(settings: PlatformSettings) -> bool:
     """A pipeline retrains on an endpoint's drift, and pipelines are declared (workloads on, self-hosted tracking)."""
-    return settings.deploy_workloads and settings.tracking.mode == "selfHosted" and any(p.endpoint for p in settings.pipelines)
+    return (
+        settings.deploy_workloads
+        and settings.tracking.mode == "selfHosted"
+        and any(p.endpoint for p in settings.pipelines)
+    )
 
 
 def _canary_alias(endpoints: dict[str, EndpointSettings], endpoint: str | None) -> str | None:
@@ -284,17 +319,36 @@ def _canary_alias(endpoints: dict[str, EndpointSettings], endpoint: str | None) 
     return canary.alias if canary else None
 
 
-def _training(settings: PlatformSettings, storage: Storage, cluster: Cluster, node_pools: NodePools, tracking: TrackingServer,
-              monitoring: Monitoring, images: dict[tuple[str, str], str]) -> Training:
+def _training(
+    settings: PlatformSettings,
+    storage: Storage,
+    cluster: Cluster,
+    node_pools: NodePools,
+    tracking: TrackingServer,
+    monitoring: Monitoring,
+    images: dict[tuple[str, str], str],
+) -> Training:
     """The stack's pipelines as CronJobs (components/training.py); a pipeline's canary alias is its endpoint's."""
     endpoints = {e.name: e for e in settings.endpoints}
     pipelines = [
         PipelineArgs(
-            name=p.name, model=p.model, entry_point=p.entry_point, data=p.data, image=images[("training", p.image_tag)],
-            schedule=p.schedule, cpu=p.cpu, memory=p.memory, gpu=p.gpu, scratch=p.scratch, timeout_minutes=p.timeout_minutes,
-            retries=p.retries, params=dict(p.params), min_improvement=p.min_improvement,
+            name=p.name,
+            model=p.model,
+            entry_point=p.entry_point,
+            data=p.data,
+            image=images[("training", p.image_tag)],
+            schedule=p.schedule,
+            cpu=p.cpu,
+            memory=p.memory,
+            gpu=p.gpu,
+            scratch=p.scratch,
+            timeout_minutes=p.timeout_minutes,
+            retries=p.retries,
+            params=dict(p.params),
+            min_improvement=p.min_improvement,
             canary_alias=_canary_alias(endpoints, p.endpoint),
-            endpoint=p.endpoint, retrain_min_interval_minutes=p.retrain_min_interval_minutes,
+            endpoint=p.endpoint,
+            retrain_min_interval_minutes=p.retrain_min_interval_minutes,
         )
         for p in settings.pipelines
     ]
@@ -326,13 +380,22 @@ class _ArtifactStore(TypedDict):
     kms_key_arn: pulumi.Input[str]
 
 
-def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cluster: Cluster, addons: ClusterAddons,
-              images: dict[tuple[str, str], str]) -> TrackingServer:
+def _tracking(
+    settings: PlatformSettings,
+    network: Network,
+    storage: Storage,
+    cluster: Cluster,
+    addons: ClusterAddons,
+    images: dict[tuple[str, str], str],
+) -> TrackingServer:
     t, db = settings.tracking, settings.database
     name = f"{settings.name_prefix}-tracking"
     on_cluster = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider})
-    store = _ArtifactStore(artifact_bucket=storage.bucket_names["artifacts"], artifact_bucket_arn=storage.bucket_arns["artifacts"],
-                           kms_key_arn=storage.key_arn)
+    store = _ArtifactStore(
+        artifact_bucket=storage.bucket_names["artifacts"],
+        artifact_bucket_arn=storage.bucket_arns["artifacts"],
+        kms_key_arn=storage.key_arn,
+    )
     if t.mode == "managed":
         return TrackingServer(name, ManagedTrackingArgs(**store, size=t.managed_size), opts=on_cluster)
     return TrackingServer(
@@ -368,8 +431,12 @@ def _tracking(settings: PlatformSettings, network: Network, storage: Storage, cl
     )
 
 
-def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
-             ci_admins: dict[str, pulumi.Output[str]] | None = None) -> tuple[Cluster, NodePools, ClusterAddons]:
+def _compute(
+    settings: PlatformSettings,
+    network: Network,
+    tags: dict[str, str],
+    ci_admins: dict[str, pulumi.Output[str]] | None = None,
+) -> tuple[Cluster, NodePools, ClusterAddons]:
     """The EKS cluster, its add-ons and the Karpenter pools; Kubernetes objects use the cluster's provider.
 
     `ci_admins`: the CI deploy role by its access entry's key, `CI_DEPLOY_ADMIN_KEY` (it runs `pulumi up`
@@ -377,7 +444,9 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
     c = settings.cluster
     cluster = _cluster(settings, network, tags, ci_admins or {})
     # add-ons and Karpenter run on the system nodes: they install once the node group exists
-    after_system_nodes = pulumi.ResourceOptions(providers={"kubernetes": cluster.provider}, depends_on=[cluster.system_node_group])
+    after_system_nodes = pulumi.ResourceOptions(
+        providers={"kubernetes": cluster.provider}, depends_on=[cluster.system_node_group]
+    )
     addons = ClusterAddons(
         f"{settings.name_prefix}-addons",
         ClusterAddonsArgs(
@@ -402,34 +471,45 @@ def _compute(settings: PlatformSettings, network: Network, tags: dict[str, str],
             ami_alias=c.ami_alias,
             node_tags={**tags, "component": "node-pools"},
             replicas=c.addon_replicas,
-            cpu=PoolArgs(
-                instance_families=tuple(c.cpu_pool.instance_families),
-                instance_sizes=tuple(c.cpu_pool.instance_sizes),
-                capacity_types=tuple(c.cpu_pool.capacity_types),
-                limits={"cpu": str(c.cpu_pool.max_cpu)},
-                consolidation_policy="WhenEmptyOrUnderutilized",
-                consolidate_after="1m",
-                expire_after="720h",
-                root_volume_gi=50,
-            ),
-            gpu=PoolArgs(
-                instance_families=tuple(c.gpu_pool.instance_families),
-                instance_sizes=tuple(c.gpu_pool.instance_sizes),
-                capacity_types=(c.gpu_pool.capacity_type,),
-                limits={GPU_RESOURCE: str(c.gpu_pool.max_gpus)},
-                # never evict a busy GPU node for bin-packing; remove it once it is empty
-                consolidation_policy="WhenEmpty",
-                consolidate_after=c.gpu_pool.consolidate_after,
-                expire_after=c.gpu_pool.expire_after,
-                root_volume_gi=100,
-            ),
+            cpu=_cpu_pool_args(c),
+            gpu=_gpu_pool_args(c),
         ),
         opts=after_system_nodes,
     )
     return cluster, node_pools, addons
 
 
-def _cluster(settings: PlatformSettings, network: Network, tags: dict[str, str], ci_admins: dict[str, pulumi.Output[str]]) -> Cluster:
+def _cpu_pool_args(c: ClusterSettings) -> PoolArgs:
+    """The CPU pool: bin-packed within a minute of being under-used; nodes renewed monthly."""
+    return PoolArgs(
+        instance_families=tuple(c.cpu_pool.instance_families),
+        instance_sizes=tuple(c.cpu_pool.instance_sizes),
+        capacity_types=tuple(c.cpu_pool.capacity_types),
+        limits={"cpu": str(c.cpu_pool.max_cpu)},
+        consolidation_policy="WhenEmptyOrUnderutilized",
+        consolidate_after="1m",
+        expire_after="720h",
+        root_volume_gi=50,
+    )
+
+
+def _gpu_pool_args(c: ClusterSettings) -> PoolArgs:
+    """The GPU pool: a busy GPU node is never evicted for bin-packing; it goes once it is empty."""
+    return PoolArgs(
+        instance_families=tuple(c.gpu_pool.instance_families),
+        instance_sizes=tuple(c.gpu_pool.instance_sizes),
+        capacity_types=(c.gpu_pool.capacity_type,),
+        limits={GPU_RESOURCE: str(c.gpu_pool.max_gpus)},
+        consolidation_policy="WhenEmpty",
+        consolidate_after=c.gpu_pool.consolidate_after,
+        expire_after=c.gpu_pool.expire_after,
+        root_volume_gi=100,
+    )
+
+
+def _cluster(
+    settings: PlatformSettings, network: Network, tags: dict[str, str], ci_admins: dict[str, pulumi.Output[str]]
+) -> Cluster:
     """The EKS control plane, its system node group and the identities of the platform's pods."""
     c = settings.cluster
     return Cluster(

@@ -35,15 +35,55 @@ KUBERNETES_VERSIONS = ("1.33", "1.34", "1.35")
 CPU_FAMILIES = ("t3", "m5", "m6i", "m7i", "c6i", "c7i", "r6i", "r7i")
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
 INSTANCE_SIZES = (
-    "medium", "large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge",
+    "medium",
+    "large",
+    "xlarge",
+    "2xlarge",
+    "4xlarge",
+    "8xlarge",
+    "12xlarge",
+    "16xlarge",
+    "24xlarge",
+    "48xlarge",
 )
 DB_INSTANCE_CLASSES = (
-    "db.t4g.micro", "db.t4g.small", "db.t4g.medium", "db.t4g.large",
-    "db.m6g.large", "db.m6g.xlarge", "db.m7g.large", "db.m7g.xlarge", "db.r6g.large", "db.r7g.large",
+    "db.t4g.micro",
+    "db.t4g.small",
+    "db.t4g.medium",
+    "db.t4g.large",
+    "db.m6g.large",
+    "db.m6g.xlarge",
+    "db.m7g.large",
+    "db.m7g.xlarge",
+    "db.r6g.large",
+    "db.r7g.large",
 )
 """Graviton classes with known PostgreSQL prices (see infra/prices); add one with its price."""
 
-LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
 """The only values CloudWatch Logs accepts for a log group's retention."""
 
 _DURATION = re.compile(r"^\d+(s|m|h)$")
@@ -107,9 +147,13 @@ Cidr = Annotated[str, AfterValidator(_cidr)]
 Duration = Annotated[str, AfterValidator(_matches(_DURATION, "a duration such as 30s, 5m or 720h"))]
 Email = Annotated[str, AfterValidator(_matches(_EMAIL, "an email address"))]
 RoleArn = Annotated[str, AfterValidator(_matches(_ROLE_ARN, "an IAM role ARN (arn:aws:iam::123456789012:role/name)"))]
-SecurityGroupId = Annotated[str, AfterValidator(_matches(_SECURITY_GROUP, "a security group id (sg- and 8 or 17 hex digits)"))]
+SecurityGroupId = Annotated[
+    str, AfterValidator(_matches(_SECURITY_GROUP, "a security group id (sg- and 8 or 17 hex digits)"))
+]
 ImageDigest = Annotated[str, AfterValidator(_matches(_DIGEST, "an image digest: sha256: and 64 lowercase hex digits"))]
-ImageTag = Annotated[str, AfterValidator(_matches(re.compile(_IMAGE_TAG), "a Docker tag (up to 128 letters, digits, '.', '_' or '-')"))]
+ImageTag = Annotated[
+    str, AfterValidator(_matches(re.compile(_IMAGE_TAG), "a Docker tag (up to 128 letters, digits, '.', '_' or '-')"))
+]
 
 
 class _Section(BaseModel):
@@ -210,7 +254,9 @@ class ClusterSettings(_Section):
     """Private networks `pulumi up` runs from (a CI runner's subnet, a VPN range): HTTPS into the cluster
     security group, the only way to a private API endpoint. With `endpointPublicAccess: false`, this or
     `deployRunnerSecurityGroupIds` is required (README: Cluster and GPU node pools)."""
-    deploy_runner_security_group_ids: Annotated[list[SecurityGroupId], AfterValidator(_unique)] = Field(default_factory=list)
+    deploy_runner_security_group_ids: Annotated[list[SecurityGroupId], AfterValidator(_unique)] = Field(
+        default_factory=list
+    )
     """Security groups of deploy runners (in this VPC, or a peered one in the same region), admitted like the CIDRs."""
     admin_role_arns: list[RoleArn]
     """IAM roles granted cluster-admin through EKS access entries, each named after its role's name (unique)."""
@@ -245,7 +291,9 @@ class TrackingServerSettings(_Section):
     """Tag of the `tracking` image in the platform registry (built from services/tracking); never `latest`."""
     exposure: Literal["internalAlb", "clusterOnly"]
     """`internalAlb`: reachable inside the VPC (VPN, peered networks); `clusterOnly`: a ClusterIP Service."""
-    certificate_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$")
+    certificate_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+$"
+    )
     """ACM certificate of the internal ALB that the tracking server and the model endpoints share: with it every
     one of them listens on HTTPS 443 only (no HTTP listener). Required in prod."""
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -294,7 +342,10 @@ class EndpointSettings(_Section):
 
 _DVC_FILE = re.compile(r"^(s3://[a-z0-9.-]+/)?[A-Za-z0-9_][^\s]*\.dvc$")
 _CRON_FIELD = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?"
-_CRON = re.compile(rf"^{_CRON_FIELD}(,{_CRON_FIELD})*( {_CRON_FIELD}(,{_CRON_FIELD})*){{4}}$|^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$")
+_CRON = re.compile(
+    rf"^{_CRON_FIELD}(,{_CRON_FIELD})*( "
+    rf"{_CRON_FIELD}(,{_CRON_FIELD})*){{4}}$|^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$"
+)
 """A standard 5-field cron schedule (what a Kubernetes CronJob accepts), or one of its macros."""
 
 
@@ -306,9 +357,19 @@ class PipelineSettings(_Section):
     """Registered model the pipeline trains (and promotes when the gate passes)."""
     entry_point: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     """`module:attribute` of the pipeline's Task in the image, e.g. `examples.diabetes:task`."""
-    data: Annotated[str, AfterValidator(_matches(_DVC_FILE, "a .dvc file: a relative path in the training image, or s3://<bucket>/<key>.dvc"))]
+    data: Annotated[
+        str,
+        AfterValidator(
+            _matches(_DVC_FILE, "a .dvc file: a relative path in the training image, or s3://<bucket>/<key>.dvc")
+        ),
+    ]
     """The data's `.dvc` file: a path in the image, or an `s3://` URL of one in the datasets bucket."""
-    schedule: Annotated[str, AfterValidator(_matches(_CRON, "a cron schedule of 5 fields (e.g. \"0 3 * * 1\") or @daily/@weekly/..."))] | None = None
+    schedule: (
+        Annotated[
+            str, AfterValidator(_matches(_CRON, 'a cron schedule of 5 fields (e.g. "0 3 * * 1") or @daily/@weekly/...'))
+        ]
+        | None
+    ) = None
     """When it runs (UTC); unset: it runs only when started, by hand or on drift."""
     cpu: str = Field(default="1", pattern=r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$")
     memory: str = Field(default="4Gi", pattern=r"^[0-9]+(Mi|Gi)$")
@@ -326,7 +387,8 @@ class PipelineSettings(_Section):
     min_improvement: float = Field(default=0.01, ge=0, le=1)
     """How much better (a fraction of the champion's score) a new version must be to be promoted."""
     endpoint: str | None = None
-    """The endpoint serving this model: its `DataDriftHigh` retrains the pipeline, and its canary alias gets passing versions first."""
+    """The endpoint serving this model: its `DataDriftHigh` retrains the pipeline, and its canary alias gets passing
+    versions first."""
     retrain_min_interval_minutes: int = Field(default=360, ge=5, le=10080)
     """At most one drift retraining of this pipeline per this many minutes."""
 
@@ -366,9 +428,12 @@ class WaiverSettings(_Section):
 
 
 _GITHUB_REPOSITORY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?/[A-Za-z0-9._-]{1,100}$")
-"""`owner/name` as GitHub allows them: an owner of up to 39 letters, digits and inner hyphens; a name of letters, digits, '.', '_', '-'."""
+"""`owner/name` as GitHub allows them: an owner of up to 39 letters, digits and inner hyphens; a name of letters,
+digits, '.', '_', '-'."""
 _GITHUB_ENVIRONMENT = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
-_GITHUB_OIDC_PROVIDER_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/token\.actions\.githubusercontent\.com$")
+_GITHUB_OIDC_PROVIDER_ARN = re.compile(
+    r"^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/token\.actions\.githubusercontent\.com$"
+)
 _MANAGED_POLICY_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]+$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$")
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -380,8 +445,10 @@ def _no_wildcard(what: str, pattern: re.Pattern[str], allowed: str):
 
     def check(value: str) -> str:
         if any(c in value for c in "*?"):
-            raise ValueError(f"wildcards are not allowed: a role whose trust names {what} with '*' or '?' trusts far more than one; "
-                             f"allowed: {allowed}")
+            raise ValueError(
+                f"wildcards are not allowed: a role whose trust names {what} with '*' or '?' trusts far more than one; "
+                f"allowed: {allowed}"
+            )
         if not pattern.match(value):
             raise ValueError(f"not {allowed}")
         return value
@@ -389,13 +456,35 @@ def _no_wildcard(what: str, pattern: re.Pattern[str], allowed: str):
     return check
 
 
-GithubRepository = Annotated[str, AfterValidator(_no_wildcard("the repository", _GITHUB_REPOSITORY, "one repository as owner/name, e.g. acme/mlops-platform"))]
+GithubRepository = Annotated[
+    str,
+    AfterValidator(
+        _no_wildcard("the repository", _GITHUB_REPOSITORY, "one repository as owner/name, e.g. acme/mlops-platform")
+    ),
+]
 GithubEnvironment = Annotated[
-    str, AfterValidator(_no_wildcard("the environment", _GITHUB_ENVIRONMENT, "a GitHub environment name (letters, digits, '.', '_', '-')"))]
+    str,
+    AfterValidator(
+        _no_wildcard(
+            "the environment", _GITHUB_ENVIRONMENT, "a GitHub environment name (letters, digits, '.', '_', '-')"
+        )
+    ),
+]
 GithubOidcProviderArn = Annotated[
-    str, AfterValidator(_matches(_GITHUB_OIDC_PROVIDER_ARN, "the ARN of an IAM OIDC provider for token.actions.githubusercontent.com"))]
+    str,
+    AfterValidator(
+        _matches(_GITHUB_OIDC_PROVIDER_ARN, "the ARN of an IAM OIDC provider for token.actions.githubusercontent.com")
+    ),
+]
 ManagedPolicyArn = Annotated[
-    str, AfterValidator(_matches(_MANAGED_POLICY_ARN, "a managed policy ARN (arn:aws:iam::aws:policy/Name or arn:aws:iam::123456789012:policy/name)"))]
+    str,
+    AfterValidator(
+        _matches(
+            _MANAGED_POLICY_ARN,
+            "a managed policy ARN (arn:aws:iam::aws:policy/Name or arn:aws:iam::123456789012:policy/name)",
+        )
+    ),
+]
 
 
 class CiSettings(_Section):
@@ -404,23 +493,36 @@ class CiSettings(_Section):
     github_repository: GithubRepository
     """`owner/name` of the repository whose workflows may assume the roles, exactly as GitHub spells it (the
     token's `sub` claim is compared case-sensitively). Required: there is no default that trusts a repository."""
-    deploy_environments: Annotated[list[GithubEnvironment], AfterValidator(_unique)] = Field(default_factory=list, min_length=1)
+    deploy_environments: Annotated[list[GithubEnvironment], AfterValidator(_unique)] = Field(
+        default_factory=list, min_length=1
+    )
     """GitHub environments whose jobs may assume the deploy role (`sub` = `repo:<repository>:environment:<name>`);
     default: the stack's name. Give each a protection rule (required reviewers, the main branch only)."""
     preview_role: bool = True
-    """Create the read-only role pull requests assume for `pulumi preview` (`sub` = `repo:<repository>:pull_request`)."""
+    """Create the read-only role pull requests assume for `pulumi preview` (`sub` =
+    `repo:<repository>:pull_request`)."""
     oidc_provider_arn: GithubOidcProviderArn | None = None
     """An account has one provider per issuer: the first stack in an account creates it; every other stack in the
     same account sets this to that stack's `ciOidcProviderArn` output."""
-    deploy_policy_arns: Annotated[list[ManagedPolicyArn], AfterValidator(_unique)] = Field(default_factory=lambda: [ADMINISTRATOR_ACCESS], min_length=1)
+    deploy_policy_arns: Annotated[list[ManagedPolicyArn], AfterValidator(_unique)] = Field(
+        default_factory=lambda: [ADMINISTRATOR_ACCESS], min_length=1
+    )
     """What `pulumi up` may do. AdministratorAccess by default: the program creates IAM roles, so a narrower policy
     is only as narrow as the roles it may create (README: Delivery, why the deploy role is broad)."""
     state_bucket: Annotated[str, AfterValidator(_matches(_S3_BUCKET, "an S3 bucket name"))] | None = None
-    """The S3 bucket of a self-managed Pulumi backend (`s3://<bucket>`): the preview role may read its `.pulumi/` state."""
-    secrets_key_arn: Annotated[str, AfterValidator(_matches(_KMS_KEY_ARN, "a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)"))] | None = None
-    """The KMS key of an `awskms://` secrets provider: the preview role may decrypt the stack's secret config with it."""
+    """The S3 bucket of a self-managed Pulumi backend (`s3://<bucket>`): the preview role may read its `.pulumi/`
+    state."""
+    secrets_key_arn: (
+        Annotated[
+            str, AfterValidator(_matches(_KMS_KEY_ARN, "a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)"))
+        ]
+        | None
+    ) = None
+    """The KMS key of an `awskms://` secrets provider: the preview role may decrypt the stack's secret config with
+    it."""
     max_session_hours: int = Field(default=1, ge=1, le=12)
-    """How long one assumed session lasts; a `pulumi up` longer than this fails mid-way, so raise it for prod's first up."""
+    """How long one assumed session lasts; a `pulumi up` longer than this fails mid-way, so raise it for prod's first
+    up."""
 
 
 class PlatformSettings(_Section):
@@ -489,7 +591,10 @@ def load_settings(raw: Mapping[str, Any], *, stack: str, region: str | None) -> 
     merged.update(profile=profile, region=region)
     merged.setdefault("namePrefix", f"mlops-{stack}")
     if isinstance(merged.get("ci"), dict) and "deployEnvironments" not in merged["ci"]:
-        merged["ci"] = {**merged["ci"], "deployEnvironments": [stack]}  # one GitHub environment per stack, named like it
+        merged["ci"] = {
+            **merged["ci"],
+            "deployEnvironments": [stack],
+        }  # one GitHub environment per stack, named like it
     try:
         settings = PlatformSettings.model_validate(merged)
     except ValidationError as exc:
@@ -519,8 +624,13 @@ def _problem(key: str, message: str) -> str:
 
 
 def _unpinned_tag(key: str, tag: str, example: str = "") -> list[str]:
-    """An image tag must name a version: `latest` moves under a running stack (rule MLOPS-K8S-008 checks the manifests)."""
-    return [_problem(key, 'got "latest"; pin a version' + (f" (for example {example})" if example else ""))] if tag == "latest" else []
+    """An image tag must name a version: `latest` moves under a running stack (rule MLOPS-K8S-008 checks the
+    manifests)."""
+    return (
+        [_problem(key, 'got "latest"; pin a version' + (f" (for example {example})" if example else ""))]
+        if tag == "latest"
+        else []
+    )
 
 
 def _cross_field_problems(s: PlatformSettings) -> list[str]:
@@ -531,11 +641,21 @@ def _cross_field_problems(s: PlatformSettings) -> list[str]:
 
     for index, waiver in enumerate(s.waivers):
         if rule_by_id(waiver.rule) is None:
-            problems.append(_problem(f"waivers[{index}].rule", f'got "{waiver.rule}"; no such rule (see `python -m infra.cli check --list-rules`)'))
+            problems.append(
+                _problem(
+                    f"waivers[{index}].rule",
+                    f'got "{waiver.rule}"; no such rule (see `python -m infra.cli check --list-rules`)',
+                )
+            )
     problems.extend(_endpoint_problems(s))
     if s.endpoints and s.tracking.mode == "managed":
-        problems.append(_problem("endpoints", "model endpoints read models from the self-hosted tracking server; set tracking.mode: selfHosted "
-                                 "(managed MLflow needs SigV4 clients, not supported by the model server yet)"))
+        problems.append(
+            _problem(
+                "endpoints",
+                "model endpoints read models from the self-hosted tracking server; set tracking.mode: selfHosted "
+                "(managed MLflow needs SigV4 clients, not supported by the model server yet)",
+            )
+        )
     problems.extend(_pipeline_problems(s))
     problems.extend(_unpinned_tag("tracking.imageTag", s.tracking.image_tag, example="3.17.2-1"))
     if s.database.multi_az and s.network.az_count < 2:
@@ -551,15 +671,30 @@ def _prod_problems(s: PlatformSettings) -> list[str]:
     problems = []
     for key, get, required in PROD_INVARIANTS:
         if get(s) != required:
-            problems.append(_problem(key, f"got {json.dumps(get(s))}; the prod profile requires {json.dumps(required)} (prod invariant)"))
+            problems.append(
+                _problem(
+                    key, f"got {json.dumps(get(s))}; the prod profile requires {json.dumps(required)} (prod invariant)"
+                )
+            )
     if s.database.backup_retention_days < 7:
-        problems.append(_problem("database.backupRetentionDays", f"got {s.database.backup_retention_days}; the prod profile requires at least 7"))
+        problems.append(
+            _problem(
+                "database.backupRetentionDays",
+                f"got {s.database.backup_retention_days}; the prod profile requires at least 7",
+            )
+        )
     internal_alb = s.endpoints or (s.tracking.mode == "selfHosted" and s.tracking.exposure == "internalAlb")
     if internal_alb and not s.tracking.certificate_arn:
-        problems.append(_problem(
-            "tracking.certificateArn", "required in prod: the internal ALB of the tracking server and the model endpoints "
-            "then listens on HTTPS 443 only, so passwords and model inputs never cross the VPC in plain HTTP; an ACM "
-            "certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<id> (README: HTTPS on the internal ALB)"))
+        problems.append(
+            _problem(
+                "tracking.certificateArn",
+                "required in prod: the internal ALB of the tracking server and the model endpoints "
+                "then listens on HTTPS 443 only, so passwords and model inputs never cross the VPC in plain HTTP; "
+                "an ACM "
+                "certificate ARN such as arn:aws:acm:us-east-1:123456789012:certificate/<id> (README: HTTPS on the "
+                "internal ALB)",
+            )
+        )
     return problems
 
 
@@ -575,23 +710,41 @@ def _cluster_problems(s: PlatformSettings) -> list[str]:
         add("cluster.publicAccessCidrs", "required when cluster.endpointPublicAccess is true (an allow-list of CIDRs)")
     for cidr in c.public_access_cidrs:
         if ipaddress.IPv4Network(cidr).prefixlen == 0:
-            add("cluster.publicAccessCidrs", f'got "{cidr}"; opening the API server to the whole internet is not allowed')
+            add(
+                "cluster.publicAccessCidrs",
+                f'got "{cidr}"; opening the API server to the whole internet is not allowed',
+            )
     if not c.endpoint_public_access and c.public_access_cidrs:
-        add("cluster.publicAccessCidrs", "set, but cluster.endpointPublicAccess is false; remove it or enable public access")
+        add(
+            "cluster.publicAccessCidrs",
+            "set, but cluster.endpointPublicAccess is false; remove it or enable public access",
+        )
     if not c.endpoint_public_access and not (c.deploy_runner_cidrs or c.deploy_runner_security_group_ids):
-        add("cluster.deployRunnerCidrs", "required when cluster.endpointPublicAccess is false: the private API endpoint admits "
-            "only these networks (or cluster.deployRunnerSecurityGroupIds), so without one `pulumi up` cannot install the "
-            "add-ons; set the CI runner's subnet, e.g. the first private subnet (README: Reaching a private API endpoint)")
+        add(
+            "cluster.deployRunnerCidrs",
+            "required when cluster.endpointPublicAccess is false: the private API endpoint admits "
+            "only these networks (or cluster.deployRunnerSecurityGroupIds), so without one `pulumi up` cannot "
+            "install the "
+            "add-ons; set the CI runner's subnet, e.g. the first private subnet (README: Reaching a private API "
+            "endpoint)",
+        )
     for cidr in c.deploy_runner_cidrs:
         if not any(ipaddress.IPv4Network(cidr).subnet_of(ipaddress.IPv4Network(space)) for space in _VPC_ADDRESS_SPACE):
-            add("cluster.deployRunnerCidrs", f'got "{cidr}"; allowed: ranges inside {", ".join(_VPC_ADDRESS_SPACE)} (what a VPC, '
-                "a peering or a VPN routes); a runner on the internet uses cluster.endpointPublicAccess with publicAccessCidrs instead")
+            add(
+                "cluster.deployRunnerCidrs",
+                f'got "{cidr}"; allowed: ranges inside {", ".join(_VPC_ADDRESS_SPACE)} (what a VPC, '
+                "a peering or a VPN routes); a runner on the internet uses cluster.endpointPublicAccess with "
+                "publicAccessCidrs instead",
+            )
 
     ng = c.system_node_group
     if ng.min_size > ng.max_size:
         add("cluster.systemNodeGroup.minSize", f"got {ng.min_size}, above maxSize {ng.max_size}")
     elif not ng.min_size <= ng.desired_size <= ng.max_size:
-        add("cluster.systemNodeGroup.desiredSize", f"got {ng.desired_size}; must lie between minSize {ng.min_size} and maxSize {ng.max_size}")
+        add(
+            "cluster.systemNodeGroup.desiredSize",
+            f"got {ng.desired_size}; must lie between minSize {ng.min_size} and maxSize {ng.max_size}",
+        )
     return problems
 
 
@@ -609,11 +762,15 @@ def _admin_role_problems(s: PlatformSettings) -> list[str]:
         found += [f'got "{arn}" twice; a principal has one access entry' for arn in distinct if arns.count(arn) > 1]
         if len(distinct) > 1:
             got = " and ".join(f'"{arn}"' for arn in distinct)
-            found.append(f'got {got}; {"both" if len(distinct) == 2 else "all"} name their access entry "{key}" (the role name, '
-                         "other characters than letters, digits, '.', '_' and '-' as '-'); keep one of them")
+            found.append(
+                f'got {got}; {"both" if len(distinct) == 2 else "all"} name their access entry "{key}" (the role name, '
+                "other characters than letters, digits, '.', '_' and '-' as '-'); keep one of them"
+            )
         if key == CI_DEPLOY_ADMIN_KEY and s.ci is not None:
-            found.append(f'got "{distinct[0]}"; its access entry would be named "{key}", the name of the CI deploy role\'s '
-                         "(ci is set), which is cluster-admin already; remove it or rename the role")
+            found.append(
+                f'got "{distinct[0]}"; its access entry would be named "{key}", the name of the CI deploy role\'s '
+                "(ci is set), which is cluster-admin already; remove it or rename the role"
+            )
     return [_problem("cluster.adminRoleArns", message) for message in found]
 
 
@@ -626,12 +783,23 @@ def _endpoint_problems(s: PlatformSettings) -> list[str]:
         if names.count(endpoint.name) > 1:
             problems.append(_problem(f"{key}.name", f'got "{endpoint.name}" twice; endpoint names must be unique'))
         if endpoint.replicas.min > endpoint.replicas.max:
-            problems.append(_problem(f"{key}.replicas.min", f"got {endpoint.replicas.min}, above replicas.max {endpoint.replicas.max}"))
+            problems.append(
+                _problem(
+                    f"{key}.replicas.min", f"got {endpoint.replicas.min}, above replicas.max {endpoint.replicas.max}"
+                )
+            )
         if endpoint.gpu and endpoint.gpu * endpoint.replicas.min > s.cluster.gpu_pool.max_gpus:
-            problems.append(_problem(f"{key}.gpu", f"needs {endpoint.gpu * endpoint.replicas.min} GPUs at minimum replicas; "
-                                     f"cluster.gpuPool.maxGpus is {s.cluster.gpu_pool.max_gpus}"))
+            problems.append(
+                _problem(
+                    f"{key}.gpu",
+                    f"needs {endpoint.gpu * endpoint.replicas.min} GPUs at minimum replicas; "
+                    f"cluster.gpuPool.maxGpus is {s.cluster.gpu_pool.max_gpus}",
+                )
+            )
         if endpoint.canary and endpoint.canary.alias == endpoint.alias:
-            problems.append(_problem(f"{key}.canary.alias", f'got "{endpoint.canary.alias}", the same alias as the stable version'))
+            problems.append(
+                _problem(f"{key}.canary.alias", f'got "{endpoint.canary.alias}", the same alias as the stable version')
+            )
         problems.extend(_unpinned_tag(f"{key}.imageTag", endpoint.image_tag))
     return problems
 
@@ -649,13 +817,19 @@ def _pipeline_problems(s: PlatformSettings) -> list[str]:
             allowed = ", ".join(json.dumps(e) for e in endpoints) or "none (this stack has no endpoints)"
             problems.append(f'{key}.endpoint: got "{p.endpoint}"; allowed: {allowed}')
         elif p.endpoint is not None and endpoints[p.endpoint].model != p.model:
-            problems.append(f'{key}.endpoint: "{p.endpoint}" serves model "{endpoints[p.endpoint].model}", not this pipeline\'s "{p.model}"')
+            problems.append(
+                f'{key}.endpoint: "{p.endpoint}" serves model "{endpoints[p.endpoint].model}", not this '
+                f'pipeline\'s "{p.model}"'
+            )
         if p.gpu > s.cluster.gpu_pool.max_gpus:
             problems.append(f"{key}.gpu: got {p.gpu}; cluster.gpuPool.maxGpus is {s.cluster.gpu_pool.max_gpus}")
         problems.extend(_unpinned_tag(f"pipelines[{index}].imageTag", p.image_tag))
     if s.pipelines and s.tracking.mode == "managed":
-        problems.append(f"{CONFIG_NAMESPACE}:pipelines: training pipelines log in to the self-hosted tracking server with their own users; "
-                        "set tracking.mode: selfHosted")
+        problems.append(
+            f"{CONFIG_NAMESPACE}:pipelines: training pipelines log in to the self-hosted tracking server with "
+            "their own users; "
+            "set tracking.mode: selfHosted"
+        )
     return problems
 
 
@@ -672,11 +846,15 @@ def _image_problems(s: PlatformSettings) -> list[str]:
         needed["training"] = "the training pipelines"
     for repository, user in needed.items():
         if repository not in repositories:
-            problems.append(f'{CONFIG_NAMESPACE}:registry.repositories: got [{allowed}]; must include "{repository}": '
-                            f"the stack pulls the image of {user} from its own registry")
+            problems.append(
+                f'{CONFIG_NAMESPACE}:registry.repositories: got [{allowed}]; must include "{repository}": '
+                f"the stack pulls the image of {user} from its own registry"
+            )
     for repository in s.image_digests:
         if repository not in repositories:
-            problems.append(f'{CONFIG_NAMESPACE}:imageDigests.{repository}: not a repository of this stack; allowed: {allowed}')
+            problems.append(
+                f"{CONFIG_NAMESPACE}:imageDigests.{repository}: not a repository of this stack; allowed: {allowed}"
+            )
     return problems
 
 
@@ -684,7 +862,11 @@ def _describe(exc: ValidationError) -> list[str]:
     """Turn pydantic's errors into lines that name the YAML key, the value and what is allowed."""
     lines = []
     for error in exc.errors(include_url=False):
-        loc = [part for part in error["loc"] if not isinstance(part, str) or not (part.startswith("function-") or part == "[key]")]
+        loc = [
+            part
+            for part in error["loc"]
+            if not isinstance(part, str) or not (part.startswith("function-") or part == "[key]")
+        ]
         key = _key_path(loc)
         value = error.get("input")
         ctx = error.get("ctx") or {}

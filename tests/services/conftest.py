@@ -21,7 +21,13 @@ BUCKET = "artifacts"
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory):
     server = start_moto(tmp_path_factory.mktemp("moto"))
-    s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     s3.create_bucket(Bucket=BUCKET)
     yield server
     server.stop()
@@ -68,8 +74,12 @@ def as_admin(tracking, monkeypatch):
     """The MLflow client in this process talks to the local server as admin."""
     import mlflow
 
-    for key, value in {**AWS_ENV, "MLFLOW_TRACKING_URI": tracking.url, "MLFLOW_TRACKING_USERNAME": tracking.username,
-                       "MLFLOW_TRACKING_PASSWORD": tracking.password}.items():
+    for key, value in {
+        **AWS_ENV,
+        "MLFLOW_TRACKING_URI": tracking.url,
+        "MLFLOW_TRACKING_USERNAME": tracking.username,
+        "MLFLOW_TRACKING_PASSWORD": tracking.password,
+    }.items():
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(tracking.url)
     yield tracking
@@ -92,8 +102,14 @@ def start_serving(tracking: Tracking, model_name: str, log_dir: Path, **settings
         "SERVING_ENDPOINT": model_name,
         **{f"SERVING_{k.upper()}": v for k, v in settings.items()},
     }
-    server = start(f"serving-{model_name}", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{port}", log_dir=log_dir, env=env,
-                   cwd=REPO_ROOT)
+    server = start(
+        f"serving-{model_name}",
+        [sys.executable, "-m", "services.serving"],
+        url=f"http://{LOOPBACK}:{port}",
+        log_dir=log_dir,
+        env=env,
+        cwd=REPO_ROOT,
+    )
     try:
         wait_http(server, "/readyz", timeout=120)
     except RuntimeError:

@@ -15,8 +15,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_RELABEL_KEYS = {"sourceLabels": "source_labels", "separator": "separator", "targetLabel": "target_label", "regex": "regex",
-                 "modulus": "modulus", "replacement": "replacement", "action": "action"}
+_RELABEL_KEYS = {
+    "sourceLabels": "source_labels",
+    "separator": "separator",
+    "targetLabel": "target_label",
+    "regex": "regex",
+    "modulus": "modulus",
+    "replacement": "replacement",
+    "action": "action",
+}
 
 
 def _sanitize(name: str) -> str:
@@ -29,7 +36,9 @@ def _relabel_configs(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{_RELABEL_KEYS[k]: (v.lower() if k == "action" else v) for k, v in rule.items()} for rule in rules]
 
 
-def _discovered(monitor: dict[str, Any], service: dict[str, Any], port_name: str, pod: str, container: str) -> dict[str, str]:
+def _discovered(
+    monitor: dict[str, Any], service: dict[str, Any], port_name: str, pod: str, container: str
+) -> dict[str, str]:
     """The meta labels endpoint-slice discovery gives a ready pod of `service` on `port_name`."""
     labels = {
         "__meta_kubernetes_namespace": service["metadata"]["namespace"],
@@ -47,20 +56,46 @@ def _discovered(monitor: dict[str, Any], service: dict[str, Any], port_name: str
     return labels
 
 
-def scrape_config(monitor: dict[str, Any], service: dict[str, Any], *, address: str, pod: str, container: str,
-                  interval: str | None = None) -> dict[str, Any]:
+def scrape_config(
+    monitor: dict[str, Any],
+    service: dict[str, Any],
+    *,
+    address: str,
+    pod: str,
+    container: str,
+    interval: str | None = None,
+) -> dict[str, Any]:
     """Endpoint 0 of `monitor` scraping `address` as the pod `pod` behind `service`.
     `interval` replaces the endpoint's own (tests scrape every second)."""
     ep = monitor["spec"]["endpoints"][0]
     namespace, name = monitor["metadata"]["namespace"], monitor["metadata"]["name"]
     relabelings: list[dict[str, Any]] = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}]
     for key, value in sorted(monitor["spec"]["selector"]["matchLabels"].items()):
-        relabelings.append({"action": "keep", "regex": f"({value});true",
-                            "source_labels": [f"__meta_kubernetes_service_label_{_sanitize(key)}", f"__meta_kubernetes_service_labelpresent_{_sanitize(key)}"]})
-    relabelings.append({"action": "keep", "source_labels": ["__meta_kubernetes_endpointslice_port_name"], "regex": ep["port"]})
-    target = ["__meta_kubernetes_endpointslice_address_target_kind", "__meta_kubernetes_endpointslice_address_target_name"]
+        relabelings.append(
+            {
+                "action": "keep",
+                "regex": f"({value});true",
+                "source_labels": [
+                    f"__meta_kubernetes_service_label_{_sanitize(key)}",
+                    f"__meta_kubernetes_service_labelpresent_{_sanitize(key)}",
+                ],
+            }
+        )
+    relabelings.append(
+        {"action": "keep", "source_labels": ["__meta_kubernetes_endpointslice_port_name"], "regex": ep["port"]}
+    )
+    target = [
+        "__meta_kubernetes_endpointslice_address_target_kind",
+        "__meta_kubernetes_endpointslice_address_target_name",
+    ]
     relabelings += [
-        {"source_labels": target, "separator": ";", "regex": "Node;(.*)", "replacement": "${1}", "target_label": "node"},
+        {
+            "source_labels": target,
+            "separator": ";",
+            "regex": "Node;(.*)",
+            "replacement": "${1}",
+            "target_label": "node",
+        },
         {"source_labels": target, "separator": ";", "regex": "Pod;(.*)", "replacement": "${1}", "target_label": "pod"},
         {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
         {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},

@@ -48,11 +48,16 @@ class ScriptedRegressor(RegressorMixin, BaseEstimator):
 
 class DictModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
-        return {"doubled": (model_input["x"] * 2).tolist(), "label": ["big" if v > 1 else "small" for v in model_input["x"]]}
+        return {
+            "doubled": (model_input["x"] * 2).tolist(),
+            "label": ["big" if v > 1 else "small" for v in model_input["x"]],
+        }
 
 
 class RowModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         params = params or {}
-        frame = pd.DataFrame({"score": model_input["x"] * params.get("scale", 1.0), "tag": model_input["name"].str.upper()})
+        frame = pd.DataFrame(
+            {"score": model_input["x"] * params.get("scale", 1.0), "tag": model_input["name"].str.upper()}
+        )
         return frame["score"] if params.get("series") else frame

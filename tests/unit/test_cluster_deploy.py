@@ -63,7 +63,11 @@ def addon(inventory: Inventory, name: str) -> Resource:
 
 def grants_of(inventory: Inventory, role: Resource) -> list[Resource]:
     """The role's inline policies and attachments (components/identity.py names them after the role)."""
-    return [g for g in inventory.resources if g.type in GRANTS and g.name.startswith(f"{role.name}-") and g.parent == role.parent]
+    return [
+        g
+        for g in inventory.resources
+        if g.type in GRANTS and g.name.startswith(f"{role.name}-") and g.parent == role.parent
+    ]
 
 
 def role_name(inventory: Inventory, role: Resource) -> str:
@@ -90,6 +94,7 @@ def closure(inventory: Inventory, resource: Resource) -> set[str]:
 
 # -- item 2: one access entry per principal -----------------------------------------------------
 
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_no_principal_has_two_access_entries(shape):
     one_entry_per_principal(declare(lambda: platform(SHAPES[shape])))
@@ -113,11 +118,14 @@ def test_karpenter_nodes_have_their_own_role_entry_and_pass_role(compute):
         assert node_class.inputs["spec"]["role"] == role_name(inventory, karpenter_role)
         assert entry.urn in node_class.depends_on  # the entry outlives the nodes on destroy
     (controller_policy,) = [p for p in inventory.of_type(GRANTS[0]) if p.name.endswith("-karpenter-policy")]
-    (pass_role,) = [s for s in json.loads(controller_policy.inputs["policy"])["Statement"] if s["Action"] == "iam:PassRole"]
+    (pass_role,) = [
+        s for s in json.loads(controller_policy.inputs["policy"])["Statement"] if s["Action"] == "iam:PassRole"
+    ]
     assert pass_role["Resource"] == role_arn(inventory, karpenter_role)  # not the system node group's role
 
 
 # -- item 3: the deploy runner reaches a private endpoint ---------------------------------------
+
 
 def test_a_private_endpoint_admits_the_deploy_runner_on_443(compute):
     admits_the_runner(compute, [RUNNER_CIDR])
@@ -144,10 +152,17 @@ def test_a_public_allow_listed_endpoint_needs_no_runner_rule():
 
 
 def test_runner_security_groups_become_referenced_group_rules():
-    inventory = declare(lambda: Cluster("c", cluster_args(
-        cluster_name="c1", subnet_ids=["subnet-1", "subnet-2"], deploy_runner_cidrs=(),
-        deploy_runner_security_group_ids=("sg-0123456789abcdef0",),
-    )))
+    inventory = declare(
+        lambda: Cluster(
+            "c",
+            cluster_args(
+                cluster_name="c1",
+                subnet_ids=["subnet-1", "subnet-2"],
+                deploy_runner_cidrs=(),
+                deploy_runner_security_group_ids=("sg-0123456789abcdef0",),
+            ),
+        )
+    )
     (rule,) = inventory.of_type(INGRESS_RULE)
     assert rule.inputs["referencedSecurityGroupId"] == "sg-0123456789abcdef0" and rule.inputs["fromPort"] == 443
     assert "cidrIpv4" not in rule.inputs
@@ -158,8 +173,13 @@ def test_a_private_cluster_without_a_runner_is_refused_before_anything_is_declar
         cluster_args(deploy_runner_cidrs=(), deploy_runner_security_group_ids=())
 
 
-PROD = {"profile": "prod", "budget": {"alertEmails": ["team@example.com"]},
-        "tracking": {"certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"}}
+PROD = {
+    "profile": "prod",
+    "budget": {"alertEmails": ["team@example.com"]},
+    "tracking": {
+        "certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
+    },
+}
 
 
 def problems(raw: dict, stack: str = "prod") -> list[str]:
@@ -171,28 +191,50 @@ def problems(raw: dict, stack: str = "prod") -> list[str]:
 @pytest.mark.parametrize("profile", ["staging", "prod"])
 def test_settings_name_the_missing_runner_and_the_fix(profile):
     (problem,) = problems({**PROD, "profile": profile}, stack=profile)
-    assert problem.startswith("mlops-platform:cluster.deployRunnerCidrs: required when cluster.endpointPublicAccess is false")
+    assert problem.startswith(
+        "mlops-platform:cluster.deployRunnerCidrs: required when cluster.endpointPublicAccess is false"
+    )
     assert "deployRunnerSecurityGroupIds" in problem and "first private subnet" in problem
 
 
-@pytest.mark.parametrize(("cluster", "expected"), [
-    ({"deployRunnerCidrs": ["0.0.0.0/0"]}, 'cluster.deployRunnerCidrs: got "0.0.0.0/0"; allowed: ranges inside 10.0.0.0/8'),
-    ({"deployRunnerCidrs": ["52.94.0.0/22"]}, 'cluster.deployRunnerCidrs: got "52.94.0.0/22"; allowed: ranges inside 10.0.0.0/8'),
-    ({"deployRunnerCidrs": ["10.0.0.0/33"]}, "cluster.deployRunnerCidrs[0]: got \"10.0.0.0/33\"; not an IPv4 CIDR block"),
-    ({"deployRunnerSecurityGroupIds": ["sg-xyz"]}, 'cluster.deployRunnerSecurityGroupIds[0]: got "sg-xyz"; not a security group id'),
-    ({"deployRunnerCidrs": ["10.0.0.0/19", "10.0.0.0/19"]}, "cluster.deployRunnerCidrs: got"),
-])
+@pytest.mark.parametrize(
+    ("cluster", "expected"),
+    [
+        (
+            {"deployRunnerCidrs": ["0.0.0.0/0"]},
+            'cluster.deployRunnerCidrs: got "0.0.0.0/0"; allowed: ranges inside 10.0.0.0/8',
+        ),
+        (
+            {"deployRunnerCidrs": ["52.94.0.0/22"]},
+            'cluster.deployRunnerCidrs: got "52.94.0.0/22"; allowed: ranges inside 10.0.0.0/8',
+        ),
+        (
+            {"deployRunnerCidrs": ["10.0.0.0/33"]},
+            'cluster.deployRunnerCidrs[0]: got "10.0.0.0/33"; not an IPv4 CIDR block',
+        ),
+        (
+            {"deployRunnerSecurityGroupIds": ["sg-xyz"]},
+            'cluster.deployRunnerSecurityGroupIds[0]: got "sg-xyz"; not a security group id',
+        ),
+        ({"deployRunnerCidrs": ["10.0.0.0/19", "10.0.0.0/19"]}, "cluster.deployRunnerCidrs: got"),
+    ],
+)
 def test_bad_runner_settings_name_key_and_allowed_values(cluster, expected):
     found = problems({**PROD, "cluster": cluster})
     assert any(expected in p for p in found), found
 
 
 def test_a_runner_security_group_alone_is_enough():
-    settings = load_settings({**PROD, "cluster": {"deployRunnerSecurityGroupIds": ["sg-0123456789abcdef0"]}}, stack="prod", region="us-east-1")
+    settings = load_settings(
+        {**PROD, "cluster": {"deployRunnerSecurityGroupIds": ["sg-0123456789abcdef0"]}},
+        stack="prod",
+        region="us-east-1",
+    )
     assert settings.cluster.deploy_runner_security_group_ids == ["sg-0123456789abcdef0"]
 
 
 # -- item 7: permissions outlive their users ------------------------------------------------------
+
 
 def role_users(inventory: Inventory, role: Resource) -> list[Resource]:
     """Resources that act with the role: whatever names its ARN (or, for an EC2NodeClass, its name),
@@ -233,7 +275,8 @@ def test_every_user_of_a_role_depends_on_its_policies(full):
             missing = set(grants) - closure(inventory, user)
             assert not missing, f"{user.type} {user.name} does not depend on {sorted(missing)} of {role.name} ({arn})"
             checked += 1
-    # cluster, system nodes, Karpenter release, its node classes and access entry, LBC, EBS CSI, tracking and endpoint pods
+    # cluster, system nodes, Karpenter release, its node classes and access entry, LBC, EBS CSI, tracking and endpoint
+    # pods
     assert checked >= 12
 
 
@@ -242,11 +285,16 @@ def test_the_vpc_cni_outlives_the_nodes_and_depends_on_the_node_role(compute):
     cni = addon(inventory, "vpc-cni")
     (group,) = inventory.of_type("aws:eks/nodeGroup:NodeGroup")
     assert cni.urn in group.depends_on
-    cni_policy = [g for g in inventory.of_type(GRANTS[1]) if g.inputs["policyArn"].endswith("/AmazonEKS_CNI_Policy") and "-cluster-node-role" in g.name]
+    cni_policy = [
+        g
+        for g in inventory.of_type(GRANTS[1])
+        if g.inputs["policyArn"].endswith("/AmazonEKS_CNI_Policy") and "-cluster-node-role" in g.name
+    ]
     assert len(cni_policy) == 1 and cni_policy[0].urn in cni.depends_on
 
 
 # -- item 9: metrics-server ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_metrics_server_is_pinned_on_system_nodes(replicas):
@@ -275,6 +323,7 @@ def test_cpu_autoscaled_endpoints_have_a_metrics_api(full):
 
 
 # -- item 10: NetworkPolicies are enforced ---------------------------------------------------------
+
 
 def test_vpc_cni_enforces_network_policies(compute):
     cni = addon(compute, "vpc-cni")
@@ -315,6 +364,7 @@ def test_the_ebs_schema_copy_rejects_what_the_add_on_rejects():
 
 # -- Karpenter's reserved tag keys (the rest of the CRDs: tests/unit/test_upstream_contracts.py) ----
 
+
 def restricted_tag_rules(schema: dict) -> tuple[set[str], set[str]]:
     """(keys, prefixes) the EC2NodeClass CRD's CEL rules on `spec.tags` forbid."""
     import re
@@ -345,8 +395,11 @@ def test_runner_rules_are_named_after_their_source_so_reordering_replaces_nothin
         )
         return {r.name: r.inputs["cidrIpv4"] for r in inventory.of_type(INGRESS_RULE)}
 
-    assert names(("10.0.0.0/19", "10.8.0.0/16")) == names(("10.8.0.0/16", "10.0.0.0/19")) == {
-        "c-deploy-runner-10.0.0.0-19": "10.0.0.0/19", "c-deploy-runner-10.8.0.0-16": "10.8.0.0/16"}
+    assert (
+        names(("10.0.0.0/19", "10.8.0.0/16"))
+        == names(("10.8.0.0/16", "10.0.0.0/19"))
+        == {"c-deploy-runner-10.0.0.0-19": "10.0.0.0/19", "c-deploy-runner-10.8.0.0-16": "10.8.0.0/16"}
+    )
 
 
 # -- admin access entries are named after the role, not its position ------------------------------
@@ -368,30 +421,50 @@ def admin_access(admins: list[str]) -> dict[str, str]:
             "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"], "adminRoleArns": admins},
         },
     )
-    return {r.name: r.inputs["principalArn"] for r in inventory.resources
-            if r.type == ACCESS_POLICY or (r.type == ACCESS_ENTRY and r.inputs["type"] == "STANDARD")}
+    return {
+        r.name: r.inputs["principalArn"]
+        for r in inventory.resources
+        if r.type == ACCESS_POLICY or (r.type == ACCESS_ENTRY and r.inputs["type"] == "STANDARD")
+    }
 
 
 def test_admin_access_is_named_after_the_role_so_adding_or_reordering_replaces_nothing():
     """A renamed entry is replaced, and Pulumi creates the new one while the old one for the same
     principal still exists: EKS answers 409 ResourceInUseException. So no name may depend on a position."""
     prefix = "mlops-staging-cluster-admin"
-    expected = {f"{prefix}-{key}{suffix}": arn for key, arn in [
-        ("platform-admin", ADMINS[0]), ("Ml.Ops-On-call", ADMINS[1]), ("ci-deploy", CI_DEPLOY_ROLE)] for suffix in ("", "-policy")}
+    expected = {
+        f"{prefix}-{key}{suffix}": arn
+        for key, arn in [("platform-admin", ADMINS[0]), ("Ml.Ops-On-call", ADMINS[1]), ("ci-deploy", CI_DEPLOY_ROLE)]
+        for suffix in ("", "-policy")
+    }
     assert admin_access(ADMINS[::-1]) == expected
     # removing the first role (or adding one in front) renames nothing else, the CI deploy role included
     assert admin_access(ADMINS[1:]) == {k: v for k, v in expected.items() if v != ADMINS[0]}
 
 
-@pytest.mark.parametrize(("cluster", "ci", "expected"), [
-    ({"adminRoleArns": ["arn:aws:iam::111111111111:role/a/Admin", "arn:aws:iam::222222222222:role/b/Admin"]}, None,
-     'got "arn:aws:iam::111111111111:role/a/Admin" and "arn:aws:iam::222222222222:role/b/Admin"; both name their access entry "Admin"'),
-    ({"adminRoleArns": ["arn:aws:iam::111111111111:role/ml+ops", "arn:aws:iam::111111111111:role/ml=ops"]}, None,
-     'both name their access entry "ml-ops"'),
-    ({"adminRoleArns": [ADMINS[0], ADMINS[0]]}, None, f'got "{ADMINS[0]}" twice'),
-    ({"adminRoleArns": ["arn:aws:iam::123456789012:role/ci-deploy"]}, {"githubRepository": "acme/platform"},
-     'got "arn:aws:iam::123456789012:role/ci-deploy"; its access entry would be named "ci-deploy", the name of the CI deploy role\'s'),
-])
+@pytest.mark.parametrize(
+    ("cluster", "ci", "expected"),
+    [
+        (
+            {"adminRoleArns": ["arn:aws:iam::111111111111:role/a/Admin", "arn:aws:iam::222222222222:role/b/Admin"]},
+            None,
+            'got "arn:aws:iam::111111111111:role/a/Admin" and "arn:aws:iam::222222222222:role/b/Admin"; both name '
+            'their access entry "Admin"',
+        ),
+        (
+            {"adminRoleArns": ["arn:aws:iam::111111111111:role/ml+ops", "arn:aws:iam::111111111111:role/ml=ops"]},
+            None,
+            'both name their access entry "ml-ops"',
+        ),
+        ({"adminRoleArns": [ADMINS[0], ADMINS[0]]}, None, f'got "{ADMINS[0]}" twice'),
+        (
+            {"adminRoleArns": ["arn:aws:iam::123456789012:role/ci-deploy"]},
+            {"githubRepository": "acme/platform"},
+            'got "arn:aws:iam::123456789012:role/ci-deploy"; its access entry would be named "ci-deploy", the name '
+            "of the CI deploy role's",
+        ),
+    ],
+)
 def test_admin_roles_whose_entries_would_share_a_name_are_refused(cluster, ci, expected):
     raw = {**PROD, "cluster": {"deployRunnerCidrs": ["10.0.0.0/19"], **cluster}, **({"ci": ci} if ci else {})}
     (problem,) = problems(raw)

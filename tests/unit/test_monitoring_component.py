@@ -60,7 +60,11 @@ def slack_webhook_kept_secret(inventory: Inventory, webhook: str) -> None:
     assert slack["slack_configs"][0]["api_url_file"] == "/etc/alertmanager/secrets/alertmanager-slack/url"
     assert values["alertmanager"]["alertmanagerSpec"]["secrets"] == ["alertmanager-slack"]
     assert values["alertmanager"]["config"]["route"]["receiver"] == "slack"
-    (secret,) = [s for s in inventory.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == "alertmanager-slack"]
+    (secret,) = [
+        s
+        for s in inventory.of_type("kubernetes:core/v1:Secret")
+        if s.inputs["metadata"]["name"] == "alertmanager-slack"
+    ]
     assert secret.inputs["stringData"] == "[secret]"
     assert any(s.name.endswith("-slack-webhook-secret") for s in inventory.of_type("aws:secretsmanager/secret:Secret"))
 
@@ -73,9 +77,13 @@ def test_without_a_webhook_alerts_go_to_the_null_receiver(monitored):
 @pytest.mark.parametrize("protect", [True, False])
 def test_grafana_admin_password_is_generated_and_kept_in_secrets_manager(protect):
     inventory = declare(lambda: platform(Parts(monitoring={"protect_secrets": protect})))
-    (secret,) = [s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if s.name.endswith("-grafana-admin-secret")]
+    (secret,) = [
+        s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if s.name.endswith("-grafana-admin-secret")
+    ]
     assert secret.inputs["kmsKeyId"].startswith("arn:aws:kms:") and secret.protect is protect
-    (k8s_secret,) = [s for s in inventory.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == "grafana-admin"]
+    (k8s_secret,) = [
+        s for s in inventory.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == "grafana-admin"
+    ]
     assert k8s_secret.inputs["stringData"] == "[secret]"
 
 
@@ -84,7 +92,9 @@ def test_every_endpoint_has_a_service_monitor_and_a_latency_rule(monitored):
 
 
 def endpoints_monitored(inventory: Inventory, objectives_ms: dict[str, int]) -> None:
-    monitors = {m.inputs["metadata"]["name"] for m in inventory.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")}
+    monitors = {
+        m.inputs["metadata"]["name"] for m in inventory.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
+    }
     assert set(objectives_ms) <= monitors
     (rule,) = inventory.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")
     groups = rule.inputs["spec"]["groups"]
@@ -95,8 +105,15 @@ def endpoints_monitored(inventory: Inventory, objectives_ms: dict[str, int]) -> 
     for endpoint, ms in objectives_ms.items():
         assert latency[endpoint].endswith(f"> {ms / 1000:g}")
     alerts = {r["alert"] for g in groups for r in g["rules"]}
-    assert {"EndpointErrorRatioHigh", "EndpointDown", "EndpointNoReadyReplica", "TrackingServerDown", "GpuNodeIdle", "GpuPodsPending",
-            "DataDriftHigh"} <= alerts
+    assert {
+        "EndpointErrorRatioHigh",
+        "EndpointDown",
+        "EndpointNoReadyReplica",
+        "TrackingServerDown",
+        "GpuNodeIdle",
+        "GpuPodsPending",
+        "DataDriftHigh",
+    } <= alerts
     release = kps(inventory)
     for monitor in inventory.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor"):
         assert release.urn in monitor.depends_on  # the CRDs come with the chart
@@ -109,13 +126,21 @@ def test_dcgm_exporter_runs_on_gpu_nodes_only(monitored):
 
 
 def test_dashboards_are_generated_and_provisioned_through_the_sidecar(monitored):
-    maps = [c for c in monitored.of_type("kubernetes:core/v1:ConfigMap")
-            if (c.inputs["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
+    maps = [
+        c
+        for c in monitored.of_type("kubernetes:core/v1:ConfigMap")
+        if (c.inputs["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"
+    ]
     boards = {name: json.loads(content) for c in maps for name, content in c.inputs["data"].items()}
     assert set(boards) == {"mlops-serving.json", "mlops-gpus.json", "mlops-tracking.json"}
     serving = " ".join(t["expr"] for p in boards["mlops-serving.json"]["panels"] for t in p["targets"])
-    for metric in ("serving_requests_total", "serving_request_duration_seconds_bucket", "serving_batch_rows", "serving_model_version_info",
-                   "serving_feature_drift_psi"):
+    for metric in (
+        "serving_requests_total",
+        "serving_request_duration_seconds_bucket",
+        "serving_batch_rows",
+        "serving_model_version_info",
+        "serving_feature_drift_psi",
+    ):
         assert metric in serving
     gpus = " ".join(t["expr"] for p in boards["mlops-gpus.json"]["panels"] for t in p["targets"])
     assert "DCGM_FI_DEV_GPU_UTIL" in gpus and "DCGM_FI_DEV_FB_USED" in gpus
@@ -143,8 +168,16 @@ def eks_hidden_parts_off(values: dict) -> None:
 
     defaults = chart_defaults("kube-prometheus-stack", "88.2.0")
     # the chart's own rule groups about the scheduler, controller manager, etcd and kube-proxy
-    hidden_groups = {g for g in defaults["defaultRules"]["rules"] if re.search("etcd|scheduler|controllermanager|proxy", g.lower())}
-    assert hidden_groups == {"etcd", "kubeControllerManager", "kubeProxy", "kubeSchedulerAlerting", "kubeSchedulerRecording"}
+    hidden_groups = {
+        g for g in defaults["defaultRules"]["rules"] if re.search("etcd|scheduler|controllermanager|proxy", g.lower())
+    }
+    assert hidden_groups == {
+        "etcd",
+        "kubeControllerManager",
+        "kubeProxy",
+        "kubeSchedulerAlerting",
+        "kubeSchedulerRecording",
+    }
     for component in ("kubeScheduler", "kubeControllerManager", "kubeEtcd", "kubeProxy"):
         assert defaults[component]["enabled"] is True and values[component] == {"enabled": False}, component
     assert values["defaultRules"]["rules"] == dict.fromkeys(hidden_groups, False)
@@ -188,9 +221,15 @@ def volumes_outlive_nothing_they_need(inventory: Inventory) -> None:
     release = kps(inventory)
     spec = release.inputs["values"]["prometheus"]["prometheusSpec"]
     class_name = spec["storageSpec"]["volumeClaimTemplate"]["spec"]["storageClassName"]
-    (storage_class,) = [s for s in inventory.of_type("kubernetes:storage.k8s.io/v1:StorageClass") if s.inputs["metadata"]["name"] == class_name]
+    (storage_class,) = [
+        s
+        for s in inventory.of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+        if s.inputs["metadata"]["name"] == class_name
+    ]
     assert storage_class.inputs["reclaimPolicy"] == "Delete"  # a deleted PVC deletes its EBS volume
-    (namespace,) = [n for n in inventory.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "monitoring"]
+    (namespace,) = [
+        n for n in inventory.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "monitoring"
+    ]
     # destroy: release, then the namespace (its deletion deletes the PVCs), then the class and the CSI driver
     assert storage_class.urn in release.depends_on and storage_class.urn in namespace.depends_on
     (ebs,) = [a for a in inventory.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "aws-ebs-csi-driver"]
@@ -199,7 +238,9 @@ def volumes_outlive_nothing_they_need(inventory: Inventory) -> None:
     keep = {"whenDeleted": "Retain", "whenScaled": "Retain"}
     assert spec["persistentVolumeClaimRetentionPolicy"] == keep
     assert release.inputs["values"]["alertmanager"]["alertmanagerSpec"]["persistentVolumeClaimRetentionPolicy"] == keep
-    alertmanager_class = release.inputs["values"]["alertmanager"]["alertmanagerSpec"]["storage"]["volumeClaimTemplate"]["spec"]["storageClassName"]
+    alertmanager_class = release.inputs["values"]["alertmanager"]["alertmanagerSpec"]["storage"]["volumeClaimTemplate"][
+        "spec"
+    ]["storageClassName"]
     assert alertmanager_class == class_name
 
 
@@ -243,10 +284,17 @@ def test_dcgm_exporter_is_pinned_to_a_published_chart_and_its_labels_match():
 
     reference = UPSTREAM_DIR / f"dcgm-exporter-{versions.DCGM_EXPORTER.version}"
     assert yaml.safe_load((reference / "Chart.yaml").read_text())["version"] == versions.DCGM_EXPORTER.version
-    written = set(re.findall(r'[,{](\w+)="\{\{', (reference / "render_metrics.go").read_text()))  # labels the exporter writes
+    written = set(
+        re.findall(r'[,{](\w+)="\{\{', (reference / "render_metrics.go").read_text())
+    )  # labels the exporter writes
     assert {"gpu", "Hostname"} <= written
     queries = [r["expr"] for g in rule_groups(THRESHOLDS, []) for r in g["rules"] if "DCGM_" in r["expr"]]
-    queries += [t["expr"] for p in json.loads(dashboards()["mlops-gpus.json"])["panels"] for t in p["targets"] if "DCGM_" in t["expr"]]
+    queries += [
+        t["expr"]
+        for p in json.loads(dashboards()["mlops-gpus.json"])["panels"]
+        for t in p["targets"]
+        if "DCGM_" in t["expr"]
+    ]
     assert len(queries) >= 3
     for expr in queries:
         for grouped in re.findall(r"by \(([^)]*)\)", expr):

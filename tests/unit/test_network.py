@@ -17,7 +17,9 @@ def network(**overrides) -> NetworkArgs:
     return network_args(**overrides)
 
 
-@pytest.mark.parametrize(("mode", "azs", "expected"), [("single", 2, 1), ("single", 3, 1), ("perAz", 2, 2), ("perAz", 3, 3)])
+@pytest.mark.parametrize(
+    ("mode", "azs", "expected"), [("single", 2, 1), ("single", 3, 1), ("perAz", 2, 2), ("perAz", 3, 3)]
+)
 def test_nat_gateway_count_follows_mode(mode, azs, expected):
     inventory = declare(lambda: Network("net", network(nat_gateways=mode, az_count=azs)))
     assert len(inventory.of_type(NAT)) == expected
@@ -38,7 +40,11 @@ def test_one_public_one_private_and_one_internal_lb_subnet_per_az_with_discovery
     private = [s for s in subnets if "private" in s.name]
     internal_lb = [s for s in subnets if "internal-lb" in s.name]
     assert len(public) == len(private) == len(internal_lb) == 3 == len(subnets) / 3
-    assert len({s.inputs["availabilityZone"] for s in private}) == len({s.inputs["availabilityZone"] for s in internal_lb}) == 3
+    assert (
+        len({s.inputs["availabilityZone"] for s in private})
+        == len({s.inputs["availabilityZone"] for s in internal_lb})
+        == 3
+    )
     for s in public:
         assert s.inputs["tags"]["kubernetes.io/role/elb"] == "1"
         assert s.inputs["mapPublicIpOnLaunch"] is False
@@ -56,10 +62,16 @@ def test_internal_load_balancers_have_subnets_of_their_own_with_only_the_local_r
     inventory = declare(lambda: Network("net", network(az_count=2)))
     (component,) = inventory.of_type("mlops:network:Network")
     internal_lb = [s for s in inventory.of_type(SUBNET) if "internal-lb" in s.name]
-    assert [s.inputs["cidrBlock"] for s in internal_lb] == load_balancer_blocks("10.0.0.0/16", 2) == ["10.0.192.0/22", "10.0.196.0/22"]
+    assert (
+        [s.inputs["cidrBlock"] for s in internal_lb]
+        == load_balancer_blocks("10.0.0.0/16", 2)
+        == ["10.0.192.0/22", "10.0.196.0/22"]
+    )
     (route_table,) = [rt for rt in inventory.of_type(ROUTE_TABLE) if "internal-lb" in rt.name]
     assert route_table.inputs.get("routes", []) == []  # answers inside the VPC only
-    associations = [a for a in inventory.of_type("aws:ec2/routeTableAssociation:RouteTableAssociation") if "internal-lb" in a.name]
+    associations = [
+        a for a in inventory.of_type("aws:ec2/routeTableAssociation:RouteTableAssociation") if "internal-lb" in a.name
+    ]
     assert len(associations) == 2
 
 
@@ -67,7 +79,9 @@ def test_the_pinned_controller_uses_only_role_tagged_subnets():
     """Why tagging only the load balancers' subnets keeps the internal ALB out of the private ones."""
     from pathlib import Path
 
-    doc = (Path(__file__).parents[2] / "components/upstream/aws-load-balancer-controller-v2.14.0/subnet_discovery.md").read_text()
+    doc = (
+        Path(__file__).parents[2] / "components/upstream/aws-load-balancer-controller-v2.14.0/subnet_discovery.md"
+    ).read_text()
     assert "If subnets with matching [role tag](#subnet-role-tag) exists: Only these become candidates" in doc
     assert "`kubernetes.io/role/internal-elb`" in doc
 
@@ -79,7 +93,11 @@ def test_s3_gateway_endpoint_always_interface_endpoints_only_when_asked():
 
     with_endpoints = declare(lambda: Network("net", network(interface_endpoints=("ecr.api", "sts"))))
     services = {e.inputs["serviceName"]: e.inputs for e in with_endpoints.of_type(ENDPOINT)}
-    assert set(services) == {"com.amazonaws.us-east-1.s3", "com.amazonaws.us-east-1.ecr.api", "com.amazonaws.us-east-1.sts"}
+    assert set(services) == {
+        "com.amazonaws.us-east-1.s3",
+        "com.amazonaws.us-east-1.ecr.api",
+        "com.amazonaws.us-east-1.sts",
+    }
     assert services["com.amazonaws.us-east-1.sts"]["privateDnsEnabled"] is True
     sg = with_endpoints.of_type("aws:ec2/securityGroup:SecurityGroup")[0]
     assert sg.inputs["ingress"][0]["cidrBlocks"] == ["10.0.0.0/16"]  # only from inside the VPC
@@ -101,7 +119,10 @@ def test_subnet_blocks_do_not_overlap_and_fit_the_vpc():
         assert all(b.subnet_of(ipaddress.IPv4Network(vpc)) for b in blocks)
         assert not any(a.overlaps(b) for i, a in enumerate(blocks) for b in blocks[i + 1 :])
         assert all(ipaddress.IPv4Network(b).prefixlen <= 27 for b in internal_lb)  # an ALB needs a /27 or larger
-    assert subnet_blocks("10.20.0.0/16", 3)[0][0] == "10.20.0.0/19" and subnet_blocks("10.20.0.0/16", 3)[1][0] == "10.20.224.0/24"
+    assert (
+        subnet_blocks("10.20.0.0/16", 3)[0][0] == "10.20.0.0/19"
+        and subnet_blocks("10.20.0.0/16", 3)[1][0] == "10.20.224.0/24"
+    )
 
 
 def test_children_are_parented_to_the_component():

@@ -25,11 +25,22 @@ from tests.unit.builders import profile_settings, program_inventory
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SERVICE = "kubernetes:core/v1:Service"
-CLUSTER_URL = re.compile(r"^https?://(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?(:(?P<port>\d+))?(/.*)?$")
+CLUSTER_URL = re.compile(
+    r"^https?://(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?(:(?P<port>\d+))?(/.*)?$"
+)
 STACKS = ("dev", "staging", "prod")
-RETRAINING = {"registry": {"repositories": ["serving", "tracking", "drift", "training"]},
-              "pipelines": [{"name": "diabetes", "model": "diabetes", "entryPoint": "examples.diabetes:task", "data": "data/diabetes.csv.dvc",
-                             "endpoint": "diabetes"}]}
+RETRAINING = {
+    "registry": {"repositories": ["serving", "tracking", "drift", "training"]},
+    "pipelines": [
+        {
+            "name": "diabetes",
+            "model": "diabetes",
+            "entryPoint": "examples.diabetes:task",
+            "data": "data/diabetes.csv.dvc",
+            "endpoint": "diabetes",
+        }
+    ],
+}
 """dev with a training pipeline retrained on drift: its CronJob and the drift receiver join the calls."""
 
 
@@ -64,7 +75,11 @@ def pods(inventory: Inventory) -> list[Pod]:
     found = []
     for resource, pod in workloads(inventory):
         spec = resource.inputs.get("spec") or {}
-        template = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") if resource.type.endswith(":CronJob") else spec.get("template")
+        template = (
+            ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template")
+            if resource.type.endswith(":CronJob")
+            else spec.get("template")
+        )
         labels = ((template or {}).get("metadata") or {}).get("labels") or {}
         ports = frozenset(p["containerPort"] for c in pod.get("containers") or [] for p in c.get("ports") or [])
         found.append(Pod(resource.name, namespace_of(resource), labels, ports))
@@ -103,7 +118,9 @@ def rule_admits(rule: dict, peers_key: str, port: int, **where) -> bool:
 def policies_for(inventory: Inventory, pod: Pod, kind: str) -> list[dict]:
     """Specs of the policies that select `pod` and restrict `kind` (Ingress or Egress)."""
     specs = [p.inputs.get("spec") or {} for p in inventory.of_type(NETWORK_POLICY) if namespace_of(p) == pod.namespace]
-    return [s for s in specs if selects(s.get("podSelector"), pod.labels) and kind in (s.get("policyTypes") or ["Ingress"])]
+    return [
+        s for s in specs if selects(s.get("podSelector"), pod.labels) and kind in (s.get("policyTypes") or ["Ingress"])
+    ]
 
 
 def cluster_calls(inventory: Inventory) -> list[tuple[Pod, str, str, int]]:
@@ -135,21 +152,49 @@ def calls_admitted(inventory: Inventory, *, training: bool) -> None:
     ns_labels = namespace_labels(inventory)
     for client, service_name, namespace, port in calls:
         call = f"{client.workload} -> {service_name}.{namespace}:{port}"
-        (service,) = [s for s in inventory.of_type(SERVICE) if s.inputs["metadata"]["name"] == service_name and namespace_of(s) == namespace]
+        (service,) = [
+            s
+            for s in inventory.of_type(SERVICE)
+            if s.inputs["metadata"]["name"] == service_name and namespace_of(s) == namespace
+        ]
         spec = service.inputs["spec"]
         (service_port,) = [p for p in spec["ports"] if p["port"] == port] or [None]
         assert service_port is not None, f"{call}: the Service listens on {[p['port'] for p in spec['ports']]}"
-        assert service_port.get("targetPort", port) == port, f"{call}: Service port {port} forwards to {service_port['targetPort']}"
-        servers = [p for p in pods(inventory) if p.namespace == namespace and spec["selector"].items() <= p.labels.items()]
+        assert service_port.get("targetPort", port) == port, (
+            f"{call}: Service port {port} forwards to {service_port['targetPort']}"
+        )
+        servers = [
+            p for p in pods(inventory) if p.namespace == namespace and spec["selector"].items() <= p.labels.items()
+        ]
         assert servers and all(port in p.ports for p in servers), f"{call}: no pod behind the Service listens on {port}"
 
         for egress in policies_for(inventory, client, "Egress"):
-            assert any(rule_admits(r, "to", port, policy_namespace=client.namespace, namespace=namespace, ns_labels=ns_labels[namespace],
-                                   selected_labels=spec["selector"]) for r in egress.get("egress") or []), f"{call}: the client's egress drops it"
+            assert any(
+                rule_admits(
+                    r,
+                    "to",
+                    port,
+                    policy_namespace=client.namespace,
+                    namespace=namespace,
+                    ns_labels=ns_labels[namespace],
+                    selected_labels=spec["selector"],
+                )
+                for r in egress.get("egress") or []
+            ), f"{call}: the client's egress drops it"
         for server in servers:
             for ingress in policies_for(inventory, server, "Ingress"):
-                assert any(rule_admits(r, "from", port, policy_namespace=namespace, namespace=client.namespace, ns_labels=ns_labels[client.namespace],
-                                       selected_labels=client.labels) for r in ingress.get("ingress") or []), f"{call}: {server.workload}'s ingress drops it"
+                assert any(
+                    rule_admits(
+                        r,
+                        "from",
+                        port,
+                        policy_namespace=namespace,
+                        namespace=client.namespace,
+                        ns_labels=ns_labels[client.namespace],
+                        selected_labels=client.labels,
+                    )
+                    for r in ingress.get("ingress") or []
+                ), f"{call}: {server.workload}'s ingress drops it"
 
 
 @pytest.mark.parametrize("stack", [*STACKS, "dev+training"])
@@ -167,14 +212,23 @@ def egress_names_the_container_port(inventory: Inventory) -> None:
             allowed = {p.get("port") for p in rule.get("ports") or []}
             for service in inventory.of_type(SERVICE):
                 spec, namespace = service.inputs["spec"], namespace_of(service)
-                covered = [peer for peer in rule.get("to") or [] if peer_admits(peer, namespace_of(policy), namespace, ns_labels[namespace], spec["selector"])]
+                covered = [
+                    peer
+                    for peer in rule.get("to") or []
+                    if peer_admits(peer, namespace_of(policy), namespace, ns_labels[namespace], spec["selector"])
+                ]
                 if not covered:
                     continue
                 checked += 1
                 ports = [p for p in spec["ports"] if p["port"] in allowed]
-                assert ports, f"{policy.name} reaches {service.name} but allows {sorted(allowed)}, not its ports {[p['port'] for p in spec['ports']]}"
+                assert ports, (
+                    f"{policy.name} reaches {service.name} but allows {sorted(allowed)}, not its ports "
+                    f"{[p['port'] for p in spec['ports']]}"
+                )
                 for p in ports:
-                    assert p.get("targetPort", p["port"]) == p["port"], f"{service.name}: port {p['port']} forwards to {p['targetPort']}"
+                    assert p.get("targetPort", p["port"]) == p["port"], (
+                        f"{service.name}: port {p['port']} forwards to {p['targetPort']}"
+                    )
     assert checked, "no egress rule reaches a Service of the stack"
 
 
@@ -192,8 +246,13 @@ def tracking_url_accepted(inventory: Inventory) -> None:
     from components.tracking import CLUSTER_URL as URL
     from components.tracking import PORT
 
-    urls = {str(e["value"]) for _, pod in workloads(inventory) for c in pod["containers"] for e in c.get("env") or []
-            if str(e.get("value", "")).startswith("http://mlflow-tracking.")}
+    urls = {
+        str(e["value"])
+        for _, pod in workloads(inventory)
+        for c in pod["containers"]
+        for e in c.get("env") or []
+        if str(e.get("value", "")).startswith("http://mlflow-tracking.")
+    }
     assert urls == {URL} and urlsplit(URL).port == PORT
     (server,) = [r for r, _ in workloads(inventory) if r.name.endswith("-tracking-server")]
     env = {e["name"]: e["value"] for e in server.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -213,25 +272,40 @@ def alb_admitted_by_its_own_subnets_only(inventory: Inventory) -> None:
     import ipaddress
 
     subnets = inventory.of_type("aws:ec2/subnet:Subnet")
-    lb_blocks = sorted(s.inputs["cidrBlock"] for s in subnets if s.inputs["tags"].get("kubernetes.io/role/internal-elb") == "1")
+    lb_blocks = sorted(
+        s.inputs["cidrBlock"] for s in subnets if s.inputs["tags"].get("kubernetes.io/role/internal-elb") == "1"
+    )
     others = [ipaddress.ip_network(s.inputs["cidrBlock"]) for s in subnets if s.inputs["cidrBlock"] not in lb_blocks]
     assert lb_blocks and not any(ipaddress.ip_network(b).overlaps(o) for b in lb_blocks for o in others)
-    behind_alb = {(i.inputs["metadata"]["namespace"], path["backend"]["service"]["name"])
-                  for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") for rule in i.inputs["spec"]["rules"] for path in rule["http"]["paths"]}
+    behind_alb = {
+        (i.inputs["metadata"]["namespace"], path["backend"]["service"]["name"])
+        for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+        for rule in i.inputs["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
     assert behind_alb
     for policy in inventory.of_type(NETWORK_POLICY):
-        blocks = sorted(peer["ipBlock"]["cidr"] for rule in policy.inputs["spec"].get("ingress") or [] for peer in rule.get("from") or [] if "ipBlock" in peer)
+        blocks = sorted(
+            peer["ipBlock"]["cidr"]
+            for rule in policy.inputs["spec"].get("ingress") or []
+            for peer in rule.get("from") or []
+            if "ipBlock" in peer
+        )
         namespace = namespace_of(policy)
         selector = policy.inputs["spec"]["podSelector"]
-        fronted = any(ns == namespace and selects(selector, s.inputs["spec"]["selector"]) for ns, name in behind_alb
-                      for s in inventory.of_type(SERVICE) if namespace_of(s) == ns and s.inputs["metadata"]["name"] in (name, name.replace("-weighted",
-                          "-stable")))
+        fronted = any(
+            ns == namespace and selects(selector, s.inputs["spec"]["selector"])
+            for ns, name in behind_alb
+            for s in inventory.of_type(SERVICE)
+            if namespace_of(s) == ns and s.inputs["metadata"]["name"] in (name, name.replace("-weighted", "-stable"))
+        )
         assert blocks == (lb_blocks if fronted else []), policy.name
 
 
 def test_a_cluster_only_tracking_server_admits_no_load_balancer():
     inventory = program_inventory("dev", profile_settings("dev", tracking={"exposure": "clusterOnly"}))
     assert not inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") or all(
-        namespace_of(i) != "mlflow" for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress"))
+        namespace_of(i) != "mlflow" for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+    )
     (policy,) = [p for p in inventory.of_type(NETWORK_POLICY) if namespace_of(p) == "mlflow"]
     assert not [peer for rule in policy.inputs["spec"]["ingress"] for peer in rule["from"] if "ipBlock" in peer]

@@ -14,7 +14,13 @@ def test_reads_every_namespace_key_from_the_cli_environment(monkeypatch):
     try:
         monkeypatch.setenv(
             "PULUMI_CONFIG",
-            json.dumps({"mlops-platform:profile": "dev", "mlops-platform:network": json.dumps({"azCount": 3}), "aws:region": "eu-west-1"}),
+            json.dumps(
+                {
+                    "mlops-platform:profile": "dev",
+                    "mlops-platform:network": json.dumps({"azCount": 3}),
+                    "aws:region": "eu-west-1",
+                }
+            ),
         )
         raw = read_stack_config()
     finally:

@@ -13,7 +13,9 @@ KEY = "arn:aws:kms:us-east-1:123456789012:key/test"
 
 
 def test_repositories_are_immutable_scanned_and_kms_encrypted():
-    inventory = declare(lambda: Registry("reg", registry_args(namespace="mlops-t", repositories=("a", "b"), kms_key_arn=KEY)))
+    inventory = declare(
+        lambda: Registry("reg", registry_args(namespace="mlops-t", repositories=("a", "b"), kms_key_arn=KEY))
+    )
     repos = inventory.of_type("aws:ecr/repository:Repository")
     assert sorted(r.inputs["name"] for r in repos) == ["mlops-t/a", "mlops-t/b"]
     for repo in repos:
@@ -23,7 +25,9 @@ def test_repositories_are_immutable_scanned_and_kms_encrypted():
 
 
 def test_lifecycle_keeps_the_last_n_images():
-    inventory = declare(lambda: Registry("reg", registry_args(namespace="m", repositories=("a",), kms_key_arn=KEY, keep_images=7)))
+    inventory = declare(
+        lambda: Registry("reg", registry_args(namespace="m", repositories=("a",), kms_key_arn=KEY, keep_images=7))
+    )
     rules = json.loads(only(inventory, "aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])["rules"]
     keep = next(r for r in rules if r["selection"]["countType"] == "imageCountMoreThan")
     assert keep["selection"]["countNumber"] == 7 and keep["action"]["type"] == "expire"
@@ -31,14 +35,20 @@ def test_lifecycle_keeps_the_last_n_images():
 
 def test_registry_protection_and_force_delete():
     inventory = declare(
-        lambda: Registry("reg", registry_args(namespace="m", repositories=("a",), kms_key_arn=KEY, protect=True, force_delete=False))
+        lambda: Registry(
+            "reg", registry_args(namespace="m", repositories=("a",), kms_key_arn=KEY, protect=True, force_delete=False)
+        )
     )
     repo = only(inventory, "aws:ecr/repository:Repository")
     assert repo.protect is True and repo.inputs["forceDelete"] is False
 
 
 def test_budget_alerts_on_forecast_and_actual_for_this_stack_only():
-    inventory = declare(lambda: Budget("b", budget_args(stack="dev", monthly_usd=250, alert_threshold_percent=80, alert_emails=("a@x.io",))))
+    inventory = declare(
+        lambda: Budget(
+            "b", budget_args(stack="dev", monthly_usd=250, alert_threshold_percent=80, alert_emails=("a@x.io",))
+        )
+    )
     budget = only(inventory, "aws:budgets/budget:Budget")
     assert budget.inputs["limitAmount"] == "250.00" and budget.inputs["timeUnit"] == "MONTHLY"
     assert budget.inputs["costFilters"] == [{"name": "TagKeyValue", "values": ["user:stack$dev"]}]

@@ -10,7 +10,8 @@ BUCKET = "aws:s3/bucket:Bucket"
 
 
 def storage(**overrides):
-    """Storage from tests/unit/builders.py's args: versioned, 30 noncurrent days, uploads aborted after 7, unprotected."""
+    """Storage from tests/unit/builders.py's args: versioned, 30 noncurrent days, uploads aborted after 7,
+    unprotected."""
     return declare(lambda: Storage("st", storage_args(**overrides)))
 
 
@@ -18,7 +19,9 @@ def test_two_buckets_encrypted_with_the_rotating_customer_key():
     inventory = storage()
     key = only(inventory, "aws:kms/key:Key")
     assert key.inputs["enableKeyRotation"] is True
-    encryptions = inventory.of_type("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    encryptions = inventory.of_type(
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+    )
     assert len(inventory.of_type(BUCKET)) == len(encryptions) == 2
     for enc in encryptions:
         rule = enc.inputs["rules"][0]
@@ -51,7 +54,10 @@ def test_bucket_policy_denies_requests_without_tls_and_waits_for_the_access_bloc
 @pytest.mark.parametrize(("versioning", "status"), [(True, "Enabled"), (False, "Suspended")])
 def test_versioning_follows_the_setting(versioning, status):
     inventory = storage(versioning=versioning)
-    assert {v.inputs["versioningConfiguration"]["status"] for v in inventory.of_type("aws:s3/bucketVersioning:BucketVersioning")} == {status}
+    assert {
+        v.inputs["versioningConfiguration"]["status"]
+        for v in inventory.of_type("aws:s3/bucketVersioning:BucketVersioning")
+    } == {status}
 
 
 def test_lifecycle_expires_noncurrent_versions_and_abandoned_uploads():
@@ -60,10 +66,21 @@ def test_lifecycle_expires_noncurrent_versions_and_abandoned_uploads():
         r.name: {rule["id"]: rule for rule in r.inputs["rules"]}
         for r in inventory.of_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
     }
-    assert rules["st-artifacts-lifecycle"]["expire-noncurrent-versions"]["noncurrentVersionExpiration"]["noncurrentDays"] == 21
-    assert rules["st-artifacts-lifecycle"]["abort-incomplete-uploads"]["abortIncompleteMultipartUpload"]["daysAfterInitiation"] == 7
+    assert (
+        rules["st-artifacts-lifecycle"]["expire-noncurrent-versions"]["noncurrentVersionExpiration"]["noncurrentDays"]
+        == 21
+    )
+    assert (
+        rules["st-artifacts-lifecycle"]["abort-incomplete-uploads"]["abortIncompleteMultipartUpload"][
+            "daysAfterInitiation"
+        ]
+        == 7
+    )
     assert "datasets-to-infrequent-access" not in rules["st-artifacts-lifecycle"]
-    assert rules["st-datasets-lifecycle"]["datasets-to-infrequent-access"]["transitions"][0]["storageClass"] == "STANDARD_IA"
+    assert (
+        rules["st-datasets-lifecycle"]["datasets-to-infrequent-access"]["transitions"][0]["storageClass"]
+        == "STANDARD_IA"
+    )
 
 
 @pytest.mark.parametrize("protect", [True, False])

@@ -13,8 +13,17 @@ from tests.conftest import declare
 from tests.unit.builders import ARTIFACT_BUCKET, KEY_ARN, PREFIX, TRACKING_IMAGE, Parts, platform, tracking_args
 
 RDS = "aws:rds/instance:Instance"
-PROTECTED = {"protect": True, "replicas": 2, "database": DatabaseArgs(instance_class="db.m6g.large", multi_az=True,
-             allocated_storage_gb=100, backup_retention_days=14, engine_version="17")}
+PROTECTED = {
+    "protect": True,
+    "replicas": 2,
+    "database": DatabaseArgs(
+        instance_class="db.m6g.large",
+        multi_az=True,
+        allocated_storage_gb=100,
+        backup_retention_days=14,
+        engine_version="17",
+    ),
+}
 """Tracking args overrides of a protected, Multi-AZ server with two replicas (as prod's is)."""
 
 
@@ -42,7 +51,9 @@ def database_private(inventory: Inventory) -> None:
     instance = db(inventory).inputs
     assert instance["storageEncrypted"] is True and instance["kmsKeyId"].startswith("arn:aws:kms:")
     assert instance["publiclyAccessible"] is False
-    assert instance["manageMasterUserPassword"] is True and "password" not in instance  # RDS keeps it in Secrets Manager
+    assert (
+        instance["manageMasterUserPassword"] is True and "password" not in instance
+    )  # RDS keeps it in Secrets Manager
     (sg,) = [g for g in inventory.of_type("aws:ec2/securityGroup:SecurityGroup") if g.name.endswith("-tracking-db-sg")]
     (rule,) = sg.inputs["ingress"]
     assert rule["fromPort"] == rule["toPort"] == 5432 and "cidrBlocks" not in rule
@@ -74,7 +85,11 @@ def generated_secrets_kept_secret(inventory: Inventory, prefix: str) -> None:
     secrets = [s for s in inventory.of_type("aws:secretsmanager/secret:Secret") if "-tracking-" in s.name]
     # admin, Flask key, the server's database role, one reader per endpoint (one here)
     assert sorted(s.name.removeprefix(prefix) for s in secrets) == [
-        "admin-password-secret", "database-password-secret", "flask-secret-key-secret", "reader-diabetes-password-secret"]
+        "admin-password-secret",
+        "database-password-secret",
+        "flask-secret-key-secret",
+        "reader-diabetes-password-secret",
+    ]
     assert all(s.inputs["kmsKeyId"].startswith("arn:aws:kms:") for s in secrets)
     for version in inventory.of_type("aws:secretsmanager/secretVersion:SecretVersion"):
         assert version.inputs["secretString"] == "[secret]"
@@ -87,13 +102,21 @@ def test_workload_role_reads_and_writes_only_its_bucket_prefix(server):
 
 
 def workload_role_scoped(inventory: Inventory, bucket: str, readers: int) -> None:
-    (policy,) = [p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name.endswith("-tracking-workload-policy")]
+    (policy,) = [
+        p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name.endswith("-tracking-workload-policy")
+    ]
     statements = json.loads(policy.inputs["policy"])["Statement"]
-    s3 = [s for s in statements if any(str(a).startswith("s3:") for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))]
+    s3 = [
+        s
+        for s in statements
+        if any(str(a).startswith("s3:") for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
+    ]
     objects = next(s for s in s3 if s["Sid"] == "ObjectsUnderPrefix")
     assert objects["Resource"] == f"arn:aws:s3:::{bucket}/mlflow/*"
     listing = next(s for s in s3 if s["Sid"] == "ListPrefix")
-    assert listing["Resource"] == f"arn:aws:s3:::{bucket}" and listing["Condition"] == {"StringLike": {"s3:prefix": ["mlflow/*", "mlflow"]}}
+    assert listing["Resource"] == f"arn:aws:s3:::{bucket}" and listing["Condition"] == {
+        "StringLike": {"s3:prefix": ["mlflow/*", "mlflow"]}
+    }
     assert len(s3) == 2
     secrets = next(s for s in statements if s["Sid"] == "OwnSecrets")
     # the RDS master secret, admin, Flask key, database role and each endpoint's reader
@@ -105,19 +128,26 @@ def workload_role_scoped(inventory: Inventory, bucket: str, readers: int) -> Non
 def test_migration_job_precedes_the_deployment(server):
     inventory = server
     (job,) = [j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-migrate")]
-    (deployment,) = [d for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")]
+    (deployment,) = [
+        d for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")
+    ]
     assert job.urn in deployment.depends_on
     (reader,) = [j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-ensure-reader")]
     assert deployment.urn in reader.depends_on  # the reader user is created once the server runs
     assert db(inventory).urn in job.depends_on
     assert job.inputs["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
-    assert job.inputs["spec"]["template"]["spec"]["containers"][0]["image"] == deployment.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert (
+        job.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+        == deployment.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
 
 
 def test_a_new_image_gets_a_new_migration_job():
     def job_name(tag):
         inventory = tracking(image=TRACKING_IMAGE.replace(":3.17.2-1@", f":{tag}@"))
-        return next(j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-migrate")).inputs["metadata"]["name"]
+        return next(j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-migrate")).inputs[
+            "metadata"
+        ]["name"]
 
     assert job_name("3.17.2-1") != job_name("3.17.2-2")
 
@@ -127,22 +157,38 @@ def test_server_pods_are_locked_down_and_exposed_on_an_internal_alb():
 
 
 def server_locked_down_behind_the_alb(inventory: Inventory, replicas: int, image: str = TRACKING_IMAGE) -> None:
-    (deployment,) = [d for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")]
+    (deployment,) = [
+        d for d in inventory.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")
+    ]
     spec = deployment.inputs["spec"]
     assert spec["replicas"] == replicas
     container = spec["template"]["spec"]["containers"][0]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True and container["securityContext"]["runAsNonRoot"] is True
+    assert (
+        container["securityContext"]["readOnlyRootFilesystem"] is True
+        and container["securityContext"]["runAsNonRoot"] is True
+    )
     assert image in container["image"]  # pinned by the digest the registry holds
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["TRACKING_BACKEND_STORE_URI"].endswith("/mlflow?sslmode=require") and "{password}" in env["TRACKING_BACKEND_STORE_URI"]
+    assert (
+        env["TRACKING_BACKEND_STORE_URI"].endswith("/mlflow?sslmode=require")
+        and "{password}" in env["TRACKING_BACKEND_STORE_URI"]
+    )
     assert env["TRACKING_AUTH_DATABASE_URI"].endswith("/mlflow_auth?sslmode=require")
-    (ingress,) = [i for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") if i.name.endswith("-tracking-ingress")]
+    (ingress,) = [
+        i for i in inventory.of_type("kubernetes:networking.k8s.io/v1:Ingress") if i.name.endswith("-tracking-ingress")
+    ]
     assert ingress.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/scheme"] == "internal"
-    lbc = next(r for r in inventory.of_type("kubernetes:helm.sh/v3:Release") if r.name.endswith("aws-load-balancer-controller"))
+    lbc = next(
+        r for r in inventory.of_type("kubernetes:helm.sh/v3:Release") if r.name.endswith("aws-load-balancer-controller")
+    )
     assert lbc.urn in ingress.depends_on  # destroy removes the ALB while the controller runs
-    (pdb,) = [p for p in inventory.of_type("kubernetes:policy/v1:PodDisruptionBudget") if p.name.endswith("-tracking-pdb")]
+    (pdb,) = [
+        p for p in inventory.of_type("kubernetes:policy/v1:PodDisruptionBudget") if p.name.endswith("-tracking-pdb")
+    ]
     assert pdb.inputs["spec"]["minAvailable"] == 1
-    (namespace,) = [n for n in inventory.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "mlflow"]
+    (namespace,) = [
+        n for n in inventory.of_type("kubernetes:core/v1:Namespace") if n.inputs["metadata"]["name"] == "mlflow"
+    ]
     assert namespace.inputs["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
@@ -153,8 +199,11 @@ def test_no_pod_of_the_server_mounts_an_api_token_and_each_has_a_cpu_limit(serve
 def no_api_token_and_a_cpu_limit(inventory: Inventory) -> None:
     """Issue 13 item 9 (checkov CKV_K8S_38, CKV_K8S_11): the server and its Jobs never call the Kubernetes
     API, and IRSA's token is a volume of its own; a sub-core request may burst to one core, no further."""
-    objects = [r for r in inventory.resources
-               if "-tracking-" in r.name and r.type in ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job")]
+    objects = [
+        r
+        for r in inventory.resources
+        if "-tracking-" in r.name and r.type in ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job")
+    ]
     assert len(objects) == 3  # server, migrate, ensure-reader
     for workload in objects:
         pod = workload.inputs["spec"]["template"]["spec"]
@@ -209,8 +258,22 @@ def test_self_hosted_and_managed_are_two_shapes_without_placeholders():
 
     managed = {f.name for f in dataclasses.fields(ManagedTrackingArgs)}
     assert managed == {"artifact_bucket", "artifact_bucket_arn", "artifact_prefix", "kms_key_arn", "size"}
-    required = {f.name for f in dataclasses.fields(SelfHostedTrackingArgs) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    assert {"vpc_id", "subnet_ids", "cluster_security_group_id", "identity", "image", "replicas", "database", "exposure", "protect"} <= required
+    required = {
+        f.name
+        for f in dataclasses.fields(SelfHostedTrackingArgs)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    assert {
+        "vpc_id",
+        "subnet_ids",
+        "cluster_security_group_id",
+        "identity",
+        "image",
+        "replicas",
+        "database",
+        "exposure",
+        "protect",
+    } <= required
     assert not [f.name for f in dataclasses.fields(SelfHostedTrackingArgs) if f.default == ""]
     with pytest.raises(TypeError, match="size"):
         ManagedTrackingArgs(artifact_bucket="b", artifact_bucket_arn="arn", kms_key_arn="k")  # type: ignore[call-arg]
@@ -238,11 +301,15 @@ def test_the_uri_names_the_driver_the_image_ships_and_sqlalchemy_resolves_it(ser
     (deployment,) = [d for d in server.of_type("kubernetes:apps/v1:Deployment") if d.name.endswith("-tracking-server")]
     env = {e["name"]: e["value"] for e in deployment.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
     for key in ("TRACKING_BACKEND_STORE_URI", "TRACKING_AUTH_DATABASE_URI"):
-        assert env[key].startswith("postgresql+psycopg2://{user}:{password}@") and env[key].endswith("?sslmode=require"), env[key]
+        assert env[key].startswith("postgresql+psycopg2://{user}:{password}@") and env[key].endswith(
+            "?sslmode=require"
+        ), env[key]
         dialect = sqlalchemy.engine.make_url(env[key].format(user="u", password="p")).get_dialect()
         assert dialect.driver == "psycopg2" and dialect.import_dbapi().__name__ == "psycopg2"
     # pinned in the image (tests/unit/test_image_requirements.py checks the versions equal the lock's)
-    assert {"psycopg2-binary", "sqlalchemy", "mlflow", "zxcvbn"} <= pins(REPO_ROOT / "services/tracking/requirements.txt").keys()
+    assert {"psycopg2-binary", "sqlalchemy", "mlflow", "zxcvbn"} <= pins(
+        REPO_ROOT / "services/tracking/requirements.txt"
+    ).keys()
 
 
 def test_each_endpoint_logs_in_as_its_own_read_only_user():
@@ -252,12 +319,19 @@ def test_each_endpoint_logs_in_as_its_own_read_only_user():
 def each_endpoint_its_own_reader(inventory: Inventory, prefix: str, names: set[str]) -> None:
     """Issue 13 item 11: one user and one password secret per endpoint, and each endpoint may read only its own."""
     (job,) = [j for j in inventory.of_type("kubernetes:batch/v1:Job") if j.name.endswith("-ensure-reader")]
-    readers = json.loads({e["name"]: e["value"] for e in job.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}["TRACKING_READERS"])
+    readers = json.loads(
+        {e["name"]: e["value"] for e in job.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}[
+            "TRACKING_READERS"
+        ]
+    )
     endpoints = {}
     for deployment in inventory.of_type("kubernetes:apps/v1:Deployment"):
         env = {e["name"]: e.get("value") for e in deployment.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
         if "SERVING_TRACKING_USERNAME" in env:
-            endpoints[env["SERVING_ENDPOINT"]] = (env["SERVING_TRACKING_USERNAME"], env["SERVING_TRACKING_PASSWORD_SECRET_ARN"])
+            endpoints[env["SERVING_ENDPOINT"]] = (
+                env["SERVING_TRACKING_USERNAME"],
+                env["SERVING_TRACKING_PASSWORD_SECRET_ARN"],
+            )
     assert set(endpoints) == names
     assert {user: arn for user, arn in endpoints.values()} == readers
     assert all(user == f"serving-{endpoint}" for endpoint, (user, _) in endpoints.items())
@@ -273,7 +347,8 @@ def each_endpoint_its_own_reader(inventory: Inventory, prefix: str, names: set[s
 
 
 def test_only_the_migration_job_reads_the_rds_master_secret(server):
-    """Issue 11 item 12: the server logs in as its own role; the master password, which RDS rotates, is migrate's alone."""
+    """Issue 11 item 12: the server logs in as its own role; the master password, which RDS rotates, is migrate's
+    alone."""
     inventory = server
 
     def env_of(resource):
