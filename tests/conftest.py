@@ -60,12 +60,11 @@ STACK_FILE_TESTS: dict[str, str] = {
     "tests.unit.test_settings": "the shipped stack files validate",
     "tests.unit.test_training_cost": "the cost of pipelines added to the shipped stacks",
     "tests.unit.test_workflows": "the workflows name the shipped stack files",
-    "tests.unit.test_training_component": "pending: the training helper's area; to build from tests/unit/builders.py",
 }
-"""The tests/unit modules whose subject is the shipped stack files (or that still read them, marked pending),
-each with the reason. Every other unit module stands alone: it builds components from explicit args
-(tests/unit/builders.py), so editing stacks/*.yaml breaks none of them; `_unit_tests_read_no_stack_file`
-enforces it at run time and tests/unit/test_tests_stand_alone.py in the source."""
+"""The tests/unit modules whose subject is the shipped stack files, each with the reason. Every other unit module
+stands alone: it builds components from explicit args (tests/unit/builders.py), so editing stacks/*.yaml breaks
+none of them; `_unit_tests_read_no_stack_file` enforces it at run time and tests/unit/test_tests_stand_alone.py in
+the source."""
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ from tests.unit import test_monitoring_component as monitoring_tests
 from tests.unit import test_network_policies as netpol_tests
 from tests.unit import test_serving_component as serving_tests
 from tests.unit import test_tracking_component as tracking_tests
+from tests.unit import test_training_component as training_tests
 from tests.unit import test_upstream_contracts as upstream_tests
 
 STACKS = stack_names()
@@ -337,3 +338,15 @@ def test_network_policies_admit_the_dev_stacks_training_calls():
     inventory = offline_stack("dev", **netpol_tests.RETRAINING)
     netpol_tests.calls_admitted(inventory, training=True)
     netpol_tests.egress_names_the_container_port(inventory)
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_shipped_stack_without_pipelines_declares_nothing_of_training(stack_inventories, stack):
+    """The shipped stacks set no `pipelines`; the training component's own checks are in tests/unit (explicit args)."""
+    inventory = stack_inventories[stack]
+    assert settings_of(stack).pipelines == []
+    assert not inventory.of_type(training_tests.CRONJOB)
+    assert not [r for r in inventory.resources if "-training" in r.name]

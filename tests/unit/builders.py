@@ -31,6 +31,7 @@ from components.serving import CanaryArgs, ServingEndpoint, ServingEndpointArgs,
 from components.storage import StorageArgs
 from components.tracking import CLUSTER_URL as TRACKING_CLUSTER_URL
 from components.tracking import DatabaseArgs, SelfHostedTrackingArgs, TrackingServer
+from components.training import RECEIVER_URL, PipelineArgs, Training, TrainingArgs
 from infra.inventory import Inventory
 from infra.offline import ACCOUNT_ID, run_offline
 from infra.settings import CONFIG_NAMESPACE
@@ -44,6 +45,8 @@ ARTIFACT_BUCKET = f"{PREFIX}-artifacts"
 REGISTRY = f"{ACCOUNT_ID}.dkr.ecr.{REGION}.amazonaws.com/{PREFIX}"
 SERVING_IMAGE = f"{REGISTRY}/serving:0.1.0@sha256:{'1' * 64}"
 TRACKING_IMAGE = f"{REGISTRY}/tracking:3.17.2-1@sha256:{'2' * 64}"
+TRAINING_IMAGE = f"{REGISTRY}/training:0.1.0@sha256:{'3' * 64}"
+DATASETS_BUCKET = f"{PREFIX}-datasets"
 RUNNER_CIDR = "10.0.0.0/19"
 CERTIFICATE_ARN = f"arn:aws:acm:{REGION}:{ACCOUNT_ID}:certificate/00000000-0000-0000-0000-000000000000"
 THRESHOLDS = AlertThresholds(
@@ -155,6 +158,11 @@ class Parts:
     tracking: dict[str, Any] | None = None
     endpoints: Sequence[dict[str, Any]] = ()
     """One dict of `ServingEndpointArgs` overrides per endpoint (needs `tracking` and `monitoring`)."""
+    pipelines: Sequence[dict[str, Any]] = ()
+    """One dict of `PipelineArgs` overrides per pipeline, declared as one Training (needs `tracking` and
+    `monitoring`); the tracking server gets a writer per pipeline, monitoring the receiver's route if one retrains."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """`TrainingArgs` overrides (with `pipelines`)."""
 
 
 @dataclass
@@ -168,6 +176,7 @@ class Platform:
     monitoring: Monitoring | None = None
     tracking: TrackingServer | None = None
     endpoints: list[ServingEndpoint] = field(default_factory=list)
+    training: Training | None = None
 
 
 def on_cluster(cluster: Cluster, *, after_system_nodes: bool = False) -> pulumi.ResourceOptions:
@@ -360,20 +369,70 @@ def endpoint_args(built: Platform | None, **overrides: Any) -> ServingEndpointAr
     return ServingEndpointArgs(**{**values, **overrides})
 
 
+def pipeline_args(**overrides: Any) -> PipelineArgs:
+    """One CPU pipeline `p` training model `m` on demand (no schedule), retraining on no endpoint's drift."""
+    values: dict[str, Any] = dict(
+        name="p",
+        model="m",
+        entry_point="train.task:task",
+        data="data/train.csv.dvc",
+        image=TRAINING_IMAGE,
+        schedule=None,
+        cpu="1",
+        memory="2Gi",
+        gpu=0,
+        scratch="10Gi",
+        timeout_minutes=60,
+        retries=1,
+        params={},
+        min_improvement=0.0,
+        canary_alias=None,
+        endpoint=None,
+        retrain_min_interval_minutes=60,
+    )
+    return PipelineArgs(**{**values, **overrides})
+
+
+def training_args(built: Platform, pipelines: Sequence[PipelineArgs], **overrides: Any) -> TrainingArgs:
+    """`pipelines` reading the datasets bucket, writing to the platform's tracking server (a user each), placed
+    on its GPU pool when they ask for GPUs, anywhere otherwise."""
+    assert built.tracking is not None and built.monitoring is not None, "training needs tracking and monitoring parts"
+    values: dict[str, Any] = dict(
+        pipelines=tuple(pipelines),
+        datasets_bucket=DATASETS_BUCKET,
+        datasets_bucket_arn=f"arn:aws:s3:::{DATASETS_BUCKET}",
+        kms_key_arn=KEY_ARN,
+        region=REGION,
+        identity=built.cluster.identity,
+        tracking_url=built.tracking.cluster_url,
+        tracking_passwords=built.tracking.writer_passwords,
+        gpu_node_selector=built.pools.gpu_node_selector,
+        gpu_toleration=built.pools.gpu_toleration,
+        node_selector={},
+        receiver_token=built.monitoring.retrain_token,
+    )
+    return TrainingArgs(**{**values, **overrides})
+
+
 def platform(parts: Parts | None = None) -> Platform:
-    """Declare the compute parts, then monitoring, tracking and endpoints where `parts` asks for them."""
+    """Declare the compute parts, then monitoring, tracking, endpoints and training where `parts` asks for them."""
     parts = parts or Parts()
     built = compute(parts)
+    pipelines = [pipeline_args(**overrides) for overrides in parts.pipelines]
     if parts.monitoring is not None:
+        route = {"retrain_webhook_url": RECEIVER_URL if any(p.endpoint for p in pipelines) else None}
         built.monitoring = Monitoring(
             f"{PREFIX}-monitoring",
-            monitoring_args(built, **parts.monitoring),
+            monitoring_args(built, **{**route, **parts.monitoring}),
             opts=on_cluster(built.cluster, after_system_nodes=True),
         )
     if parts.tracking is not None:
-        readers = {"reader_endpoints": tuple(e.get("endpoint", "ep") for e in parts.endpoints)}
+        users = {
+            "reader_endpoints": tuple(e.get("endpoint", "ep") for e in parts.endpoints),
+            "writer_models": {p.name: p.model for p in pipelines},
+        }
         built.tracking = TrackingServer(
-            f"{PREFIX}-tracking", tracking_args(built, **{**readers, **parts.tracking}), opts=on_cluster(built.cluster)
+            f"{PREFIX}-tracking", tracking_args(built, **{**users, **parts.tracking}), opts=on_cluster(built.cluster)
         )
     if parts.endpoints:
         plane = ServingPlane(f"{PREFIX}-serving", opts=on_cluster(built.cluster))
@@ -386,6 +445,9 @@ def platform(parts: Parts | None = None) -> Platform:
                     opts=pulumi.ResourceOptions(parent=plane, depends_on=[plane.namespace]),
                 )
             )
+    if pipelines:
+        training = training_args(built, pipelines, **parts.training)
+        built.training = Training(f"{PREFIX}-training", training, opts=on_cluster(built.cluster))
     return built
 
 
