@@ -13,14 +13,22 @@ users are therefore limited by name, before MLflow's own checks run:
   model into an experiment, and to register a version of a model and set its tags and aliases.
   Which experiment and which model is MLflow's own per-resource check on each of those routes:
   `ensure-user` grants the user EDIT on its pipeline's experiment and model, and everything else
-  falls to the server's `default_permission` (READ). The one creation it may ask for is
+  falls to the server's `default_permission` (READ; settings.py refuses EDIT and MANAGE while
+  such users exist). Where EDIT is broader than a training run (artifact uploads, reopening a
+  run or logged model, the source of a new version), pipeline_scope.py narrows it to the
+  pipeline's own running run or pending logged model. The one creation it may ask for is
   `registered-models/create` under the name of a model it holds a grant on (MLflow's
   `register_model` asks for it first and accepts "already exists"); any other name, any new
   experiment, deletes, renames, users, permissions, the gateway, traces and the rest get 403.
 
-Anything refused here gets 403. MLflow calls this function on its Flask routes and, through its
-bridge, on the FastAPI-native ones (artifact uploads, OTLP trace ingestion, gateway, jobs); the
-bridge passes no request body, so a decision that needs the body is only made on Flask routes.
+Routes are recognised only under MLflow's own API prefixes, `/api/<N.N>` and `/ajax-api/<N.N>`
+at the start of the path (the server runs without `--static-prefix`, see entrypoint.server_command),
+so a path that merely contains one, such as `/gateway/proxy/<endpoint>/api/2.0/mlflow/runs/create`,
+is neither a pipeline write nor a read-only search. Anything refused here gets 403. MLflow calls
+this function on its Flask routes and, through its bridge, on the FastAPI-native ones (artifact
+uploads and downloads, OTLP trace ingestion, gateway, jobs); the bridge passes no request body,
+so the decisions that read one (registered-models/create, model-versions/create, runs/update)
+are all on Flask routes; an upload is judged by its path alone.
 """
 
 from __future__ import annotations
@@ -42,22 +50,31 @@ READ_ONLY_POSTS = (
 PIPELINE_WRITES = tuple(
     (method, re.compile(pattern))
     for method, pattern in (
-        # a run in the pipeline's experiment: create, log, tag, end (MLflow checks EDIT on the run's experiment)
+        # a run in the pipeline's experiment: create, log, tag, end (MLflow checks EDIT on the run's experiment;
+        # pipeline_scope: `update` only while the run is RUNNING)
         ("POST", r"/mlflow/runs/(?:create|update|log-metric|log-parameter|log-batch|log-inputs|outputs|set-tag)"),
-        # the run's logged model (MLflow 3): create, finalize, tag, params (EDIT on its experiment)
+        # the run's logged model (MLflow 3): create, finalize, tag, params (EDIT on its experiment; pipeline_scope:
+        # finalize only while it is PENDING)
         ("POST", r"/mlflow/logged-models"),
         ("PATCH", r"/mlflow/logged-models/[^/]+(?:/tags)?"),
         ("POST", r"/mlflow/logged-models/[^/]+/params"),
-        # artifact uploads through the server's proxy (EDIT on the experiment the path names)
+        # artifact uploads through the server's proxy (EDIT on the experiment the path names; pipeline_scope: only
+        # into a RUNNING run or a PENDING logged model of its own experiment)
         ("PUT", r"/mlflow-artifacts/artifacts/.+"),
-        # a version of the pipeline's model, its tags and aliases (EDIT on the registered model)
+        # a version of the pipeline's model, its tags and aliases (EDIT on the registered model; pipeline_scope: a
+        # version only from a run or logged model of its own experiment)
         ("POST", r"/mlflow/model-versions/(?:create|set-tag)"),
         ("POST", r"/mlflow/registered-models/(?:alias|set-tag)"),
     )
 )
 """(method, path after the API prefix) a pipeline user may write through; the training flow's calls, nothing more."""
 CREATE_REGISTERED_MODEL = "/mlflow/registered-models/create"
-_API_PREFIX = re.compile(r"^(?:/[^/]+)*?/(?:ajax-)?api/\d+\.\d+")
+_DECISION = "platform_scoped_users_decision"
+"""Where a request's decision is kept (flask.g), see authenticate_request_with_scoped_users."""
+ARTIFACT_UPLOAD = re.compile(r"/mlflow-artifacts/artifacts/(?P<path>.+)")
+FINALIZE_LOGGED_MODEL = re.compile(r"/mlflow/logged-models/(?P<model_id>[^/]+)")
+_API_PREFIX = re.compile(r"/(?:ajax-)?api/\d+\.\d+(?=/)")
+"""MLflow's REST and UI API prefixes (handlers._get_rest_path, _get_ajax_path), only at the start of the path."""
 
 
 def reader_username(endpoint: str) -> str:
@@ -74,7 +91,7 @@ def is_pipeline_user(username: str | None) -> bool:
 
 
 def _api_route(path: str) -> str | None:
-    """The path after `/api/2.0` (or `/ajax-api/3.0`, ...), or None for a path outside the API."""
+    """The path after a leading `/api/2.0` (or `/ajax-api/3.0`, ...), or None for a path outside the API."""
     match = _API_PREFIX.match(path)
     return path[match.end() :] if match else None
 
@@ -92,34 +109,37 @@ def is_pipeline_write(method: str, path: str) -> bool:
     return route is not None and any(method == m and pattern.fullmatch(route) for m, pattern in PIPELINE_WRITES)
 
 
-def holds_model_grant(username: str, name: object) -> bool:
-    """True when the admin granted `username` a permission that can update registered model `name`."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.server.auth import store
-    from mlflow.server.auth.permissions import get_permission
+def _json_body() -> dict:
+    """The request's JSON object as MLflow's handlers parse it (`get_json(force=True)`), or {} for anything else."""
+    from flask import request
 
-    if not isinstance(name, str) or not name:
-        return False
-    try:
-        return get_permission(store.get_registered_model_permission(name, username).permission).can_update
-    except MlflowException:  # no grant on that name
-        return False
+    body = request.get_json(force=True, silent=True)
+    return body if isinstance(body, dict) else {}
 
 
 def pipeline_may(username: str, method: str, path: str) -> bool:
     """What a `training-<pipeline>` user may ask beyond reads (see the module docstring)."""
-    if is_pipeline_write(method, path):
-        return True
-    if method == "POST" and _api_route(path) == CREATE_REGISTERED_MODEL:
-        from flask import request
+    from services.tracking import pipeline_scope
 
-        body = request.get_json(silent=True)
-        return isinstance(body, dict) and holds_model_grant(username, body.get("name"))
-    return False
+    route = _api_route(path)
+    if route is None:
+        return False
+    if method == "POST" and route == CREATE_REGISTERED_MODEL:
+        return pipeline_scope.holds_model_grant(username, _json_body().get("name"))
+    if not is_pipeline_write(method, path):
+        return False
+    if method == "PUT" and (upload := ARTIFACT_UPLOAD.fullmatch(route)):
+        return pipeline_scope.may_upload_artifact(username, upload["path"])
+    if method == "PATCH" and (finalize := FINALIZE_LOGGED_MODEL.fullmatch(route)):
+        return pipeline_scope.may_finalize_logged_model(username, finalize["model_id"])
+    if method == "POST" and route == "/mlflow/runs/update":
+        return pipeline_scope.may_update_run(username, _json_body())
+    if method == "POST" and route == "/mlflow/model-versions/create":
+        return pipeline_scope.may_create_model_version(username, _json_body())
+    return True
 
 
-def authenticate_request_with_scoped_users():
-    """MLflow's basic auth, then 403 for a scoped user's request that its scope does not cover."""
+def _decide():
     from flask import request
     from mlflow.server.auth import authenticate_request_basic_auth, make_forbidden_response
 
@@ -132,3 +152,17 @@ def authenticate_request_with_scoped_users():
     if username and is_pipeline_user(username) and not pipeline_may(username, request.method, request.path):
         return make_forbidden_response()
     return result
+
+
+def authenticate_request_with_scoped_users():
+    """MLflow's basic auth, then 403 for a scoped user's request that its scope does not cover.
+
+    MLflow calls this more than once per request: before the handler, and again in after-request handlers (to ask
+    whether the sender is an admin, e.g. `redact_finalize_logged_model_run_ids`), when the write has happened and a
+    PENDING logged model is READY. The decision is made once, on the request as it arrived, and kept for the request
+    (Flask's `g` lives as long as its request)."""
+    from flask import g
+
+    if _DECISION not in g:
+        setattr(g, _DECISION, _decide())
+    return getattr(g, _DECISION)

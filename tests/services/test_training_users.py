@@ -63,7 +63,9 @@ def ensure_user(tracking, writers: dict) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "tracking: training-perm may write to experiment pipelines/perm and model perm-model" in result.stdout
+    for pipeline, spec in writers.items():
+        line = f"tracking: training-{pipeline} may write to experiment pipelines/{pipeline} and model {spec['model']}"
+        assert line in result.stdout
 
 
 @pytest.fixture
@@ -206,6 +208,135 @@ def test_a_pipeline_user_creates_and_administers_nothing(tracking, pipeline_user
         assert not admin.get_experiment_by_name("perms-own")
         assert admin.get_experiment(own).name == "pipelines/perm"
         assert admin.get_experiment(other).lifecycle_stage == "active"
+
+
+@pytest.fixture
+def scope_user(tracking):
+    """`training-scope` (model `scope-model`): a pipeline of its own, so the versions it registers here change
+    nothing the other tests count."""
+    password = secrets.token_urlsafe(24)
+    ensure_user(tracking, {"scope": {"model": "scope-model", "password": password}})
+    return writer_username("scope"), password
+
+
+@pytest.fixture
+def other_experiment(tracking):
+    """Another team's experiment, with a RUNNING run, a PENDING logged model and a registered version of it."""
+    from types import SimpleNamespace
+
+    context, admin = admin_client(tracking)
+    with context:
+        experiment = admin.create_experiment(f"other-{secrets.token_hex(3)}")
+        model = admin.create_logged_model(experiment)
+        name = f"other-model-{secrets.token_hex(3)}"
+        admin.create_registered_model(name)
+        version = admin.create_model_version(name, f"models:/{model.model_id}", model_id=model.model_id).version
+        run = admin.create_run(experiment).info.run_id
+    return SimpleNamespace(id=experiment, run=run, model=model.model_id, name=name, version=version)
+
+
+def upload(path: str) -> tuple[str, str]:
+    return "PUT", f"/api/2.0/mlflow-artifacts/artifacts/{path}"
+
+
+def test_a_pipeline_user_uploads_only_into_its_running_run_and_pending_model(tracking, scope_user):
+    """Item: with EDIT on its experiment a pipeline user could overwrite any artifact there, a served model's included;
+    it may write only into a run that is RUNNING and a logged model that is PENDING, and cannot reopen either."""
+    from mlflow import MlflowClient
+
+    from services.tracking.writers import as_user
+
+    user, password = scope_user
+    with as_user(*scope_user):
+        client = MlflowClient(tracking.url)
+        own = client.get_experiment_by_name("pipelines/scope").experiment_id
+        run = client.create_run(own).info.run_id
+        model = client.create_logged_model(own).model_id
+    run_file, model_file = f"{own}/{run}/artifacts/notes.txt", f"{own}/models/{model}/artifacts/MLmodel"
+    assert call(tracking.url, user, password, *upload(run_file)) == 200  # what a training run does
+    assert call(tracking.url, user, password, *upload(model_file)) == 200
+    with as_user(*scope_user):
+        client.set_terminated(run)
+        client.finalize_logged_model(model, "READY")
+    attempts = [
+        (*upload(run_file), {}),  # a finished run's artifact
+        (*upload(model_file), {}),  # a READY logged model's (what a model version serves)
+        (*upload(f"{own}/models/{model}/artifacts/model.pkl"), {}),
+        (*upload(f"{own}/{run}/artifacts/model/model.pkl"), {}),
+        ("POST", "/api/2.0/mlflow/runs/update", {"run_id": run, "status": "RUNNING"}),  # reopening the run
+        ("PATCH", f"/api/2.0/mlflow/logged-models/{model}", {"model_id": model, "status": 1}),  # back to PENDING
+    ]
+    answers = [(m, p, call(tracking.url, user, password, m, p, body)) for m, p, body in attempts]
+    assert answers == [(m, p, 403) for m, p, _ in attempts]
+    with admin_client(tracking)[0]:
+        admin = MlflowClient(tracking.url)
+        assert admin.get_run(run).info.status == "FINISHED"
+        assert admin.get_logged_model(model).status.name == "READY"
+
+
+def test_a_pipeline_user_registers_versions_only_from_its_own_experiment(tracking, scope_user, other_experiment):
+    """Item: MLflow only asks READ on a new version's source; a pipeline's versions come from its own experiment."""
+    from mlflow import MlflowClient
+
+    from services.tracking.writers import as_user
+
+    user, password = scope_user
+    with as_user(*scope_user):
+        client = MlflowClient(tracking.url)
+        own = client.get_experiment_by_name("pipelines/scope").experiment_id
+        run = client.create_run(own).info.run_id
+        model = client.create_logged_model(own, source_run_id=run).model_id
+    other = other_experiment
+    create = "/api/2.0/mlflow/model-versions/create"
+    refused = [
+        {"source": f"models:/{other.model}", "model_id": other.model},  # another experiment's logged model
+        {"source": f"models:/{other.model}"},
+        {"source": f"runs:/{other.run}/model", "run_id": other.run},  # another experiment's run
+        {"source": "s3://someone-elses-bucket/model"},  # an arbitrary URI
+        {"source": "s3://someone-elses-bucket/model", "model_id": model},  # ... next to its own model's id
+        {"source": f"models:/{other.name}/{other.version}"},  # a copy of another registered model's version
+        {"source": f"models:/{other.model}", "model_id": model},
+    ]
+    answers = [call(tracking.url, user, password, "POST", create, {"name": "scope-model", **body}) for body in refused]
+    assert answers == [403] * len(refused)
+    allowed = [
+        {"source": f"models:/{model}", "model_id": model, "run_id": run},  # what `mlflow.register_model` sends
+        {"source": f"runs:/{run}/model", "run_id": run},
+    ]
+    answers = [call(tracking.url, user, password, "POST", create, {"name": "scope-model", **body}) for body in allowed]
+    assert answers == [200, 200]
+    with admin_client(tracking)[0]:
+        versions = MlflowClient(tracking.url).search_model_versions("name = 'scope-model'")
+        assert sorted(v.run_id for v in versions) == [run, run]
+
+
+def test_a_pipeline_user_writes_nothing_of_another_experiment_or_model(tracking, scope_user, other_experiment):
+    """Denials the sweep of every route (below) does not reach: its requests name resources that do not exist."""
+    user, password = scope_user
+    other = other_experiment
+    attempts: list[tuple[str, str, dict]] = [
+        (*upload("x"), {}),  # a path naming no experiment
+        (*upload("not-an-experiment/x"), {}),
+        (*upload(f"{other.id}/{other.run}/artifacts/x"), {}),  # another experiment's RUNNING run
+        (*upload(f"{other.id}/models/{other.model}/artifacts/MLmodel"), {}),  # ... and PENDING logged model
+        ("POST", "/api/2.0/mlflow/runs/set-tag", {"run_id": other.run, "key": "k", "value": "v"}),
+        ("POST", "/api/2.0/mlflow/runs/log-batch", {"run_id": other.run, "params": [{"key": "k", "value": "v"}]}),
+        ("POST", "/api/2.0/mlflow/runs/update", {"run_id": other.run, "status": "FINISHED"}),
+        ("PATCH", f"/api/2.0/mlflow/logged-models/{other.model}", {"model_id": other.model, "status": 2}),
+        ("PATCH", f"/api/2.0/mlflow/logged-models/{other.model}/tags", {"tags": [{"key": "k", "value": "v"}]}),
+        (
+            "POST",
+            "/api/2.0/mlflow/model-versions/set-tag",
+            {"name": other.name, "version": other.version, "key": "k", "value": "v"},
+        ),
+        ("POST", "/gateway/proxy/ep/api/2.0/mlflow/runs/create", {"experiment_id": other.id}),
+    ]
+    answers = [(m, p, call(tracking.url, user, password, m, p, body)) for m, p, body in attempts]
+    assert answers == [(m, p, 403) for m, p, _ in attempts]
+    context, admin = admin_client(tracking)
+    with context:
+        assert admin.get_run(other.run).data.tags.get("k") is None and admin.get_run(other.run).info.status == "RUNNING"
+        assert admin.get_logged_model(other.model).status.name == "PENDING"
 
 
 def test_every_other_write_route_of_the_server_refuses_a_pipeline_user(tracking, pipeline_user, tmp_path):
