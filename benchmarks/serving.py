@@ -1,6 +1,7 @@
 """Benchmark: this platform's model server against `mlflow models serve`, side by side.
 
-    make bench        (or: python -m benchmarks.serving [--duration 10] [--connections 16] [--models numeric,pipeline,trees])
+    make bench
+    python -m benchmarks.serving [--duration 10] [--connections 16] [--models numeric,pipeline,trees]
 
 Starts moto S3 and the tracking server on loopback and registers three models: the example
 numeric scikit-learn model (Ridge, 10 features), a scikit-learn Pipeline with a categorical
@@ -77,7 +78,10 @@ def wrk(url: str, body: bytes, *, duration: int, connections: int, threads: int)
     try:
         output = subprocess.run(
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name, url],
-            capture_output=True, text=True, timeout=duration + 60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            check=True,
         ).stdout
     finally:
         os.unlink(script.name)
@@ -85,7 +89,9 @@ def wrk(url: str, body: bytes, *, duration: int, connections: int, threads: int)
     if found is None:
         raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
     rps = float(found.group(1))
-    latency = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)}
+    latency = {
+        p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    }
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s*(\d+)", output))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     return rps, latency["50"], latency["99"], errors
@@ -96,8 +102,14 @@ def pipeline_inputs(n: int, seed: int = 0):
     import pandas as pd
 
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"city": rng.choice(["lyon", "oslo", "kyiv", "lima", "pune", "cork"], n), "size": rng.normal(80, 20, n).round(2),
-                         "rooms": rng.integers(1, 6, n), "floor": rng.integers(0, 12, n)})
+    return pd.DataFrame(
+        {
+            "city": rng.choice(["lyon", "oslo", "kyiv", "lima", "pune", "cork"], n),
+            "size": rng.normal(80, 20, n).round(2),
+            "rooms": rng.integers(1, 6, n),
+            "floor": rng.integers(0, 12, n),
+        }
+    )
 
 
 def tree_inputs(n: int, seed: int = 0):
@@ -122,18 +134,39 @@ def register(name: str, kind: str) -> None:
 
     if kind == "pipeline":
         x = pipeline_inputs(2000)
-        model = Pipeline([("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
-                                                         ("numbers", StandardScaler(), ["size", "rooms", "floor"])])), ("ridge", Ridge())])
+        model = Pipeline(
+            [
+                (
+                    "columns",
+                    ColumnTransformer(
+                        [
+                            ("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                            ("numbers", StandardScaler(), ["size", "rooms", "floor"]),
+                        ]
+                    ),
+                ),
+                ("ridge", Ridge()),
+            ]
+        )
         model.fit(x, x["size"] * 3 + x["rooms"] * 10 - x["floor"] + (x["city"] == "oslo") * 25)
         extra = {}
     else:
         x = tree_inputs(2000)
-        model = GradientBoostingRegressor(n_estimators=200, max_depth=3, random_state=0).fit(x, x["x0"] * 2 + x["x5"] - x["x9"])
+        model = GradientBoostingRegressor(n_estimators=200, max_depth=3, random_state=0).fit(
+            x, x["x0"] * 2 + x["x5"] - x["x9"]
+        )
         extra = {"skops_trusted_types": TREE_TYPES}
     mlflow.set_experiment("bench")
     with mlflow.start_run(run_name=kind):
-        info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(x, model.predict(x)), input_example=x.head(3),
-                                        pip_requirements=[SKLEARN_REQUIREMENT], registered_model_name=name, **extra)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(x, model.predict(x)),
+            input_example=x.head(3),
+            pip_requirements=[SKLEARN_REQUIREMENT],
+            registered_model_name=name,
+            **extra,
+        )
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
 
 
@@ -143,21 +176,58 @@ def body_of(kind: str, rows: int) -> bytes:
 
         sample = training_data()[1].sample(n=rows, replace=True, random_state=1)
     else:
-        sample = (pipeline_inputs if kind == "pipeline" else tree_inputs)(200, seed=1).sample(n=rows, replace=True, random_state=1)
+        sample = (pipeline_inputs if kind == "pipeline" else tree_inputs)(200, seed=1).sample(
+            n=rows, replace=True, random_state=1
+        )
     records = sample.to_dict(orient="records")
-    return json.dumps({"dataframe_split": {"columns": list(sample.columns), "data": [list(r.values()) for r in records]}}).encode()
+    return json.dumps(
+        {"dataframe_split": {"columns": list(sample.columns), "data": [list(r.values()) for r in records]}}
+    ).encode()
 
 
 def start_pair(name: str, workers: int, workdir: Path, env: dict[str, str], stack: ExitStack) -> tuple[Server, Server]:
     """This platform's server and `mlflow models serve` on `models:/<name>@champion`, both ready."""
     ours_port, theirs_port = free_port(), free_port()
-    ours = start(f"serving-{name}", [sys.executable, "-m", "services.serving"], url=f"http://{LOOPBACK}:{ours_port}", log_dir=workdir, cwd=REPO_ROOT,
-                 env={**env, "SERVING_MODEL_NAME": name, "SERVING_ENDPOINT": name, "SERVING_HOST": LOOPBACK, "SERVING_PORT": str(ours_port),
-                      "SERVING_WORKERS": str(workers)})
+    ours = start(
+        f"serving-{name}",
+        [sys.executable, "-m", "services.serving"],
+        url=f"http://{LOOPBACK}:{ours_port}",
+        log_dir=workdir,
+        cwd=REPO_ROOT,
+        env={
+            **env,
+            "SERVING_MODEL_NAME": name,
+            "SERVING_ENDPOINT": name,
+            "SERVING_HOST": LOOPBACK,
+            "SERVING_PORT": str(ours_port),
+            "SERVING_WORKERS": str(workers),
+        },
+    )
     stack.callback(ours.stop)
-    theirs = start(f"mlflow-models-serve-{name}", [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
-                   "--env-manager", "local", "--host", LOOPBACK, "--port", str(theirs_port), "--workers", str(workers)],
-                   url=f"http://{LOOPBACK}:{theirs_port}", log_dir=workdir, cwd=REPO_ROOT, env=env)
+    theirs = start(
+        f"mlflow-models-serve-{name}",
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{name}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(theirs_port),
+            "--workers",
+            str(workers),
+        ],
+        url=f"http://{LOOPBACK}:{theirs_port}",
+        log_dir=workdir,
+        cwd=REPO_ROOT,
+        env=env,
+    )
     stack.callback(theirs.stop)
     wait_http(ours, "/readyz", timeout=180)
     wait_http(theirs, "/ping", timeout=240)
@@ -170,25 +240,50 @@ def measure(kind: str, pair: tuple[Server, Server], args: argparse.Namespace) ->
     for rows in ROWS:
         body = body_of(kind, rows)
         for name, server in ((BASELINE, theirs), (OURS, ours)):
-            wrk(server.url + "/invocations", body, duration=2, connections=args.connections, threads=args.threads)  # warm-up
+            wrk(
+                server.url + "/invocations", body, duration=2, connections=args.connections, threads=args.threads
+            )  # warm-up
             cpu_before, machine_before = cpu_seconds(server.process.pid), MachineCpu.now()
             calls_before = model_calls(server) if server is ours else None
-            rps, p50, p99, errors = wrk(server.url + "/invocations", body, duration=args.duration, connections=args.connections, threads=args.threads)
+            rps, p50, p99, errors = wrk(
+                server.url + "/invocations",
+                body,
+                duration=args.duration,
+                connections=args.connections,
+                threads=args.threads,
+            )
             external, steal = machine_before.outside_bench_since()
             cpu_ms = 1000 * (cpu_seconds(server.process.pid) - cpu_before) / max(1.0, rps * args.duration)
             batch = None
             if calls_before is not None:
                 answered, calls = model_calls(server)
                 batch = round((answered - calls_before[0]) / max(1.0, calls - calls_before[1]), 2)
-            results.append(Result(kind, name, rows, rps, p50, p99, errors, round(external, 3), round(steal, 3),
-                                  round(cpu_ms, 4), batch))
-            print(f"[bench] {kind:9} {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
-                  f"cpu {cpu_ms:6.3f} ms/request  errors {errors}  "
-                  + (f"requests/model call {batch:.1f}  " if batch is not None else "")
-                  + f"(outside the bench: {external:.2f} cores, steal {steal:.2f})")
+            results.append(
+                Result(
+                    kind,
+                    name,
+                    rows,
+                    rps,
+                    p50,
+                    p99,
+                    errors,
+                    round(external, 3),
+                    round(steal, 3),
+                    round(cpu_ms, 4),
+                    batch,
+                )
+            )
+            print(
+                f"[bench] {kind:9} {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
+                f"cpu {cpu_ms:6.3f} ms/request  errors {errors}  "
+                + (f"requests/model call {batch:.1f}  " if batch is not None else "")
+                + f"(outside the bench: {external:.2f} cores, steal {steal:.2f})"
+            )
             if external > args.max_external_cpu:
-                print(f"[bench] WARNING: other processes used {external:.2f} CPU cores during this measurement "
-                      f"(> {args.max_external_cpu}): the machine is busy, these figures are not valid")
+                print(
+                    f"[bench] WARNING: other processes used {external:.2f} CPU cores during this measurement "
+                    f"(> {args.max_external_cpu}): the machine is busy, these figures are not valid"
+                )
     return results
 
 
@@ -275,10 +370,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves the CPUs to the servers)")
     parser.add_argument("--workers", type=int, default=available_cpus(), help="worker processes for both servers")
     parser.add_argument("--models", default="numeric,pipeline,trees", help="comma-separated: numeric, pipeline, trees")
-    parser.add_argument("--max-load", type=float, default=1.0,
-                        help="mark the run busy when the 1-minute load average is above this before any server starts")
-    parser.add_argument("--max-external-cpu", type=float, default=0.25,
-                        help="mark a measurement invalid when other processes used more CPU cores than this")
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=1.0,
+        help="mark the run busy when the 1-minute load average is above this before any server starts",
+    )
+    parser.add_argument(
+        "--max-external-cpu",
+        type=float,
+        default=0.25,
+        help="mark a measurement invalid when other processes used more CPU cores than this",
+    )
     parser.add_argument("--out", default="build/bench/serving.json")
     args = parser.parse_args()
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
@@ -288,19 +391,28 @@ def main() -> None:
 
     facts = machine(os.getloadavg()[0])  # before the bench starts anything
     before = facts["load_average_before_start"]
-    print(f"[bench] {facts['cpu_model']}, {facts['cpus_available']} CPU(s) available; "
-          f"load average before start {before:.2f}")
+    print(
+        f"[bench] {facts['cpu_model']}, {facts['cpus_available']} CPU(s) available; "
+        f"load average before start {before:.2f}"
+    )
     if before > args.max_load:
-        print(f"[bench] WARNING: the load average is {before:.2f} (> {args.max_load}) before the bench started "
-              "anything: the machine is busy, the figures will not be valid")
+        print(
+            f"[bench] WARNING: the load average is {before:.2f} (> {args.max_load}) before the bench started "
+            "anything: the machine is busy, the figures will not be valid"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     plane = LocalPlane(workdir=workdir)
     results: list[Result] = []
     with ExitStack() as stack:
-        print(f"[bench] {args.workers} worker(s) per server, "
-              f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+        print(
+            f"[bench] {args.workers} worker(s) per server, wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
+        )
         moto = start_tracking_plane(plane, stack)
-        env = {**plane.client_env(), "MLFLOW_S3_ENDPOINT_URL": moto.url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        env = {
+            **plane.client_env(),
+            "MLFLOW_S3_ENDPOINT_URL": moto.url,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        }
         os.environ.update(env)
         names = {"numeric": plane.model_name, "pipeline": "bench-pipeline", "trees": "bench-trees"}
         for kind in kinds:
@@ -322,54 +434,93 @@ def compare(results: list[Result], args: argparse.Namespace) -> list[dict]:
             minimum, maximum = TARGETS[kind]
             busiest = max(base.external_cpu_cores, ours.external_cpu_cores)
             met = throughput >= minimum and (maximum is None or tail <= maximum) and not ours.errors
-            ratios.append({"model": kind, "rows": rows, "throughput_ratio": round(throughput, 2),
-                           "p99_ratio": round(tail, 4), "target_throughput_ratio": minimum, "target_p99_ratio": maximum,
-                           "target_met": met, "external_cpu_cores": busiest, "valid": busiest <= args.max_external_cpu})
+            ratios.append(
+                {
+                    "model": kind,
+                    "rows": rows,
+                    "throughput_ratio": round(throughput, 2),
+                    "p99_ratio": round(tail, 4),
+                    "target_throughput_ratio": minimum,
+                    "target_p99_ratio": maximum,
+                    "target_met": met,
+                    "external_cpu_cores": busiest,
+                    "valid": busiest <= args.max_external_cpu,
+                }
+            )
     return ratios
 
 
 def report(results: list[Result], args: argparse.Namespace, facts: dict) -> None:
     print()
-    print(f"{'model':9} {'rows':>4}  {'server':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'cpu ms/req':>10} {'outside cores':>13}")
+    print(
+        f"{'model':9} {'rows':>4}  {'server':20} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'cpu ms/req':>10} {'outside cores':>13}"
+    )
     for r in results:
-        print(f"{r.model:9} {r.rows:>4}  {r.server:20} {r.requests_per_second:10.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
-              f"{r.cpu_ms_per_request:10.3f} {r.external_cpu_cores:13.2f}")
+        print(
+            f"{r.model:9} {r.rows:>4}  {r.server:20} {r.requests_per_second:10.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
+            f"{r.cpu_ms_per_request:10.3f} {r.external_cpu_cores:13.2f}"
+        )
     ratios = compare(results, args)
     print("\nplatform server / mlflow models serve, side by side (throughput x, p99 ratio; target in brackets):")
-    print(f"{'model':9} {'1 row: throughput':>20} {'1 row: p99':>16} {'32 rows: throughput':>22} "
-          f"{'32 rows: p99':>16}  verdict")
+    print(
+        f"{'model':9} {'1 row: throughput':>20} {'1 row: p99':>16} {'32 rows: throughput':>22} "
+        f"{'32 rows: p99':>16}  verdict"
+    )
     for kind in dict.fromkeys(r["model"] for r in ratios):
         cells, verdicts = [], []
         for ratio in (r for r in ratios if r["model"] == kind):
             maximum = ratio["target_p99_ratio"]
-            cells += [f"{ratio['throughput_ratio']:.1f}x [>={ratio['target_throughput_ratio']:g}]",
-                      f"{ratio['p99_ratio']:.3f} [{f'<={maximum:.2f}' if maximum else '-'}]"]
+            cells += [
+                f"{ratio['throughput_ratio']:.1f}x [>={ratio['target_throughput_ratio']:g}]",
+                f"{ratio['p99_ratio']:.3f} [{f'<={maximum:.2f}' if maximum else '-'}]",
+            ]
             verdict = "MET" if ratio["target_met"] else "NOT MET"
             verdicts.append(f"{ratio['rows']}: {verdict}{'' if ratio['valid'] else ' (busy: invalid)'}")
         print(f"{kind:9} {cells[0]:>20} {cells[1]:>16} {cells[2]:>22} {cells[3]:>16}  {', '.join(verdicts)}")
     invalid = [f"{r['model']} {r['rows']}-row" for r in ratios if not r["valid"]]
     valid = not invalid and facts["load_average_before_start"] <= args.max_load
     if not valid:
-        print(f"WARNING: the machine was busy (load average before start {facts['load_average_before_start']:.2f}; "
-              f"other processes above {args.max_external_cpu} cores during: {', '.join(invalid) or 'none'}): "
-              "rerun on a quiet machine")
+        print(
+            f"WARNING: the machine was busy (load average before start {facts['load_average_before_start']:.2f}; "
+            f"other processes above {args.max_external_cpu} cores during: {', '.join(invalid) or 'none'}): "
+            "rerun on a quiet machine"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "machine": facts, "results": [asdict(r) for r in results],
-                               "ratios": ratios, "valid": valid}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "settings": vars(args),
+                "machine": facts,
+                "results": [asdict(r) for r in results],
+                "ratios": ratios,
+                "valid": valid,
+            },
+            indent=2,
+        )
+    )
     print(f"results written to {out}")
 
 
 def machine(load_before_start: float) -> dict:
     """The facts the figures come from: CPU model, cores, and how busy the machine was before the bench."""
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         model = "unknown CPU"
-    return {"cpu_model": model, "cpus_online": os.cpu_count(), "cpus_available": available_cpus(),
-            "load_average_before_start": round(load_before_start, 2), "python": sys.version.split()[0],
-            "kernel": os.uname().release}
+    return {
+        "cpu_model": model,
+        "cpus_online": os.cpu_count(),
+        "cpus_available": available_cpus(),
+        "load_average_before_start": round(load_before_start, 2),
+        "python": sys.version.split()[0],
+        "kernel": os.uname().release,
+    }
 
 
 if __name__ == "__main__":

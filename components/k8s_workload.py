@@ -92,8 +92,10 @@ def digest_pinned(image: str) -> bool:
 def dns_egress_rule() -> dict[str, Any]:
     """The NetworkPolicy egress rule every workload needs first: CoreDNS (`k8s-app: kube-dns`) in
     any namespace, on UDP and TCP 53 (large answers fall back to TCP)."""
-    return {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+    return {
+        "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
 
 
 def aws_api_egress_rule() -> dict[str, Any]:
@@ -102,8 +104,15 @@ def aws_api_egress_rule() -> dict[str, Any]:
     return {"ports": [{"protocol": "TCP", "port": 443}]}
 
 
-def disruption_budget(resource_name: str, *, name: str, namespace: str, labels: Mapping[str, str], replicas: int,
-                      opts: pulumi.ResourceOptions) -> k8s.policy.v1.PodDisruptionBudget:
+def disruption_budget(
+    resource_name: str,
+    *,
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    replicas: int,
+    opts: pulumi.ResourceOptions,
+) -> k8s.policy.v1.PodDisruptionBudget:
     """A PodDisruptionBudget that never blocks a node drain: with several replicas one must stay up,
     with one the drain may evict it (a `minAvailable: 1` on a single pod would stall the drain forever)."""
     disruption = {"minAvailable": 1} if replicas > 1 else {"maxUnavailable": 1}
@@ -127,14 +136,20 @@ def alb_listener_annotations(certificate_arn: str | None) -> dict[str, str]:
     Ingress's rules reach only the ports that Ingress lists (LB controller v2.14 annotations guide)."""
     annotations = {"alb.ingress.kubernetes.io/ssl-policy": ALB_SSL_POLICY}
     if certificate_arn:
-        annotations.update({"alb.ingress.kubernetes.io/listen-ports": '[{"HTTPS": 443}]', "alb.ingress.kubernetes.io/certificate-arn": certificate_arn})
+        annotations.update(
+            {
+                "alb.ingress.kubernetes.io/listen-ports": '[{"HTTPS": 443}]',
+                "alb.ingress.kubernetes.io/certificate-arn": certificate_arn,
+            }
+        )
     else:
         annotations["alb.ingress.kubernetes.io/listen-ports"] = '[{"HTTP": 80}]'
     return annotations
 
 
-def internal_alb_annotations(*, group: str, healthcheck_path: str, certificate_arn: str | None,
-                             deregistration_delay_seconds: int) -> dict[str, str]:
+def internal_alb_annotations(
+    *, group: str, healthcheck_path: str, certificate_arn: str | None, deregistration_delay_seconds: int
+) -> dict[str, str]:
     """Annotations of an Ingress on the shared internal ALB (the tracking server's and every endpoint's):
     internal scheme, pods as IP targets (the NetworkPolicies admit the ALB's subnets), one ingress
     `group` so all of them share one load balancer, the listener of alb_listener_annotations.
@@ -146,15 +161,17 @@ def internal_alb_annotations(*, group: str, healthcheck_path: str, certificate_a
     `target-group-attributes` is a stringMap annotation (`key=value,...`; LB controller v2.14
     annotations guide, range 0-3600 s); it applies to the target groups of this Ingress's backends."""
     if not 0 <= deregistration_delay_seconds <= 3600:
-        raise ValueError(f"deregistration_delay_seconds must be within 0-3600 (the ALB's range), "
-                         f"got {deregistration_delay_seconds}")
+        raise ValueError(
+            f"deregistration_delay_seconds must be within 0-3600 (the ALB's range), got {deregistration_delay_seconds}"
+        )
     return {
         "alb.ingress.kubernetes.io/scheme": "internal",
         "alb.ingress.kubernetes.io/target-type": "ip",
         "alb.ingress.kubernetes.io/group.name": group,
         "alb.ingress.kubernetes.io/healthcheck-path": healthcheck_path,
-        "alb.ingress.kubernetes.io/target-group-attributes":
-            f"deregistration_delay.timeout_seconds={deregistration_delay_seconds}",
+        "alb.ingress.kubernetes.io/target-group-attributes": (
+            f"deregistration_delay.timeout_seconds={deregistration_delay_seconds}"
+        ),
         **alb_listener_annotations(certificate_arn),
     }
 
@@ -177,7 +194,10 @@ def kubernetes_api_client(reason: str) -> dict[str, str]:
     which is also the mark MLOPS-K8S-011 accepts. Every other pod sets the automount off: IRSA needs no
     such token (the EKS pod identity webhook projects its own `aws-iam-token` volume)."""
     if not reason.strip() or "=" in reason:
-        raise ValueError(f"kubernetes_api_client: a reason without '=' is required (checkov splits the annotation at '='), got {reason!r}")
+        raise ValueError(
+            "kubernetes_api_client: a reason without '=' is required (checkov splits the annotation at '='), got "
+            f"{reason!r}"
+        )
     return {"checkov.io/skip1": f"{KUBERNETES_API_SKIP}={reason}"}
 
 
@@ -190,12 +210,21 @@ def load_balancer_ingress(cidrs: Sequence[str], port: int) -> dict[str, Any]:
 
 
 def http_probe(path: str, port: int, *, period: int = 10, failures: int = 3, initial_delay: int = 0) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures,
-            "initialDelaySeconds": initial_delay, "timeoutSeconds": 3}
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "initialDelaySeconds": initial_delay,
+        "timeoutSeconds": 3,
+    }
 
 
 def pool_placement(
-    gpus: int, *, gpu_node_selector: Mapping[str, str], gpu_toleration: Mapping[str, str], node_selector: Mapping[str, str]
+    gpus: int,
+    *,
+    gpu_node_selector: Mapping[str, str],
+    gpu_toleration: Mapping[str, str],
+    node_selector: Mapping[str, str],
 ) -> dict[str, Any]:
     """Pod-spec fields that place a workload: a pod asking for GPUs selects the GPU pool and tolerates its
     taint; any other pod takes the stack's node selector (dev's system nodes), if it has one. One place, so
@@ -206,4 +235,11 @@ def pool_placement(
 
 
 def zone_spread(labels: Mapping[str, str]) -> list[dict[str, Any]]:
-    return [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": dict(labels)}}]
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": dict(labels)},
+        }
+    ]

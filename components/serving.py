@@ -128,7 +128,8 @@ class ServingEndpointArgs:
     gpu_toleration: Mapping[str, str]
     ingress_group: str
     certificate_arn: str | None
-    """The shared internal ALB's certificate (`tracking.certificateArn`): with it the endpoint's path is on HTTPS 443 only."""
+    """The shared internal ALB's certificate (`tracking.certificateArn`): with it the endpoint's path is on HTTPS 443
+    only."""
     node_selector: Mapping[str, str]
     """Where CPU pods run when not on the Karpenter CPU pool (dev: the system nodes; empty: anywhere)."""
     load_balancer_controller: pulumi.Resource | None
@@ -155,11 +156,26 @@ class ServingEndpointArgs:
 
 def endpoint_policy(bucket_arn: str, prefix: str, kms_key_arn: str, reader_secret_arn: str) -> str:
     """Write captured records under the endpoint's own prefix; read the tracking reader's password."""
-    return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "WriteOwnCaptures", "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket_arn}/{prefix}/*"},
-        {"Sid": "BucketKey", "Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": kms_key_arn},
-        {"Sid": "TrackingReader", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": reader_secret_arn},
-    ]})
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "WriteOwnCaptures",
+                    "Effect": "Allow",
+                    "Action": "s3:PutObject",
+                    "Resource": f"{bucket_arn}/{prefix}/*",
+                },
+                {"Sid": "BucketKey", "Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": kms_key_arn},
+                {
+                    "Sid": "TrackingReader",
+                    "Effect": "Allow",
+                    "Action": "secretsmanager:GetSecretValue",
+                    "Resource": reader_secret_arn,
+                },
+            ],
+        }
+    )
 
 
 def capture_prefix(endpoint: str) -> str:
@@ -175,8 +191,10 @@ def network_policy_spec(args: ServingEndpointArgs) -> dict[str, Any]:
         "policyTypes": ["Ingress", "Egress"],
         "ingress": [
             load_balancer_ingress(args.load_balancer_cidrs, PORT),
-            {"from": [{"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}],  # Prometheus
-             "ports": [{"protocol": "TCP", "port": PORT}]},
+            {
+                "from": [{"namespaceSelector": {"matchLabels": {MONITORING_NAMESPACE_LABEL: "true"}}}],  # Prometheus
+                "ports": [{"protocol": "TCP", "port": PORT}],
+            },
         ],
         "egress": [
             dns_egress_rule(),
@@ -195,11 +213,34 @@ class ServingPlane(pulumi.ComponentResource):
         super().__init__(PLANE_TOKEN, name, None, opts)
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-ns",
-            metadata={"name": NAMESPACE, "labels": restricted_namespace_labels({CLIENT_NAMESPACE_LABEL: "true",
-                                                                                 **ALB_READINESS_GATE_LABELS})},
+            metadata={
+                "name": NAMESPACE,
+                "labels": restricted_namespace_labels({CLIENT_NAMESPACE_LABEL: "true", **ALB_READINESS_GATE_LABELS}),
+            },
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"namespace": NAMESPACE})
+
+
+def server_env(args: ServingEndpointArgs, alias: str) -> dict:
+    """The model server's settings: services/serving/settings.py reads each `SERVING_*` one (the contract test
+    checks)."""
+    ep = args.endpoint
+    return {
+        "SERVING_MODEL_NAME": args.model,
+        "SERVING_MODEL_ALIAS": alias,
+        "SERVING_ENDPOINT": ep,
+        "SERVING_HOST": "0.0.0.0",
+        "SERVING_PORT": str(PORT),
+        "SERVING_WORKERS": str(args.workers),
+        "SERVING_PATH_PREFIX": f"/{ep}",
+        "SERVING_CAPTURE_FRACTION": str(args.capture_fraction),
+        "SERVING_CAPTURE_BUCKET": args.artifact_bucket,
+        "SERVING_CAPTURE_PREFIX": CAPTURE_PREFIX,
+        "SERVING_TRACKING_USERNAME": reader_username(ep),  # this endpoint's own read-only user
+        "SERVING_TRACKING_PASSWORD_SECRET_ARN": args.tracking_reader_secret_arn,
+        "MLFLOW_TRACKING_URI": args.tracking_url,
+    }
 
 
 class ServingEndpoint(pulumi.ComponentResource):
@@ -223,7 +264,9 @@ class ServingEndpoint(pulumi.ComponentResource):
             self.deployments[track], services[track] = self._track(name, args, track, alias)
         self._autoscaler(name, args)
         child = pulumi.ResourceOptions(parent=self)
-        k8s.networking.v1.NetworkPolicy(f"{name}-netpol", metadata={"name": ep, "namespace": NAMESPACE}, spec=network_policy_spec(args), opts=child)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol", metadata={"name": ep, "namespace": NAMESPACE}, spec=network_policy_spec(args), opts=child
+        )
         self._service_monitor(name, args, after=list(services.values()))
         self.url_path = f"/{ep}/invocations"
         self._ingress(name, args, after=list(services.values()))
@@ -252,29 +295,55 @@ class ServingEndpoint(pulumi.ComponentResource):
         )
         return role.arn
 
-    def _track(self, name: str, args: ServingEndpointArgs, track: str, alias: str) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
+    def _track(
+        self, name: str, args: ServingEndpointArgs, track: str, alias: str
+    ) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
         """One track (stable, or the canary): its Deployment, Service and PodDisruptionBudget."""
         ep, child = args.endpoint, pulumi.ResourceOptions(parent=self)
-        labels = {"app.kubernetes.io/name": ep, "app.kubernetes.io/part-of": "mlops-serving", "mlops.platform/track": track}
+        labels = {
+            "app.kubernetes.io/name": ep,
+            "app.kubernetes.io/part-of": "mlops-serving",
+            "mlops.platform/track": track,
+        }
         replicas = args.min_replicas if track == "stable" else 1
         deployment = self._deployment(name, args, track, alias, labels, replicas)
         service = k8s.core.v1.Service(
             f"{name}-{track}-svc",
             metadata={"name": f"{ep}-{track}", "namespace": NAMESPACE, "labels": labels},
-            # Service port = container port: the VPC CNI matches ClusterIP traffic only then (components/tracking.CLUSTER_URL)
+            # Service port = container port: the VPC CNI matches ClusterIP traffic only then
+            # (components/tracking.CLUSTER_URL)
             spec={"selector": labels, "ports": [{"name": "http", "port": PORT, "targetPort": PORT}]},
             opts=child,
         )
-        disruption_budget(f"{name}-{track}-pdb", name=f"{ep}-{track}", namespace=NAMESPACE, labels=labels, replicas=replicas, opts=child)
+        disruption_budget(
+            f"{name}-{track}-pdb",
+            name=f"{ep}-{track}",
+            namespace=NAMESPACE,
+            labels=labels,
+            replicas=replicas,
+            opts=child,
+        )
         return deployment, service
 
     def _autoscaler(self, name: str, args: ServingEndpointArgs) -> None:
         """The stable Deployment's HorizontalPodAutoscaler, on CPU or on requests per second (prometheus-adapter)."""
         ep = args.endpoint
         metric = (
-            {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": args.autoscaling_target}}}
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": args.autoscaling_target},
+                },
+            }
             if args.autoscaling_metric == "cpu"
-            else {"type": "Pods", "pods": {"metric": {"name": RPS_METRIC}, "target": {"type": "AverageValue", "averageValue": str(args.autoscaling_target)}}}
+            else {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": RPS_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": str(args.autoscaling_target)},
+                },
+            }
         )
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
@@ -301,75 +370,96 @@ class ServingEndpoint(pulumi.ComponentResource):
                 "selector": {"matchLabels": {"app.kubernetes.io/name": ep}},
                 "namespaceSelector": {"matchNames": [NAMESPACE]},
                 # the model server's own `endpoint` label wins over the operator's (the port name)
-                "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "metricRelabelings": model_server_relabelings()}],
+                "endpoints": [
+                    {
+                        "port": "http",
+                        "path": "/metrics",
+                        "interval": "15s",
+                        "metricRelabelings": model_server_relabelings(),
+                    }
+                ],
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *([args.monitoring_crds] if args.monitoring_crds else [])]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[*after, *([args.monitoring_crds] if args.monitoring_crds else [])]
+            ),
         )
 
-    def _ingress(self, name: str, args: ServingEndpointArgs, *, after: list[pulumi.Resource]) -> k8s.networking.v1.Ingress:
+    def _ingress(
+        self, name: str, args: ServingEndpointArgs, *, after: list[pulumi.Resource]
+    ) -> k8s.networking.v1.Ingress:
         """`/<endpoint>/` on the shared internal ALB; with a canary, a weighted forward between the two Services."""
         ep = args.endpoint
-        annotations = internal_alb_annotations(group=args.ingress_group, healthcheck_path="/readyz",
-                                               certificate_arn=args.certificate_arn,
-                                               deregistration_delay_seconds=deregistration_delay_seconds())
+        annotations = internal_alb_annotations(
+            group=args.ingress_group,
+            healthcheck_path="/readyz",
+            certificate_arn=args.certificate_arn,
+            deregistration_delay_seconds=deregistration_delay_seconds(),
+        )
         if args.canary is not None:
             weights = [
                 {"serviceName": f"{ep}-stable", "servicePort": PORT, "weight": 100 - args.canary.weight},
                 {"serviceName": f"{ep}-canary", "servicePort": PORT, "weight": args.canary.weight},
             ]
-            annotations[f"alb.ingress.kubernetes.io/actions.{ep}-weighted"] = json.dumps({"type": "forward", "forwardConfig": {"targetGroups": weights}})
+            annotations[f"alb.ingress.kubernetes.io/actions.{ep}-weighted"] = json.dumps(
+                {"type": "forward", "forwardConfig": {"targetGroups": weights}}
+            )
             backend = {"service": {"name": f"{ep}-weighted", "port": {"name": "use-annotation"}}}
         else:
             backend = {"service": {"name": f"{ep}-stable", "port": {"number": PORT}}}
         return k8s.networking.v1.Ingress(
             f"{name}-ingress",
             metadata={"name": ep, "namespace": NAMESPACE, "annotations": annotations},
-            spec={"ingressClassName": "alb", "rules": [{"http": {"paths": [{"path": f"/{ep}/", "pathType": "Prefix", "backend": backend}]}}]},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*after, *([args.load_balancer_controller] if args.load_balancer_controller else [])]),
+            spec={
+                "ingressClassName": "alb",
+                "rules": [{"http": {"paths": [{"path": f"/{ep}/", "pathType": "Prefix", "backend": backend}]}}],
+            },
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[*after, *([args.load_balancer_controller] if args.load_balancer_controller else [])],
+            ),
         )
 
-    def _deployment(self, name: str, args: ServingEndpointArgs, track: str, alias: str, labels: dict, replicas: int) -> k8s.apps.v1.Deployment:
+    def _deployment(
+        self, name: str, args: ServingEndpointArgs, track: str, alias: str, labels: dict, replicas: int
+    ) -> k8s.apps.v1.Deployment:
         ep = args.endpoint
-        env = {
-            "SERVING_MODEL_NAME": args.model,
-            "SERVING_MODEL_ALIAS": alias,
-            "SERVING_ENDPOINT": ep,
-            "SERVING_HOST": "0.0.0.0",
-            "SERVING_PORT": str(PORT),
-            "SERVING_WORKERS": str(args.workers),
-            "SERVING_PATH_PREFIX": f"/{ep}",
-            "SERVING_CAPTURE_FRACTION": str(args.capture_fraction),
-            "SERVING_CAPTURE_BUCKET": args.artifact_bucket,
-            "SERVING_CAPTURE_PREFIX": CAPTURE_PREFIX,
-            "SERVING_TRACKING_USERNAME": reader_username(ep),  # this endpoint's own read-only user
-            "SERVING_TRACKING_PASSWORD_SECRET_ARN": args.tracking_reader_secret_arn,
-            "MLFLOW_TRACKING_URI": args.tracking_url,
-        }
+        env = server_env(args, alias)
         pod_spec: dict = {
             "serviceAccountName": ep,
-            # no Kubernetes API calls: no API token (IRSA's token is a volume the EKS pod identity webhook projects itself)
+            # no Kubernetes API calls: no API token (IRSA's token is a volume the EKS pod identity webhook projects
+            # itself)
             "automountServiceAccountToken": False,
             "securityContext": POD_SECURITY_CONTEXT,
             "terminationGracePeriodSeconds": termination_grace_seconds(),
             "topologySpreadConstraints": zone_spread(labels),
             "volumes": [TMP_VOLUME],
-            "containers": [{
-                "name": "server",
-                "image": args.image,
-                "ports": [{"name": "http", "containerPort": PORT}],
-                "env": env_list(env),
-                "resources": resources(args.cpu, args.memory, gpus=args.gpu),
-                "readinessProbe": http_probe("/readyz", PORT, period=5),
-                "livenessProbe": http_probe("/healthz", PORT, period=10, initial_delay=10),
-                "startupProbe": http_probe("/readyz", PORT, period=5, failures=60),  # model download may take minutes
-                # the ALB keeps sending for a while after a pod starts terminating: serve on until it has deregistered it
-                "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
-                "securityContext": CONTAINER_SECURITY_CONTEXT,
-                "volumeMounts": [TMP_MOUNT],
-            }],
+            "containers": [
+                {
+                    "name": "server",
+                    "image": args.image,
+                    "ports": [{"name": "http", "containerPort": PORT}],
+                    "env": env_list(env),
+                    "resources": resources(args.cpu, args.memory, gpus=args.gpu),
+                    "readinessProbe": http_probe("/readyz", PORT, period=5),
+                    "livenessProbe": http_probe("/healthz", PORT, period=10, initial_delay=10),
+                    # model download may take minutes
+                    "startupProbe": http_probe("/readyz", PORT, period=5, failures=60),
+                    # the ALB keeps sending for a while after a pod starts terminating: serve on until it has
+                    # deregistered it
+                    "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
+                    "securityContext": CONTAINER_SECURITY_CONTEXT,
+                    "volumeMounts": [TMP_MOUNT],
+                }
+            ],
         }
-        pod_spec.update(pool_placement(args.gpu, gpu_node_selector=args.gpu_node_selector,
-                                       gpu_toleration=args.gpu_toleration, node_selector=args.node_selector))
+        pod_spec.update(
+            pool_placement(
+                args.gpu,
+                gpu_node_selector=args.gpu_node_selector,
+                gpu_toleration=args.gpu_toleration,
+                node_selector=args.node_selector,
+            )
+        )
         spec: dict = {
             "selector": {"matchLabels": labels},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},

@@ -27,7 +27,9 @@ def offline_stack(stack: str, **overrides: object) -> Inventory:
     config = load_stack_config(stack)
     runtime = config.runtime_config()
     runtime.update({f"mlops-platform:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in overrides.items()})
-    return run_offline(program, project=config.project, stack=stack, config=runtime, secret_keys=sorted(config.secret_keys))
+    return run_offline(
+        program, project=config.project, stack=stack, config=runtime, secret_keys=sorted(config.secret_keys)
+    )
 
 
 def policy(resource: Resource, key: str = "policy") -> dict:

@@ -29,8 +29,10 @@ def raise_fd_limit(max_connections: int) -> None:
     needed = max_connections + FD_MARGIN
     if soft != resource.RLIM_INFINITY and soft < needed:
         if hard != resource.RLIM_INFINITY and hard < needed:
-            sys.exit(f"SERVING_MAX_CONNECTIONS={max_connections} needs {needed} file descriptors per worker; "
-                     f"the hard limit is {hard}: lower SERVING_MAX_CONNECTIONS or raise the limit")
+            sys.exit(
+                f"SERVING_MAX_CONNECTIONS={max_connections} needs {needed} file descriptors per worker; "
+                f"the hard limit is {hard}: lower SERVING_MAX_CONNECTIONS or raise the limit"
+            )
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 

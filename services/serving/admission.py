@@ -54,8 +54,14 @@ _worker: Worker | None = None
 def configure(settings: Any) -> Worker:
     """This worker's limits and budget, from the app's settings (called when the app is created)."""
     global _worker
-    limits = Limits(settings.endpoint, settings.max_connections, settings.max_header_bytes, settings.header_timeout_seconds,
-                    settings.linger_seconds, settings.max_body_bytes)
+    limits = Limits(
+        settings.endpoint,
+        settings.max_connections,
+        settings.max_header_bytes,
+        settings.header_timeout_seconds,
+        settings.linger_seconds,
+        settings.max_body_bytes,
+    )
     _worker = Worker(limits, BodyBudget(settings.max_buffered_body_bytes))
     return _worker
 

@@ -66,13 +66,19 @@ class ServingApp:
         self.settings = settings
         self.model: LoadedModel | None = None
         self.executor = ThreadPoolExecutor(max_workers=settings.model_threads, thread_name_prefix="model")
-        self.batcher = MicroBatcher(executor=self.executor, max_rows=settings.max_batch_rows, wait_s=settings.batch_wait_ms / 1000)
+        self.batcher = MicroBatcher(
+            executor=self.executor, max_rows=settings.max_batch_rows, wait_s=settings.batch_wait_ms / 1000
+        )
         self.capture: CaptureWriter | None = None
         if settings.capture_fraction > 0 and settings.capture_bucket:
             self.capture = CaptureWriter(
-                endpoint=settings.endpoint, bucket=settings.capture_bucket, prefix=settings.capture_prefix,
-                fraction=settings.capture_fraction, flush_records=settings.capture_flush_records,
-                flush_seconds=settings.capture_flush_seconds, s3_endpoint_url=settings.s3_endpoint_url,
+                endpoint=settings.endpoint,
+                bucket=settings.capture_bucket,
+                prefix=settings.capture_prefix,
+                fraction=settings.capture_fraction,
+                flush_records=settings.capture_flush_records,
+                flush_seconds=settings.capture_flush_seconds,
+                s3_endpoint_url=settings.s3_endpoint_url,
             )
         self.tasks: list[asyncio.Task] = []
         self._failed_version: str | None = None
@@ -96,7 +102,7 @@ class ServingApp:
             return
         path, method = scope["path"], scope["method"]
         if self._prefix and path.startswith(self._prefix):
-            path = path[len(self._prefix):] or "/"
+            path = path[len(self._prefix) :] or "/"
         if path in ("/invocations", "/predict"):
             if method != "POST":
                 await self._error(send, RequestError(405, "METHOD_NOT_ALLOWED", f"{path} takes POST"))
@@ -107,21 +113,39 @@ class ServingApp:
         elif path in ("/readyz", "/ping", "/health"):
             model = self.model
             ready = model is not None and not DRAINING.active
-            body = orjson.dumps({"ready": ready, "draining": DRAINING.active, "model": self.settings.model_uri, "version": model.version if model else None})
+            body = orjson.dumps(
+                {
+                    "ready": ready,
+                    "draining": DRAINING.active,
+                    "model": self.settings.model_uri,
+                    "version": model.version if model else None,
+                }
+            )
             await self._respond(send, 200 if ready else 503, body)
         elif path == "/metrics":
-            await self._respond(send, 200, metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+            await self._respond(
+                send, 200, metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+            )
         elif path == "/version":
             await self._respond(send, 200, self._version())
         else:
-            await self._error(send, RequestError(404, "ENDPOINT_NOT_FOUND", f"no route {path}; POST /invocations to score"))
+            await self._error(
+                send, RequestError(404, "ENDPOINT_NOT_FOUND", f"no route {path}; POST /invocations to score")
+            )
 
     def _version(self) -> bytes:
         model = self.model
         path = model.path if model else None
-        return orjson.dumps({"model": self.settings.model_uri, "version": model.version if model else None,
-                             "run_id": model.run_id if model else None, "path": path.kind if path else None,
-                             "batching": bool(path and path.batchable), "reason": path.reason if path else None})
+        return orjson.dumps(
+            {
+                "model": self.settings.model_uri,
+                "version": model.version if model else None,
+                "run_id": model.run_id if model else None,
+                "path": path.kind if path else None,
+                "batching": bool(path and path.batchable),
+                "reason": path.reason if path else None,
+            }
+        )
 
     async def _invocations(self, scope: dict, receive: Any, send: Any) -> None:
         started = time.perf_counter()
@@ -138,14 +162,22 @@ class ServingApp:
                 raise BodyUnread(exc.status, exc.code, exc.message) from None
             self._admit(scope, headers, held)
             ticket = self.batcher.ticket() if model.batchable else None  # the batcher may wait for this one
-            request = Request(await self._read_body(receive, held), media, capture=self.capture is not None and self.capture.sampled())
+            request = Request(
+                await self._read_body(receive, held), media, capture=self.capture is not None and self.capture.sampled()
+            )
             if ticket is not None:
                 answer = await self.batcher.answer(model, request, ticket)
             else:
                 loop = asyncio.get_running_loop()
-                answer = (await loop.run_in_executor(self.executor, answer_all, model.path, [request], self.settings.max_batch_rows))[0]
+                answer = (
+                    await loop.run_in_executor(
+                        self.executor, answer_all, model.path, [request], self.settings.max_batch_rows
+                    )
+                )[0]
             self._record(model, answer)
-            await self._respond(send, answer.status, answer.body, [*JSON_HEADERS, (b"x-model-version", model.version.encode())])
+            await self._respond(
+                send, answer.status, answer.body, [*JSON_HEADERS, (b"x-model-version", model.version.encode())]
+            )
         except RequestError as exc:
             metrics.REQUESTS.labels(self.settings.endpoint, str(exc.status)).inc()
             await self._error(send, exc, close=isinstance(exc, BodyUnread))
@@ -174,7 +206,11 @@ class ServingApp:
         first = None
         if held.complete:  # the connection layer has it all: reading cannot wait, no deadline needed
             first = await receive()
-            if first["type"] == "http.request" and not first.get("more_body") and len(first.get("body", b"")) <= held.admitted:
+            if (
+                first["type"] == "http.request"
+                and not first.get("more_body")
+                and len(first.get("body", b"")) <= held.admitted
+            ):
                 return first.get("body", b"")
         chunks: list[bytes] = []
         size = 0
@@ -183,14 +219,18 @@ class ServingApp:
                 while True:
                     message, first = first or await receive(), None
                     if message["type"] == "http.disconnect":
-                        raise BodyUnread(400, "CLIENT_DISCONNECTED", "the client went away before sending the whole body")
+                        raise BodyUnread(
+                            400, "CLIENT_DISCONNECTED", "the client went away before sending the whole body"
+                        )
                     chunks.append(message.get("body", b""))
                     size += len(chunks[-1])
                     self._hold_more(held, size)
                     if not message.get("more_body"):
                         return b"".join(chunks)
         except TimeoutError:
-            raise BodyUnread(408, "REQUEST_TIMEOUT", f"the body did not arrive within {self.settings.body_timeout_seconds:g} s") from None
+            raise BodyUnread(
+                408, "REQUEST_TIMEOUT", f"the body did not arrive within {self.settings.body_timeout_seconds:g} s"
+            ) from None
 
     def _hold_more(self, held: Held, size: int) -> None:
         """Chunked bodies, or more than declared: within the size limit, from the budget as they grow."""
@@ -229,7 +269,9 @@ class ServingApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _respond(self, send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS) -> None:
+    async def _respond(
+        self, send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS
+    ) -> None:
         await self._send(send, status, body, headers, close=False)
 
     async def _error(self, send: Any, error: RequestError, *, close: bool = False) -> None:
@@ -251,7 +293,11 @@ class ServingApp:
         delay_sigterm(self.settings.shutdown_delay_seconds)
         metrics.MODEL_READY.labels(self.settings.endpoint).set(0)
         await self.refresh()
-        self.tasks = [asyncio.create_task(self.batcher.run()), asyncio.create_task(self.watch()), asyncio.create_task(self.report_drift())]
+        self.tasks = [
+            asyncio.create_task(self.batcher.run()),
+            asyncio.create_task(self.watch()),
+            asyncio.create_task(self.report_drift()),
+        ]
         if self.capture is not None:
             self.tasks.append(asyncio.create_task(self.capture.run()))
 
@@ -294,8 +340,13 @@ class ServingApp:
         except Exception as exc:  # noqa: BLE001
             self._failed_version = version
             metrics.LOAD_FAILURES.labels(endpoint).inc()
-            log.error("version %s of %s failed to load; %s: %s", version, name,
-                      f"still serving version {current.version}" if current else "no model served yet", exc)
+            log.error(
+                "version %s of %s failed to load; %s: %s",
+                version,
+                name,
+                f"still serving version {current.version}" if current else "no model served yet",
+                exc,
+            )
             return
         self._swap(loaded, current)
 
@@ -308,7 +359,9 @@ class ServingApp:
         columns = getattr(loaded.path, "drift_columns", ())
         self.drift = None
         if loaded.drift_reference and columns:
-            self.drift = DriftWindow(loaded.drift_reference, columns, self.settings.drift_window, self.settings.drift_min_rows)
+            self.drift = DriftWindow(
+                loaded.drift_reference, columns, self.settings.drift_window, self.settings.drift_min_rows
+            )
         self._failed_version = None
         metrics.MODEL_VERSION.labels(endpoint, name, version).set(1)
         if current is not None:
@@ -326,7 +379,9 @@ def tracking_credentials(settings: ServingSettings) -> None:
         return
     import boto3
 
-    secret = boto3.client("secretsmanager", region_name=settings.region).get_secret_value(SecretId=settings.tracking_password_secret_arn)
+    secret = boto3.client("secretsmanager", region_name=settings.region).get_secret_value(
+        SecretId=settings.tracking_password_secret_arn
+    )
     os.environ["MLFLOW_TRACKING_USERNAME"] = settings.tracking_username
     os.environ["MLFLOW_TRACKING_PASSWORD"] = secret["SecretString"]
 

@@ -93,14 +93,15 @@ class MicroBatcher:
                 await asyncio.wait_for(self.arrived.wait(), self.wait_s)
             except asyncio.TimeoutError:
                 pass
-        batch, self.waiting = self.waiting[: self.max_rows], self.waiting[self.max_rows:]
+        batch, self.waiting = self.waiting[: self.max_rows], self.waiting[self.max_rows :]
         return batch
 
     async def _answer(self, items: list[tuple[Any, Request, asyncio.Future]]) -> None:
         model = items[0][0]
         try:
             answers = await asyncio.get_running_loop().run_in_executor(
-                self.executor, answer_all, model.path, [request for _, request, _ in items], self.max_rows)
+                self.executor, answer_all, model.path, [request for _, request, _ in items], self.max_rows
+            )
         except Exception as exc:  # noqa: BLE001 - never leave a request without an answer
             log.exception("a batch failed")
             answers = [error_answer(RequestError(500, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}"))] * len(items)

@@ -24,8 +24,17 @@ log = logging.getLogger("serving.capture")
 
 
 class CaptureWriter:
-    def __init__(self, *, endpoint: str, bucket: str, prefix: str, fraction: float, flush_records: int, flush_seconds: float,
-                 s3_endpoint_url: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        bucket: str,
+        prefix: str,
+        fraction: float,
+        flush_records: int,
+        flush_seconds: float,
+        s3_endpoint_url: str | None,
+    ) -> None:
         import boto3
 
         self.endpoint, self.bucket, self.prefix = endpoint, bucket, prefix.strip("/")
@@ -42,19 +51,37 @@ class CaptureWriter:
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         lines = self.buffer.setdefault(version, [])
         for row, prediction in zip(rows, predictions, strict=True):
-            lines.append(orjson.dumps({"ts": now, "model_version": version, "inputs": dict(zip(columns, row, strict=True)), "prediction": prediction},
-                                      option=orjson.OPT_SERIALIZE_NUMPY))
+            lines.append(
+                orjson.dumps(
+                    {
+                        "ts": now,
+                        "model_version": version,
+                        "inputs": dict(zip(columns, row, strict=True)),
+                        "prediction": prediction,
+                    },
+                    option=orjson.OPT_SERIALIZE_NUMPY,
+                )
+            )
         self.buffered += len(rows)
 
     def due(self) -> bool:
-        return self.buffered >= self.flush_records or (self.buffered > 0 and time.monotonic() - self.last_flush >= self.flush_seconds)
+        return self.buffered >= self.flush_records or (
+            self.buffered > 0 and time.monotonic() - self.last_flush >= self.flush_seconds
+        )
 
     async def flush(self) -> None:
         buffer, self.buffer, self.buffered, self.last_flush = self.buffer, {}, 0, time.monotonic()
         for version, lines in buffer.items():
-            key = f"{self.prefix}/{self.endpoint}/version={version}/date={dt.date.today().isoformat()}/{uuid.uuid4().hex}.jsonl"
+            day = dt.date.today().isoformat()
+            key = f"{self.prefix}/{self.endpoint}/version={version}/date={day}/{uuid.uuid4().hex}.jsonl"
             try:
-                await asyncio.to_thread(self.s3.put_object, Bucket=self.bucket, Key=key, Body=b"\n".join(lines) + b"\n", ContentType="application/x-ndjson")
+                await asyncio.to_thread(
+                    self.s3.put_object,
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=b"\n".join(lines) + b"\n",
+                    ContentType="application/x-ndjson",
+                )
                 metrics.CAPTURED.labels(self.endpoint).inc(len(lines))
             except Exception as exc:  # noqa: BLE001 - capture must never break serving
                 metrics.CAPTURE_FAILURES.labels(self.endpoint).inc()

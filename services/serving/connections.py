@@ -66,7 +66,11 @@ class GuardedProtocol(HttpToolsProtocol):
     @property
     def idle(self) -> bool:
         """No request in progress: an idle keep-alive connection, or one whose headers are not complete."""
-        return not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+        return (
+            not self.transport.is_closing()
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+        )
 
     # -- headers: size and time ---------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -81,7 +85,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.awaiting_headers and not self.transport.is_closing():
             self.header_bytes += len(data)
             if self.header_bytes > self.limits.max_header_bytes:
-                self._refuse(431, "header_limit", f"the request line and headers exceed {self.limits.max_header_bytes} bytes")
+                self._refuse(
+                    431, "header_limit", f"the request line and headers exceed {self.limits.max_header_bytes} bytes"
+                )
 
     def on_headers_complete(self) -> None:
         self.awaiting_headers, self.header_bytes, self.body_complete = False, 0, False
@@ -130,7 +136,9 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.awaiting_headers or self.transport.is_closing():
             return
         if self.header_bytes:
-            self._refuse(408, "header_timeout", f"the request headers did not arrive within {self.limits.header_timeout:g} s")
+            self._refuse(
+                408, "header_timeout", f"the request headers did not arrive within {self.limits.header_timeout:g} s"
+            )
         else:
             self._count("idle_timeout")
             self.transport.close()  # a connection that never sent a byte: nothing to answer
@@ -141,8 +149,16 @@ class GuardedProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, reason: str, message: str) -> None:
         body = message.encode()
         self._count(reason)
-        self.transport.write(b"".join([STATUS_LINE[status], b"content-type: text/plain; charset=utf-8\r\n",
-                                       b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body]))
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
+                    body,
+                ]
+            )
+        )
         self.transport.close()
 
     # -- lingering close ----------------------------------------------------------------
@@ -150,7 +166,12 @@ class GuardedProtocol(HttpToolsProtocol):
         """The response said `Connection: close`. If the client is still sending a body we did
         not read, half-close and drop its bytes for a while instead of resetting the connection."""
         transport = self.transport
-        if self.body_complete or transport.is_closing() or not self.limits.linger_seconds or not transport.can_write_eof():
+        if (
+            self.body_complete
+            or transport.is_closing()
+            or not self.limits.linger_seconds
+            or not transport.can_write_eof()
+        ):
             transport.close()
             return
         self.lingering = True
@@ -177,7 +198,13 @@ class _CloseAfterResponse:
 
     def write(self, data: bytes) -> None:
         cycle = self._protocol.cycle
-        if self._head is None and cycle is not None and cycle.response_started and not cycle.response_complete and data.startswith(b"HTTP/1.1 "):
+        if (
+            self._head is None
+            and cycle is not None
+            and cycle.response_started
+            and not cycle.response_complete
+            and data.startswith(b"HTTP/1.1 ")
+        ):
             self._head = data  # the response head: wait for the body (a `100 Continue` is written at once)
             return
         if self._head is not None:

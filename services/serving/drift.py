@@ -51,7 +51,9 @@ def psi(reference_shares: Sequence[float], live_counts: np.ndarray) -> float:
 class DriftWindow:
     """The last `size` scored rows, in a ring buffer, and their PSI against the reference."""
 
-    def __init__(self, reference: Mapping[str, Any], columns: Sequence[str], size: int = 1000, min_rows: int = 100) -> None:
+    def __init__(
+        self, reference: Mapping[str, Any], columns: Sequence[str], size: int = 1000, min_rows: int = 100
+    ) -> None:
         self.columns = [c for c in columns if c in reference.get("features", {})]
         self.index = [list(columns).index(c) for c in self.columns]
         self.reference = reference["features"]
@@ -72,13 +74,13 @@ class DriftWindow:
             return
         matrix = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
         self.pending, self.pending_rows = [], 0
-        rows = matrix[-self.size:, self.index]
+        rows = matrix[-self.size :, self.index]
         end = self.position + len(rows)
         if end <= self.size:
-            self.buffer[self.position:end] = rows
+            self.buffer[self.position : end] = rows
         else:
             split = self.size - self.position
-            self.buffer[self.position:] = rows[:split]
+            self.buffer[self.position :] = rows[:split]
             self.buffer[: end - self.size] = rows[split:]
         self.position = end % self.size
         self.filled = min(self.size, self.filled + len(rows))

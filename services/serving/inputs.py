@@ -79,8 +79,15 @@ class Table:
     """A request's rows: one array (or list of str) per signature column, and for all-double
     columns read in one go, the float64 matrix (rows x signature columns) they are views of."""
 
-    def __init__(self, columns: dict[str, Any] | None, rows: int, params: dict | None = None, *,
-                 matrix: np.ndarray | None = None, names: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        columns: dict[str, Any] | None,
+        rows: int,
+        params: dict | None = None,
+        *,
+        matrix: np.ndarray | None = None,
+        names: tuple[str, ...] = (),
+    ) -> None:
         self._columns, self.rows, self.params, self.matrix, self.names = columns, rows, params, matrix, names
 
     @property
@@ -102,8 +109,10 @@ def check_structure(body: dict) -> None:
         data = split.get("data")
         if isinstance(data, list) and any(not isinstance(row, list) for row in data):
             objects = any(isinstance(r, dict) for r in data)
-            raise InputError("dataframe_split.data must be a list of rows, each a list of values; got "
-                             + ("an object (use dataframe_records for rows as objects)" if objects else "a value that is not a list"))
+            raise InputError(
+                "dataframe_split.data must be a list of rows, each a list of values; got "
+                + ("an object (use dataframe_records for rows as objects)" if objects else "a value that is not a list")
+            )
 
 
 def parse(body: dict, schema: Schema) -> Table | None:
@@ -216,7 +225,9 @@ def _records(payload: Any, schema: Schema, kind: str) -> tuple[dict, int] | None
     try:
         return {name: [record[name] for record in payload] for name in schema.names}, len(payload)
     except KeyError as exc:
-        if any(c.name == exc.args[0] and c.required for c in schema.columns) and all(exc.args[0] not in r for r in payload):
+        if any(c.name == exc.args[0] and c.required for c in schema.columns) and all(
+            exc.args[0] not in r for r in payload
+        ):
             raise InputError(f"missing columns: {exc.args[0]} (the model expects {', '.join(schema.names)})") from None
         return None  # a column missing in some rows only: MLflow fills it with nulls
 
@@ -250,7 +261,9 @@ def _convert(values: list, column: Column) -> Any:
     if column.type == "string":
         return values if kinds == {str} else None
     if bool in kinds and column.type != "boolean":
-        raise InputError(f"column {column.name!r} must be numeric ({column.type}); got {_json(_first(values, bool))} (a boolean)")
+        raise InputError(
+            f"column {column.name!r} must be numeric ({column.type}); got {_json(_first(values, bool))} (a boolean)"
+        )
     if column.type == "boolean":
         return np.array(values, dtype=np.bool_) if kinds == {bool} else None
     dtype = NUMPY_TYPES[column.type]
@@ -283,7 +296,9 @@ def _unusual(values: list, kinds: set, column: Column, number: type) -> None:
             try:
                 number(value)
             except ValueError:
-                raise InputError(f"column {column.name!r} must be numeric ({column.type}); got {_json(value)}") from None
+                raise InputError(
+                    f"column {column.name!r} must be numeric ({column.type}); got {_json(value)}"
+                ) from None
         elif not isinstance(value, (int, float)):
             raise InputError(f"column {column.name!r} must be numeric ({column.type}); got {_json(value)}")
     return None

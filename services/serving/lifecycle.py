@@ -50,7 +50,9 @@ def delay_sigterm(delay_seconds: float) -> None:
         if DRAINING.active:
             return  # one drain, however many SIGTERMs (a process group and a supervisor both send one)
         DRAINING.start()
-        loop.call_soon_threadsafe(log.info, "SIGTERM: not ready; serving for %.1fs more, then finishing in-flight requests", delay_seconds)
+        loop.call_soon_threadsafe(
+            log.info, "SIGTERM: not ready; serving for %.1fs more, then finishing in-flight requests", delay_seconds
+        )
         loop.call_soon_threadsafe(loop.call_later, delay_seconds, uvicorn_handler, sig, None)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -16,20 +16,47 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 PREDICTION_BUCKETS = (-100, -10, -1, 0, 1, 10, 25, 50, 100, 150, 200, 250, 300, 400, 500, 1000, 10000)
 
 REQUESTS = Counter("serving_requests_total", "Scoring requests by HTTP status", ["endpoint", "status"])
-LATENCY = Histogram("serving_request_duration_seconds", "Time to answer a scoring request", ["endpoint"], buckets=LATENCY_BUCKETS)
+LATENCY = Histogram(
+    "serving_request_duration_seconds", "Time to answer a scoring request", ["endpoint"], buckets=LATENCY_BUCKETS
+)
 REQUEST_ROWS = Histogram("serving_request_rows", "Rows per scoring request", ["endpoint"], buckets=BATCH_BUCKETS)
-BATCH_ROWS = Histogram("serving_batch_rows", "Rows per model call (requests batched together)", ["endpoint"], buckets=BATCH_BUCKETS)
-PREDICTIONS = Histogram("serving_prediction_value", "Distribution of numeric predictions (up to 10 rows per request)", ["endpoint"], buckets=PREDICTION_BUCKETS)
-MODEL_VERSION = Gauge("serving_model_version_info", "1 for the model version being served", ["endpoint", "model", "version"], multiprocess_mode="livemax")
-MODEL_READY = Gauge("serving_model_ready", "1 when a model is loaded and requests are served", ["endpoint"], multiprocess_mode="livemin")
-LOAD_FAILURES = Counter("serving_model_load_failures_total", "Versions that failed to load (the last good one kept serving)", ["endpoint"])
+BATCH_ROWS = Histogram(
+    "serving_batch_rows", "Rows per model call (requests batched together)", ["endpoint"], buckets=BATCH_BUCKETS
+)
+PREDICTIONS = Histogram(
+    "serving_prediction_value",
+    "Distribution of numeric predictions (up to 10 rows per request)",
+    ["endpoint"],
+    buckets=PREDICTION_BUCKETS,
+)
+MODEL_VERSION = Gauge(
+    "serving_model_version_info",
+    "1 for the model version being served",
+    ["endpoint", "model", "version"],
+    multiprocess_mode="livemax",
+)
+MODEL_READY = Gauge(
+    "serving_model_ready", "1 when a model is loaded and requests are served", ["endpoint"], multiprocess_mode="livemin"
+)
+LOAD_FAILURES = Counter(
+    "serving_model_load_failures_total", "Versions that failed to load (the last good one kept serving)", ["endpoint"]
+)
 SWAPS = Counter("serving_model_swaps_total", "Times a new version replaced the served one", ["endpoint"])
-CAPTURED = Counter("serving_captured_records_total", "Request/prediction records written for drift analysis", ["endpoint"])
+CAPTURED = Counter(
+    "serving_captured_records_total", "Request/prediction records written for drift analysis", ["endpoint"]
+)
 CAPTURE_FAILURES = Counter("serving_capture_failures_total", "Capture batches that could not be written", ["endpoint"])
-DRIFT = Gauge("serving_feature_drift_psi", "Population stability index of each feature over the live window vs. the training data",
-              ["endpoint", "feature"], multiprocess_mode="livemax")
-CONNECTIONS_CLOSED = Counter("serving_connections_closed_total", "Connections the server closed to stay within its bounds, by reason",
-                             ["endpoint", "reason"])
+DRIFT = Gauge(
+    "serving_feature_drift_psi",
+    "Population stability index of each feature over the live window vs. the training data",
+    ["endpoint", "feature"],
+    multiprocess_mode="livemax",
+)
+CONNECTIONS_CLOSED = Counter(
+    "serving_connections_closed_total",
+    "Connections the server closed to stay within its bounds, by reason",
+    ["endpoint", "reason"],
+)
 INFLIGHT = Gauge("serving_inflight_requests", "Requests being answered", ["endpoint"], multiprocess_mode="livesum")
 
 

@@ -44,7 +44,9 @@ def resolve_alias(name: str, alias: str) -> tuple[str, str]:
 
 def load_version(name: str, version: str, run_id: str = "", *, batching: bool = True) -> LoadedModel:
     started = time.perf_counter()
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tempfile.mkdtemp(prefix="model-"))
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=tempfile.mkdtemp(prefix="model-")
+    )
     pyfunc = mlflow.pyfunc.load_model(local)
     reference = (pyfunc.metadata.metadata or {}).get("drift_reference")
     reference = reference if isinstance(reference, dict) else None

@@ -31,7 +31,18 @@ from mlflow.models.utils import _enforce_params_schema
 from mlflow.pyfunc import scoring_server as mlflow_scoring
 
 from services.serving.inputs import InputError, Schema, Table, check_structure, parse
-from services.serving.protocol import CSV, JSON, PARQUET, Answer, RequestError, bad_request, decode_json, encode_predictions, error_answer, prediction_sample
+from services.serving.protocol import (
+    CSV,
+    JSON,
+    PARQUET,
+    Answer,
+    RequestError,
+    bad_request,
+    decode_json,
+    encode_predictions,
+    error_answer,
+    prediction_sample,
+)
 
 log = logging.getLogger("serving")
 
@@ -64,8 +75,10 @@ def explain_failure(exc: Exception, columns: dict[str, Any]) -> RequestError:
     """A model failure: 400 naming the columns with nulls or infinities when there are any, else 500."""
     bad = [name for name, values in columns.items() if _has_missing(values)]
     if bad:
-        return bad_request(f"column(s) {', '.join(repr(b) for b in bad)} hold null, NaN or infinite values, which this model "
-                           f"cannot take ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        return bad_request(
+            f"column(s) {', '.join(repr(b) for b in bad)} hold null, NaN or infinite values, which this model "
+            f"cannot take ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        )
     log.error("prediction failed", exc_info=exc)
     return RequestError(500, "INTERNAL_ERROR", f"the model failed on this input: {type(exc).__name__}: {exc}")
 
@@ -112,7 +125,13 @@ class ExactPath:
         except Exception as exc:  # noqa: BLE001 - the model failed on this input
             return error_answer(explain_failure(exc, _frame_columns(data)))
         rows = len(data) if hasattr(data, "__len__") else 1
-        return Answer(200, body, rows=rows, capture=_exact_capture(data, raw) if request.capture else None, sample=prediction_sample(raw))
+        return Answer(
+            200,
+            body,
+            rows=rows,
+            capture=_exact_capture(data, raw) if request.capture else None,
+            sample=prediction_sample(raw),
+        )
 
     def parse(self, request: Request) -> tuple[Any, Any, bool]:
         """(model input, params, whether the answer is unwrapped), as MLflow's scoring server parses them."""
@@ -218,10 +237,19 @@ class TablePath:
             return error_answer(explain_failure(exc, {}))
         numeric = None
         if self.drift_columns:
-            numeric = (table.matrix if table.matrix is not None and self.drift_columns == table.names
-                       else np.column_stack([np.asarray(table.columns[c], dtype=np.float64) for c in self.drift_columns]))
-        return Answer(200, body, rows=table.rows, numeric=numeric, capture=_table_capture(table, output) if capture else None,
-                      sample=prediction_sample(output))
+            numeric = (
+                table.matrix
+                if table.matrix is not None and self.drift_columns == table.names
+                else np.column_stack([np.asarray(table.columns[c], dtype=np.float64) for c in self.drift_columns])
+            )
+        return Answer(
+            200,
+            body,
+            rows=table.rows,
+            numeric=numeric,
+            capture=_table_capture(table, output) if capture else None,
+            sample=prediction_sample(output),
+        )
 
 
 def split(output: Any, sizes: list[int]) -> list[Any]:
@@ -230,7 +258,10 @@ def split(output: Any, sizes: list[int]) -> list[Any]:
 
     total = sum(sizes)
     if not isinstance(output, (np.ndarray, pd.DataFrame, pd.Series, list)) or len(output) != total:
-        raise TypeError(f"cannot split a {type(output).__name__} of length {len(output) if hasattr(output, '__len__') else '?'} into {total} rows")
+        raise TypeError(
+            f"cannot split a {type(output).__name__} of length "
+            f"{len(output) if hasattr(output, '__len__') else '?'} into {total} rows"
+        )
     bounds = list(itertools.accumulate(sizes, initial=0))
     if isinstance(output, (pd.DataFrame, pd.Series)):
         return [output.iloc[a:b] for a, b in itertools.pairwise(bounds)]

@@ -42,8 +42,14 @@ DECLARATION = "row_independent"
 """MLmodel metadata key a pyfunc model sets to true when each row's prediction depends on that row only."""
 REFERENCE_ROWS = 40
 SLICES = (1, 2, 3, 5, 8, 13, 8)
-SAMPLES = {"double": [0.0, 1.5, -2.25], "float": [0.0, 1.5, -2.25], "long": [0, 1, 7], "integer": [0, 1, 7],
-           "boolean": [False, True, True], "string": ["a", "b", "c"]}
+SAMPLES = {
+    "double": [0.0, 1.5, -2.25],
+    "float": [0.0, 1.5, -2.25],
+    "long": [0, 1, 7],
+    "integer": [0, 1, 7],
+    "boolean": [False, True, True],
+    "string": ["a", "b", "c"],
+}
 
 
 class Rejected(Exception):
@@ -55,8 +61,12 @@ def column_schema(pyfunc: Any) -> Schema | None:
     schema = pyfunc.metadata.get_input_schema()
     if schema is None or not schema.has_input_names() or schema.is_tensor_spec():
         return None
-    return Schema(tuple(Column(spec.name, str(getattr(spec.type, "name", spec.type)), bool(getattr(spec, "required", True)))
-                        for spec in schema.inputs))
+    return Schema(
+        tuple(
+            Column(spec.name, str(getattr(spec.type, "name", spec.type)), bool(getattr(spec, "required", True)))
+            for spec in schema.inputs
+        )
+    )
 
 
 def choose(pyfunc: Any, *, batching: bool, drift_features: Sequence[str] = ()) -> ExactPath | TablePath:
@@ -78,12 +88,18 @@ def choose(pyfunc: Any, *, batching: bool, drift_features: Sequence[str] = ()) -
     except Rejected as exc:
         return ExactPath(pyfunc, schema, f"pyfunc.predict per request: {exc}")
     except Exception as exc:  # noqa: BLE001 - the model or its example cannot be checked
-        return ExactPath(pyfunc, schema, f"pyfunc.predict per request: the check on the input example failed ({type(exc).__name__}: {exc})")
+        return ExactPath(
+            pyfunc,
+            schema,
+            f"pyfunc.predict per request: the check on the input example failed ({type(exc).__name__}: {exc})",
+        )
     path.drift_columns = tuple(c.name for c in schema.columns if c.type in NUMERIC_TYPES and c.name in drift_features)
     batch_check = _batch_problem(path, tables) if batching else "batching is off (SERVING_BATCHING)"
     path.batchable = batch_check is None
-    path.reason = (f"{path.kind} path ({path.detail}): {loader} {function} on {len(reference)} {source} rows equals pyfunc.predict; "
-                   + ("requests batched" if path.batchable else f"no batching: {batch_check}"))
+    path.reason = (
+        f"{path.kind} path ({path.detail}): {loader} {function} on {len(reference)} {source} rows equals "
+        "pyfunc.predict; " + ("requests batched" if path.batchable else f"no batching: {batch_check}")
+    )
     return path
 
 
@@ -92,12 +108,19 @@ def _ineligible(pyfunc: Any, schema: Schema | None, loader: str, function: str) 
     if schema is None:
         return "the signature has no named input columns"
     if not schema.simple:
-        return f"column types {sorted(set(schema.types) - {'double', 'float', 'long', 'integer', 'boolean', 'string'})} are read by MLflow's parser only"
+        return (
+            "column types "
+            f"{sorted(set(schema.types) - {'double', 'float', 'long', 'integer', 'boolean', 'string'})} are read "
+            "by MLflow's parser only"
+        )
     if meta._is_signature_from_type_hint() or meta._is_type_hint_from_example():
         return "the signature comes from type hints"
     declared = loader == "mlflow.pyfunc.model" and (meta.metadata or {}).get(DECLARATION) is True
     if loader not in ROW_INDEPENDENT_FLAVORS and not declared:
-        return f"{loader or 'this flavor'} is not known to predict rows independently (a pyfunc model can declare metadata {DECLARATION}: true)"
+        return (
+            f"{loader or 'this flavor'} is not known to predict rows independently (a pyfunc model can declare "
+            f"metadata {DECLARATION}: true)"
+        )
     if function not in ROW_FUNCTIONS:
         return f"its predict function {function!r} is not a per-row prediction"
     return None
@@ -136,7 +159,9 @@ def _bodies(frame: Any) -> dict[str, dict]:
     """The rows in each JSON format a client may send, as JSON would carry them."""
     records = frame.to_dict(orient="records")
     bodies = {
-        "dataframe_split": {"dataframe_split": {"columns": list(frame.columns), "data": [list(r.values()) for r in records]}},
+        "dataframe_split": {
+            "dataframe_split": {"columns": list(frame.columns), "data": [list(r.values()) for r in records]}
+        },
         "dataframe_records": {"dataframe_records": records},
         "instances": {"instances": records},
         "inputs": {"inputs": frame.to_dict(orient="list")},
@@ -164,7 +189,10 @@ def _verified_dtypes(pyfunc: Any, schema: Schema, reference: Any) -> dict[str, A
     import pandas as pd
     from mlflow.pyfunc import _validate_prediction_input
 
-    input_schema, loader = pyfunc.metadata.get_input_schema(), pyfunc.metadata.flavors["python_function"].get("loader_module")
+    input_schema, loader = (
+        pyfunc.metadata.get_input_schema(),
+        pyfunc.metadata.flavors["python_function"].get("loader_module"),
+    )
     dtypes: dict[str, Any] = {}
     for kind, body in _bodies(reference).items():
         theirs = _validate_prediction_input(_mlflow_parsed(pyfunc, body), None, input_schema, None, loader)[0]
@@ -177,19 +205,27 @@ def _verified_dtypes(pyfunc: Any, schema: Schema, reference: Any) -> dict[str, A
         try:
             pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
         except AssertionError as exc:
-            raise Rejected(f"{kind} requests are read differently from MLflow's parsing: {str(exc).splitlines()[0]}") from None
+            raise Rejected(
+                f"{kind} requests are read differently from MLflow's parsing: {str(exc).splitlines()[0]}"
+            ) from None
     return dtypes
 
 
 def matrix_builder(names: Sequence[str], order: str) -> Callable[[Sequence[Table]], np.ndarray]:
     """Stacks tables into one float64 matrix, C or F ordered (BLAS results depend on it)."""
+
     def build(tables: Sequence[Table]) -> np.ndarray:
         if all(t.matrix is not None for t in tables):  # read as one float64 matrix already
             stacked = tables[0].matrix if len(tables) == 1 else np.concatenate([t.matrix for t in tables])
             return np.asfortranarray(stacked) if order == "F" else np.ascontiguousarray(stacked)
-        columns = [tables[0].columns[n] for n in names] if len(tables) == 1 else [np.concatenate([t.columns[n] for t in tables]) for n in names]
+        columns = (
+            [tables[0].columns[n] for n in names]
+            if len(tables) == 1
+            else [np.concatenate([t.columns[n] for t in tables]) for n in names]
+        )
         transposed = np.array(columns, dtype=np.float64)
         return transposed.T if order == "F" else np.ascontiguousarray(transposed.T)
+
     return build
 
 
@@ -204,10 +240,15 @@ def columns_builder(names: Sequence[str], dtypes: dict[str, Any]) -> Callable[[S
             if len(parts) == 1:
                 values = parts[0]
             else:
-                values = list(itertools.chain.from_iterable(parts)) if isinstance(parts[0], list) else np.concatenate(parts)
+                values = (
+                    list(itertools.chain.from_iterable(parts)) if isinstance(parts[0], list) else np.concatenate(parts)
+                )
             dtype = dtypes[name]
-            data[name] = np.asarray(values, dtype=dtype) if isinstance(dtype, np.dtype) else pd.array(values, dtype=dtype)
+            data[name] = (
+                np.asarray(values, dtype=dtype) if isinstance(dtype, np.dtype) else pd.array(values, dtype=dtype)
+            )
         return data
+
     return build
 
 
@@ -219,7 +260,16 @@ def frame_builder(names: Sequence[str], dtypes: dict[str, Any]) -> Callable[[Seq
     return lambda tables: pd.DataFrame(columns(tables))
 
 
-def _fastest(pyfunc: Any, schema: Schema, function: str, loader: str, dtypes: dict, tables: list[Table], expected: Any, exact: ExactPath) -> TablePath:
+def _fastest(
+    pyfunc: Any,
+    schema: Schema,
+    function: str,
+    loader: str,
+    dtypes: dict,
+    tables: list[Table],
+    expected: Any,
+    exact: ExactPath,
+) -> TablePath:
     model_function = getattr(pyfunc._model_impl, function)
     problems: list[str] = []
     if loader == "mlflow.sklearn" and schema.numeric:
@@ -227,8 +277,15 @@ def _fastest(pyfunc: Any, schema: Schema, function: str, loader: str, dtypes: di
             build = matrix_builder(schema.names, order)
             try:
                 if same(model_function(build(tables)), expected):
-                    return TablePath("matrix", schema, build, lambda data, params: model_function(data), exact, batchable=False,
-                                     detail=f"{order}-ordered float64 matrix" + (f"; {problems[0]}" if problems else ""))
+                    return TablePath(
+                        "matrix",
+                        schema,
+                        build,
+                        lambda data, params: model_function(data),
+                        exact,
+                        batchable=False,
+                        detail=f"{order}-ordered float64 matrix" + (f"; {problems[0]}" if problems else ""),
+                    )
                 problems.append(f"{order}-ordered matrix gives a different answer")
             except Exception as exc:  # noqa: BLE001 - e.g. a pipeline that selects columns by name
                 problems.append(f"{order}-ordered matrix: {type(exc).__name__}")
@@ -240,12 +297,24 @@ def _fastest(pyfunc: Any, schema: Schema, function: str, loader: str, dtypes: di
         problems.append(columns)
     build, call = frame_builder(schema.names, dtypes), call_with_params(model_function)
     if not same(call(build(tables), None), expected):
-        raise Rejected(f"{function} on the parsed DataFrame differs from pyfunc.predict ({'; '.join(problems) or 'no matrix path'})")
-    return TablePath("frame", schema, build, call, exact, batchable=False, detail="; ".join(problems) or "DataFrame with MLflow's dtypes")
+        raise Rejected(
+            f"{function} on the parsed DataFrame differs from pyfunc.predict "
+            f"({'; '.join(problems) or 'no matrix path'})"
+        )
+    return TablePath(
+        "frame",
+        schema,
+        build,
+        call,
+        exact,
+        batchable=False,
+        detail="; ".join(problems) or "DataFrame with MLflow's dtypes",
+    )
 
 
-def _columns_path(pyfunc: Any, schema: Schema, function: str, dtypes: dict, tables: list[Table], expected: Any,
-                  exact: ExactPath) -> TablePath | str:
+def _columns_path(
+    pyfunc: Any, schema: Schema, function: str, dtypes: dict, tables: list[Table], expected: Any, exact: ExactPath
+) -> TablePath | str:
     """A Pipeline starting with a ColumnTransformer, its transformers called on their own columns
     (`sklearn_columns`), if that gives exactly `expected`; else why not."""
     unrolled = columns_call(getattr(pyfunc._model_impl, "sklearn_model", None), function, schema.names)
@@ -254,8 +323,15 @@ def _columns_path(pyfunc: Any, schema: Schema, function: str, dtypes: dict, tabl
     build = columns_builder(schema.names, dtypes)
     try:
         if same(unrolled(build(tables), None), expected):
-            return TablePath("columns", schema, build, unrolled, exact, batchable=False,
-                             detail="each ColumnTransformer transformer on its own columns")
+            return TablePath(
+                "columns",
+                schema,
+                build,
+                unrolled,
+                exact,
+                batchable=False,
+                detail="each ColumnTransformer transformer on its own columns",
+            )
     except Exception as exc:  # noqa: BLE001 - e.g. a transformer that is not what this scikit-learn version fits
         return f"per-transformer columns: {type(exc).__name__}: {exc}"
     return "per-transformer columns give a different answer"
@@ -288,7 +364,11 @@ def same(ours: Any, theirs: Any) -> bool:
     if isinstance(ours, np.ndarray):
         if ours.shape != theirs.shape or ours.dtype != theirs.dtype:
             return False
-        return bool(np.array_equal(ours, theirs, equal_nan=ours.dtype.kind in "fc")) if ours.dtype.kind != "O" else ours.tolist() == theirs.tolist()
+        return (
+            bool(np.array_equal(ours, theirs, equal_nan=ours.dtype.kind in "fc"))
+            if ours.dtype.kind != "O"
+            else ours.tolist() == theirs.tolist()
+        )
     try:
         if isinstance(ours, pd.DataFrame):
             pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
@@ -308,13 +388,22 @@ def agree(ours: Any, theirs: Any) -> bool:
     if same(ours, theirs):
         return True
     if isinstance(ours, pd.DataFrame) and isinstance(theirs, pd.DataFrame):
-        return list(ours.columns) == list(theirs.columns) and all(agree(ours[c].to_numpy(), theirs[c].to_numpy()) for c in ours.columns)
+        return list(ours.columns) == list(theirs.columns) and all(
+            agree(ours[c].to_numpy(), theirs[c].to_numpy()) for c in ours.columns
+        )
     if isinstance(ours, pd.Series) and isinstance(theirs, pd.Series):
         return ours.name == theirs.name and agree(ours.to_numpy(), theirs.to_numpy())
-    if not (isinstance(ours, np.ndarray) and isinstance(theirs, np.ndarray)) or ours.shape != theirs.shape or ours.dtype != theirs.dtype:
+    if (
+        not (isinstance(ours, np.ndarray) and isinstance(theirs, np.ndarray))
+        or ours.shape != theirs.shape
+        or ours.dtype != theirs.dtype
+    ):
         return False
     if ours.dtype.kind != "f":
         return False
     finite = np.isfinite(theirs)
     scale = max(1.0, float(np.abs(theirs[finite]).max())) if finite.any() else 1.0
-    return bool(np.array_equal(np.isfinite(ours), finite) and np.allclose(ours[finite], theirs[finite], rtol=1e-9, atol=1e-9 * scale))
+    return bool(
+        np.array_equal(np.isfinite(ours), finite)
+        and np.allclose(ours[finite], theirs[finite], rtol=1e-9, atol=1e-9 * scale)
+    )

@@ -67,16 +67,24 @@ def media_type(content_type: bytes | None) -> str:
     """The body's media type, accepted on MLflow's terms: JSON, CSV or Parquet, UTF-8 only,
     no other Content-Type parameters (415 otherwise)."""
     if not content_type:
-        raise RequestError(415, "UNSUPPORTED_MEDIA_TYPE", f"send a Content-Type header, one of {', '.join(MEDIA_TYPES)}")
+        raise RequestError(
+            415, "UNSUPPORTED_MEDIA_TYPE", f"send a Content-Type header, one of {', '.join(MEDIA_TYPES)}"
+        )
     parts = [part.strip() for part in content_type.decode("latin-1").split(";")]
     mime = parts[0].lower()
     parameters = {key.strip().lower(): value.strip() for key, _, value in (p.partition("=") for p in parts[1:] if p)}
     if parameters.get("charset", "utf-8").lower() != "utf-8":
         raise RequestError(415, "UNSUPPORTED_MEDIA_TYPE", "the scoring server only supports UTF-8")
     if set(parameters) - {"charset"}:
-        raise RequestError(415, "UNSUPPORTED_MEDIA_TYPE", f"unrecognized content type parameters: {', '.join(sorted(set(parameters) - {'charset'}))}")
+        raise RequestError(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"unrecognized content type parameters: {', '.join(sorted(set(parameters) - {'charset'}))}",
+        )
     if mime not in MEDIA_TYPES:
-        raise RequestError(415, "UNSUPPORTED_MEDIA_TYPE", f"this server takes Content-Type {', '.join(MEDIA_TYPES)}; got {mime!r}")
+        raise RequestError(
+            415, "UNSUPPORTED_MEDIA_TYPE", f"this server takes Content-Type {', '.join(MEDIA_TYPES)}; got {mime!r}"
+        )
     return mime
 
 
@@ -91,8 +99,11 @@ def decode_json(body: bytes) -> dict:
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, "MALFORMED_REQUEST", f"the body is not valid JSON: {exc}") from None
     if not isinstance(decoded, dict):
-        raise bad_request(f"the body must be a JSON object with exactly one of {', '.join(sorted(mlflow_scoring.SUPPORTED_FORMATS))}; "
-                          f"got a {type(decoded).__name__}")
+        raise bad_request(
+            "the body must be a JSON object with exactly one of "
+            f"{', '.join(sorted(mlflow_scoring.SUPPORTED_FORMATS))}; "
+            f"got a {type(decoded).__name__}"
+        )
     return decoded
 
 

@@ -105,8 +105,10 @@ class ServingSettings(StrictEnvSettings):
     @model_validator(mode="after")
     def _body_fits_the_buffer(self) -> "ServingSettings":
         if self.max_body_bytes > self.max_buffered_body_bytes:
-            raise ValueError(f"SERVING_MAX_BODY_BYTES ({self.max_body_bytes}) must not exceed SERVING_MAX_BUFFERED_BODY_BYTES "
-                             f"({self.max_buffered_body_bytes}): a request of the largest allowed size could never be read")
+            raise ValueError(
+                f"SERVING_MAX_BODY_BYTES ({self.max_body_bytes}) must not exceed SERVING_MAX_BUFFERED_BODY_BYTES "
+                f"({self.max_buffered_body_bytes}): a request of the largest allowed size could never be read"
+            )
         return self
 
     @property

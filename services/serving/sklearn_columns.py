@@ -72,4 +72,5 @@ def _unrolled(columns: Any, parts: list[tuple], middle: list[Any], final: Callab
         for step in middle:
             transformed = step.transform(transformed)
         return final(transformed)
+
     return call

@@ -23,7 +23,9 @@ MODEL = "serve-test"
 
 def post(server, body, *, content_type="application/json", raw=None, path="/invocations", timeout=30):
     data = raw if raw is not None else json.dumps(body).encode()
-    request = urllib.request.Request(server.url + path, data=data, headers={"Content-Type": content_type}, method="POST")
+    request = urllib.request.Request(
+        server.url + path, data=data, headers={"Content-Type": content_type}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read()), dict(response.headers)
@@ -45,8 +47,12 @@ def tracking_admin(tracking):
     cannot use monkeypatch)."""
     import mlflow
 
-    env = {"MLFLOW_TRACKING_USERNAME": tracking.username, "MLFLOW_TRACKING_PASSWORD": tracking.password,
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    env = {
+        "MLFLOW_TRACKING_USERNAME": tracking.username,
+        "MLFLOW_TRACKING_PASSWORD": tracking.password,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     mlflow.set_tracking_uri(tracking.url)
@@ -69,9 +75,16 @@ def registered(tracking, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tracking, registered, tmp_path_factory):
     server = start_serving(
-        tracking, MODEL, tmp_path_factory.mktemp("serving"),
-        workers="2", capture_fraction="1.0", capture_bucket=BUCKET, capture_flush_seconds="1", s3_endpoint_url=tracking.moto_url,
-        path_prefix=f"/{MODEL}", shutdown_delay_seconds="0",
+        tracking,
+        MODEL,
+        tmp_path_factory.mktemp("serving"),
+        workers="2",
+        capture_fraction="1.0",
+        capture_bucket=BUCKET,
+        capture_flush_seconds="1",
+        s3_endpoint_url=tracking.moto_url,
+        path_prefix=f"/{MODEL}",
+        shutdown_delay_seconds="0",
     )
     yield server
     server.stop()
@@ -99,12 +112,19 @@ def bodies_of(rows):
     records = rows.to_dict(orient="records")
     reordered = rows[rows.columns[::-1]]
     return {
-        "dataframe_split": {"dataframe_split": {"columns": list(rows.columns), "data": [list(r.values()) for r in records]}},
+        "dataframe_split": {
+            "dataframe_split": {"columns": list(rows.columns), "data": [list(r.values()) for r in records]}
+        },
         "dataframe_records": {"dataframe_records": records},
         "instances": {"instances": records},
         "inputs (columns)": {"inputs": rows.to_dict(orient="list")},
         "inputs (records)": {"inputs": records},
-        "reordered columns": {"dataframe_split": {"columns": list(reordered.columns), "data": [list(r.values()) for r in reordered.to_dict(orient="records")]}},
+        "reordered columns": {
+            "dataframe_split": {
+                "columns": list(reordered.columns),
+                "data": [list(r.values()) for r in reordered.to_dict(orient="records")],
+            }
+        },
         "text/csv": rows.to_csv(index=False).encode(),
         PARQUET: rows.to_parquet(index=False),
     }
@@ -114,8 +134,12 @@ def assert_same_as_mlflow(server, pyfunc, rows, version=None):
     """Every body format gets exactly the predictions `mlflow models serve` answers (values and shape)."""
     for name, body in bodies_of(rows).items():
         content_type = name if name in ("text/csv", PARQUET) else "application/json"
-        status, answer, headers = post(server, None if isinstance(body, bytes) else body, raw=body if isinstance(body, bytes) else None,
-                                       content_type=content_type)
+        status, answer, headers = post(
+            server,
+            None if isinstance(body, bytes) else body,
+            raw=body if isinstance(body, bytes) else None,
+            content_type=content_type,
+        )
         expected_status, expected = mlflow_answer(pyfunc, body, content_type)
         assert (status, expected_status) == (200, 200), (name, answer, expected)
         assert json.dumps(answer) == json.dumps(expected), name  # the same values (NaN included) and shape
@@ -132,7 +156,11 @@ def test_predictions_equal_mlflow_pyfunc_in_every_format(server, registered, row
     # integers for double columns are taken, as MLflow takes them
     ints = rows.head(3).round().astype("int64")
     status, answer, _ = post(server, {"dataframe_split": json.loads(ints.to_json(orient="split", index=False))})
-    assert status == 200 and answer == mlflow_answer(pyfunc, {"dataframe_split": json.loads(ints.to_json(orient="split", index=False))})[1]
+    assert (
+        status == 200
+        and answer
+        == mlflow_answer(pyfunc, {"dataframe_split": json.loads(ints.to_json(orient="split", index=False))})[1]
+    )
 
 
 @pytest.mark.parametrize(
@@ -156,7 +184,9 @@ def test_each_bad_input_gets_its_4xx_and_the_server_keeps_serving(server, rows, 
     if kwargs.get("body") == "WRONG_TYPES":
         record = rows.head(1).to_dict(orient="records")[0] | {"bmi": "heavy"}
         kwargs = {"body": {"dataframe_records": [record]}}
-    got, answer, _ = post(server, kwargs.get("body"), raw=kwargs.get("raw"), content_type=kwargs.get("content_type", "application/json"))
+    got, answer, _ = post(
+        server, kwargs.get("body"), raw=kwargs.get("raw"), content_type=kwargs.get("content_type", "application/json")
+    )
     assert got == status and message in answer["message"], answer
     assert answer["error_code"]
     ok, _, _ = post(server, {"dataframe_records": rows.head(1).to_dict(orient="records")})
@@ -164,7 +194,9 @@ def test_each_bad_input_gets_its_4xx_and_the_server_keeps_serving(server, rows, 
 
 
 def test_the_load_balancer_path_prefix_is_served_too(server, rows):
-    status, answer, _ = post(server, {"dataframe_records": rows.head(2).to_dict(orient="records")}, path=f"/{MODEL}/invocations")
+    status, answer, _ = post(
+        server, {"dataframe_records": rows.head(2).to_dict(orient="records")}, path=f"/{MODEL}/invocations"
+    )
     assert status == 200 and len(answer["predictions"]) == 2
     assert get(server, f"/{MODEL}/readyz")[0] == 200
 
@@ -198,7 +230,13 @@ def test_metrics_expose_requests_latency_batches_version_and_predictions(server,
 
 def test_captured_records_land_in_the_bucket(server, registered, rows, tracking):
     post(server, {"dataframe_records": rows.head(4).to_dict(orient="records")})
-    s3 = boto3.client("s3", endpoint_url=tracking.moto_url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=tracking.moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     prefix = f"captures/{MODEL}/version={registered.version}/"
     deadline = time.time() + 20
     keys = []
@@ -207,7 +245,11 @@ def test_captured_records_land_in_the_bucket(server, registered, rows, tracking)
         time.sleep(0.5)
     assert keys, "no captured records after 20 s"
     record = json.loads(s3.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read().splitlines()[0])
-    assert record["model_version"] == registered.version and set(record["inputs"]) == set(rows.columns) and "prediction" in record
+    assert (
+        record["model_version"] == registered.version
+        and set(record["inputs"]) == set(rows.columns)
+        and "prediction" in record
+    )
 
 
 class SteadyLoad:
@@ -222,7 +264,9 @@ class SteadyLoad:
         def loop():
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
             while not self.stop.is_set():
-                connection.request("POST", "/invocations", body=json.dumps(body), headers={"Content-Type": "application/json"})
+                connection.request(
+                    "POST", "/invocations", body=json.dumps(body), headers={"Content-Type": "application/json"}
+                )
                 response = connection.getresponse()
                 response.read()
                 self.statuses.append(response.status)
@@ -248,7 +292,9 @@ def live_server(tracking, registered, tmp_path_factory):
     from examples.train import train_and_register
 
     train_and_register("serve-live", alpha=1.0)
-    server = start_serving(tracking, "serve-live", tmp_path_factory.mktemp("live"), poll_seconds="0.5", shutdown_delay_seconds="0")
+    server = start_serving(
+        tracking, "serve-live", tmp_path_factory.mktemp("live"), poll_seconds="0.5", shutdown_delay_seconds="0"
+    )
     yield server
     server.stop()
     assert mlflow  # imported for the registration above
@@ -274,9 +320,13 @@ def test_a_broken_new_version_leaves_the_old_one_serving(live_server, rows, trac
     import mlflow
 
     client = mlflow.MlflowClient()
-    serving_version = post(live_server, {"dataframe_records": rows.head(1).to_dict(orient="records")})[2]["x-model-version"]
+    serving_version = post(live_server, {"dataframe_records": rows.head(1).to_dict(orient="records")})[2][
+        "x-model-version"
+    ]
     run = client.create_run(client.get_experiment_by_name("examples").experiment_id)
-    broken = client.create_model_version("serve-live", source=f"runs:/{run.info.run_id}/no-model-here", run_id=run.info.run_id)
+    broken = client.create_model_version(
+        "serve-live", source=f"runs:/{run.info.run_id}/no-model-here", run_id=run.info.run_id
+    )
     client.set_registered_model_alias("serve-live", "champion", broken.version)
     deadline = time.time() + 30
     failures = 0.0
@@ -299,8 +349,13 @@ def test_sigterm_turns_readiness_off_at_once_and_finishes_in_flight_requests(tra
 
     mlflow.set_experiment("examples")
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=SlowModel(1.5), input_example=pd.DataFrame({"x": [1.0]}),
-                                       pip_requirements=["mlflow"], registered_model_name="serve-slow")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=SlowModel(1.5),
+            input_example=pd.DataFrame({"x": [1.0]}),
+            pip_requirements=["mlflow"],
+            registered_model_name="serve-slow",
+        )
     mlflow.MlflowClient().set_registered_model_alias("serve-slow", "champion", info.registered_model_version)
     server = start_serving(tracking, "serve-slow", tmp_path, drain_seconds="10", shutdown_delay_seconds="1")
     result = {}

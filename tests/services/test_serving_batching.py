@@ -27,14 +27,28 @@ def train_and_log(kind: str, name: str):
 
     if kind == "trees":
         x = frames()["trees"]
-        return log_sklearn(name, GradientBoostingRegressor(n_estimators=40, random_state=0).fit(x, x["x0"] * 2 + x["x5"]), x, skops_trusted_types=TREE_TYPES), x
+        return log_sklearn(
+            name,
+            GradientBoostingRegressor(n_estimators=40, random_state=0).fit(x, x["x0"] * 2 + x["x5"]),
+            x,
+            skops_trusted_types=TREE_TYPES,
+        ), x
     x = houses(400)
     dense = kind == "frame"  # pandas output takes no sparse matrix
     encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=not dense)
     columns = ColumnTransformer([("city", encoder, ["city"])], remainder="passthrough")
-    pipe = Pipeline([("columns", columns.set_output(transform="pandas") if dense else columns),
-                     ("trees", GradientBoostingRegressor(n_estimators=40, random_state=0))])
-    return log_sklearn(name, pipe.fit(x, x["size"] * 3 + x["rooms"] * 10 + (x["city"] == "oslo") * 25), x, skops_trusted_types=TREE_TYPES), x
+    pipe = Pipeline(
+        [
+            ("columns", columns.set_output(transform="pandas") if dense else columns),
+            ("trees", GradientBoostingRegressor(n_estimators=40, random_state=0)),
+        ]
+    )
+    return log_sklearn(
+        name,
+        pipe.fit(x, x["size"] * 3 + x["rooms"] * 10 + (x["city"] == "oslo") * 25),
+        x,
+        skops_trusted_types=TREE_TYPES,
+    ), x
 
 
 PATHS = {"trees": "matrix", "pipe": "columns", "frame": "frame"}
@@ -52,7 +66,9 @@ def batched(request, tracking, tmp_path_factory):
             info, x = train_and_log(kind, name)
         mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
         pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{info.registered_model_version}")
-    server = start_serving(tracking, name, tmp_path_factory.mktemp(name), batch_wait_ms="50", shutdown_delay_seconds="0")
+    server = start_serving(
+        tracking, name, tmp_path_factory.mktemp(name), batch_wait_ms="50", shutdown_delay_seconds="0"
+    )
     try:
         version = json.loads(get(server, "/version")[1])
         assert version["path"] == PATHS[kind], version["reason"]
@@ -73,8 +89,15 @@ def bodies(x, count: int) -> list[dict]:
     rows = x.sample(count * 3, random_state=5).reset_index(drop=True)
     out = []
     for i in range(count):
-        chunk = rows.iloc[3 * i: 3 * i + 1 + i % 3]
-        out.append({"dataframe_split": {"columns": list(chunk.columns), "data": [list(r.values()) for r in chunk.to_dict(orient="records")]}})
+        chunk = rows.iloc[3 * i : 3 * i + 1 + i % 3]
+        out.append(
+            {
+                "dataframe_split": {
+                    "columns": list(chunk.columns),
+                    "data": [list(r.values()) for r in chunk.to_dict(orient="records")],
+                }
+            }
+        )
     return out
 
 

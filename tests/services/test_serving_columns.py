@@ -25,17 +25,29 @@ def pipeline(kind: str):
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
     if kind == "sparse":  # the bench's pipeline
-        columns = ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
-                                     ("numbers", StandardScaler(), ["size", "rooms"])])
+        columns = ColumnTransformer(
+            [
+                ("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                ("numbers", StandardScaler(), ["size", "rooms"]),
+            ]
+        )
         return Pipeline([("columns", columns), ("ridge", Ridge())]), "predict"
     if kind == "weighted":
         encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
-        columns = ColumnTransformer([("city", encoder, ["city"])], remainder="passthrough",
-                                    transformer_weights={"city": 2.0})
-        return Pipeline([("columns", columns), ("none", None), ("scale", StandardScaler()),
-                         ("classes", LogisticRegression(max_iter=500))]), "predict_proba"
-    columns = ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["city"])],
-                                remainder="passthrough").set_output(transform="pandas")
+        columns = ColumnTransformer(
+            [("city", encoder, ["city"])], remainder="passthrough", transformer_weights={"city": 2.0}
+        )
+        return Pipeline(
+            [
+                ("columns", columns),
+                ("none", None),
+                ("scale", StandardScaler()),
+                ("classes", LogisticRegression(max_iter=500)),
+            ]
+        ), "predict_proba"
+    columns = ColumnTransformer(
+        [("city", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["city"])], remainder="passthrough"
+    ).set_output(transform="pandas")
     return Pipeline([("columns", columns), ("ridge", Ridge())]), "predict"
 
 
@@ -48,8 +60,9 @@ def served(kind: str, tmp_path):
     target = (x["size"] * 3 + x["rooms"] * 10 + (x["city"] == "oslo") * 25).round()
     model.fit(x, target % 3 if kind == "weighted" else target)
     signature = infer_signature(x, getattr(model, function)(x))
-    mlflow.sklearn.save_model(model, tmp_path / kind, signature=signature, input_example=x.head(3),
-                              pyfunc_predict_fn=function)
+    mlflow.sklearn.save_model(
+        model, tmp_path / kind, signature=signature, input_example=x.head(3), pyfunc_predict_fn=function
+    )
     pyfunc = mlflow.pyfunc.load_model(str(tmp_path / kind))
     return pyfunc, choose(pyfunc, batching=True)
 
@@ -65,7 +78,7 @@ def test_each_transformer_on_its_own_columns_answers_what_mlflow_answers(kind, t
     assert path.kind == "columns" and path.batchable, path.reason
     rows = houses(60, seed=9)
     rows.loc[rows.index % 7 == 0, "city"] = "paris"  # a category the encoders never saw
-    bodies = [split_body(rows.iloc[i: i + 1 + i % 4]) for i in range(0, 50, 5)]
+    bodies = [split_body(rows.iloc[i : i + 1 + i % 4]) for i in range(0, 50, 5)]
     calls: list[int] = []
     path.observe = calls.append
     answers = answer_all(path, [Request(json.dumps(b).encode(), "application/json") for b in bodies], 512)

@@ -15,13 +15,26 @@ from tests.services.conftest import start_serving
 from tests.services.test_serving import assert_same_as_mlflow, get, mlflow_answer, post, tracking_admin
 
 TREE_TYPES = ["sklearn.tree._tree.Tree"]  # skops refuses tree internals unless named (we made them)
-EXPECTED_PATH = {"proba": "matrix", "pipe": "columns", "ints": "matrix", "trees": "matrix", "dict": "pyfunc",
-                 "rows": "frame", "nan": "matrix"}
+EXPECTED_PATH = {
+    "proba": "matrix",
+    "pipe": "columns",
+    "ints": "matrix",
+    "trees": "matrix",
+    "dict": "pyfunc",
+    "rows": "frame",
+    "nan": "matrix",
+}
 
 
 def houses(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"city": rng.choice(["lyon", "oslo", "kyiv", "lima"], n), "size": rng.normal(80, 20, n).round(2), "rooms": rng.integers(1, 6, n)})
+    return pd.DataFrame(
+        {
+            "city": rng.choice(["lyon", "oslo", "kyiv", "lima"], n),
+            "size": rng.normal(80, 20, n).round(2),
+            "rooms": rng.integers(1, 6, n),
+        }
+    )
 
 
 def frames() -> dict[str, pd.DataFrame]:
@@ -34,7 +47,13 @@ def frames() -> dict[str, pd.DataFrame]:
     return {
         "proba": pd.DataFrame(x_class, columns=[f"f{i}" for i in range(6)]),
         "pipe": houses(400),
-        "ints": pd.DataFrame({"floors": rng.integers(1, 9, 300), "year": rng.integers(1950, 2024, 300).astype("int32"), "area": rng.normal(90, 30, 300)}),
+        "ints": pd.DataFrame(
+            {
+                "floors": rng.integers(1, 9, 300),
+                "year": rng.integers(1950, 2024, 300).astype("int32"),
+                "area": rng.normal(90, 30, 300),
+            }
+        ),
         "trees": pd.DataFrame(x_tree, columns=[f"x{i}" for i in range(32)]),
         "dict": pd.DataFrame({"x": rng.normal(1, 1, 50)}),
         "rows": pd.DataFrame({"x": rng.normal(0, 1, 50), "name": rng.choice(["ann", "bob", "cy"], 50)}),
@@ -46,17 +65,33 @@ def log_sklearn(name: str, model, x: pd.DataFrame, *, predict_fn: str = "predict
     import mlflow
     from mlflow.models import infer_signature
 
-    return mlflow.sklearn.log_model(model, name="model", signature=infer_signature(x, getattr(model, predict_fn)(x)), input_example=x.head(3),
-                                    pyfunc_predict_fn=predict_fn, registered_model_name=name, pip_requirements=["scikit-learn==1.9.1"], **kwargs)
+    return mlflow.sklearn.log_model(
+        model,
+        name="model",
+        signature=infer_signature(x, getattr(model, predict_fn)(x)),
+        input_example=x.head(3),
+        pyfunc_predict_fn=predict_fn,
+        registered_model_name=name,
+        pip_requirements=["scikit-learn==1.9.1"],
+        **kwargs,
+    )
 
 
 def log_pyfunc(name: str, model, x: pd.DataFrame, **kwargs):
     import mlflow
     from mlflow.models import infer_signature
 
-    return mlflow.pyfunc.log_model(name="model", python_model=model, input_example=x.head(3), registered_model_name=name, pip_requirements=["mlflow"],
-                                   signature=infer_signature(x, model.predict(None, x, kwargs.pop("example_params", None)), kwargs.pop("params", None)),
-                                       **kwargs)
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=model,
+        input_example=x.head(3),
+        registered_model_name=name,
+        pip_requirements=["mlflow"],
+        signature=infer_signature(
+            x, model.predict(None, x, kwargs.pop("example_params", None)), kwargs.pop("params", None)
+        ),
+        **kwargs,
+    )
 
 
 def train_and_log(kind: str, name: str, x: pd.DataFrame):
@@ -73,20 +108,47 @@ def train_and_log(kind: str, name: str, x: pd.DataFrame):
     if kind == "proba":
         return log_sklearn(name, LogisticRegression(max_iter=500).fit(x, target), x, predict_fn="predict_proba")
     if kind == "pipe":
-        pipe = Pipeline([("columns", ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]), ("numbers", StandardScaler(), ["size",
-            "rooms"])])),
-                         ("ridge", Ridge())])
+        pipe = Pipeline(
+            [
+                (
+                    "columns",
+                    ColumnTransformer(
+                        [
+                            ("city", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                            ("numbers", StandardScaler(), ["size", "rooms"]),
+                        ]
+                    ),
+                ),
+                ("ridge", Ridge()),
+            ]
+        )
         return log_sklearn(name, pipe.fit(x, x["size"] * 3 + x["rooms"] * 10 + (x["city"] == "oslo") * 25), x)
     if kind == "ints":
-        return log_sklearn(name, DecisionTreeRegressor(max_depth=6, random_state=0).fit(x, x["floors"] * 3 + x["area"] / 10), x, skops_trusted_types=TREE_TYPES)
+        return log_sklearn(
+            name,
+            DecisionTreeRegressor(max_depth=6, random_state=0).fit(x, x["floors"] * 3 + x["area"] / 10),
+            x,
+            skops_trusted_types=TREE_TYPES,
+        )
     if kind == "trees":
-        return log_sklearn(name, GradientBoostingRegressor(n_estimators=40, random_state=0).fit(x, x["x0"] * 2 + x["x5"]), x, skops_trusted_types=TREE_TYPES)
+        return log_sklearn(
+            name,
+            GradientBoostingRegressor(n_estimators=40, random_state=0).fit(x, x["x0"] * 2 + x["x5"]),
+            x,
+            skops_trusted_types=TREE_TYPES,
+        )
     if kind == "nan":
         return log_sklearn(name, ScriptedRegressor().fit(x), x, serialization_format="cloudpickle")
     if kind == "dict":
         return log_pyfunc(name, DictModel(), x)
-    return log_pyfunc(name, RowModel(), x, metadata={"row_independent": True}, params={"scale": 1.0, "series": False},
-                      example_params={"scale": 1.0})
+    return log_pyfunc(
+        name,
+        RowModel(),
+        x,
+        metadata={"row_independent": True},
+        params={"scale": 1.0, "series": False},
+        example_params={"scale": 1.0},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +179,9 @@ def servers(tracking, registered_models, tmp_path_factory):
 
     def serve(kind: str):
         if kind not in started:
-            started[kind] = start_serving(tracking, f"serve-{kind}", tmp_path_factory.mktemp(kind), shutdown_delay_seconds="0")
+            started[kind] = start_serving(
+                tracking, f"serve-{kind}", tmp_path_factory.mktemp(kind), shutdown_delay_seconds="0"
+            )
         return started[kind]
 
     yield serve
@@ -137,7 +201,9 @@ def test_every_model_answers_exactly_what_mlflow_serve_answers(kind, servers, re
 
 def test_a_predict_proba_classifier_answers_probabilities(servers, registered_models, inputs):
     rows = inputs["proba"].head(4)
-    status, answer, _ = post(servers("proba"), {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}})
+    status, answer, _ = post(
+        servers("proba"), {"dataframe_split": {"columns": list(rows.columns), "data": rows.values.tolist()}}
+    )
     assert status == 200
     probabilities = np.array(answer["predictions"])
     assert probabilities.shape == (4, 3) and np.allclose(probabilities.sum(axis=1), 1.0)
@@ -155,7 +221,10 @@ HOUSE = ["city", "size", "rooms"]
     ("body", "message"),
     [
         (split_body([["city"], "size", "rooms"], ["lyon", 80.0, 3]), "must be a list of column names"),
-        ({"dataframe_split": {"columns": HOUSE, "data": [{"city": "lyon", "size": 80.0, "rooms": 3}]}}, "each a list of values"),
+        (
+            {"dataframe_split": {"columns": HOUSE, "data": [{"city": "lyon", "size": 80.0, "rooms": 3}]}},
+            "each a list of values",
+        ),
         (split_body(["city", "size", "rooms", "size"], ["lyon", 80.0, 3, 81.0]), "more than once: size"),
         (split_body(HOUSE, ["lyon", True, 3]), "column 'size' must be numeric (double); got true"),
         (split_body(HOUSE, ["lyon", 80.0, False]), "column 'rooms' must be numeric (long); got false"),
@@ -165,8 +234,14 @@ HOUSE = ["city", "size", "rooms"]
         (split_body(HOUSE, ["lyon", 80.0, 2**70]), "out of range for long"),
         (split_body(["city", "size"], ["lyon", 80.0]), "missing columns: rooms"),
         (split_body(HOUSE, ["lyon", 80.0, 3], params={"alpha": 2}), "unknown params for this model: alpha"),
-        ({"dataframe_records": [{"city": "lyon", "size": "big", "rooms": 3}]}, "column 'size' must be numeric (double); got \"big\""),
-        ({"dataframe_split": {"columns": HOUSE, "data": [["lyon", 80.0]]}}, "row 0 of dataframe_split.data has 2 values for 3 columns"),
+        (
+            {"dataframe_records": [{"city": "lyon", "size": "big", "rooms": 3}]},
+            "column 'size' must be numeric (double); got \"big\"",
+        ),
+        (
+            {"dataframe_split": {"columns": HOUSE, "data": [["lyon", 80.0]]}},
+            "row 0 of dataframe_split.data has 2 values for 3 columns",
+        ),
     ],
 )
 def test_bad_inputs_get_a_400_naming_the_problem_and_change_nothing(servers, body, message):
@@ -181,9 +256,13 @@ def test_what_mlflow_converts_is_converted_the_same_way(servers, registered_mode
     """Integral floats in an integer column, numbers written as strings, a null in a string column
     and extra columns: MLflow's parsing handles these, and the answer is its answer."""
     server, pyfunc = servers("pipe"), registered_models["pipe"]
-    for body in (split_body(HOUSE, ["lyon", 80, 3.0]), split_body(HOUSE, ["lyon", "80.5", 3]), split_body(HOUSE, [None, 80.0, 3]),
-                 split_body([*HOUSE, "unused"], ["lyon", 80.0, 3, "x"]), {"dataframe_split": {"index": [7], **split_body(HOUSE, ["kyiv", 70.0,
-                     2])["dataframe_split"]}}):
+    for body in (
+        split_body(HOUSE, ["lyon", 80, 3.0]),
+        split_body(HOUSE, ["lyon", "80.5", 3]),
+        split_body(HOUSE, [None, 80.0, 3]),
+        split_body([*HOUSE, "unused"], ["lyon", 80.0, 3, "x"]),
+        {"dataframe_split": {"index": [7], **split_body(HOUSE, ["kyiv", 70.0, 2])["dataframe_split"]}},
+    ):
         status, answer, _ = post(server, body)
         assert status == 200 and answer == mlflow_answer(pyfunc, body)[1], (body, answer)
 
@@ -199,10 +278,14 @@ def test_params_reach_a_model_whose_signature_declares_them(servers, registered_
     server, pyfunc = servers("rows"), registered_models["rows"]
     body = split_body(["x", "name"], [1.5, "ann"], [2.0, "bob"], params={"scale": 3.0})
     status, answer, _ = post(server, body)
-    assert status == 200 and answer == mlflow_answer(pyfunc, body)[1] == {"predictions": [{"score": 4.5, "tag": "ANN"}, {"score": 6.0, "tag": "BOB"}]}
+    assert status == 200 and answer == mlflow_answer(pyfunc, body)[1] == {
+        "predictions": [{"score": 4.5, "tag": "ANN"}, {"score": 6.0, "tag": "BOB"}]
+    }
     series = split_body(["x", "name"], [1.5, "ann"], [2.0, "bob"], params={"series": True})
     status, answer, _ = post(server, series)
-    assert status == 200 and answer == mlflow_answer(pyfunc, series)[1] == {"predictions": [{"score": 1.5}, {"score": 2.0}]}
+    assert status == 200 and answer == mlflow_answer(pyfunc, series)[1] == {
+        "predictions": [{"score": 1.5}, {"score": 2.0}]
+    }
     assert post(server, split_body(["x", "name"], [1.5, "ann"], params={"speed": 3}))[0] == 400
     status, answer, _ = post(server, split_body(["x", "name"], [1.5, "ann"], params={"scale": "big"}))
     assert status == 400 and "scale" in answer["message"]
@@ -213,7 +296,9 @@ def test_a_non_finite_prediction_is_written_as_mlflow_writes_it_never_as_null(se
 
     server = servers("nan")
     body = json.dumps(split_body(["x", "y"], [-1.0, 0.0], [2.0, 0.0])).encode()
-    request = urllib.request.Request(server.url + "/invocations", data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        server.url + "/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         raw = response.read()
     assert b"NaN" in raw and b"null" not in raw
@@ -234,6 +319,8 @@ def test_the_matrix_path_is_refused_when_it_would_answer_differently(tmp_path):
 
     x = frames()["nan"]
     pipe = Pipeline([("scale", ColumnTransformer([("y", StandardScaler(), ["y"])])), ("ridge", Ridge())]).fit(x, x["x"])
-    mlflow.sklearn.save_model(pipe, tmp_path / "m", signature=infer_signature(x, pipe.predict(x)), input_example=x.head(3))
+    mlflow.sklearn.save_model(
+        pipe, tmp_path / "m", signature=infer_signature(x, pipe.predict(x)), input_example=x.head(3)
+    )
     path = choose(mlflow.pyfunc.load_model(str(tmp_path / "m")), batching=True)
     assert path.kind == "columns" and path.batchable and "matrix" in path.reason, path.reason

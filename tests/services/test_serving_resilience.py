@@ -20,10 +20,23 @@ import pytest
 from tests.services.conftest import start_serving
 from tests.services.test_serving import MODEL, get, registered, tracking_admin  # noqa: F401 - `registered` is a fixture
 
-LIMITS = {"shutdown_delay_seconds": "0", "max_connections": "100", "header_timeout_seconds": "1", "body_timeout_seconds": "2", "max_header_bytes": "8192",
-          "linger_seconds": "1", "max_body_bytes": "1048576"}
-BODY = json.dumps({"dataframe_split": {"columns": ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"],
-                                       "data": [[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02]]}}).encode()
+LIMITS = {
+    "shutdown_delay_seconds": "0",
+    "max_connections": "100",
+    "header_timeout_seconds": "1",
+    "body_timeout_seconds": "2",
+    "max_header_bytes": "8192",
+    "linger_seconds": "1",
+    "max_body_bytes": "1048576",
+}
+BODY = json.dumps(
+    {
+        "dataframe_split": {
+            "columns": ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"],
+            "data": [[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, 0.0, 0.02, -0.02]],
+        }
+    }
+).encode()
 
 
 def address(server) -> tuple[str, int]:
@@ -58,7 +71,9 @@ def read_response(sock: socket.socket, timeout: float = 5) -> bytes:
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
@@ -190,9 +205,16 @@ def slow(request, tracking, tmp_path_factory):
     with tracking_admin(tracking):
         mlflow.set_experiment("serving-slow")
         with mlflow.start_run():
-            info = log_sklearn(name, ScriptedRegressor(0.2, spin=request.param == "spins").fit(x), x, serialization_format="cloudpickle")
+            info = log_sklearn(
+                name,
+                ScriptedRegressor(0.2, spin=request.param == "spins").fit(x),
+                x,
+                serialization_format="cloudpickle",
+            )
         mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
-    server = start_serving(tracking, name, tmp_path_factory.mktemp(name), max_batch_rows="1", shutdown_delay_seconds="0")
+    server = start_serving(
+        tracking, name, tmp_path_factory.mktemp(name), max_batch_rows="1", shutdown_delay_seconds="0"
+    )
     yield server
     server.stop()
 
@@ -264,7 +286,10 @@ class Clients:
     def __init__(self, server, keep_alive: int = 3, fresh: int = 3) -> None:
         self.server, self.stop = server, threading.Event()
         self.outcomes: list[tuple[float, str]] = []
-        self.threads = [threading.Thread(target=self._run, args=(reuse,), daemon=True) for reuse in [True] * keep_alive + [False] * fresh]
+        self.threads = [
+            threading.Thread(target=self._run, args=(reuse,), daemon=True)
+            for reuse in [True] * keep_alive + [False] * fresh
+        ]
 
     def _run(self, reuse: bool) -> None:
         connection = None
@@ -272,8 +297,12 @@ class Clients:
             try:
                 if connection is None or not reuse:
                     connection = http.client.HTTPConnection(*address(self.server), timeout=30)
-                connection.request("POST", "/invocations", body=BODY, headers={"Content-Type": "application/json",
-                                                                               **({} if reuse else {"Connection": "close"})})
+                connection.request(
+                    "POST",
+                    "/invocations",
+                    body=BODY,
+                    headers={"Content-Type": "application/json", **({} if reuse else {"Connection": "close"})},
+                )
                 response = connection.getresponse()
                 response.read()
                 self.outcomes.append((time.monotonic(), str(response.status)))
@@ -324,10 +353,18 @@ def test_endpoint_pods_outlast_the_load_balancer_and_the_drain(stack_inventories
     from services.serving.settings import ServingSettings
 
     defaults = {name: field.default for name, field in ServingSettings.model_fields.items()}
-    deployments = [d for inventory in stack_inventories.values() for d in inventory.of_type("kubernetes:apps/v1:Deployment") if "-ep-" in d.name]
+    deployments = [
+        d
+        for inventory in stack_inventories.values()
+        for d in inventory.of_type("kubernetes:apps/v1:Deployment")
+        if "-ep-" in d.name
+    ]
     assert deployments
     for deployment in deployments:
         pod = deployment.inputs["spec"]["template"]["spec"]
         assert pod["containers"][0]["lifecycle"]["preStop"] == {"sleep": {"seconds": PRESTOP_SECONDS}}
-        assert pod["terminationGracePeriodSeconds"] >= PRESTOP_SECONDS + defaults["shutdown_delay_seconds"] + defaults["drain_seconds"]
+        assert (
+            pod["terminationGracePeriodSeconds"]
+            >= PRESTOP_SECONDS + defaults["shutdown_delay_seconds"] + defaults["drain_seconds"]
+        )
     assert PRESTOP_SECONDS >= 10 and defaults["keepalive_seconds"] > 60

@@ -90,14 +90,19 @@ def pods_locked_down(inventory: Inventory) -> None:
     assert deployments
     for deployment in deployments:
         pod = deployment.inputs["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert (
+            pod["securityContext"]["runAsNonRoot"] is True
+            and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        )
         context = pod["containers"][0]["securityContext"]
         assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
         assert context["capabilities"]["drop"] == ["ALL"] and context["runAsUser"] != 0
         assert {p for p in ("readinessProbe", "livenessProbe", "startupProbe")} <= set(pod["containers"][0])
         assert pod["automountServiceAccountToken"] is False  # no API token (issue 13 item 9, CKV_K8S_38)
         resources = pod["containers"][0]["resources"]
-        assert resources["limits"]["cpu"] == resources["requests"]["cpu"] or resources["limits"]["cpu"] == "1"  # CKV_K8S_11
+        assert (
+            resources["limits"]["cpu"] == resources["requests"]["cpu"] or resources["limits"]["cpu"] == "1"
+        )  # CKV_K8S_11
 
 
 def test_gpu_endpoints_land_on_the_gpu_pool(both):
@@ -110,7 +115,9 @@ def gpu_endpoints_on_the_gpu_pool(inventory: Inventory, *, gpu: str, cpu: str) -
     for deployment in of(objects, DEPLOYMENT):
         pod = deployment.inputs["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"mlops.platform/pool": "gpu"}
-        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
+        assert pod["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+        ]
         resources = pod["containers"][0]["resources"]
         assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1"
     cpu_only = of(endpoint_objects(inventory, cpu), DEPLOYMENT)[0].inputs["spec"]["template"]["spec"]
@@ -125,7 +132,9 @@ def test_canary_weights_add_up_and_each_track_serves_its_alias(weight):
 def canary_weights_add_up(inventory: Inventory, endpoint: str, weight: int) -> None:
     objects = endpoint_objects(inventory, endpoint)
     (ingress,) = of(objects, "kubernetes:networking.k8s.io/v1:Ingress")
-    action = json.loads(ingress.inputs["metadata"]["annotations"][f"alb.ingress.kubernetes.io/actions.{endpoint}-weighted"])
+    action = json.loads(
+        ingress.inputs["metadata"]["annotations"][f"alb.ingress.kubernetes.io/actions.{endpoint}-weighted"]
+    )
     groups = {g["serviceName"]: g["weight"] for g in action["forwardConfig"]["targetGroups"]}
     assert groups == {f"{endpoint}-stable": 100 - weight, f"{endpoint}-canary": weight}
     assert sum(groups.values()) == 100
@@ -170,27 +179,49 @@ def one_listener_set(inventory: Inventory, certificate: str | None) -> None:
 
 def test_endpoint_role_writes_only_its_capture_prefix(both):
     inventory = both
-    (policy,) = [p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name.endswith("-ep-diabetes-workload-policy")]
+    (policy,) = [
+        p for p in inventory.of_type("aws:iam/rolePolicy:RolePolicy") if p.name.endswith("-ep-diabetes-workload-policy")
+    ]
     statements = {s["Sid"]: s for s in json.loads(policy.inputs["policy"])["Statement"]}
     assert statements["WriteOwnCaptures"]["Action"] == "s3:PutObject"
     assert statements["WriteOwnCaptures"]["Resource"].endswith("/captures/diabetes/*")
-    assert not any("s3:GetObject" in json.dumps(s) for s in statements.values())  # models come through the tracking server
+    assert not any(
+        "s3:GetObject" in json.dumps(s) for s in statements.values()
+    )  # models come through the tracking server
 
 
-BASE = {"profile": "dev", "budget": {"alertEmails": ["a@example.com"]}, "cluster": {"publicAccessCidrs": ["203.0.113.0/24"]}}
+BASE = {
+    "profile": "dev",
+    "budget": {"alertEmails": ["a@example.com"]},
+    "cluster": {"publicAccessCidrs": ["203.0.113.0/24"]},
+}
 
 
 @pytest.mark.parametrize(
     ("endpoints", "message"),
     [
         ([{"name": "ab", "model": "m"}, {"name": "ab", "model": "n"}], 'endpoints[1].name: got "ab" twice'),
-        ([{"name": "ab", "model": "m", "replicas": {"min": 3, "max": 2}}], "endpoints[0].replicas.min: got 3, above replicas.max 2"),
-        ([{"name": "ab", "model": "m", "gpu": 2, "replicas": {"min": 2, "max": 2}}],
-         "endpoints[0].gpu: needs 4 GPUs at minimum replicas; cluster.gpuPool.maxGpus is 2"),
-        ([{"name": "ab", "model": "m", "canary": {"alias": "champion", "weight": 10}}], "endpoints[0].canary.alias: got \"champion\""),
-        ([{"name": "ab", "model": "m", "canary": {"alias": "c", "weight": 100}}], "endpoints[0].canary.weight: got 100"),
+        (
+            [{"name": "ab", "model": "m", "replicas": {"min": 3, "max": 2}}],
+            "endpoints[0].replicas.min: got 3, above replicas.max 2",
+        ),
+        (
+            [{"name": "ab", "model": "m", "gpu": 2, "replicas": {"min": 2, "max": 2}}],
+            "endpoints[0].gpu: needs 4 GPUs at minimum replicas; cluster.gpuPool.maxGpus is 2",
+        ),
+        (
+            [{"name": "ab", "model": "m", "canary": {"alias": "champion", "weight": 10}}],
+            'endpoints[0].canary.alias: got "champion"',
+        ),
+        (
+            [{"name": "ab", "model": "m", "canary": {"alias": "c", "weight": 100}}],
+            "endpoints[0].canary.weight: got 100",
+        ),
         ([{"name": "Bad_Name", "model": "m"}], 'endpoints[0].name: got "Bad_Name"'),
-        ([{"name": "ab", "model": "m", "autoscaling": {"metric": "memory"}}], 'endpoints[0].autoscaling.metric: got "memory"; allowed: "cpu", "rps"'),
+        (
+            [{"name": "ab", "model": "m", "autoscaling": {"metric": "memory"}}],
+            'endpoints[0].autoscaling.metric: got "memory"; allowed: "cpu", "rps"',
+        ),
         ([{"name": "ab", "model": "m", "imageTag": "latest"}], 'endpoints[0].imageTag: got "latest"'),
     ],
 )
@@ -254,7 +285,9 @@ def test_a_deregistration_delay_outside_the_albs_range_is_refused():
     from components.k8s_workload import internal_alb_annotations
 
     with pytest.raises(ValueError, match="deregistration_delay_seconds must be within 0-3600"):
-        internal_alb_annotations(group="g", healthcheck_path="/readyz", certificate_arn=None, deregistration_delay_seconds=3601)
+        internal_alb_annotations(
+            group="g", healthcheck_path="/readyz", certificate_arn=None, deregistration_delay_seconds=3601
+        )
 
 
 def test_pods_behind_the_alb_get_the_load_balancer_controllers_readiness_gate(both):
@@ -266,17 +299,28 @@ def readiness_gate_on_every_alb_namespace(inventory: Inventory) -> None:
     so a rollout keeps old pods until the new ones are healthy in the target group."""
     from components.k8s_workload import ALB_READINESS_GATE_LABELS
 
-    labels = {n.inputs["metadata"]["name"]: n.inputs["metadata"].get("labels", {}) for n in inventory.of_type(NAMESPACE_TYPE)}
+    labels = {
+        n.inputs["metadata"]["name"]: n.inputs["metadata"].get("labels", {}) for n in inventory.of_type(NAMESPACE_TYPE)
+    }
     ingresses = inventory.of_type(INGRESS)
     assert ingresses
     for ingress in ingresses:
-        assert ingress.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/target-type"] == "ip"  # the gate needs ip targets
+        assert (
+            ingress.inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/target-type"] == "ip"
+        )  # the gate needs ip targets
         namespace = ingress.inputs["metadata"]["namespace"]
         assert labels[namespace]["elbv2.k8s.aws/pod-readiness-gate-inject"] == "enabled", namespace
     # the chart's default pod webhook selects namespaces by exactly this label (no stack overrides the selector)
     ((key, value),) = ALB_READINESS_GATE_LABELS.items()
     webhook = upstream_text("webhook.yaml")
-    assert "name: mpod.elbv2.k8s.aws" in webhook and f"- key: {key}\n      operator: In\n      values:\n      - {value}" in webhook
+    assert (
+        "name: mpod.elbv2.k8s.aws" in webhook
+        and f"- key: {key}\n      operator: In\n      values:\n      - {value}" in webhook
+    )
     assert f"`{key}: {value}`" in upstream_text("pod_readiness_gate.md")
-    (controller,) = [r for r in inventory.of_type("kubernetes:helm.sh/v3:Release") if r.inputs["chart"] == "aws-load-balancer-controller"]
+    (controller,) = [
+        r
+        for r in inventory.of_type("kubernetes:helm.sh/v3:Release")
+        if r.inputs["chart"] == "aws-load-balancer-controller"
+    ]
     assert "webhookNamespaceSelectors" not in controller.inputs["values"]
