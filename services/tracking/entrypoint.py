@@ -213,6 +213,13 @@ def ensure_user(settings: TrackingSettings) -> None:
     sync_writers(settings.server_url, settings.admin_username, admin_password, writers_from_settings(settings))
 
 
+def _validation_message(error) -> str:
+    """`TRACKING_<FIELD>: <problem>`; a check across fields names its variables in its own message."""
+    if not error["loc"]:
+        return error["msg"].removeprefix("Value error, ")
+    return f"TRACKING_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+
+
 def load_settings() -> TrackingSettings:
     """The settings, or a StartupError naming each bad `TRACKING_*` variable (no traceback)."""
     try:
@@ -220,9 +227,7 @@ def load_settings() -> TrackingSettings:
     except UnknownSettingError as exc:  # a TRACKING_* variable that names no setting (a typo, a removed setting)
         raise StartupError(exc.message) from None
     except ValidationError as exc:
-        raise StartupError(
-            "; ".join(f"TRACKING_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        ) from None
+        raise StartupError("; ".join(_validation_message(e) for e in exc.errors())) from None
     except SettingsError as exc:  # a JSON value (TRACKING_READERS) that does not parse
         field = re.search(r'field "(\w+)"', str(exc))
         raise StartupError(

@@ -15,12 +15,16 @@ a local PostgreSQL) are used as they are.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.env_settings import StrictEnvSettings
 
 POSTGRES_ROLE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
+SCOPED_USER_PERMISSIONS = ("READ", "NO_PERMISSIONS")
+"""Default permissions that keep the scoped users scoped: MLflow's default applies to every resource without a
+grant, so with EDIT or MANAGE a pipeline user could write to every experiment and model (auth.py lets its run and
+version routes through and leaves the resource to MLflow's check), and an endpoint's reader would hold it too."""
 
 
 class WriterSettings(BaseModel):
@@ -71,7 +75,8 @@ class TrackingSettings(StrictEnvSettings):
     server_url: str = "http://127.0.0.1:5000"
     """Where `ensure-user` reaches the running server."""
     default_permission: str = "READ"
-    """What every authenticated user may do on experiments and models they did not create."""
+    """What every authenticated user may do on experiments and models they did not create; READ or NO_PERMISSIONS
+    while pipeline users or endpoint readers are configured (SCOPED_USER_PERMISSIONS)."""
     region: str | None = None
 
     @field_validator("default_permission")
@@ -81,3 +86,22 @@ class TrackingSettings(StrictEnvSettings):
         if value not in allowed:
             raise ValueError(f"got {value!r}; allowed: {', '.join(allowed)}")
         return value
+
+    @model_validator(mode="after")
+    def _scoped_users_stay_scoped(self) -> TrackingSettings:
+        configured = [
+            name
+            for name, value in (
+                ("TRACKING_WRITERS", self.writers),
+                ("TRACKING_READERS", self.readers),
+                ("TRACKING_READER_PASSWORDS", self.reader_passwords),
+            )
+            if value
+        ]
+        if configured and self.default_permission not in SCOPED_USER_PERMISSIONS:
+            raise ValueError(
+                f"TRACKING_DEFAULT_PERMISSION={self.default_permission} with scoped users configured "
+                f"({', '.join(configured)}): every user would write to every experiment and model it holds no grant "
+                f"on, the pipeline and endpoint users included; allowed with them: {', '.join(SCOPED_USER_PERMISSIONS)}"
+            )
+        return self

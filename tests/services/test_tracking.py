@@ -172,3 +172,33 @@ def test_a_bad_setting_is_named_without_a_traceback(tmp_path, key, value):
     env = {**os.environ, **tracking_env(tmp_path, free_port(), "http://127.0.0.1:1", "x"), key: value}
     result = run_entrypoint("migrate", env, timeout=60)
     assert result.returncode != 0 and key in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("permission", ["EDIT", "MANAGE"])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("TRACKING_WRITERS", '{"perm": {"model": "perm-model", "password_secret_arn": "arn:aws:secretsmanager:x"}}'),
+        ("TRACKING_READERS", '{"serving-diabetes": "arn:aws:secretsmanager:x"}'),
+        ("TRACKING_READER_PASSWORDS", '{"serving-diabetes": "x"}'),
+    ],
+)
+def test_a_default_permission_that_unscopes_the_scoped_users_stops_the_server(tmp_path, permission, key, value):
+    """The scoped users' limits rest on MLflow's default being READ: EDIT or MANAGE next to them is refused at start."""
+    import os
+
+    env = {**os.environ, **tracking_env(tmp_path, free_port(), "http://127.0.0.1:1", "x")}
+    env.update({"TRACKING_DEFAULT_PERMISSION": permission, key: value})
+    result = run_entrypoint("serve", env, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"TRACKING_DEFAULT_PERMISSION={permission} with scoped users configured ({key})" in last
+    assert last.endswith("allowed with them: READ, NO_PERMISSIONS")
+
+
+def test_any_default_permission_is_accepted_without_scoped_users():
+    from services.tracking.settings import TrackingSettings
+
+    for permission in ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS"):
+        assert TrackingSettings(default_permission=permission).default_permission == permission
+    assert TrackingSettings(writers={"p": {"model": "m"}}, default_permission="NO_PERMISSIONS").writers
