@@ -1,5 +1,5 @@
 # The two commands a newcomer needs are `make local` and `make test`; both set up first.
-.PHONY: setup local test lint preview bench
+.PHONY: setup local test lint format preview bench
 
 setup:
 	@bash scripts/setup.sh
@@ -16,11 +16,17 @@ local: setup
 test: lint
 	.venv/bin/python -m pytest
 
-## Lint: ruff (pyflakes, pycodestyle, import order, bugbear) over the tree, then mypy over
-## infra/, components/ and services/ (settings in pyproject.toml).
+## Lint: ruff (pyflakes, pycodestyle, import order, bugbear; code formatted as `make format`
+## leaves it) over the tree, then mypy over infra/, components/ and services/ (settings in
+## pyproject.toml).
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+
+## Format: ruff format over the tree, at the line length in pyproject.toml (120).
+format: setup
+	.venv/bin/ruff format .
 
 preview: setup
 	.venv/bin/python -m infra.cli preview --stack $(or $(STACK),dev)
