@@ -59,6 +59,8 @@ TTL_SECONDS = 7 * 24 * 3600
 CACHE_DIR = "/tmp/training-cache"
 PASSWORD_DIR = "/etc/training/tracking"
 """Where the pipeline's tracking password is mounted (a read-only Secret volume), never an environment variable."""
+PASSWORD_KEY = "password"
+"""The key of the password in the pipeline's Secret, and so the file's name under PASSWORD_DIR."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,7 +179,7 @@ def pipeline_env(p: PipelineArgs, args: TrainingArgs, datasets_bucket: pulumi.In
         "TRAINING_TRIGGER": "schedule" if p.schedule else "manual",
         "TRAINING_IMAGE": p.image,
         "TRAINING_CACHE_DIR": CACHE_DIR,
-        "TRAINING_TRACKING_PASSWORD_FILE": f"{PASSWORD_DIR}/password",
+        "TRAINING_TRACKING_PASSWORD_FILE": f"{PASSWORD_DIR}/{PASSWORD_KEY}",
         "MLFLOW_TRACKING_URI": args.tracking_url,
         "MLFLOW_TRACKING_USERNAME": writer_username(p.name),
         "AWS_DEFAULT_REGION": args.region,  # what boto3 reads (botocore ignores AWS_REGION)
@@ -293,7 +295,7 @@ class Training(pulumi.ComponentResource):
         password = k8s.core.v1.Secret(
             f"{name}-{p.name}-tracking",
             metadata={"name": password_secret(p.name), "namespace": NAMESPACE, "labels": {PIPELINE_LABEL: p.name}},
-            string_data=pulumi.Output.secret({"password": args.tracking_passwords[p.name]}),
+            string_data=pulumi.Output.secret({PASSWORD_KEY: args.tracking_passwords[p.name]}),
             opts=in_namespace,
         )
         return k8s.batch.v1.CronJob(

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 import pandas as pd
@@ -31,6 +32,8 @@ from services.training.task import Task, load_task
 
 TAG_PREFIX = "mlops."
 """Tags the runner writes on runs and versions: `mlops.gate.decision`, `mlops.data.dvc_md5`, ..."""
+PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
+"""Where MLflow's client reads the tracking user's password (mlflow.utils.credentials.read_mlflow_creds)."""
 
 
 @dataclass(frozen=True)
@@ -54,19 +57,29 @@ def say(message: str) -> None:
     print(f"[training] {message}", flush=True)
 
 
+def without_password(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The environment for a child process: everything but the tracking password."""
+    return {key: value for key, value in environ.items() if key != PASSWORD_VARIABLE}
+
+
 def code_revision(settings: TrainingSettings) -> str:
     if settings.code_revision:
         return settings.code_revision
     try:
         found = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).parent,
+            env=without_password(os.environ),
         )
         return found.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def provenance_tags(settings: TrainingSettings, data: DataVersion) -> dict[str, str]:
+def provenance_tags(settings: TrainingSettings, data: DataVersion, revision: str) -> dict[str, str]:
     """Where a run and its version came from: pipeline, trigger, data version, code and image."""
     tags = {
         "pipeline": settings.pipeline,
@@ -76,7 +89,7 @@ def provenance_tags(settings: TrainingSettings, data: DataVersion) -> dict[str, 
         "data.dvc_md5": data.md5,
         "data.size": str(data.size),
         "data.source": data.source,
-        "code.revision": code_revision(settings),
+        "code.revision": revision,
         "image": settings.image or "local",
     }
     if data.dvc_file:
@@ -129,32 +142,74 @@ def score(task: Task, model_uri: str, version: str | None, features: pd.DataFram
         return Score(version=version, error=f"{type(exc).__name__}: {exc}"[:500])
 
 
-def use_tracking_password(settings: TrainingSettings) -> None:
-    """The password in `TRAINING_TRACKING_PASSWORD_FILE`, if set, as MLflow's client reads it (this process only)."""
+def read_tracking_password(settings: TrainingSettings) -> str | None:
+    """The password in `TRAINING_TRACKING_PASSWORD_FILE`, if set; SystemExit with one line when it cannot be used."""
     if not settings.tracking_password_file:
-        return
+        return None
     try:
         password = Path(settings.tracking_password_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(
-            f"TRAINING_TRACKING_PASSWORD_FILE: cannot read {settings.tracking_password_file}: {exc.strerror}"
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SystemExit(
+            f"TRAINING_TRACKING_PASSWORD_FILE: cannot read {settings.tracking_password_file}: {reason}"
         ) from None
     if not password:
-        raise ValueError(f"TRAINING_TRACKING_PASSWORD_FILE: {settings.tracking_password_file} is empty")
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+        raise SystemExit(f"TRAINING_TRACKING_PASSWORD_FILE: {settings.tracking_password_file} is empty")
+    return password
+
+
+@contextmanager
+def environment_password(password: str | None) -> Iterator[None]:
+    """`password` (when there is one) in this process's environment, where MLflow's client reads it, for the block
+    only; the variable is as it was afterwards."""
+    saved = os.environ.get(PASSWORD_VARIABLE)
+    if password is not None:
+        os.environ[PASSWORD_VARIABLE] = password
+    try:
+        yield
+    finally:
+        os.environ.pop(PASSWORD_VARIABLE, None) if saved is None else os.environ.__setitem__(PASSWORD_VARIABLE, saved)
+
+
+@contextmanager
+def hidden_password() -> Iterator[None]:
+    """No tracking password in the environment while the pipeline's own code runs (it logs nothing: the runner does)."""
+    saved = os.environ.pop(PASSWORD_VARIABLE, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[PASSWORD_VARIABLE] = saved
 
 
 def run(settings: TrainingSettings) -> Outcome:
-    """One run end to end (see the module docstring). Raises `DataCheckError` for a bad frame."""
-    use_tracking_password(settings)
-    task = load_task(settings.entry_point)
+    """One run end to end (see the module docstring). Raises `DataCheckError` for a bad frame.
+
+    The tracking password enters the environment (from its file) only after `git rev-parse` ran (which gets an
+    environment without it in any case), MLflow's run context was resolved (GitPython runs `git` for the
+    `mlflow.source.git.*` tags, once per process) and the pipeline's module was imported, and leaves it while the
+    pipeline's `fit` runs. MLflow's client needs it from there on; what MLflow itself starts meanwhile (the requirements
+    inference of `log_model` when the task names no `pip_requirements`) and the fitted model's `predict` in scoring
+    run with it."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    password = read_tracking_password(settings)
+    revision = code_revision(settings)
+    with hidden_password():
+        resolve_tags()  # MLflow's run context: its git lookups run `git` (GitPython) and are cached for the process
+        task = load_task(settings.entry_point)
+    with environment_password(password):
+        return _run(settings, task, revision)
+
+
+def _run(settings: TrainingSettings, task: Task, revision: str) -> Outcome:
     params = {**task.default_params, **settings.params}
     frame, data = load_data(settings)
     say(f"data {data.path}: md5 {data.md5}, {len(frame)} rows, from {data.source}")
     client = MlflowClient()
     champion = champion_version(client, settings.model_name, settings.champion_alias)
     columns = expected_columns(task, settings.model_name, champion, frame)
-    tags = provenance_tags(settings, data)
+    tags = provenance_tags(settings, data, revision)
     mlflow.set_experiment(settings.experiment_name)
     with mlflow.start_run(run_name=f"{settings.pipeline}-{settings.trigger}", tags=tags) as active:
         log_data_version(frame, data, task.target)
@@ -162,7 +217,9 @@ def run(settings: TrainingSettings) -> Outcome:
         train_x, holdout_x, train_y, holdout_y = split(frame, list(columns), task.target, settings)
         say(f"training on {len(train_x)} rows, holding out {len(holdout_x)}; params {params}")
         mlflow.log_params({**params, "holdout_fraction": settings.holdout_fraction, "split_seed": settings.split_seed})
-        model_info = log_model(task, task.fit(train_x, train_y, params), train_x)
+        with hidden_password():
+            model = task.fit(train_x, train_y, params)
+        model_info = log_model(task, model, train_x)
         challenger = score(task, model_info.model_uri, None, holdout_x, holdout_y)
         current = (
             score(task, f"models:/{settings.model_name}/{champion}", champion, holdout_x, holdout_y)

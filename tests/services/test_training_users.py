@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -89,6 +90,31 @@ def pipeline_user(tracking, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
+def recording_git_and_task(tmp_path, monkeypatch) -> tuple:
+    """A `git` first on PATH that appends its arguments and environment to a file on every call (and answers
+    `fakerevision`: MLflow's GitPython gets nothing it can use and goes without), and a
+    pipeline module (the diabetes task) that records the tracking password it sees when imported and in `fit`.
+    Returns (the file git writes, the module's name)."""
+    record = tmp_path / "git-env.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(f"#!/bin/sh\n{{ echo git $*; env; }} >> {record}\necho fakerevision\n")
+    (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    name = f"recording_task_{secrets.token_hex(4)}"
+    (tmp_path / f"{name}.py").write_text(
+        "import dataclasses, os\n"
+        "from examples.diabetes import task as diabetes\n"
+        "SEEN = {'import': os.environ.get('MLFLOW_TRACKING_PASSWORD')}\n"
+        "def fit(x, y, params):\n"
+        "    SEEN['fit'] = os.environ.get('MLFLOW_TRACKING_PASSWORD')\n"
+        "    return diabetes().fit(x, y, params)\n"
+        "task = dataclasses.replace(diabetes(), fit=fit)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return record, name
+
+
 def admin_client(tracking):
     from mlflow import MlflowClient
 
@@ -114,20 +140,27 @@ def test_a_pipeline_user_runs_its_pipeline_and_writes_nothing_else(tracking, pip
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
     password_file = tmp_path / "password"
     password_file.write_text(pipeline_user + "\n")
+    git_env, task_module = recording_git_and_task(tmp_path, monkeypatch)
     outcome = run(
         TrainingSettings(
             pipeline="perm",
             model_name="perm-model",
-            entry_point="examples.diabetes:task",
+            entry_point=f"{task_module}:task",
             data=str(write_dataset(tmp_path / "diabetes.csv")),
             tracking_password_file=str(password_file),
         )
     )
+    # neither `git rev-parse` nor the pipeline's code (its import, its fit) was handed the password
+    assert "git rev-parse HEAD" in git_env.read_text() and "MLFLOW_TRACKING_PASSWORD" not in git_env.read_text()
+    assert sys.modules[task_module].SEEN == {"import": None, "fit": None}
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ  # and the run leaves the process as it found it
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", pipeline_user)
     assert (
         outcome.version == "1" and outcome.decision.promote
     )  # runs, registers, tags and moves aliases of its own model
     client = MlflowClient()
     assert client.get_model_version_by_alias("perm-model", "champion").version == "1"
+    assert client.get_run(outcome.run_id).data.tags["mlops.code.revision"] == "fakerevision"
 
     client.set_registered_model_tag("perm-model", "team", "perm")  # tags and aliases of its own model
     client.set_registered_model_alias("perm-model", "reviewed", "1")
@@ -391,14 +424,17 @@ def test_ensure_user_resets_the_password_and_removes_users_of_gone_pipelines(tra
         AuthServiceClient(tracking.url).get_user(writer_username("gone"))
 
 
-@pytest.mark.parametrize("content, message", [(None, "cannot read"), ("\n", "is empty")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "cannot read .*: No such file or directory"), ("\n", "is empty"), (b"\xff\xfe", "not UTF-8 text")],
+)
 def test_an_unreadable_or_empty_password_file_stops_the_run_before_anything_is_logged(tmp_path, content, message):
     from services.training.runner import run
     from services.training.settings import TrainingSettings
 
     path = tmp_path / "password"
     if content is not None:
-        path.write_text(content)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
     settings = TrainingSettings(
         pipeline="perm",
         model_name="perm-model",
@@ -406,5 +442,47 @@ def test_an_unreadable_or_empty_password_file_stops_the_run_before_anything_is_l
         data=str(tmp_path / "none.csv"),
         tracking_password_file=str(path),
     )
-    with pytest.raises(ValueError, match=f"TRAINING_TRACKING_PASSWORD_FILE: .*{message}"):
+    with pytest.raises(SystemExit, match=f"^TRAINING_TRACKING_PASSWORD_FILE: .*{message}$"):
         run(settings)
+
+
+def test_a_missing_password_file_ends_the_run_command_with_one_line(tmp_path):
+    """As the CronJob's container runs it: exit 1, the setting and the file on stderr, no traceback."""
+    import subprocess
+
+    from infra.stackfile import REPO_ROOT
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINING_", "MLFLOW_"))}
+    env = {
+        **clean,
+        "TRAINING_PIPELINE": "perm",
+        "TRAINING_MODEL_NAME": "perm-model",
+        "TRAINING_ENTRY_POINT": "examples.diabetes:task",
+        "TRAINING_DATA": str(tmp_path / "none.csv"),
+        "TRAINING_TRACKING_PASSWORD_FILE": str(tmp_path / "missing"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "services.training", "run"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"TRAINING_TRACKING_PASSWORD_FILE: cannot read {tmp_path / 'missing'}: No such file or directory"
+    ]
+
+
+def test_git_is_run_without_the_tracking_password(tmp_path, monkeypatch):
+    """Locally the password may be in the environment already (MLFLOW_TRACKING_PASSWORD): `git` still gets none."""
+    from services.training.runner import code_revision
+    from services.training.settings import TrainingSettings
+
+    record, _ = recording_git_and_task(tmp_path, monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-for-git")
+    settings = TrainingSettings(pipeline="perm", model_name="m", entry_point="a:b", data="x.csv")
+    assert code_revision(settings) == "fakerevision"
+    assert "git rev-parse HEAD" in record.read_text() and "not-for-git" not in record.read_text()
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "not-for-git"
