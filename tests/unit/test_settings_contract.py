@@ -6,7 +6,8 @@ source: a prod-profile stack (tests/unit/builders.profile_settings: a CPU endpoi
 two training pipelines, one retraining on drift, declares every kind of container the platform runs from its own
 images (model servers, the tracking server and its Jobs, pipeline CronJobs, the drift receiver).
 Each kind's settings class names what it reads (`env_prefix` + field names); variables read by third-party code are
-listed in THIRD_PARTY with the place that reads them, and a test checks each against the pinned library.
+listed in THIRD_PARTY, per service, with the place that reads them, and a test checks each against the pinned
+library.
 """
 
 from __future__ import annotations
@@ -44,12 +45,32 @@ PIPELINES = [
         "gpu": 1,
     },
 ]
-THIRD_PARTY = {
-    "MLFLOW_TRACKING_URI": "MLflow's client: mlflow.environment_variables.MLFLOW_TRACKING_URI (get_tracking_uri)",
-    "MLFLOW_TRACKING_USERNAME": "MLflow's client: mlflow.utils.credentials.read_mlflow_creds (basic auth user)",
-    "AWS_DEFAULT_REGION": "boto3/botocore: botocore.configprovider.BOTOCORE_DEFAUT_SESSION_VARIABLES['region']",
+MLFLOW_URI = "MLflow's client: mlflow.environment_variables.MLFLOW_TRACKING_URI (get_tracking_uri)"
+MLFLOW_USERNAME = "MLflow's client: mlflow.utils.credentials.read_mlflow_creds (basic auth user)"
+BOTO_REGION = "boto3/botocore: botocore.configprovider.BOTOCORE_DEFAUT_SESSION_VARIABLES['region']"
+THIRD_PARTY: dict[type[BaseSettings], dict[str, str]] = {
+    ServingSettings: {"MLFLOW_TRACKING_URI": MLFLOW_URI},
+    TrackingSettings: {"AWS_DEFAULT_REGION": BOTO_REGION},  # Secrets Manager and S3 (artifacts) from the server
+    TrainingSettings: {
+        "MLFLOW_TRACKING_URI": MLFLOW_URI,
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_USERNAME,  # its password comes from TRAINING_TRACKING_PASSWORD_FILE
+        "AWS_DEFAULT_REGION": BOTO_REGION,  # the datasets bucket (DVC remote)
+    },
+    ReceiverSettings: {},
 }
-"""Variables the components set for code that is not the platform's: name -> where it is read."""
+"""Per service: the variables the components set on its containers for code that is not the platform's -> where
+that code reads them. A variable is accounted for only on the services it is listed for."""
+REQUIRED_ONE_OF: dict[type[BaseSettings], list[set[str]]] = {
+    TrackingSettings: [
+        {"TRACKING_ADMIN_PASSWORD", "TRACKING_ADMIN_PASSWORD_SECRET_ARN"},  # entrypoint.resolve_secrets
+        {"TRACKING_FLASK_SECRET_KEY", "TRACKING_FLASK_SECRET_KEY_SECRET_ARN"},  # entrypoint.resolve_secrets
+        {"TRACKING_DATABASE_PASSWORD", "TRACKING_DATABASE_PASSWORD_SECRET_ARN"},  # entrypoint.server_login (Postgres)
+        {"TRACKING_BACKEND_STORE_URI"},  # else a sqlite file in the pod's /tmp, lost on restart
+        {"TRACKING_AUTH_DATABASE_URI"},  # the same for users and permissions
+    ],
+}
+"""What a service cannot start without (or without losing its data) that its settings class cannot declare as a
+required field, because either of two variables supplies it or a default serves local runs: one of each set."""
 
 
 def settings_of(image: str, args: list[str] | None) -> type[BaseSettings] | None:
@@ -89,8 +110,8 @@ def containers(inventory) -> list[tuple[str, type[BaseSettings], list[str]]]:
 
 
 def unread(settings: type[BaseSettings], names: list[str]) -> list[str]:
-    """Variables of `names` that neither the settings class nor a listed third-party reader reads."""
-    return sorted(set(names) - set(setting_names(settings)) - set(THIRD_PARTY))
+    """Variables of `names` that neither the settings class nor a third-party reader listed for it reads."""
+    return sorted(set(names) - set(setting_names(settings)) - set(THIRD_PARTY[settings]))
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +127,31 @@ def test_every_variable_a_component_sets_is_read_by_its_service(workloads):
     assert problems == {}
 
 
+def required_variables(settings: type[BaseSettings]) -> list[set[str]]:
+    """One set per thing the service cannot start without: its required fields (one variable each), then
+    REQUIRED_ONE_OF."""
+    prefix = settings.model_config["env_prefix"]
+    fields = [{f"{prefix}{name}".upper()} for name, field in settings.model_fields.items() if field.is_required()]
+    return fields + REQUIRED_ONE_OF.get(settings, [])
+
+
 def test_each_settings_class_gets_what_it_cannot_start_without(workloads):
-    required = {
-        settings: {
-            f"{settings.model_config['env_prefix']}{name}".upper()
-            for name, field in settings.model_fields.items()
-            if field.is_required()
-        }
-        for settings in (ServingSettings, TrainingSettings, ReceiverSettings)
-    }
+    checked = set()
     for workload, settings, names in workloads:
-        assert required.get(settings, set()) <= set(names), workload
+        missing = [sorted(one_of) for one_of in required_variables(settings) if not one_of & set(names)]
+        assert missing == [], workload
+        checked.add(settings)
+    assert checked == {ServingSettings, TrackingSettings, TrainingSettings, ReceiverSettings}
+    assert len(required_variables(TrackingSettings)) == 5  # no required field: what it needs is listed here
+
+
+def test_a_tracking_workload_without_its_admin_password_is_found(workloads):
+    """The check itself on the tracking server, whose settings class has no required field."""
+    workload, settings, names = next(w for w in workloads if w[1] is TrackingSettings)
+    without = [n for n in names if not n.startswith("TRACKING_ADMIN_PASSWORD")]
+    assert [one_of for one_of in required_variables(settings) if not one_of & set(without)] == [
+        {"TRACKING_ADMIN_PASSWORD", "TRACKING_ADMIN_PASSWORD_SECRET_ARN"}
+    ]
 
 
 def test_a_variable_no_service_reads_is_found(workloads):
@@ -128,6 +163,10 @@ def test_a_variable_no_service_reads_is_found(workloads):
         "AWS_REGION",
         "TRAINING_TRACKING_PASSWORD_FIEL",
     ]
+    # a third-party variable counts only for the services it is listed for: MLflow's user on the tracking server's
+    # own pods, the region on a model server (it reads neither there)
+    assert unread(TrackingSettings, ["TRACKING_HOST", "MLFLOW_TRACKING_USERNAME"]) == ["MLFLOW_TRACKING_USERNAME"]
+    assert unread(ServingSettings, ["MLFLOW_TRACKING_URI", "AWS_DEFAULT_REGION"]) == ["AWS_DEFAULT_REGION"]
 
 
 def test_third_party_variables_are_read_where_the_list_says(monkeypatch):
@@ -136,6 +175,11 @@ def test_third_party_variables_are_read_where_the_list_says(monkeypatch):
     from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES
     from mlflow.utils.credentials import read_mlflow_creds
 
+    assert set().union(*THIRD_PARTY.values()) == {
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "AWS_DEFAULT_REGION",
+    }
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "training-diabetes")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
@@ -151,15 +195,31 @@ def test_third_party_variables_are_read_where_the_list_says(monkeypatch):
     assert botocore.session.Session().get_config_variable("region") is None  # why the components set AWS_DEFAULT_REGION
 
 
-@pytest.mark.parametrize("settings", [ServingSettings, TrackingSettings, TrainingSettings, ReceiverSettings])
-def test_an_unknown_variable_with_the_prefix_stops_the_settings(settings, monkeypatch):
+@pytest.mark.parametrize(
+    "settings, typo, suggestion",
+    [
+        (ServingSettings, "SERVING_PORTT", "SERVING_PORT"),
+        (TrackingSettings, "TRACKING_DEFAULT_PERMISION", "TRACKING_DEFAULT_PERMISSION"),
+        (TrainingSettings, "TRAINING_SPLIT_SEEDD", "TRAINING_SPLIT_SEED"),
+        (ReceiverSettings, "RECEIVER_PORTT", "RECEIVER_PORT"),
+    ],
+)
+def test_an_unknown_variable_with_the_prefix_stops_the_settings(settings, typo, suggestion, monkeypatch):
     prefix = settings.model_config["env_prefix"]
-    monkeypatch.setenv(f"{prefix}PORTT", "1")
+    monkeypatch.setenv(typo, "1")
     with pytest.raises(UnknownSettingError) as caught:
         settings()
     message = caught.value.message
-    assert message.startswith(f"unknown setting {prefix}PORTT")
-    assert f"allowed: {', '.join(setting_names(settings))}" in message
+    assert message.startswith(f"unknown setting {typo} (did you mean {suggestion}?): ")
+    assert f"{settings.__name__} reads no such {prefix}* variable" in message
+    assert message.endswith(f"allowed: {', '.join(setting_names(settings))}")
+
+
+def test_a_variable_like_no_setting_gets_no_suggestion(monkeypatch):
+    monkeypatch.setenv("SERVING_ZZZZZZZZZZZZ", "1")
+    with pytest.raises(UnknownSettingError) as caught:
+        ServingSettings()
+    assert caught.value.message.startswith("unknown setting SERVING_ZZZZZZZZZZZZ: ServingSettings reads no such")
 
 
 def test_kubernetes_service_links_are_not_taken_for_settings(monkeypatch):
