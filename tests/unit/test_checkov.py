@@ -62,22 +62,52 @@ def test_checkov_finds_nothing_in_the_rendered_manifests(tmp_path, stack):
     assert summary["skipped"] == 0  # nothing in the shipped stacks needs a suppression
 
 
+PIPELINE_SETTINGS = {
+    "registry": {"repositories": ["serving", "tracking", "drift", "training"]},
+    "pipelines": [
+        {
+            "name": "diabetes",
+            "model": "diabetes",
+            "entryPoint": "examples.diabetes:task",
+            "data": "data/diabetes.csv.dvc",
+            "endpoint": "diabetes",
+        }
+    ],
+}
+"""A training pipeline that retrains on its endpoint's drift, on top of a dev-profile stack (builders.PROFILE_SETTINGS:
+one CPU endpoint `diabetes`)."""
+
+
+def write_manifests(settings: dict, out: Path) -> None:
+    """What `mlops render --out` writes, for a stack built from explicit settings (no stack file): each object
+    validated against the cluster's Kubernetes version, one YAML file each."""
+    import yaml
+
+    from infra.manifests import manifests, validate
+    from infra.settings import load_settings
+    from tests.unit.builders import REGION, program_inventory
+
+    version = load_settings(settings, stack="retrain", region=REGION).cluster.kubernetes_version
+    out.mkdir(parents=True)
+    problems: dict[str, list[str]] = {}
+    for manifest in manifests(program_inventory("retrain", settings)):
+        meta = manifest["metadata"]
+        name = "-".join(filter(None, (manifest["kind"].lower(), meta.get("namespace"), meta["name"])))
+        if errors := validate(manifest, version):
+            problems[name] = errors
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
+    assert problems == {}
+    assert any(path.name == "cronjob-training-diabetes.yaml" for path in out.iterdir())
+
+
 @pytest.fixture(scope="module")
 def pipeline_stack_report(tmp_path_factory) -> dict:
-    """checkov's report on dev with a training pipeline that retrains on its endpoint's drift: the training
-    namespace's CronJob, Secret and the drift receiver are rendered only when a pipeline is declared."""
-    tmp_path = tmp_path_factory.mktemp("pipeline-stack")
-    stack_file = tmp_path / "Pulumi.retrain.yaml"
-    stack_file.write_text(
-        (REPO_ROOT / "stacks" / "Pulumi.dev.yaml").read_text()
-        + (
-            "  mlops-platform:registry:\n    repositories: [serving, tracking, drift, training]\n"
-            "  mlops-platform:pipelines:\n    - {name: diabetes, model: diabetes, entryPoint: 'examples.diabetes:task',"
-            " data: data/diabetes.csv.dvc, endpoint: diabetes}\n"
-        )
-    )
-    out = tmp_path / "manifests"
-    render(["--stack-file", str(stack_file)], out)
+    """checkov's report on a dev-profile stack with a training pipeline that retrains on its endpoint's drift: the
+    training namespace's CronJob, Secret and the drift receiver are rendered only when a pipeline is declared."""
+    from tests.unit.builders import profile_settings
+
+    out = tmp_path_factory.mktemp("pipeline-stack") / "manifests"
+    write_manifests(profile_settings("dev", **PIPELINE_SETTINGS), out)
     return checkov(out)
 
 
