@@ -65,7 +65,8 @@ class TrainingSettings(StrictEnvSettings):
     """Also write the outcome as JSON here (the pull-request report reads it)."""
     tracking_password_file: str | None = None
     """File holding the tracking user's password (the platform mounts the pipeline's Secret there); read at the start
-    of a run into this process's `MLFLOW_TRACKING_PASSWORD`, which MLflow's client reads on every request."""
+    of a run, and set as this process's `MLFLOW_TRACKING_PASSWORD` (which MLflow's client reads on every request) once
+    `git` and the pipeline's import have run (runner.run)."""
 
     @property
     def experiment_name(self) -> str:
