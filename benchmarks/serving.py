@@ -1,7 +1,7 @@
 """Benchmark: this platform's model server against `mlflow models serve`, side by side.
 
     make bench
-    python -m benchmarks.serving [--duration 10] [--connections 16] [--models numeric,pipeline,trees]
+    python -m benchmarks.serving [--duration 5] [--repeats 3] [--connections 16] [--models numeric,pipeline,trees]
 
 Starts moto S3 and the tracking server on loopback and registers three models: the example
 numeric scikit-learn model (Ridge, 10 features), a scikit-learn Pipeline with a categorical
@@ -69,6 +69,8 @@ class Result:
     requests_per_model_call: float | None = None
     """This server: answered requests per model call (its /metrics). It depends on how wrk's connections
     landed on the workers (all on one: batches of up to --connections; spread: fewer per worker)."""
+    repeats_rps: tuple[float, ...] = ()
+    """Throughput of each repeat; the figures above are the median repeat's."""
 
 
 def wrk(url: str, body: bytes, *, duration: int, connections: int, threads: int) -> tuple[float, float, float, int]:
@@ -240,44 +242,16 @@ def measure(kind: str, pair: tuple[Server, Server], args: argparse.Namespace) ->
     for rows in ROWS:
         body = body_of(kind, rows)
         for name, server in ((BASELINE, theirs), (OURS, ours)):
-            wrk(
-                server.url + "/invocations", body, duration=2, connections=args.connections, threads=args.threads
-            )  # warm-up
-            cpu_before, machine_before = cpu_seconds(server.process.pid), MachineCpu.now()
-            calls_before = model_calls(server) if server is ours else None
-            rps, p50, p99, errors = wrk(
-                server.url + "/invocations",
-                body,
-                duration=args.duration,
-                connections=args.connections,
-                threads=args.threads,
-            )
-            external, steal = machine_before.outside_bench_since()
-            cpu_ms = 1000 * (cpu_seconds(server.process.pid) - cpu_before) / max(1.0, rps * args.duration)
-            batch = None
-            if calls_before is not None:
-                answered, calls = model_calls(server)
-                batch = round((answered - calls_before[0]) / max(1.0, calls - calls_before[1]), 2)
-            results.append(
-                Result(
-                    kind,
-                    name,
-                    rows,
-                    rps,
-                    p50,
-                    p99,
-                    errors,
-                    round(external, 3),
-                    round(steal, 3),
-                    round(cpu_ms, 4),
-                    batch,
-                )
-            )
+            result = measure_one(kind, name, server, server is ours, body, rows, args)
+            results.append(result)
+            batch, external = result.requests_per_model_call, result.external_cpu_cores
             print(
-                f"[bench] {kind:9} {name:20} {rows:>3} row(s): {rps:9.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
-                f"cpu {cpu_ms:6.3f} ms/request  errors {errors}  "
+                f"[bench] {kind:9} {name:20} {rows:>3} row(s): {result.requests_per_second:9.1f} req/s  "
+                f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                f"cpu {result.cpu_ms_per_request:6.3f} ms/request  errors {result.errors}  "
                 + (f"requests/model call {batch:.1f}  " if batch is not None else "")
-                + f"(outside the bench: {external:.2f} cores, steal {steal:.2f})"
+                + f"(repeats {', '.join(f'{r:.0f}' for r in result.repeats_rps)} req/s; "
+                f"outside the bench: {external:.2f} cores, steal {result.steal_cores:.2f})"
             )
             if external > args.max_external_cpu:
                 print(
@@ -285,6 +259,45 @@ def measure(kind: str, pair: tuple[Server, Server], args: argparse.Namespace) ->
                     f"(> {args.max_external_cpu}): the machine is busy, these figures are not valid"
                 )
     return results
+
+
+def measure_one(
+    kind: str, name: str, server: Server, batching: bool, body: bytes, rows: int, args: argparse.Namespace
+) -> Result:
+    """`--repeats` wrk runs, each with new connections: how they land on the workers is drawn anew each
+    time (all on one worker, or spread), for this server and the baseline alike, so the median repeat is
+    the figure, not one lucky or unlucky draw."""
+    url = server.url + "/invocations"
+    wrk(url, body, duration=2, connections=args.connections, threads=args.threads)  # warm-up
+    cpu_before, machine_before = cpu_seconds(server.process.pid), MachineCpu.now()
+    calls_before = model_calls(server) if batching else None
+    runs = [
+        wrk(url, body, duration=args.duration, connections=args.connections, threads=args.threads)
+        for _ in range(args.repeats)
+    ]
+    external, steal = machine_before.outside_bench_since()
+    answered = sum(run[0] for run in runs) * args.duration
+    cpu_ms = 1000 * (cpu_seconds(server.process.pid) - cpu_before) / max(1.0, answered)
+    batch = None
+    if calls_before is not None:
+        served, calls = model_calls(server)
+        batch = round((served - calls_before[0]) / max(1.0, calls - calls_before[1]), 2)
+    rps, p50, p99, _ = sorted(runs)[len(runs) // 2]
+    errors = sum(run[3] for run in runs)
+    return Result(
+        kind,
+        name,
+        rows,
+        rps,
+        p50,
+        p99,
+        errors,
+        round(external, 3),
+        round(steal, 3),
+        round(cpu_ms, 4),
+        batch,
+        tuple(round(run[0], 1) for run in runs),
+    )
 
 
 def model_calls(server: Server) -> tuple[float, float]:
@@ -365,47 +378,48 @@ class MachineCpu:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds of load per measurement")
+    parser.add_argument("--duration", type=int, default=5, help="seconds of load per wrk run")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="wrk runs per measurement (new connections each); the median is kept"
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves the CPUs to the servers)")
     parser.add_argument("--workers", type=int, default=available_cpus(), help="worker processes for both servers")
     parser.add_argument("--models", default="numeric,pipeline,trees", help="comma-separated: numeric, pipeline, trees")
     parser.add_argument(
-        "--max-load",
-        type=float,
-        default=1.0,
-        help="mark the run busy when the 1-minute load average is above this before any server starts",
-    )
-    parser.add_argument(
         "--max-external-cpu",
         type=float,
         default=0.25,
-        help="mark a measurement invalid when other processes used more CPU cores than this",
+        help="mark the run invalid when other processes used more CPU cores than this, in the 3 s before it "
+        "starts or during a measurement",
     )
     parser.add_argument("--out", default="build/bench/serving.json")
     args = parser.parse_args()
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(TARGETS))
+    if args.repeats < 1 or args.duration < 1:
+        parser.error("--repeats and --duration must be at least 1")
     if unknown:
         parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
 
-    facts = machine(os.getloadavg()[0])  # before the bench starts anything
-    before = facts["load_average_before_start"]
+    facts = machine(busy_cores_before_start())  # before the bench starts anything
+    before = facts["busy_cores_before_start"]
     print(
         f"[bench] {facts['cpu_model']}, {facts['cpus_available']} CPU(s) available; "
-        f"load average before start {before:.2f}"
+        f"other processes used {before:.2f} CPU cores in the 3 s before start"
     )
-    if before > args.max_load:
+    if before > args.max_external_cpu:
         print(
-            f"[bench] WARNING: the load average is {before:.2f} (> {args.max_load}) before the bench started "
-            "anything: the machine is busy, the figures will not be valid"
+            f"[bench] WARNING: other processes used {before:.2f} CPU cores (> {args.max_external_cpu}) before the "
+            "bench started anything: the machine is busy, the figures will not be valid"
         )
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     plane = LocalPlane(workdir=workdir)
     results: list[Result] = []
     with ExitStack() as stack:
         print(
-            f"[bench] {args.workers} worker(s) per server, wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
+            f"[bench] {args.workers} worker(s) per server, "
+            f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.repeats} times per measurement"
         )
         moto = start_tracking_plane(plane, stack)
         env = {
@@ -479,10 +493,11 @@ def report(results: list[Result], args: argparse.Namespace, facts: dict) -> None
             verdicts.append(f"{ratio['rows']}: {verdict}{'' if ratio['valid'] else ' (busy: invalid)'}")
         print(f"{kind:9} {cells[0]:>20} {cells[1]:>16} {cells[2]:>22} {cells[3]:>16}  {', '.join(verdicts)}")
     invalid = [f"{r['model']} {r['rows']}-row" for r in ratios if not r["valid"]]
-    valid = not invalid and facts["load_average_before_start"] <= args.max_load
+    valid = not invalid and facts["busy_cores_before_start"] <= args.max_external_cpu
     if not valid:
         print(
-            f"WARNING: the machine was busy (load average before start {facts['load_average_before_start']:.2f}; "
+            f"WARNING: the machine was busy (other processes before start {facts['busy_cores_before_start']:.2f} "
+            "cores; "
             f"other processes above {args.max_external_cpu} cores during: {', '.join(invalid) or 'none'}): "
             "rerun on a quiet machine"
         )
@@ -503,7 +518,19 @@ def report(results: list[Result], args: argparse.Namespace, facts: dict) -> None
     print(f"results written to {out}")
 
 
-def machine(load_before_start: float) -> dict:
+def busy_cores_before_start(seconds: float = 3.0, root: int | None = None) -> float:
+    """CPU cores other processes keep busy right now, measured over a few seconds.
+
+    Not the load average: it decays over minutes, so a bench run just before (or a test that ended a
+    minute ago) would still count, while a job that starts now would not show yet."""
+    import time
+
+    start = MachineCpu.now(root)
+    time.sleep(seconds)
+    return start.outside_bench_since()[0]
+
+
+def machine(busy_before_start: float) -> dict:
     """The facts the figures come from: CPU model, cores, and how busy the machine was before the bench."""
     try:
         model = next(
@@ -517,7 +544,8 @@ def machine(load_before_start: float) -> dict:
         "cpu_model": model,
         "cpus_online": os.cpu_count(),
         "cpus_available": available_cpus(),
-        "load_average_before_start": round(load_before_start, 2),
+        "busy_cores_before_start": round(busy_before_start, 3),
+        "load_average_before_start": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
         "kernel": os.uname().release,
     }

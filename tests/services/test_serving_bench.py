@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.serving import MachineCpu, bench_ticks
+from benchmarks.serving import MachineCpu, bench_ticks, busy_cores_before_start
 
 BUSY = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: pass\n"
 """One second of CPU, however long the shared machine makes it take."""
@@ -40,3 +40,23 @@ def test_cpu_of_processes_outside_the_bench_is_reported_as_external_load():
         outsider.wait(timeout=60)
     assert external * elapsed >= 0.9  # the outsider's second of CPU, at least, is outside the bench
     assert steal >= 0
+
+
+def test_the_check_before_start_sees_a_busy_outsider_and_not_a_finished_load():
+    """Measured over seconds, not the load average: the bench's own busy child (as a previous bench
+    run's servers were) does not count, a process outside its tree does."""
+    own = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        quiet = busy_cores_before_start(seconds=0.8)
+    finally:
+        own.wait(timeout=60)
+    outsider = subprocess.Popen([sys.executable, "-c", BUSY])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = busy_cores_before_start(seconds=0.8, root=sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        outsider.wait(timeout=60)
+    assert busy >= 0.4  # the outsider spins on a core for the whole window
+    assert busy > quiet + 0.3
