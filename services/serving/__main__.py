@@ -1,7 +1,8 @@
 """Run the model server: `python -m services.serving` (settings from `SERVING_*` variables).
 
-One uvicorn worker process per available CPU (`SERVING_WORKERS` overrides), uvloop, httptools
-behind the connection bounds of `connections.py`, no access log on the hot path. SIGTERM drains
+One uvicorn worker process per available CPU (`SERVING_WORKERS` overrides), each with its own
+listening socket on the port (`listeners.py`), uvloop, httptools behind the connection bounds of
+`connections.py`, no access log on the hot path. SIGTERM drains
 (`lifecycle.py`): not ready at once, still serving for `SERVING_SHUTDOWN_DELAY_SECONDS`, then
 in-flight requests get `SERVING_DRAIN_SECONDS` to finish.
 """
@@ -16,7 +17,10 @@ import sys
 import tempfile
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
+from services.serving.listeners import per_worker_listeners
 from services.serving.settings import ServingSettings
 
 FD_MARGIN = 256
@@ -44,21 +48,30 @@ def main() -> None:
         # every worker writes its metrics here; /metrics in any worker sums them up
         metrics_dir = tempfile.mkdtemp(prefix="serving-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    config = uvicorn.Config(
+        "services.serving.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="services.serving.connections:GuardedProtocol",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_seconds),
+        timeout_keep_alive=math.ceil(settings.keepalive_seconds),
+        backlog=settings.backlog,
+    )
     try:
-        uvicorn.run(
-            "services.serving.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="services.serving.connections:GuardedProtocol",
-            lifespan="on",
-            access_log=False,
-            timeout_graceful_shutdown=int(settings.drain_seconds),
-            timeout_keep_alive=math.ceil(settings.keepalive_seconds),
-            backlog=settings.backlog,
-        )
+        if settings.workers == 1:
+            server = uvicorn.Server(config)
+            server.run()
+            if not server.started:
+                sys.exit(STARTUP_FAILURE)
+        else:
+            # uvicorn's supervisor as `uvicorn.run` uses it (restarts a dead worker, forwards SIGTERM to
+            # every worker), given a listener each worker binds itself instead of the parent's one socket
+            Multiprocess(config, sockets=per_worker_listeners(settings.host, settings.port)).run()
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -394,3 +394,60 @@ def test_the_image_installs_the_parquet_reader_the_server_accepts_bodies_for():
     assert PARQUET in MEDIA_TYPES
     image = (REPO_ROOT / "services/serving/requirements.txt").read_text()
     assert "pyarrow" in {line.split("==")[0].strip().lower() for line in requirement_lines(image)}
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets a process holds open (its /proc/<pid>/fd links)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _tcp_inodes(port: int, state: str) -> set[int]:
+    """Inodes of the IPv4 sockets on local `port` in a /proc/net/tcp state (0A listen, 01 established)."""
+    inodes = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == state:
+            inodes.add(int(fields[9]))
+    return inodes
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def test_each_worker_listens_on_its_own_socket_and_takes_a_share_of_new_connections(server):
+    """uvicorn's workers shared their parent's one socket, and a burst of keep-alive connections could
+    all land on whichever worker was awake; each worker now has its own SO_REUSEPORT socket, and the
+    kernel spreads new connections over them."""
+    import http.client
+
+    port = int(server.url.rsplit(":", 1)[1])
+    listening = _tcp_inodes(port, "0A")
+    children = {pid: _socket_inodes(pid) for pid in _children(server.process.pid)}
+    workers = [pid for pid, held in children.items() if held & listening]  # not multiprocessing's helpers
+    owners = {inode: [pid for pid in workers if inode in children[pid]] for inode in listening}
+    assert len(listening) == 2, listening  # one per worker (SERVING_WORKERS=2), none shared
+    assert all(len(pids) == 1 for pids in owners.values()), owners
+    assert not listening & _socket_inodes(server.process.pid)  # the parent holds none of them
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(64)]
+    try:
+        for connection in connections:  # keep-alive: each stays with the worker that accepted it
+            connection.request("GET", "/healthz")
+            assert connection.getresponse().read() is not None
+        established = _tcp_inodes(port, "01")
+        shares = sorted(len(established & workers_inodes) for workers_inodes in map(_socket_inodes, workers))
+    finally:
+        for connection in connections:
+            connection.close()
+    assert sum(shares) == 64 and shares[0] >= 12, shares  # binomial(64, 1/2): fewer than 12 is ~1e-7
