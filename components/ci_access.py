@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import pulumi
 import pulumi_aws as aws
 
-from components.identity import RoleWithPolicies
+from components.identity import RoleWithPolicies, web_identity_trust
 
 TOKEN = "mlops:ci:CiAccess"
 GITHUB_ISSUER = "token.actions.githubusercontent.com"
@@ -62,21 +62,7 @@ def trust_policy(provider_arn: str, subjects: Sequence[str]) -> str:
         raise ValueError(
             f"refusing a trust policy for subjects {list(subjects)}: name each repository and environment exactly"
         )
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Federated": provider_arn},
-                    "Action": "sts:AssumeRoleWithWebIdentity",
-                    "Condition": {
-                        "StringEquals": {f"{GITHUB_ISSUER}:aud": AUDIENCE, f"{GITHUB_ISSUER}:sub": list(subjects)}
-                    },
-                }
-            ],
-        }
-    )
+    return web_identity_trust(provider_arn, {f"{GITHUB_ISSUER}:aud": AUDIENCE, f"{GITHUB_ISSUER}:sub": list(subjects)})
 
 
 def preview_policy(

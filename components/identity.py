@@ -30,8 +30,9 @@ class OidcIdentity:
     issuer_url: pulumi.Output[str]
 
 
-def trust_policy(provider_arn: str, issuer_url: str, namespace: str, service_account: str) -> str:
-    issuer = issuer_url.removeprefix("https://")
+def web_identity_trust(provider_arn: str, string_equals: dict[str, object]) -> str:
+    """A role only tokens of one OIDC provider can assume, and only with these exact claims
+    (the cluster's service accounts here, GitHub's workflows in components/ci_access.py)."""
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -40,15 +41,21 @@ def trust_policy(provider_arn: str, issuer_url: str, namespace: str, service_acc
                     "Effect": "Allow",
                     "Principal": {"Federated": provider_arn},
                     "Action": "sts:AssumeRoleWithWebIdentity",
-                    "Condition": {
-                        "StringEquals": {
-                            f"{issuer}:sub": f"system:serviceaccount:{namespace}:{service_account}",
-                            f"{issuer}:aud": "sts.amazonaws.com",
-                        }
-                    },
+                    "Condition": {"StringEquals": string_equals},
                 }
             ],
         }
+    )
+
+
+def trust_policy(provider_arn: str, issuer_url: str, namespace: str, service_account: str) -> str:
+    issuer = issuer_url.removeprefix("https://")
+    return web_identity_trust(
+        provider_arn,
+        {
+            f"{issuer}:sub": f"system:serviceaccount:{namespace}:{service_account}",
+            f"{issuer}:aud": "sts.amazonaws.com",
+        },
     )
 
 

@@ -201,6 +201,15 @@ def kubernetes_api_client(reason: str) -> dict[str, str]:
     return {"checkov.io/skip1": f"{KUBERNETES_API_SKIP}={reason}"}
 
 
+def alb_ingress_spec(path: str, backend: dict[str, Any]) -> dict[str, Any]:
+    """One `Prefix` path on the AWS Load Balancer Controller's `alb` class: each workload's share of the
+    shared internal ALB (its annotations from `internal_alb_annotations`)."""
+    return {
+        "ingressClassName": "alb",
+        "rules": [{"http": {"paths": [{"path": path, "pathType": "Prefix", "backend": backend}]}}],
+    }
+
+
 def load_balancer_ingress(cidrs: Sequence[str], port: int) -> dict[str, Any]:
     """The NetworkPolicy ingress rule for the internal ALB in IP mode: from its own subnets' blocks
     only. A policy cannot name the ALB's security group, and the ALB connects from its addresses in

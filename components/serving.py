@@ -33,6 +33,7 @@ from components.k8s_workload import (
     POD_SECURITY_CONTEXT,
     TMP_MOUNT,
     TMP_VOLUME,
+    alb_ingress_spec,
     aws_api_egress_rule,
     disruption_budget,
     dns_egress_rule,
@@ -409,10 +410,7 @@ class ServingEndpoint(pulumi.ComponentResource):
         return k8s.networking.v1.Ingress(
             f"{name}-ingress",
             metadata={"name": ep, "namespace": NAMESPACE, "annotations": annotations},
-            spec={
-                "ingressClassName": "alb",
-                "rules": [{"http": {"paths": [{"path": f"/{ep}/", "pathType": "Prefix", "backend": backend}]}}],
-            },
+            spec=alb_ingress_spec(f"/{ep}/", backend),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[*after, *([args.load_balancer_controller] if args.load_balancer_controller else [])],

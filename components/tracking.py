@@ -39,6 +39,7 @@ from components.k8s_workload import (
     POD_SECURITY_CONTEXT,
     TMP_MOUNT,
     TMP_VOLUME,
+    alb_ingress_spec,
     aws_api_egress_rule,
     disruption_budget,
     dns_egress_rule,
@@ -658,22 +659,7 @@ class TrackingServer(pulumi.ComponentResource):
         ingress = k8s.networking.v1.Ingress(
             f"{name}-ingress",
             metadata={"name": SERVICE, "namespace": NAMESPACE, "annotations": annotations},
-            spec={
-                "ingressClassName": "alb",
-                "rules": [
-                    {
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "pathType": "Prefix",
-                                    "backend": {"service": {"name": SERVICE, "port": {"number": PORT}}},
-                                }
-                            ]
-                        }
-                    }
-                ],
-            },
+            spec=alb_ingress_spec("/", {"service": {"name": SERVICE, "port": {"number": PORT}}}),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[*after, *([args.load_balancer_controller] if args.load_balancer_controller else [])],
