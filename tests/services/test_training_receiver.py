@@ -79,10 +79,9 @@ def drift_alert(feature: str = "bmi") -> dict:
     }
 
 
-def test_unauthenticated_or_malformed_requests_get_4xx_and_start_nothing(receiver):
-    server, token, tmp = receiver
-    url = server.url + "/alerts"
-    valid = json.dumps(
+def firing_drift_body() -> bytes:
+    """Alertmanager's webhook body for one firing DataDriftHigh of the diabetes endpoint."""
+    return json.dumps(
         {
             "version": "4",
             "status": "firing",
@@ -91,6 +90,12 @@ def test_unauthenticated_or_malformed_requests_get_4xx_and_start_nothing(receive
             "alerts": [{"status": "firing", **drift_alert()}],
         }
     ).encode()
+
+
+def test_unauthenticated_or_malformed_requests_get_4xx_and_start_nothing(receiver):
+    server, token, tmp = receiver
+    url = server.url + "/alerts"
+    valid = firing_drift_body()
     assert post(url, valid, None)[0] == 401
     assert post(url, valid, "x" * len(token))[0] == 401
     assert post(url, b"{not json", token)[0] == 400
@@ -129,15 +134,7 @@ def test_alertmanager_routes_drift_to_the_receiver_which_starts_the_pipeline_onc
     )
     assert "retraining diabetes: DataDriftHigh on endpoint diabetes" in server.tail()
 
-    again = json.dumps(
-        {
-            "version": "4",
-            "status": "firing",
-            "receiver": "retrain",
-            "groupKey": "k",
-            "alerts": [{"status": "firing", **drift_alert()}],
-        }
-    ).encode()
+    again = firing_drift_body()
     status, answer = post(server.url + "/alerts", again, token)
     assert (
         status == 200
