@@ -36,6 +36,18 @@ from infra.stackfile import REPO_ROOT
 DIGEST_A = "sha256:" + "a" * 64
 
 
+def pr_review(repo: Path, out: Path, *, timeout: int, **env: str) -> subprocess.CompletedProcess[str]:
+    """`scripts/pr-review.sh HEAD <out>` in a scratch repository, as the workflow runs it."""
+    return subprocess.run(
+        ["bash", "scripts/pr-review.sh", "HEAD", str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHON": sys.executable, **env},
+    )
+
+
 def scratch_repo(tmp_path: Path) -> Path:
     """A copy of the repository's tracked and untracked files (not ignored ones), as a fresh git repo."""
     files = subprocess.run(
@@ -362,14 +374,7 @@ def test_pr_review_script_builds_one_comment_with_changes_findings_objects_and_c
         "  mlops-platform:alertSlackWebhook: https://hooks.slack.com/services/T0/B0/plain\n"
     )
     out = tmp_path / "review"
-    result = subprocess.run(
-        ["bash", "scripts/pr-review.sh", "HEAD", str(out)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
+    result = pr_review(repo, out, timeout=600)
     assert result.returncode == 0, result.stderr + result.stdout
     comment = (out / "comment.md").read_text()
     assert comment.startswith(COMMENT_MARKER + "\n## Review of this change: ❌")
@@ -390,14 +395,7 @@ def test_pr_review_of_a_change_that_touches_no_stack(tmp_path):
     repo = scratch_repo(tmp_path)
     (repo / "README.md").write_text("docs\n")
     out = tmp_path / "review"
-    result = subprocess.run(
-        ["bash", "scripts/pr-review.sh", "HEAD", str(out)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
+    result = pr_review(repo, out, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (out / "comment.md").read_text() == f"{COMMENT_MARKER}\nNo stack is affected by this change.\n"
     assert (out / "exit-code").read_text().strip() == "0"
@@ -438,14 +436,7 @@ def test_pr_review_with_real_previews_runs_pulumi_in_both_trees_with_the_program
     )
     fake.chmod(0o755)
     out = tmp_path / "review"
-    result = subprocess.run(
-        ["bash", "scripts/pr-review.sh", "HEAD", str(out)],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHON": sys.executable, "PREVIEW": "pulumi", "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-    )
+    result = pr_review(repo, out, timeout=300, PREVIEW="pulumi", PATH=f"{bin_dir}:{os.environ['PATH']}")
     assert result.returncode == 0, result.stderr + result.stdout
     calls = (tmp_path / "calls").read_text().splitlines()
     assert (
