@@ -61,7 +61,8 @@ def test_one_public_one_private_and_one_internal_lb_subnet_per_az_with_discovery
 def test_internal_load_balancers_have_subnets_of_their_own_with_only_the_local_route():
     inventory = declare(lambda: Network("net", network(az_count=2)))
     (component,) = inventory.of_type("mlops:network:Network")
-    internal_lb = [s for s in inventory.of_type(SUBNET) if "internal-lb" in s.name]
+    # registration order under mocks follows output resolution, so order by name (net-internal-lb-<az index>)
+    internal_lb = sorted((s for s in inventory.of_type(SUBNET) if "internal-lb" in s.name), key=lambda s: s.name)
     assert (
         [s.inputs["cidrBlock"] for s in internal_lb]
         == load_balancer_blocks("10.0.0.0/16", 2)
