@@ -250,8 +250,8 @@ class ServingApp:
             return
         self._ok.inc()
         self._rows.observe(answer.rows)
-        for value in answer.sample or ():
-            self._predictions.observe(value)
+        if answer.sample:
+            metrics.observe_many(self._predictions, answer.sample)
         if self.drift is not None and answer.numeric is not None:
             self.drift.add(answer.numeric)
         if self.capture is not None and answer.capture is not None:

@@ -7,7 +7,10 @@ registry is used.
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -58,6 +61,31 @@ CONNECTIONS_CLOSED = Counter(
     ["endpoint", "reason"],
 )
 INFLIGHT = Gauge("serving_inflight_requests", "Requests being answered", ["endpoint"], multiprocess_mode="livesum")
+
+
+def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
+    """What `histogram.observe(v)` for each value records, in one write per touched bucket.
+
+    With several workers every metric write is a locked write into a shared memory-mapped
+    file (about 1.2 us each); observing a request's ten sampled predictions one by one cost
+    20 such writes, a tenth of the time a 32-row request takes. Here they cost one write for
+    the sum and one per bucket the values fall in. This reads prometheus-client's histogram
+    internals (`_upper_bounds`, `_buckets`, `_sum`) of the pinned version; a test compares the
+    result with one `observe` per value, so an upgrade that changes them fails there.
+    """
+    counts: dict[int, int] = {}
+    total = 0.0
+    bounds = histogram._upper_bounds  # ends with +Inf, so every value but NaN falls in a bucket
+    for value in values:
+        total += value
+        if not math.isnan(value):  # `observe` counts NaN in the sum only: no `value <= bound` holds
+            index = bisect.bisect_left(bounds, value)
+            counts[index] = counts.get(index, 0) + 1
+    if not counts and total == 0.0:
+        return
+    histogram._sum.inc(total)
+    for index, count in counts.items():
+        histogram._buckets[index].inc(count)
 
 
 def render() -> bytes:
