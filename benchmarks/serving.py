@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -304,6 +305,9 @@ def model_calls(server: Server) -> tuple[float, float]:
     """(requests answered, model calls) so far, from the platform server's /metrics (all workers)."""
     import urllib.request
 
+    from services.serving.metrics import FLUSH_SECONDS
+
+    time.sleep(2 * FLUSH_SECONDS)  # each worker writes its request counts every FLUSH_SECONDS
     with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
         lines = response.read().decode().splitlines()
     answered = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("serving_request_rows_count{"))

@@ -58,6 +58,8 @@ def main() -> None:
         http="services.serving.connections:GuardedProtocol",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=int(settings.drain_seconds),
         timeout_keep_alive=math.ceil(settings.keepalive_seconds),
         backlog=settings.backlog,

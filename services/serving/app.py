@@ -86,11 +86,7 @@ class ServingApp:
         self.worker = admission.configure(settings)
         """Limits and body budget, shared with the connection layer of this worker process."""
         endpoint = settings.endpoint
-        self._latency = metrics.LATENCY.labels(endpoint)
-        self._rows = metrics.REQUEST_ROWS.labels(endpoint)
-        self._predictions = metrics.PREDICTIONS.labels(endpoint)
-        self._inflight = metrics.INFLIGHT.labels(endpoint)
-        self._ok = metrics.REQUESTS.labels(endpoint, "200")
+        self.request_metrics = metrics.RequestMetrics(endpoint)
         self._prefix = settings.path_prefix
 
     # -- ASGI ------------------------------------------------------------------------------
@@ -123,6 +119,7 @@ class ServingApp:
             )
             await self._respond(send, 200 if ready else 503, body)
         elif path == "/metrics":
+            self.request_metrics.flush()
             await self._respond(
                 send, 200, metrics.render(), [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
             )
@@ -149,7 +146,7 @@ class ServingApp:
 
     async def _invocations(self, scope: dict, receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        self._inflight.inc()
+        self.request_metrics.inflight += 1
         held, ticket = Held(), None
         try:
             model = self.model
@@ -185,8 +182,8 @@ class ServingApp:
             if ticket is not None:
                 ticket.close()
             self.worker.budget.give(held.taken)
-            self._inflight.dec()
-            self._latency.observe(time.perf_counter() - started)
+            self.request_metrics.inflight -= 1
+            self.request_metrics.latency.observe(time.perf_counter() - started)
 
     def _admit(self, scope: dict, headers: dict, held: Held) -> None:
         """The connection layer's verdict on the declared body (or our own, without it)."""
@@ -248,10 +245,10 @@ class ServingApp:
         if answer.status != 200:
             metrics.REQUESTS.labels(self.settings.endpoint, str(answer.status)).inc()
             return
-        self._ok.inc()
-        self._rows.observe(answer.rows)
+        self.request_metrics.ok.inc()
+        self.request_metrics.rows.observe(answer.rows)
         if answer.sample:
-            metrics.observe_many(self._predictions, answer.sample)
+            self.request_metrics.predictions.observe_many(answer.sample)
         if self.drift is not None and answer.numeric is not None:
             self.drift.add(answer.numeric)
         if self.capture is not None and answer.capture is not None:
@@ -297,6 +294,7 @@ class ServingApp:
             asyncio.create_task(self.batcher.run()),
             asyncio.create_task(self.watch()),
             asyncio.create_task(self.report_drift()),
+            asyncio.create_task(self.flush_metrics()),
         ]
         if self.capture is not None:
             self.tasks.append(asyncio.create_task(self.capture.run()))
@@ -304,9 +302,15 @@ class ServingApp:
     async def shutdown(self) -> None:
         for task in self.tasks:
             task.cancel()
+        self.request_metrics.flush()
         if self.capture is not None and self.capture.buffered:
             await self.capture.flush()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(metrics.FLUSH_SECONDS)
+            self.request_metrics.flush()
 
     async def report_drift(self) -> None:
         """Publish each feature's PSI over the live window every `drift_interval_seconds`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,24 @@ def start_serving(tracking: Tracking, model_name: str, log_dir: Path, **settings
     )
     try:
         wait_http(server, "/readyz", timeout=120)
+        if env["SERVING_WORKERS"] != "1":
+            wait_all_workers_ready(server, env["SERVING_ENDPOINT"], timeout=120)
     except RuntimeError:
         server.stop()
         raise
     return server
+
+
+def wait_all_workers_ready(server: Server, endpoint: str, *, timeout: float) -> None:
+    """/readyz is answered by whichever worker takes the connection; `serving_model_ready` is the
+    minimum over live workers (livemin), so 1 there means every worker has loaded the model."""
+    import urllib.request
+
+    ready = f'serving_model_ready{{endpoint="{endpoint}"}} 1.0'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
+            if ready in response.read().decode().splitlines():
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"{server.name}: not every worker loaded the model within {timeout:.0f}s:\n{server.tail()}")

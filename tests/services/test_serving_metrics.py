@@ -1,4 +1,4 @@
-"""`metrics.observe_many` must record exactly what one `observe` per value records.
+"""`metrics.BufferedHistogram`, once flushed, must record exactly what one `observe` per value records.
 
 It writes into prometheus-client's histogram internals, so the comparison runs both with the
 default registry (one worker) and in multiprocess mode (several workers, memory-mapped files),
@@ -31,11 +31,19 @@ batches = [
     [],
     [3.0] * 10,
 ]
-sequential, bulk = metrics.PREDICTIONS.labels("sequential"), metrics.PREDICTIONS.labels("bulk")
-for batch in batches:
-    for value in batch:
-        sequential.observe(value)
-    metrics.observe_many(bulk, batch)
+# predictions (negative bounds: prometheus-client exports no _sum for them) and latency (with a _sum)
+for histogram, scale in ((metrics.PREDICTIONS, 1.0), (metrics.LATENCY, 1e-4)):
+    sequential = histogram.labels("sequential")
+    buffered = metrics.BufferedHistogram(histogram.labels("bulk"))
+    for batch in batches:
+        batch = [abs(v) * scale if scale != 1.0 else v for v in batch]
+        for value in batch:
+            sequential.observe(value)
+        buffered.observe_many(batch)
+        if batch and batch[0] == 0.0:
+            buffered.flush()  # a flush in the middle, then more observations
+    buffered.flush()
+    buffered.flush()  # nothing pending: writes nothing more
 
 if "PROMETHEUS_MULTIPROC_DIR" in __import__("os").environ:
     registry = CollectorRegistry()
@@ -44,7 +52,7 @@ else:
     registry = REGISTRY
 samples = {}
 for family in text_string_to_metric_families(generate_latest(registry).decode()):
-    if family.name != "serving_prediction_value":
+    if family.name not in ("serving_prediction_value", "serving_request_duration_seconds"):
         continue
     for s in family.samples:
         key = s.name + "|" + s.labels.get("le", "")
@@ -65,14 +73,49 @@ def observed(multiprocess_dir: Path | None) -> dict[str, dict[str, float]]:
 
 
 @pytest.mark.parametrize("mode", ["one worker", "multiprocess"])
-def test_observe_many_records_what_one_observe_per_value_records(mode: str, tmp_path: Path) -> None:
+def test_a_flushed_buffered_histogram_records_what_one_observe_per_value_records(mode: str, tmp_path: Path) -> None:
     samples = observed(tmp_path if mode == "multiprocess" else None)
     sequential, bulk = samples["sequential"], samples["bulk"]
     assert set(bulk) == set(sequential)
     buckets = {key: value for key, value in sequential.items() if key.startswith("serving_prediction_value_bucket")}
     assert len(buckets) == 18 and max(buckets.values()) == 29  # 10 + 6 + 3 + 0 + 10 values, all under +Inf
+    assert "serving_request_duration_seconds_sum|" in sequential
     for key, value in sequential.items():
-        if key.startswith("serving_prediction_value_sum"):
-            assert bulk[key] == pytest.approx(value, rel=1e-12), key  # one addition per batch, not per value
+        if key.endswith("_sum|"):
+            assert bulk[key] == pytest.approx(value, rel=1e-12), key  # one addition per flush, not per value
         else:
             assert bulk[key] == value, key
+
+
+def test_request_metrics_write_nothing_until_flushed_then_everything_once() -> None:
+    from prometheus_client import REGISTRY
+
+    from services.serving import metrics
+
+    endpoint = "buffered-test"
+    tally = metrics.RequestMetrics(endpoint)
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"endpoint": endpoint, **labels})
+
+    tally.inflight += 2
+    tally.ok.inc()
+    tally.latency.observe(0.003)
+    tally.rows.observe(32)
+    tally.predictions.observe_many([1.5, 180.0])
+    assert value("serving_requests_total", status="200") in (None, 0.0)
+    assert value("serving_request_duration_seconds_count") in (None, 0.0)
+    tally.flush()
+    tally.flush()
+    assert value("serving_requests_total", status="200") == 1.0
+    assert value("serving_request_duration_seconds_bucket", le="0.005") == 1.0
+    assert value("serving_request_duration_seconds_bucket", le="0.0025") == 0.0
+    assert value("serving_request_rows_bucket", le="32.0") == 1.0
+    assert value("serving_request_rows_bucket", le="16.0") == 0.0
+    assert value("serving_prediction_value_count") == 2.0 and value("serving_request_rows_sum") == 32.0
+    assert value("serving_prediction_value_bucket", le="150.0") == 1.0
+    assert value("serving_prediction_value_bucket", le="200.0") == 2.0
+    assert value("serving_inflight_requests") == 2.0
+    tally.inflight -= 2
+    tally.flush()
+    assert value("serving_inflight_requests") == 0.0
