@@ -310,7 +310,10 @@ class ServingApp:
     async def flush_metrics(self) -> None:
         while True:
             await asyncio.sleep(metrics.FLUSH_SECONDS)
-            self.request_metrics.flush()
+            try:
+                self.request_metrics.flush()
+            except Exception:  # noqa: BLE001 - e.g. a full disk under the metrics files: keep serving, keep trying
+                log.exception("could not write the request metrics")
 
     async def report_drift(self) -> None:
         """Publish each feature's PSI over the live window every `drift_interval_seconds`."""

@@ -70,9 +70,10 @@ class BufferedHistogram:
     """A histogram child's observations, counted in this process and written to it by `flush`.
 
     Why: with several workers every metric write is a locked write into a shared memory-mapped
-    file (about 1 us each), and a request made about eleven of them (latency, rows, ten sampled
-    predictions, the 200 counter, in-flight up and down): a tenth of the CPU a request costs. Here
-    an observation is a list increment, and `flush` writes the sum and each touched bucket once.
+    file (about 1 us each). A request made 9 to 27 of them: latency and rows (two each), the 200
+    counter, in-flight up and down, and two for each sampled prediction (up to ten): a tenth of
+    the CPU a 32-row request costs. Here an observation is a list increment, and `flush` writes
+    the sum and each touched bucket once.
     It reads prometheus-client's histogram internals (`_upper_bounds`, `_buckets`, `_sum`) of
     the pinned version; a test compares the result with one `observe` per value, so an upgrade
     that changes them fails there.
@@ -113,6 +114,8 @@ class BufferedCounter:
         self._child, self._pending = child, 0
 
     def inc(self, amount: int = 1) -> None:
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")  # as Counter.inc
         self._pending += amount
 
     def flush(self) -> None:

@@ -114,23 +114,44 @@ def start_serving(tracking: Tracking, model_name: str, log_dir: Path, **settings
     try:
         wait_http(server, "/readyz", timeout=120)
         if env["SERVING_WORKERS"] != "1":
-            wait_all_workers_ready(server, env["SERVING_ENDPOINT"], timeout=120)
+            wait_all_workers_ready(server, env["SERVING_ENDPOINT"], int(env["SERVING_WORKERS"]), timeout=120)
     except RuntimeError:
         server.stop()
         raise
     return server
 
 
-def wait_all_workers_ready(server: Server, endpoint: str, *, timeout: float) -> None:
-    """/readyz is answered by whichever worker takes the connection; `serving_model_ready` is the
-    minimum over live workers (livemin), so 1 there means every worker has loaded the model."""
+def wait_all_workers_ready(server: Server, endpoint: str, workers: int, *, timeout: float) -> None:
+    """/readyz is answered by whichever worker takes the connection. `serving_model_ready` is the
+    minimum over the workers that have written it (livemin): each writes 0 when it starts and 1
+    once its model is loaded. So: every worker has its file in the metrics directory, and the
+    minimum is 1."""
     import urllib.request
 
     ready = f'serving_model_ready{{endpoint="{endpoint}"}} 1.0'
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        directory = worker_metrics_dir(server.process.pid)
+        started = len(list(directory.glob("gauge_livemin_*.db"))) if directory else 0
         with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-            if ready in response.read().decode().splitlines():
+            if started >= workers and ready in response.read().decode().splitlines():
                 return
         time.sleep(0.25)
     raise RuntimeError(f"{server.name}: not every worker loaded the model within {timeout:.0f}s:\n{server.tail()}")
+
+
+def worker_metrics_dir(supervisor: int) -> Path | None:
+    """The multi-process metrics directory the server's supervisor gave its workers (their environment)."""
+    from benchmarks.serving import proc_stats
+
+    for pid, fields in proc_stats():
+        if int(fields[1]) != supervisor:
+            continue
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environment:
+            if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+                return Path(item.split(b"=", 1)[1].decode())
+    return None

@@ -8,6 +8,7 @@ each in a fresh interpreter: prometheus-client picks its value class when it is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,11 +32,16 @@ batches = [
     [],
     [3.0] * 10,
 ]
+non_finite = [[2.0, float("inf")], [float("nan"), 0.5]]  # +Inf has a bucket, NaN none; both sums become NaN
 # predictions (negative bounds: prometheus-client exports no _sum for them) and latency (with a _sum)
-for histogram, scale in ((metrics.PREDICTIONS, 1.0), (metrics.LATENCY, 1e-4)):
-    sequential = histogram.labels("sequential")
-    buffered = metrics.BufferedHistogram(histogram.labels("bulk"))
-    for batch in batches:
+for histogram, scale, prefix, series in (
+    (metrics.PREDICTIONS, 1.0, "", batches),
+    (metrics.LATENCY, 1e-4, "", batches),
+    (metrics.PREDICTIONS, 1.0, "non-finite ", non_finite),
+):
+    sequential = histogram.labels(prefix + "sequential")
+    buffered = metrics.BufferedHistogram(histogram.labels(prefix + "bulk"))
+    for batch in series:
         batch = [abs(v) * scale if scale != 1.0 else v for v in batch]
         for value in batch:
             sequential.observe(value)
@@ -85,6 +91,13 @@ def test_a_flushed_buffered_histogram_records_what_one_observe_per_value_records
             assert bulk[key] == pytest.approx(value, rel=1e-12), key  # one addition per flush, not per value
         else:
             assert bulk[key] == value, key
+    non_finite, non_finite_bulk = samples["non-finite sequential"], samples["non-finite bulk"]
+    assert non_finite["serving_prediction_value_bucket|+Inf"] == 3  # 2.0, +Inf and 0.5; NaN falls in no bucket
+    assert {k: v for k, v in non_finite_bulk.items() if not k.endswith("_sum|")} == {
+        k: v for k, v in non_finite.items() if not k.endswith("_sum|")
+    }
+    for sums in (non_finite, non_finite_bulk):  # exported in multiprocess mode only, NaN in both
+        assert all(math.isnan(v) for k, v in sums.items() if k.endswith("_sum|"))
 
 
 def test_request_metrics_write_nothing_until_flushed_then_everything_once() -> None:
@@ -116,6 +129,8 @@ def test_request_metrics_write_nothing_until_flushed_then_everything_once() -> N
     assert value("serving_prediction_value_bucket", le="150.0") == 1.0
     assert value("serving_prediction_value_bucket", le="200.0") == 2.0
     assert value("serving_inflight_requests") == 2.0
+    with pytest.raises(ValueError):
+        tally.ok.inc(-1)  # as prometheus-client's Counter.inc
     tally.inflight -= 2
     tally.flush()
     assert value("serving_inflight_requests") == 0.0
