@@ -25,6 +25,7 @@ from tests.unit import test_serving_component as serving_tests
 from tests.unit import test_tracking_component as tracking_tests
 from tests.unit import test_training_component as training_tests
 from tests.unit import test_upstream_contracts as upstream_tests
+from tests.unit.builders import RETRAINING_SETTINGS
 
 STACKS = stack_names()
 """Every stack with a file: dev, staging, prod, then any other."""
@@ -335,7 +336,7 @@ def test_network_policies_admit_every_call_of_the_shipped_stacks(stack_inventori
 def test_network_policies_admit_the_dev_stacks_training_calls():
     from tests.conftest import offline_stack
 
-    inventory = offline_stack("dev", **netpol_tests.RETRAINING)
+    inventory = offline_stack("dev", **RETRAINING_SETTINGS)
     netpol_tests.calls_admitted(inventory, training=True)
     netpol_tests.egress_names_the_container_port(inventory)
 

@@ -494,6 +494,22 @@ PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 and prod, a GPU one in prod. Written here, not read from stacks/*.yaml."""
 
 
+RETRAINING_SETTINGS: dict[str, Any] = {
+    "registry": {"repositories": ["serving", "tracking", "drift", "training"]},
+    "pipelines": [
+        {
+            "name": "diabetes",
+            "model": "diabetes",
+            "entryPoint": "examples.diabetes:task",
+            "data": "data/diabetes.csv.dvc",
+            "endpoint": "diabetes",
+        }
+    ],
+}
+"""Overrides for `profile_settings`: a training pipeline retrained on its endpoint's drift, which adds the
+training namespace's CronJob, Secret and the drift receiver to a stack (they exist only with a pipeline)."""
+
+
 def profile_settings(profile: str, **overrides: Any) -> dict[str, Any]:
     """`mlops-platform:*` settings of a stack of `profile` (PROFILE_SETTINGS), with top-level keys replaced."""
     base = {"profile": profile, "budget": {"alertEmails": ["team@example.com"]}, **PROFILE_SETTINGS[profile]}

@@ -62,22 +62,6 @@ def test_checkov_finds_nothing_in_the_rendered_manifests(tmp_path, stack):
     assert summary["skipped"] == 0  # nothing in the shipped stacks needs a suppression
 
 
-PIPELINE_SETTINGS = {
-    "registry": {"repositories": ["serving", "tracking", "drift", "training"]},
-    "pipelines": [
-        {
-            "name": "diabetes",
-            "model": "diabetes",
-            "entryPoint": "examples.diabetes:task",
-            "data": "data/diabetes.csv.dvc",
-            "endpoint": "diabetes",
-        }
-    ],
-}
-"""A training pipeline that retrains on its endpoint's drift, on top of a dev-profile stack (builders.PROFILE_SETTINGS:
-one CPU endpoint `diabetes`)."""
-
-
 def write_manifests(settings: dict, out: Path) -> None:
     """What `mlops render --out` writes, for a stack built from explicit settings (no stack file): each object
     validated against the cluster's Kubernetes version, one YAML file each."""
@@ -104,10 +88,10 @@ def write_manifests(settings: dict, out: Path) -> None:
 def pipeline_stack_report(tmp_path_factory) -> dict:
     """checkov's report on a dev-profile stack with a training pipeline that retrains on its endpoint's drift: the
     training namespace's CronJob, Secret and the drift receiver are rendered only when a pipeline is declared."""
-    from tests.unit.builders import profile_settings
+    from tests.unit.builders import RETRAINING_SETTINGS, profile_settings
 
     out = tmp_path_factory.mktemp("pipeline-stack") / "manifests"
-    write_manifests(profile_settings("dev", **PIPELINE_SETTINGS), out)
+    write_manifests(profile_settings("dev", **RETRAINING_SETTINGS), out)
     return checkov(out)
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from infra.checks.rules import workloads
 from infra.inventory import Inventory, Resource
-from tests.unit.builders import profile_settings, program_inventory
+from tests.unit.builders import RETRAINING_SETTINGS, profile_settings, program_inventory
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SERVICE = "kubernetes:core/v1:Service"
@@ -29,25 +29,13 @@ CLUSTER_URL = re.compile(
     r"^https?://(?P<service>[a-z0-9-]+)\.(?P<namespace>[a-z0-9-]+)\.svc(\.cluster\.local)?(:(?P<port>\d+))?(/.*)?$"
 )
 STACKS = ("dev", "staging", "prod")
-RETRAINING = {
-    "registry": {"repositories": ["serving", "tracking", "drift", "training"]},
-    "pipelines": [
-        {
-            "name": "diabetes",
-            "model": "diabetes",
-            "entryPoint": "examples.diabetes:task",
-            "data": "data/diabetes.csv.dvc",
-            "endpoint": "diabetes",
-        }
-    ],
-}
-"""dev with a training pipeline retrained on drift: its CronJob and the drift receiver join the calls."""
 
 
 @pytest.fixture(scope="module")
 def inventories() -> dict[str, Inventory]:
     stacks = {profile: program_inventory(profile, profile_settings(profile)) for profile in STACKS}
-    return {**stacks, "dev+training": program_inventory("dev", profile_settings("dev", **RETRAINING))}
+    # dev with a training pipeline retrained on drift: its CronJob and the drift receiver join the calls
+    return {**stacks, "dev+training": program_inventory("dev", profile_settings("dev", **RETRAINING_SETTINGS))}
 
 
 @dataclass(frozen=True)
