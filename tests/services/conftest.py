@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -19,17 +20,21 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 BUCKET = "artifacts"
 
 
+def moto_client(service: str, moto_url: str) -> Any:
+    """A boto3 client of `service` on the local moto endpoint, with the tests' credentials (AWS_ENV)."""
+    return boto3.client(
+        service,
+        endpoint_url=moto_url,
+        region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory):
     server = start_moto(tmp_path_factory.mktemp("moto"))
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=server.url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    s3.create_bucket(Bucket=BUCKET)
+    moto_client("s3", server.url).create_bucket(Bucket=BUCKET)
     yield server
     server.stop()
 
@@ -130,8 +135,9 @@ def wait_all_workers_ready(server: Server, endpoint: str, workers: int, *, timeo
 
     ready = f'serving_model_ready{{endpoint="{endpoint}"}} 1.0'
     deadline = time.monotonic() + timeout
+    directory = None
     while time.monotonic() < deadline:
-        directory = worker_metrics_dir(server.process.pid)
+        directory = directory or worker_metrics_dir(server.process.pid)  # one for all workers: found once
         started = len(list(directory.glob("gauge_livemin_*.db"))) if directory else 0
         with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
             if started >= workers and ready in response.read().decode().splitlines():

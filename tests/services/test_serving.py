@@ -11,12 +11,11 @@ import time
 import urllib.error
 import urllib.request
 
-import boto3
 import pytest
 
 from infra.stackfile import REPO_ROOT
 from services.serving.protocol import MEDIA_TYPES, PARQUET
-from tests.services.conftest import BUCKET, start_serving
+from tests.services.conftest import BUCKET, moto_client, start_serving
 
 MODEL = "serve-test"
 
@@ -230,13 +229,7 @@ def test_metrics_expose_requests_latency_batches_version_and_predictions(server,
 
 def test_captured_records_land_in_the_bucket(server, registered, rows, tracking):
     post(server, {"dataframe_records": rows.head(4).to_dict(orient="records")})
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=tracking.moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = moto_client("s3", tracking.moto_url)
     prefix = f"captures/{MODEL}/version={registered.version}/"
     deadline = time.time() + 20
     keys = []

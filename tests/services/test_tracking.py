@@ -7,12 +7,11 @@ import sys
 import urllib.error
 import urllib.request
 
-import boto3
 import pytest
 
 from infra.processes import free_port
 from infra.stackfile import REPO_ROOT
-from tests.services.conftest import BUCKET, tracking_env
+from tests.services.conftest import BUCKET, moto_client, tracking_env
 
 
 def test_unauthenticated_requests_are_refused(tracking):
@@ -51,13 +50,7 @@ def test_log_register_alias_and_load_by_alias(as_admin):
     assert registered.rmse < 70  # a fitted model, not a constant
 
     # artifacts went through the server into the bucket, under the configured prefix
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=as_admin.moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = moto_client("s3", as_admin.moto_url)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="mlflow/").get("Contents", [])]
     assert any(k.endswith("MLmodel") for k in keys), keys
 

@@ -16,14 +16,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import psycopg2
 import pytest
 
 from components.tracking import database_uri
 from infra.processes import LOOPBACK, Server, free_port, start, wait_http
 from infra.stackfile import REPO_ROOT
-from tests.services.conftest import AWS_ENV, tracking_env
+from tests.services.conftest import AWS_ENV, moto_client, tracking_env
 from tests.services.postgres import Postgres, start_postgres
 from tests.services.test_tracking import run_entrypoint
 
@@ -54,13 +53,7 @@ def platform(moto, tmp_path_factory):
         master_password = secrets.token_urlsafe(24)
         postgres.sql(f"CREATE ROLE {MASTER} LOGIN CREATEDB CREATEROLE PASSWORD '{master_password}'")
         postgres.sql(f"CREATE DATABASE mlflow OWNER {MASTER}")
-        sm = boto3.client(
-            "secretsmanager",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        sm = moto_client("secretsmanager", moto.url)
         master_arn = sm.create_secret(
             Name=f"rds!db-{uuid.uuid4()}", SecretString=json.dumps({"username": MASTER, "password": master_password})
         )["ARN"]

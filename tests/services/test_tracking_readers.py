@@ -219,27 +219,13 @@ def test_a_reader_changes_nothing(tracking, admins_model):
     assert [(m, p, call(tracking.url, user, password, m, p, body)) for m, p, body in attempts] == [
         (m, p, 403) for m, p, _ in attempts
     ]
+
     # as the admin sees it: still the same model, alias and version
-    assert (
-        call(
-            tracking.url,
-            "admin",
-            tracking.password,
-            "GET",
-            f"/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion",
-        )
-        == 200
-    )
-    assert (
-        call(
-            tracking.url,
-            "admin",
-            tracking.password,
-            "GET",
-            "/api/2.0/mlflow/registered-models/get?name=readers-own-model",
-        )
-        == 404
-    )
+    def admin_get(path: str) -> int:
+        return call(tracking.url, "admin", tracking.password, "GET", path)
+
+    assert admin_get(f"/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion") == 200
+    assert admin_get("/api/2.0/mlflow/registered-models/get?name=readers-own-model") == 404
 
 
 def test_every_write_route_of_the_server_refuses_a_reader(tracking, readers, tmp_path):
